@@ -1,0 +1,451 @@
+"""transformers' packed ``bitnet`` layout: export our model to it, and import every official layout.
+
+Written layout (what microsoft/bitnet-b1.58-2B-4T ships; ../shared/FORMATS.md section 2):
+
+- ``config.json``: every ``BitNetConfig`` field plus ``quantization_config`` with
+  ``linear_class: autobitlinear`` and ``quantization_mode: offline``;
+- ``model.safetensors`` (or ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``
+  above ``max_shard_size``): each ternary linear ``<m>.weight`` as uint8 ``(out/4, in)`` packed by
+  :func:`bitnet.quant.pack_ternary`, ``<m>.weight_scale`` = beta (shape ``(1,)``, bf16, outputs are
+  *multiplied* by it); embeddings, norms and an untied ``lm_head`` in bf16;
+- ``tokenizer.json``, ``tokenizer_config.json``, ``generation_config.json``.
+
+Read layouts (:func:`load_hf_dir`): the packed ``autobitlinear`` layout above, transformers' packed
+``bitlinear`` layout (stored scale = 1/beta, outputs divided; Llama architecture with
+``use_rms_norm`` as in Falcon3-*-1.58bit), and ``online`` bf16 master weights (2B4T ``-bf16``).
+
+Inside the codebase scales are multiplied; the inverse convention is converted here, at the file
+boundary, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from bitnet.checkpoint import CONFIG_FILE as LATENT_CONFIG_FILE
+from bitnet.checkpoint import load_model_dir, save_tokenizer
+from bitnet.io import atomic_dir
+from bitnet.layers import BitLinear
+from bitnet.model import BitNetConfig, BitNetForCausalLM
+from bitnet.quant import pack_ternary, unpack_ternary, weight_quant
+
+__all__ = [
+    "FORMAT_NAME",
+    "DEFAULT_MAX_SHARD_SIZE",
+    "export_hf",
+    "packed_state_dict",
+    "load_hf_dir",
+    "load_model",
+    "read_safetensors",
+    "ternary_linear_names",
+]
+
+FORMAT_NAME = "bitnet-b1.58-packed"  # safetensors metadata "bitnet_format"
+PACKING = "transformers-bitnet-offline: uint8 (out/4, in); bits 2i..2i+1 of [r, c] = q[i*out/4 + r, c] + 1"
+SCALE_CONVENTION_MULTIPLY = "multiply: y = (x_q . q) * weight_scale / s_x; weight_scale = beta = mean|W|"
+DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3  # bytes per safetensors shard, transformers' historical default (5 GB)
+EXPORT_DTYPE = torch.bfloat16  # embeddings, norms, scales: the dtype 2B4T ships
+CONFIG_JSON = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+TOKENIZER_JSON = "tokenizer.json"
+
+
+# --------------------------------------------------------------------------------------------- export
+def ternary_linear_names(model: BitNetForCausalLM) -> list[str]:
+    """Module names of the ternary linears (those exported packed), e.g. ``model.layers.0.mlp.up_proj``."""
+    return [name for name, m in model.named_modules() if isinstance(m, BitLinear)]
+
+
+def _check_exportable(model: BitNetForCausalLM) -> None:
+    if not isinstance(model, BitNetForCausalLM):
+        raise ValueError(f"expected a bitnet.BitNetForCausalLM, got {type(model).__name__}")
+    if model.config.linear_type != "bitlinear":
+        raise ValueError(
+            f"model has linear_type={model.config.linear_type!r}: only ternary ('bitlinear') models "
+            "can be exported to a packed ternary layout"
+        )
+    for name, m in model.named_modules():
+        if isinstance(m, BitLinear) and m.lambda_ != 1.0:
+            raise ValueError(
+                f"{name}: lambda_={m.lambda_} (partially quantized); a packed export holds the fully "
+                "ternary model, so finish the lambda schedule (set_lambda(model, 1.0)) first"
+            )
+
+
+def packed_state_dict(model: BitNetForCausalLM) -> dict[str, torch.Tensor]:
+    """The tensors of the packed export, by transformers' names (CPU, contiguous).
+
+    Every ternary linear ``<m>.weight`` (out, in) float becomes uint8 ``(out/4, in)`` and
+    ``<m>.weight_scale`` ``(1,)`` bf16 = beta; every other tensor is cast to bf16. A tied
+    ``lm_head.weight`` is left out (transformers re-ties it).
+
+    Raises:
+        ValueError: naming the tensor, if a weight is not finite (it has no ternary quantization) or
+        cannot be packed (out not a multiple of 4); or if the model is not fully ternary.
+    """
+    _check_exportable(model)
+    linears = set(ternary_linear_names(model))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if key == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue
+        w = value.detach().cpu()
+        if not torch.isfinite(w).all():
+            raise ValueError(f"tensor {key!r} has non-finite values (NaN or inf): cannot export it")
+        module, _, leaf = key.rpartition(".")
+        if module in linears and leaf == "weight":
+            q, beta = weight_quant(w)  # (out, in) int8 in {-1,0,1}, () float32
+            try:
+                out[key] = pack_ternary(q)  # (out/4, in) uint8
+            except ValueError as e:
+                raise ValueError(f"tensor {key!r}: {e}") from None
+            out[f"{module}.weight_scale"] = beta.reshape(1).to(EXPORT_DTYPE)  # (1,)
+        else:
+            out[key] = w.to(EXPORT_DTYPE).contiguous()
+    return out
+
+
+def _quantization_config(cfg: BitNetConfig) -> dict[str, Any]:
+    return {
+        "quant_method": "bitnet",
+        "linear_class": "autobitlinear",
+        "quantization_mode": "offline",
+        "use_rms_norm": cfg.use_rms_norm,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "modules_to_not_convert": ["lm_head"],
+    }
+
+
+def _tokenizer_files(tokenizer: Any, tmp: Path, cfg: BitNetConfig) -> None:
+    """tokenizer.json + a tokenizer_config.json that lets transformers' AutoTokenizer load it."""
+    save_tokenizer(tokenizer, tmp / TOKENIZER_JSON)
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(tmp / TOKENIZER_JSON))
+    except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
+        raise ValueError(f"tokenizer: not a valid tokenizer.json ({e})") from None
+    n_tok = tok.get_vocab_size(with_added_tokens=True)
+    if n_tok > cfg.vocab_size:
+        raise ValueError(f"tokenizer has {n_tok} tokens but the model's vocab_size is {cfg.vocab_size}")
+
+    def token(i: int | None) -> str | None:
+        return None if i is None else tok.id_to_token(i)
+
+    tc: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": cfg.max_position_embeddings,
+        "clean_up_tokenization_spaces": False,
+    }
+    for field, i in (("bos_token", cfg.bos_token_id), ("eos_token", cfg.eos_token_id), ("pad_token", cfg.pad_token_id)):
+        if token(i) is not None:
+            tc[field] = token(i)
+    (tmp / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
+
+
+def export_hf(
+    model: BitNetForCausalLM,
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    *,
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+) -> Path:
+    """Atomically write ``model`` in transformers' packed ``autobitlinear`` layout (see module doc).
+
+    Args:
+        model: a fully ternary ``BitNetForCausalLM`` (any device; weights are read, not changed).
+        out_dir: the export directory; replaced whole on success, untouched on failure.
+        tokenizer: a ``tokenizers.Tokenizer``, a transformers fast tokenizer or a ``tokenizer.json``
+            path; ``None`` writes a weights-only export (with a warning: transformers' pipelines and
+            ``bitnet generate`` need a tokenizer).
+        max_shard_size: bytes per safetensors file; above it the export is sharded with
+            ``model.safetensors.index.json``, as transformers does.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        ValueError: non-ternary / non-finite weights, a partially quantized model, a tokenizer larger
+        than the vocabulary; nothing is written.
+    """
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    out_dir = Path(out_dir)
+    cfg = model.config
+    tensors = packed_state_dict(model)
+    hf_config = cfg.to_hf_dict(dtype="bfloat16")
+    hf_config["quantization_config"] = _quantization_config(cfg)
+    metadata = {
+        "format": "pt",  # transformers refuses safetensors files without it
+        "bitnet_format": FORMAT_NAME,
+        "packing": PACKING,
+        "weight_scale": SCALE_CONVENTION_MULTIPLY,
+        "linear_class": "autobitlinear",
+    }
+    split = split_torch_state_dict_into_shards(
+        tensors, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
+    )
+    if tokenizer is None:
+        warnings.warn(f"export_hf: no tokenizer given; {out_dir} holds weights and config only", stacklevel=2)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / CONFIG_JSON).write_text(json.dumps(hf_config, indent=2) + "\n")
+        for filename, names in split.filename_to_tensors.items():
+            save_file({n: tensors[n] for n in names}, str(tmp / filename), metadata=metadata)
+        if split.is_sharded:
+            index = {"metadata": {**split.metadata, **metadata}, "weight_map": split.tensor_to_filename}
+            (tmp / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        gen = {k: getattr(cfg, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(cfg, k) is not None}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        if tokenizer is not None:
+            _tokenizer_files(tokenizer, tmp, cfg)
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------- import
+# safetensors dtype names -> bytes per element (for validating a header before trusting it)
+_ST_DTYPE_SIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+                  "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Validate a safetensors header against the file size before any tensor is read.
+
+    The safetensors library checks this too, but its messages name neither the file nor the tensor;
+    this gives one clear line for truncated files and headers that lie about sizes.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+        (n,) = struct.unpack("<Q", raw)
+        if 8 + n > size:
+            raise ValueError(f"{path}: truncated safetensors file (header says {n} bytes, file has {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
+    data_len = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            numel = 1
+            for s in shape:
+                numel *= int(s)
+            nbytes = numel * _ST_DTYPE_SIZE[dtype]
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
+        if end - begin != nbytes or begin < 0:
+            raise ValueError(
+                f"{path}: tensor {name!r} header says {dtype}{list(shape)} ({nbytes} bytes) but its "
+                f"data_offsets span {end - begin} bytes"
+            )
+        if end > data_len:
+            raise ValueError(
+                f"{path}: tensor {name!r} ends at byte {end} of the data section, which has only "
+                f"{data_len} bytes (truncated file?)"
+            )
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read every tensor of one safetensors file after validating its header.
+
+    Returns:
+        ``(tensors, metadata)``.
+
+    Raises:
+        FileNotFoundError: the file is missing. ValueError: truncated or corrupt, naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    _check_safetensors_header(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except Exception as e:  # safetensors raises its own error type for corrupt files
+        raise ValueError(f"{path}: cannot read safetensors ({e})") from None
+
+
+def _read_weights(d: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """All tensors of an HF directory (single file or sharded); also which file each came from."""
+    index = d / WEIGHTS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
+        files = sorted(set(weight_map.values()))
+    elif (d / WEIGHTS_FILE).is_file():
+        weight_map, files = None, [WEIGHTS_FILE]
+    else:
+        raise FileNotFoundError(f"{d}: no {WEIGHTS_FILE} or {WEIGHTS_INDEX}")
+    tensors: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
+    for fname in files:
+        path = d / fname
+        part, _ = read_safetensors(path)
+        for k, v in part.items():
+            if weight_map is not None and weight_map.get(k) != fname:
+                raise ValueError(f"{path}: tensor {k!r} is not listed for this file in {index}")
+            tensors[k] = v
+            origin[k] = path
+    if weight_map is not None:
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise ValueError(f"{index}: tensors listed but not found in the shards: {missing[:5]}")
+    return tensors, origin
+
+
+def _quant_settings(config_path: Path, d: dict[str, Any]) -> tuple[str, str, list[str], float | None]:
+    qc = d.get("quantization_config")
+    if not isinstance(qc, dict) or qc.get("quant_method") != "bitnet":
+        raise ValueError(
+            f"{config_path}: no bitnet quantization_config (quant_method 'bitnet'): not a ternary checkpoint"
+        )
+    linear_class = qc.get("linear_class", "bitlinear")  # transformers' default
+    mode = qc.get("quantization_mode", "offline")
+    if linear_class not in ("bitlinear", "autobitlinear"):
+        raise ValueError(f"{config_path}: unknown quantization_config.linear_class {linear_class!r}")
+    if mode not in ("online", "offline"):
+        raise ValueError(f"{config_path}: unknown quantization_config.quantization_mode {mode!r}")
+    if linear_class == "bitlinear":
+        mode = "offline"  # transformers' BitLinear always holds packed weights
+    return linear_class, mode, list(qc.get("modules_to_not_convert") or []), qc.get("rms_norm_eps")
+
+
+def _latent_from_packed(packed: torch.Tensor, scale: float, out_features: int) -> torch.Tensor:
+    """A latent float weight whose absmean quantization gives back exactly ``(q, beta = scale)``.
+
+    ``q * beta`` alone would not do: its absmean is ``beta * mean|q|``, not ``beta``. Scaling by
+    ``1 / mean|q|`` restores beta, and ``round(q / mean|q|)`` clamps back to q because mean|q| <= 1.
+    """
+    q = unpack_ternary(packed, out_features).float()  # (out, in)
+    frac = q.abs().mean()
+    if frac == 0:
+        return torch.zeros_like(q)
+    return q * (scale / frac)  # (out, in)
+
+
+def load_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> BitNetForCausalLM:
+    """Load a transformers-layout ternary checkpoint directory into our (trainable) model.
+
+    Accepts ``quantization_config.linear_class`` ``autobitlinear`` (scale multiplied) and
+    ``bitlinear`` (stored scale = 1/beta), ``quantization_mode`` ``offline`` (packed uint8) and
+    ``online`` (float master weights), ``model_type`` ``bitnet`` and ``llama`` (``use_rms_norm``).
+    Packed weights become latent weights that re-quantize to exactly the stored ternary values
+    and scales, so fine-tuning starts from the checkpoint's function.
+
+    Raises:
+        FileNotFoundError: no config.json / weights. ValueError: naming the file and the tensor
+        that is missing, unexpected, of the wrong shape or dtype, or not ternary.
+    """
+    d = Path(path)
+    config_path = d / CONFIG_JSON
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{d}: no {CONFIG_JSON}")
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+    linear_class, mode, not_converted, qc_eps = _quant_settings(config_path, raw)
+    cfg = BitNetConfig.from_json(config_path)
+    cfg.linear_type = "bitlinear"
+    model = BitNetForCausalLM(cfg)
+    linears = set(ternary_linear_names(model))
+    fp_linears = [n for n in linears if any(n == p or n.endswith("." + p) for p in not_converted)]
+    if fp_linears:
+        raise ValueError(
+            f"{config_path}: modules_to_not_convert keeps {fp_linears[:3]} in full precision; "
+            "our model has ternary linears there"
+        )
+    if cfg.use_rms_norm and qc_eps is not None and qc_eps != cfg.rms_norm_eps:
+        # transformers' in-linear RMSNorm uses the quantization_config's eps, not the model's.
+        for name in linears:
+            model.get_submodule(name).rms_norm.variance_epsilon = float(qc_eps)
+        cfg.extra["linear_rms_norm_eps"] = float(qc_eps)
+
+    tensors, origin = _read_weights(d)
+    expected = model.state_dict()
+    new_sd: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        if key not in tensors:
+            raise ValueError(f"{d}: missing tensor {key!r}")
+        used.add(key)
+        return tensors[key]
+
+    for key, ref in expected.items():
+        if key == "lm_head.weight" and cfg.tie_word_embeddings:
+            if key in tensors:
+                used.add(key)  # some writers store the tied copy; the embedding wins
+            continue
+        module, _, leaf = key.rpartition(".")
+        t = take(key)
+        where = origin[key]
+        if module in linears and leaf == "weight" and mode == "offline":
+            out_f, in_f = ref.shape
+            if t.dtype != torch.uint8:
+                raise ValueError(f"{where}: tensor {key!r} is {t.dtype}, expected packed uint8")
+            if tuple(t.shape) != (out_f // 4, in_f):
+                raise ValueError(
+                    f"{where}: tensor {key!r} has shape {tuple(t.shape)}, config expects packed {(out_f // 4, in_f)}"
+                )
+            s = take(f"{module}.weight_scale")
+            if s.numel() != 1 or not s.is_floating_point():
+                raise ValueError(f"{origin[module + '.weight_scale']}: tensor {module + '.weight_scale'!r} "
+                                 f"must be one float, got {s.dtype}{tuple(s.shape)}")
+            stored = float(s.float().reshape(()))
+            if not stored > 0 or stored == float("inf"):
+                raise ValueError(f"{where}: tensor {module + '.weight_scale'!r} = {stored} is not a positive scale")
+            beta = stored if linear_class == "autobitlinear" else 1.0 / stored  # bitlinear divides by it
+            try:
+                new_sd[key] = _latent_from_packed(t, beta, out_f)
+            except ValueError as e:
+                raise ValueError(f"{where}: tensor {key!r}: {e}") from None
+            continue
+        if not t.is_floating_point():
+            raise ValueError(f"{where}: tensor {key!r} is {t.dtype}, expected a float tensor")
+        if tuple(t.shape) != tuple(ref.shape):
+            raise ValueError(f"{where}: tensor {key!r} has shape {tuple(t.shape)}, config expects {tuple(ref.shape)}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{where}: tensor {key!r} has non-finite values")
+        new_sd[key] = t.float()
+    unexpected = sorted(set(tensors) - used)
+    if unexpected:
+        raise ValueError(f"{origin[unexpected[0]]}: unexpected tensor(s) {unexpected[:5]} for this config")
+    model.load_state_dict(new_sd, strict=False)
+    model.tie_weights()
+    return model.to(device).eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> BitNetForCausalLM:
+    """Load any model this project reads, in eval mode.
+
+    ``path`` may be a transformers-layout directory (our packed export, transformers-written
+    ``bitlinear`` / ``autobitlinear`` packed checkpoints, ``online`` bf16 checkpoints) or anything
+    :func:`bitnet.checkpoint.find_model_dir` accepts (a model directory, a training checkpoint, a
+    run directory).
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file and tensor at fault.
+    """
+    p = Path(path)
+    if (p / CONFIG_JSON).is_file() and not (p / LATENT_CONFIG_FILE).is_file():
+        return load_hf_dir(p, device)
+    return load_model_dir(p, device).eval()
