@@ -400,9 +400,11 @@ def load_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> BitNetF
         where = origin[key]
         if module in linears and leaf == "weight" and mode == "offline":
             out_f, in_f = ref.shape
-            if t.dtype != torch.uint8:
-                raise ValueError(f"{where}: tensor {key!r} is {t.dtype}, expected packed uint8")
-            if tuple(t.shape) != (out_f // 4, in_f):
+            # transformers' AutoBitLinear also accepts unpacked ternary values in the model dtype
+            unpacked = t.is_floating_point() and tuple(t.shape) == (out_f, in_f)
+            if t.dtype != torch.uint8 and not unpacked:
+                raise ValueError(f"{where}: tensor {key!r} is {t.dtype}{tuple(t.shape)}, expected packed uint8")
+            if not unpacked and tuple(t.shape) != (out_f // 4, in_f):
                 raise ValueError(
                     f"{where}: tensor {key!r} has shape {tuple(t.shape)}, config expects packed {(out_f // 4, in_f)}"
                 )
@@ -414,6 +416,10 @@ def load_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> BitNetF
             if not stored > 0 or stored == float("inf"):
                 raise ValueError(f"{where}: tensor {module + '.weight_scale'!r} = {stored} is not a positive scale")
             beta = stored if linear_class == "autobitlinear" else 1.0 / stored  # bitlinear divides by it
+            if unpacked:
+                if not torch.isin(t.float(), torch.tensor([-1.0, 0.0, 1.0])).all():
+                    raise ValueError(f"{where}: tensor {key!r} is unpacked but not ternary (values outside {{-1, 0, 1}})")
+                t = pack_ternary(t.float())  # (out/4, in): one path for both storages
             try:
                 new_sd[key] = _latent_from_packed(t, beta, out_f)
             except ValueError as e:

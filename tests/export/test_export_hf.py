@@ -61,3 +61,81 @@ def test_packed_tensors_are_the_oracle_quantization(tmp_path, model):
     assert scale.item() == beta.to(torch.bfloat16).item()
     assert emb.dtype == torch.bfloat16
     assert meta["format"] == "pt" and "multiply" in meta["weight_scale"]
+
+
+def _transformers_checkpoint(path, cfg, qc: dict, seed: int = 0):
+    """Have transformers itself write a checkpoint of ``cfg`` with quantization_config ``qc``.
+
+    Offline ``bitlinear``: transformers' own BitLinear modules hold packed weights from its own
+    ``pack_weights`` and a stored scale of 1/beta, as onebitllms / Falcon3-1.58bit ship them.
+    ``online``: the float master weights, as the 2B4T ``-bf16`` variant ships them.
+    """
+    from transformers.integrations.bitnet import BitLinear as HFBitLinear
+    from transformers.integrations.bitnet import pack_weights, replace_with_bitnet_linear
+    from transformers.utils.quantization_config import BitNetQuantConfig
+
+    torch.manual_seed(seed)
+    d = cfg.to_hf_dict("float32")
+    tm = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(d.pop("model_type"), **d))
+    for m in tm.modules():  # non-trivial norms so that a misplaced norm shows in the logits
+        if "RMSNorm" in type(m).__name__:
+            torch.nn.init.normal_(m.weight, 1.0, 0.2)
+    if qc["quantization_mode"] == "offline":
+        latent = {n: m.weight.detach().clone() for n, m in tm.named_modules() if isinstance(m, torch.nn.Linear)}
+        replace_with_bitnet_linear(tm, ["lm_head"], BitNetQuantConfig(**{k: v for k, v in qc.items() if k != "quant_method"}))
+        for n, m in tm.named_modules():
+            if isinstance(m, HFBitLinear):
+                q, beta = weight_quant(latent[n])
+                m.weight = torch.nn.Buffer(pack_weights(q.clone()))  # (out/4, in) uint8
+                m.weight_scale = torch.nn.Buffer((1.0 / beta).reshape(1))  # bitlinear divides by it
+                if m.rms_norm is not None:
+                    m.rms_norm.to_empty(device="cpu")
+                    torch.nn.init.normal_(m.rms_norm.weight, 1.0, 0.2)
+    tm.config.quantization_config = qc
+    tm.save_pretrained(path)
+    return path
+
+
+def _agree_with_transformers(path):
+    tm = _hf_fp32(path)
+    ours = load_model(path)
+    ids = torch.randint(0, ours.config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(tm(ids).logits, ours(ids), atol=HF_VS_OURS_ATOL, rtol=0)
+    return ours
+
+
+QC = {"quant_method": "bitnet", "modules_to_not_convert": ["lm_head"]}
+
+
+def test_loads_transformers_bitlinear_inverse_scale_bitnet_arch(tmp_path):
+    cfg = tiny_model().config
+    qc = {**QC, "linear_class": "bitlinear", "quantization_mode": "offline"}
+    ours = _agree_with_transformers(_transformers_checkpoint(tmp_path / "bl", cfg, qc))
+    # the stored 1/beta became beta: our latent re-quantizes to the stored scale
+    with safe_open(str(tmp_path / "bl" / "model.safetensors"), "pt") as f:
+        stored = f.get_tensor("model.layers.0.mlp.down_proj.weight_scale").item()
+    _, beta = weight_quant(ours.model.layers[0].mlp.down_proj.weight)
+    assert abs(beta.item() * stored - 1.0) < 1e-6
+
+
+def test_loads_transformers_llama_use_rms_norm_falcon3_style(tmp_path):
+    cfg = tiny_model(use_sub_norms=False, use_rms_norm=True, hidden_act="silu", tie_word_embeddings=False).config
+    qc = {**QC, "linear_class": "bitlinear", "quantization_mode": "offline", "use_rms_norm": True, "rms_norm_eps": 1e-6}
+    ours = _agree_with_transformers(_transformers_checkpoint(tmp_path / "llama", cfg, qc))
+    assert ours.model.layers[0].self_attn.q_proj.rms_norm.variance_epsilon == 1e-6
+
+
+def test_loads_online_bf16_master_weights(tmp_path):
+    cfg = tiny_model().config
+    qc = {**QC, "linear_class": "autobitlinear", "quantization_mode": "online"}
+    _agree_with_transformers(_transformers_checkpoint(tmp_path / "online", cfg, qc))
+
+
+def test_reexport_of_an_export_is_identical(tmp_path, model):
+    a = export_hf(model, tmp_path / "a")
+    b = export_hf(load_model(a), tmp_path / "b")
+    with safe_open(str(a / "model.safetensors"), "pt") as fa, safe_open(str(b / "model.safetensors"), "pt") as fb:
+        assert set(fa.keys()) == set(fb.keys())
+        for k in fa.keys():
+            assert torch.equal(fa.get_tensor(k), fb.get_tensor(k)), k
