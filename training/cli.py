@@ -1,0 +1,65 @@
+"""``bitnet train`` and ``bitnet train-tokenizer``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["train_main", "tokenizer_main"]
+
+
+def train_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="bitnet train",
+        description="Train a BitNet b1.58 model from a YAML config (configs/train/*.yaml). Overrides are "
+        "key=value with dotted keys, e.g. optim.lr=2e-3 model=10m max_steps=200 resume=true "
+        "model_overrides.linear_type=fp. Multi-process: accelerate launch --num_processes 2 --cpu -m bitnet train ...",
+    )
+    ap.add_argument("config", help="training YAML file")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = ap.parse_args(argv)
+    from .config import config_to_yaml, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(config_to_yaml(cfg), end="")
+        return 0
+    from .loop import train
+
+    out = train(cfg)
+    print(f"run folder: {out}")
+    return 0
+
+
+def tokenizer_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="bitnet train-tokenizer",
+        description="Train a byte-level BPE tokenizer (tokenizers) on local .txt/.jsonl/.parquet files or "
+        "folders and write tokenizer.json (use it with data.tokenizer=PATH).",
+    )
+    ap.add_argument("paths", nargs="+", help="data files or folders")
+    ap.add_argument("-o", "--output", required=True, help="output tokenizer.json path")
+    ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--min-frequency", type=int, default=2)
+    ap.add_argument("--text-field", default="text", help="record field holding the text (jsonl/parquet)")
+    ap.add_argument("--encoding-fallback", choices=["latin-1", "error"], default="latin-1",
+                    help="non-UTF-8 text files: decode as Latin-1 (with a warning) or reject")
+    args = ap.parse_args(argv)
+    from tqdm.auto import tqdm
+
+    from bitnet.io import atomic_file
+
+    from .config import DataConfig
+    from .dataset import load_records, resolve_files
+    from .tokenizer import iter_batches, train_bpe
+
+    dcfg = DataConfig(paths=list(args.paths), text_field=args.text_field, encoding_fallback=args.encoding_fallback)
+    files = resolve_files(dcfg.paths)
+    ds = load_records(files, dcfg, streaming=True)
+    texts = (r["text"] for r in tqdm(ds, desc="reading records", unit="rec"))
+    tok = train_bpe(iter_batches(texts), args.vocab_size, args.min_frequency)
+    with atomic_file(Path(args.output), "w") as f:
+        f.write(tok.to_str())
+    print(f"wrote {args.output}: {tok.get_vocab_size()} tokens from {len(files)} file(s)")
+    return 0
