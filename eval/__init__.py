@@ -1,1 +1,26 @@
-"""bitnet.eval"""
+"""bitnet.eval: lm-eval on the C++ engine, offline task data, and perplexity.
+
+Importing this package registers the lm-eval model ``bitnet``
+(``model_args="pretrained=DIR[,threads=N,batch_size=N,backend=engine|torch]"``).
+
+- :func:`run_eval` (``bitnet eval``): lm-eval's ``simple_evaluate`` on a model, hub or local data.
+- :func:`perplexity` (``bitnet perplexity``): sliding-window perplexity of a text file.
+- :class:`BitNetLM`: the lm-eval model; :mod:`bitnet.eval.backends`: the engine and the reference.
+"""
+
+from .api import results_table, run_eval, write_results
+from .backends import EngineBackend, TorchBackend, load_backend
+from .lm import BitNetLM
+from .perplexity import perplexity, sliding_window_nll
+
+__all__ = [
+    "run_eval",
+    "results_table",
+    "write_results",
+    "perplexity",
+    "sliding_window_nll",
+    "BitNetLM",
+    "EngineBackend",
+    "TorchBackend",
+    "load_backend",
+]

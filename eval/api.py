@@ -1,0 +1,108 @@
+"""``run_eval``: lm-eval's ``simple_evaluate`` on a bitnet model, hub tasks or local files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .backends import BACKENDS
+
+__all__ = ["run_eval", "results_table", "write_results"]
+
+
+def run_eval(
+    model_dir: str | Path,
+    tasks: str | list[str],
+    limit: int | float | None = None,
+    data_dir: str | Path | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 1,
+    backend: str = "engine",
+    threads: int | None = None,
+    prefix_reuse: bool = True,
+    log_samples: bool = False,
+    output: str | Path | None = None,
+    seed: int = 1234,
+) -> dict[str, Any]:
+    """Score ``model_dir`` on lm-eval ``tasks`` with the ``bitnet`` model; returns lm-eval's results dict.
+
+    ``data_dir`` (layout of ``../shared/data``) runs the tasks from local files through
+    :mod:`bitnet.eval.tasks`; without it lm-eval's standard tasks read the hub. ``limit`` caps the
+    documents per (sub)task. ``output`` also writes the JSON (atomically). ``log_samples`` keeps
+    per-document records under ``"samples"``.
+
+    Raises:
+        ValueError: unknown task names or backend, bad numbers.
+        FileNotFoundError: missing model dir, tokenizer.json, or data dir / data files.
+    """
+    from lm_eval import simple_evaluate
+
+    from . import lm as _lm  # noqa: F401  registers the "bitnet" model
+    from .lm import BitNetLM
+    from .tasks import check_task_names, local_task_dir, parse_tasks, task_manager
+
+    names = parse_tasks(tasks)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    with contextlib.ExitStack() as stack:
+        task_dir = None
+        if data_dir is not None:
+            task_dir = stack.enter_context(local_task_dir(data_dir))
+            # local JSON files only: do not let datasets try the network for anything
+            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        manager = task_manager(task_dir)
+        check_task_names(names, manager, offline=task_dir is not None)
+        model = BitNetLM(model_dir, backend=backend, threads=threads, batch_size=batch_size,
+                         prefix_reuse=prefix_reuse, seed=seed)
+        results = simple_evaluate(
+            model=model,
+            tasks=names,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            log_samples=log_samples,
+            bootstrap_iters=0,  # stderr by bootstrap costs minutes on CPU; lm-eval then reports N/A
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    if results is None:  # simple_evaluate returns None only on non-zero ranks; we run one process
+        raise RuntimeError("lm-eval returned no results")
+    results["config"]["model"] = "bitnet"
+    results["config"]["model_args"] = {"pretrained": str(model_dir), "backend": backend, "threads": threads,
+                                       "prefix_reuse": prefix_reuse, "data_dir": str(data_dir) if data_dir else None}
+    results["bitnet_stats"] = dict(model.stats)
+    if output is not None:
+        write_results(results, output)
+    return results
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """lm-eval's own results table (and the groups table when there are groups)."""
+    from lm_eval.utils import make_table
+
+    table = make_table(results)
+    if results.get("groups"):
+        table += "\n" + make_table(results, "groups")
+    return table
+
+
+def write_results(results: dict[str, Any], path: str | Path) -> Path:
+    """Write ``results`` as JSON atomically (lm-eval's serializer for numpy values and the like)."""
+    from lm_eval.utils import handle_non_serializable
+
+    from bitnet.io import atomic_file
+
+    path = Path(path)
+    with atomic_file(path, "w") as f:
+        json.dump(results, f, indent=2, default=handle_non_serializable, ensure_ascii=False)
+    return path
