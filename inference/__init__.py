@@ -1,5 +1,12 @@
-"""bitnet.inference: the C++ CPU engine and its Python front."""
+"""bitnet.inference: the C++ CPU engine and its thin Python front.
 
-from ._C import cpu_features
+    from bitnet.inference import Engine
+    eng = Engine("out/export", threads=2)       # head="auto" | "f16" | "int8"
+    eng.logits([1, 2, 3])                        # float32 (3, vocab)
+    eng.generate("Once upon a time", max_new_tokens=32)
+"""
 
-__all__ = ["cpu_features"]
+from ._C import available_isas, cpu_features, current_isa, set_isa
+from .engine import AUTO_HEAD, HEAD_MODES, Engine, sample_next
+
+__all__ = ["Engine", "AUTO_HEAD", "HEAD_MODES", "sample_next", "cpu_features", "available_isas", "current_isa", "set_isa"]

@@ -1,10 +1,55 @@
 // Python bindings of the C++ engine (nanobind). Only this file knows about Python.
+// C++ std::invalid_argument / std::out_of_range become Python ValueError / IndexError.
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+#include <nanobind/stl/optional.h>
+
+#include <algorithm>
+#include <optional>
+#include <stdexcept>
 
 #include "cpu_features.h"
+#include "kernels.h"
+#include "model.h"
 
 namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+template <typename T, typename... Extra>
+using Arr = nb::ndarray<T, nb::c_contig, nb::device::cpu, Extra...>;
+
+bitnet::DType parse_dtype(const std::string& s) {
+  if (s == "bf16") return bitnet::DType::BF16;
+  if (s == "f16") return bitnet::DType::F16;
+  if (s == "f32") return bitnet::DType::F32;
+  throw std::invalid_argument("dtype must be bf16, f16 or f32, got '" + s + "'");
+}
+
+// A 2-D array whose element size matches the dtype tag (bf16/f16 travel as uint16).
+bitnet::Matrix16 as_matrix(nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> a, const std::string& dtype) {
+  bitnet::Matrix16 m;
+  m.dtype = parse_dtype(dtype);
+  const size_t want = m.dtype == bitnet::DType::F32 ? 4 : 2;
+  if (a.itemsize() != want) throw std::invalid_argument("array item size does not match dtype " + dtype);
+  m.data = a.data();
+  m.rows = static_cast<int>(a.shape(0));
+  m.cols = static_cast<int>(a.shape(1));
+  return m;
+}
+
+const bitnet::Kernels& kernels_named(const std::string& isa) {
+  const auto names = bitnet::available_isas();
+  const bitnet::Kernels* k = bitnet::find_kernels(isa);
+  if (k == nullptr || std::find(names.begin(), names.end(), isa) == names.end())
+    throw std::invalid_argument("ISA '" + isa + "' is not available here");
+  return *k;
+}
+
+}  // namespace
 
 NB_MODULE(_C, m) {
   m.doc() = "bitnet C++ CPU engine";
@@ -27,4 +72,160 @@ NB_MODULE(_C, m) {
         return d;
       },
       "CPU features detected at start-up (cpuid/xgetbv on x86-64, compile-time on ARM).");
+  m.def("available_isas", &bitnet::available_isas, "Kernel paths this CPU and build can run, best last.");
+  m.def("current_isa", []() { return std::string(bitnet::kernels().name); }, "The kernel path in use.");
+  m.def("set_isa", &bitnet::set_isa, "name"_a, "Force a kernel path for every model (ref, avx2, avx512, neon).");
+
+  // ---- kernel-level entry points, used by the tests to compare every path with `ref` ----
+  m.def(
+      "ternary_matmul",
+      [](const std::string& isa, Arr<const uint8_t, nb::ndim<2>> packed, Arr<const int8_t, nb::ndim<2>> x) {
+        const auto& k = kernels_named(isa);
+        const int out = static_cast<int>(packed.shape(0)) * 4, K = static_cast<int>(packed.shape(1));
+        const int T = static_cast<int>(x.shape(0));
+        if (static_cast<int>(x.shape(1)) != K) throw std::invalid_argument("x columns != packed columns");
+        const int MB = (out + 15) / 16, KB = (K + 15) / 16, Kp = KB * 16, Mp = MB * 16;
+        bitnet::AlignedBuf<bitnet::TernaryTile> tiles(static_cast<size_t>(MB) * KB);
+        bitnet::ThreadPool pool(1);
+        if (!bitnet::repack_ternary(packed.data(), out, K, tiles.data(), &pool))
+          throw std::invalid_argument("packed weights contain code 3");
+        std::vector<int8_t> xp(static_cast<size_t>(T) * Kp, 0);
+        std::vector<int32_t> xsum(T, 0);
+        for (int t = 0; t < T; ++t)
+          for (int c = 0; c < K; ++c) {
+            xp[static_cast<size_t>(t) * Kp + c] = x.data()[static_cast<size_t>(t) * K + c];
+            xsum[t] += x.data()[static_cast<size_t>(t) * K + c];
+          }
+        std::vector<int32_t> y(static_cast<size_t>(T) * Mp);
+        k.ternary_gemm(tiles.data(), KB, 0, MB, xp.data(), Kp, xsum.data(), T, y.data(), Mp);
+        auto* res = new int32_t[static_cast<size_t>(T) * out];
+        for (int t = 0; t < T; ++t)
+          for (int o = 0; o < out; ++o) res[static_cast<size_t>(t) * out + o] = y[static_cast<size_t>(t) * Mp + o];
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<int32_t*>(p); });
+        return nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(out)}, owner);
+      },
+      "isa"_a, "packed"_a, "x"_a,
+      "Exact q.x for transformers-packed uint8 (out/4, K) weights and int8 x (T, K) -> int32 (T, out).");
+  m.def(
+      "head_i8",
+      [](const std::string& isa, Arr<const int8_t, nb::ndim<2>> E, Arr<const int8_t, nb::ndim<2>> x) {
+        const auto& k = kernels_named(isa);
+        const int V = static_cast<int>(E.shape(0)), C = static_cast<int>(E.shape(1)), T = static_cast<int>(x.shape(0));
+        if (static_cast<int>(x.shape(1)) != C) throw std::invalid_argument("x columns != E columns");
+        const int Cp = (C + bitnet::kHeadColAlign - 1) / bitnet::kHeadColAlign * bitnet::kHeadColAlign;
+        std::vector<int8_t> Ep(static_cast<size_t>(V) * Cp, 0), xp(static_cast<size_t>(T) * Cp, 0);
+        std::vector<int32_t> rowsum(V, 0);
+        for (int r = 0; r < V; ++r)
+          for (int c = 0; c < C; ++c) {
+            const int8_t e = E.data()[static_cast<size_t>(r) * C + c];
+            if (e == -128) throw std::invalid_argument("int8 head values must be in [-127, 127]");
+            Ep[static_cast<size_t>(r) * Cp + c] = e;
+            rowsum[r] += e;
+          }
+        for (int t = 0; t < T; ++t)
+          for (int c = 0; c < C; ++c) {
+            const int8_t v = x.data()[static_cast<size_t>(t) * C + c];
+            if (v == -128) throw std::invalid_argument("activations must be in [-127, 127]");
+            xp[static_cast<size_t>(t) * Cp + c] = v;
+          }
+        auto* res = new int32_t[static_cast<size_t>(T) * V];
+        k.head_i8(Ep.data(), rowsum.data(), Cp, 0, V, xp.data(), T, res, V);
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<int32_t*>(p); });
+        return nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(V)}, owner);
+      },
+      "isa"_a, "E"_a, "x"_a, "Exact int8 head dot products: E int8 (V, C), x int8 (T, C) -> int32 (T, V).");
+  m.def(
+      "dot_rows",
+      [](const std::string& isa, nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> E, const std::string& dtype,
+         Arr<const float, nb::ndim<2>> h) {
+        const auto& k = kernels_named(isa);
+        const bitnet::Matrix16 W = as_matrix(E, dtype);
+        const int T = static_cast<int>(h.shape(0));
+        if (static_cast<int>(h.shape(1)) != W.cols) throw std::invalid_argument("h columns != E columns");
+        auto* res = new float[static_cast<size_t>(T) * W.rows];
+        if (W.dtype == bitnet::DType::BF16)
+          k.dot_rows_bf16(static_cast<const uint16_t*>(W.data), W.cols, 0, W.rows, h.data(), T, res, W.rows);
+        else if (W.dtype == bitnet::DType::F16)
+          k.dot_rows_f16(static_cast<const uint16_t*>(W.data), W.cols, 0, W.rows, h.data(), T, res, W.rows);
+        else
+          k.dot_rows_f32(static_cast<const float*>(W.data), W.cols, 0, W.rows, h.data(), T, res, W.rows);
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        return nb::ndarray<nb::numpy, float, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(W.rows)}, owner);
+      },
+      "isa"_a, "E"_a, "dtype"_a, "h"_a, "fp32 dot products of 16-bit/fp32 rows E (V, C) with h (T, C) -> (T, V).");
+
+  // ---- the model ----
+  nb::class_<bitnet::Model>(m, "Model")
+      .def(
+          "__init__",
+          [](bitnet::Model* self, int vocab, int hidden, int intermediate, int layers, int heads, int kv_heads,
+             int head_dim, int max_positions, float eps, float rope_theta, const std::string& act, bool sub_norms,
+             bool inner_norm, int threads) {
+            if (threads < 1) throw std::invalid_argument("threads must be >= 1");
+            if (act != "relu2" && act != "silu") throw std::invalid_argument("hidden_act must be relu2 or silu");
+            bitnet::ModelConfig c;
+            c.vocab = vocab; c.hidden = hidden; c.intermediate = intermediate; c.layers = layers; c.heads = heads;
+            c.kv_heads = kv_heads; c.head_dim = head_dim; c.max_positions = max_positions; c.eps = eps;
+            c.rope_theta = rope_theta; c.relu2 = act == "relu2"; c.sub_norms = sub_norms; c.inner_norm = inner_norm;
+            new (self) bitnet::Model(c, threads);
+          },
+          "vocab"_a, "hidden"_a, "intermediate"_a, "layers"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
+          "max_positions"_a, "eps"_a, "rope_theta"_a, "act"_a, "sub_norms"_a, "inner_norm"_a, "threads"_a)
+      .def(
+          "set_linear",
+          [](bitnet::Model& self, int layer, const std::string& name, Arr<const uint8_t, nb::ndim<2>> packed, float beta,
+             std::optional<Arr<const float, nb::ndim<1>>> norm) {
+            const float* np = norm ? norm->data() : nullptr;
+            const int64_t nl = norm ? static_cast<int64_t>(norm->shape(0)) : 0;
+            nb::gil_scoped_release release;
+            self.set_linear(layer, name, packed.data(), static_cast<int64_t>(packed.shape(0)),
+                            static_cast<int64_t>(packed.shape(1)), beta, np, nl);
+          },
+          "layer"_a, "name"_a, "packed"_a, "beta"_a, "norm"_a = nb::none(),
+          "Repack one linear (transformers' packed uint8 (out/4, in)); beta multiplies the output.")
+      .def(
+          "set_norm",
+          [](bitnet::Model& self, int layer, const std::string& name, Arr<const float, nb::ndim<1>> w) {
+            self.set_norm(layer, name, w.data(), static_cast<int64_t>(w.shape(0)));
+          },
+          "layer"_a, "name"_a, "w"_a, "Copy an RMSNorm weight (layer -1 with name 'norm' is the final norm).")
+      .def(
+          "set_embedding",
+          [](bitnet::Model& self, nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> a, const std::string& dtype) {
+            self.set_embedding(as_matrix(a, dtype));
+          },
+          "array"_a, "dtype"_a, nb::keep_alive<1, 2>(), "Borrow the embedding table (kept alive by the model).")
+      .def(
+          "set_lm_head",
+          [](bitnet::Model& self, nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> a, const std::string& dtype) {
+            self.set_lm_head(as_matrix(a, dtype));
+          },
+          "array"_a, "dtype"_a, nb::keep_alive<1, 2>(), "Borrow an untied output head (kept alive by the model).")
+      .def(
+          "set_head_mode",
+          [](bitnet::Model& self, const std::string& mode) {
+            nb::gil_scoped_release release;
+            self.set_head_mode(mode);
+          },
+          "mode"_a)
+      .def_prop_ro("head_mode", &bitnet::Model::head_mode)
+      .def_prop_ro("threads", &bitnet::Model::threads)
+      .def_prop_ro("cache_len", &bitnet::Model::cache_len)
+      .def_prop_ro("weight_bytes", &bitnet::Model::weight_bytes)
+      .def("check_complete", &bitnet::Model::check_complete)
+      .def("reset", &bitnet::Model::reset)
+      .def(
+          "forward",
+          [](bitnet::Model& self, Arr<const int32_t, nb::ndim<1>> tokens, int pos0, int logits_from,
+             Arr<float, nb::ndim<2>> out) {
+            const int T = static_cast<int>(tokens.shape(0));
+            if (logits_from < 0 || logits_from > T) throw std::invalid_argument("logits_from out of range");
+            if (static_cast<int>(out.shape(0)) != T - logits_from ||
+                static_cast<int>(out.shape(1)) != self.config().vocab)
+              throw std::invalid_argument("out must have shape (T - logits_from, vocab)");
+            nb::gil_scoped_release release;
+            self.forward(tokens.data(), T, pos0, logits_from, out.data());
+          },
+          "tokens"_a, "pos0"_a, "logits_from"_a, "out"_a,
+          "Run tokens at positions pos0.. (keeping pos0 cached entries); logits rows logits_from.. into out.");
 }

@@ -1,0 +1,82 @@
+// Runtime dispatch: the kernel table is chosen once from cpuid; BITNET_ISA forces a path.
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+#include "cpu_features.h"
+#include "kernels.h"
+
+namespace bitnet {
+namespace {
+
+bool can_run(const std::string& name) {
+  const CpuFeatures& f = cpu_features();
+  if (name == "ref") return true;
+#if defined(__x86_64__) || defined(_M_X64)
+  if (name == "avx2") return f.avx2 && f.fma && f.f16c;
+  if (name == "avx512") return f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni;
+#endif
+#if defined(__aarch64__)
+  if (name == "neon") return f.neon && f.dotprod;
+#endif
+  (void)f;
+  return false;
+}
+
+const Kernels* pick_initial() {
+  if (const char* env = std::getenv("BITNET_ISA")) {
+    const std::string name(env);
+    if (!name.empty()) {
+      const Kernels* k = find_kernels(name);
+      if (k == nullptr || !can_run(name))
+        throw std::invalid_argument("BITNET_ISA=" + name + " is not available on this CPU/build (available: ref" +
+                                    std::string(can_run("avx2") ? ", avx2" : "") +
+                                    std::string(can_run("avx512") ? ", avx512" : "") +
+                                    std::string(can_run("neon") ? ", neon" : "") + ")");
+      return k;
+    }
+  }
+  const std::vector<std::string> names = available_isas();
+  return find_kernels(names.back());
+}
+
+std::atomic<const Kernels*> g_current{nullptr};
+
+}  // namespace
+
+const Kernels* find_kernels(const std::string& name) {
+  if (name == "ref") return &kKernelsRef;
+#if defined(__x86_64__) || defined(_M_X64)
+  if (name == "avx2") return &kKernelsAvx2;
+  if (name == "avx512") return &kKernelsAvx512;
+#endif
+#if defined(__aarch64__)
+  if (name == "neon") return &kKernelsNeon;
+#endif
+  return nullptr;
+}
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> out;
+  for (const char* n : {"ref", "neon", "avx2", "avx512"})
+    if (find_kernels(n) != nullptr && can_run(n)) out.emplace_back(n);
+  return out;
+}
+
+const Kernels& kernels() {
+  const Kernels* k = g_current.load(std::memory_order_acquire);
+  if (k == nullptr) {
+    k = pick_initial();
+    g_current.store(k, std::memory_order_release);
+  }
+  return *k;
+}
+
+void set_isa(const std::string& name) {
+  const Kernels* k = find_kernels(name);
+  if (k == nullptr || !can_run(name))
+    throw std::invalid_argument("ISA '" + name + "' is not available on this CPU/build");
+  g_current.store(k, std::memory_order_release);
+}
+
+}  // namespace bitnet

@@ -1,0 +1,93 @@
+// The engine's compute kernels: one weight layout, one scalar reference, SIMD variants beside it.
+//
+// Every kernel computes an EXACT integer dot product (or an fp32 dot for the 16-bit head); the
+// float rescale happens once per output in model.cpp. Each ISA lives in its own translation unit
+// compiled with only that ISA's flags (kernels_avx2.cpp, kernels_avx512.cpp, kernels_neon.cpp); the
+// scalar `_ref` (kernels_ref.cpp) is always compiled and is the oracle the tests compare against.
+// The table of function pointers is filled once from cpuid (dispatch.cpp); BITNET_ISA=ref|avx2|
+// avx512|neon forces a path.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace bitnet {
+
+// ---------------------------------------------------------------------------------------------
+// Ternary weight tile: 16 output rows x 16 input columns, 2 bits per weight, 64 bytes.
+//
+// Code c = q + 1 in {0, 1, 2} for q in {-1, 0, 1} (3 never occurs; padding rows/columns use c = 1,
+// i.e. a zero weight). Byte b = 4*r + j of a tile (r = row in the tile 0..15, j = 0..3) holds, in
+// bits 2i..2i+1 (i = 0..3), the code of row 16*mb + r, column 16*kb + 4*i + j.
+// Tiles are stored row-block major: tile (mb, kb) is at index mb * KB + kb (KB = padded K / 16).
+//
+// Why this layout: one 64-byte load shifted right by 2i and masked with 3 gives a vector whose
+// 32-bit lane r holds the four codes of row r for the four consecutive columns 16*kb + 4*i + 0..3:
+// exactly the u8 operand of vpdpbusd (4 u8 x s8 products summed per 32-bit lane) against a
+// broadcast of those four activation bytes. Weights stay at 2 bits in memory (decode is
+// memory-bound) and are unpacked in registers.
+struct TernaryTile {
+  uint8_t b[64];
+};
+static_assert(sizeof(TernaryTile) == 64, "a ternary tile is 16 x 16 weights at 2 bits");
+constexpr int kTileRows = 16;
+constexpr int kTileCols = 16;
+
+// int8 head rows are padded to a multiple of this many columns (zeros), so SIMD loops need no tail.
+constexpr int kHeadColAlign = 64;
+
+struct Kernels {
+  const char* name;
+
+  // Ternary x int8 matrix product, exact:
+  //   y[t * ldy + m] = sum_k q[m][k] * x[t * ldx + k]        for m in [16*mb0, 16*mb1), t in [0, T)
+  // w: tiles of the whole matrix (KB tiles per row block); x: int8 activations, padded with zeros
+  // to 16*KB columns; xsum[t] = sum_k x[t*ldx + k] (the SIMD paths compute sum c*x with c = q + 1
+  // and subtract xsum; the reference ignores it and multiplies by q directly).
+  void (*ternary_gemm)(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                       const int32_t* xsum, int T, int32_t* y, int ldy);
+
+  // 16-bit / fp32 head: out[t * ldo + r] = sum_c E[r][c] * h[t * C + c] in fp32, r in [r0, r1).
+  void (*dot_rows_bf16)(const uint16_t* E, int C, int r0, int r1, const float* h, int T, float* out,
+                        int ldo);
+  void (*dot_rows_f16)(const uint16_t* E, int C, int r0, int r1, const float* h, int T, float* out,
+                       int ldo);
+  void (*dot_rows_f32)(const float* E, int C, int r0, int r1, const float* h, int T, float* out,
+                       int ldo);
+
+  // int8 head, exact: out[t * ldo + r] = sum_c E[r][c] * x[t * Cp + c], r in [r0, r1).
+  // Cp is a multiple of kHeadColAlign (zero padded); E values in [-127, 127], x in [-127, 127]
+  // (absmax quantization never produces -128); rowsum[r] = sum_c E[r][c].
+  void (*head_i8)(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x,
+                  int T, int32_t* out, int ldo);
+};
+
+extern const Kernels kKernelsRef;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const Kernels kKernelsAvx2;
+extern const Kernels kKernelsAvx512;
+#endif
+#if defined(__aarch64__)
+extern const Kernels kKernelsNeon;
+#endif
+
+// The kernels in use: chosen once from cpuid (best available), or from BITNET_ISA.
+const Kernels& kernels();
+// Force a path by name ("ref", "avx2", "avx512", "neon"); throws std::invalid_argument when the
+// name is unknown or this CPU/build cannot run it.
+void set_isa(const std::string& name);
+// Names of the paths this CPU and build can run, best last.
+std::vector<std::string> available_isas();
+const Kernels* find_kernels(const std::string& name);
+
+// Scalar conversions shared by every path (exact for every 16-bit input).
+inline float bf16_to_f32(uint16_t v) {
+  union { uint32_t u; float f; } c;
+  c.u = static_cast<uint32_t>(v) << 16;
+  return c.f;
+}
+float f16_to_f32(uint16_t v);
+
+}  // namespace bitnet

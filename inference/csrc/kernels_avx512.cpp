@@ -1,0 +1,195 @@
+// AVX-512 VNNI kernels (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni only).
+// Scalar twin: kernels_ref.cpp. Tested against it in tests/inference/test_kernels.py.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels.h"
+
+namespace bitnet {
+namespace {
+
+inline __m512i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// One row block (16 rows) against TT tokens.
+//
+// Invariants: codes c in {0,1,2} are the UNSIGNED operand of vpdpbusd and activations x in
+// [-128, 127] the signed one, so each product is in [-256, 254] and each 32-bit lane gains at most
+// 4 * 256 = 1024 in magnitude per instruction: K < 2^21 columns cannot overflow int32. Then
+// sum c*x = sum (q+1)*x = q.x + sum x, so subtracting xsum[t] gives q.x exactly.
+template <int TT>
+inline void block_tt(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum,
+                     int32_t* y, int ldy) {
+  const __m512i m3 = _mm512_set1_epi8(3);
+  __m512i acc[TT];
+  for (int t = 0; t < TT; ++t) acc[t] = _mm512_setzero_si512();
+  for (int kb = 0; kb < KB; ++kb) {
+    const __m512i p = _mm512_loadu_si512(wrow[kb].b);
+    // Shift within 16-bit lanes is safe: the mask keeps only the 2 bits that came from this byte.
+    const __m512i c0 = _mm512_and_si512(p, m3);
+    const __m512i c1 = _mm512_and_si512(_mm512_srli_epi16(p, 2), m3);
+    const __m512i c2 = _mm512_and_si512(_mm512_srli_epi16(p, 4), m3);
+    const __m512i c3 = _mm512_and_si512(_mm512_srli_epi16(p, 6), m3);
+    for (int t = 0; t < TT; ++t) {
+      const int8_t* xt = x + static_cast<size_t>(t) * ldx + kb * kTileCols;
+      acc[t] = _mm512_dpbusd_epi32(acc[t], c0, bcast4(xt + 0));
+      acc[t] = _mm512_dpbusd_epi32(acc[t], c1, bcast4(xt + 4));
+      acc[t] = _mm512_dpbusd_epi32(acc[t], c2, bcast4(xt + 8));
+      acc[t] = _mm512_dpbusd_epi32(acc[t], c3, bcast4(xt + 12));
+    }
+  }
+  for (int t = 0; t < TT; ++t)
+    _mm512_storeu_si512(y + static_cast<size_t>(t) * ldy,
+                        _mm512_sub_epi32(acc[t], _mm512_set1_epi32(xsum[t])));
+}
+
+// Decode (one token): four independent accumulators (one per 2-bit plane) hide vpdpbusd latency;
+// same invariants as block_tt.
+inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
+  const __m512i m3 = _mm512_set1_epi8(3);
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  for (int kb = 0; kb < KB; ++kb) {
+    const __m512i p = _mm512_loadu_si512(wrow[kb].b);
+    const int8_t* xt = x + kb * kTileCols;
+    a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(p, m3), bcast4(xt + 0));
+    a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(p, 2), m3), bcast4(xt + 4));
+    a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(_mm512_srli_epi16(p, 4), m3), bcast4(xt + 8));
+    a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(_mm512_srli_epi16(p, 6), m3), bcast4(xt + 12));
+  }
+  const __m512i s = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+  _mm512_storeu_si512(y, _mm512_sub_epi32(s, _mm512_set1_epi32(xsum)));
+}
+
+void ternary_gemm_avx512(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                         const int32_t* xsum, int T, int32_t* y, int ldy) {
+  constexpr int TT = 8;  // tokens per register tile: 8 accumulators + 4 code vectors
+  for (int mb = mb0; mb < mb1; ++mb) {
+    const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
+    int32_t* ym = y + mb * kTileRows;
+    if (T == 1) {
+      block_t1(wrow, KB, x, xsum[0], ym);
+      continue;
+    }
+    int t = 0;
+    for (; t + TT <= T; t += TT)
+      block_tt<TT>(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t, ym + static_cast<size_t>(t) * ldy, ldy);
+    const int8_t* xr = x + static_cast<size_t>(t) * ldx;
+    int32_t* yr = ym + static_cast<size_t>(t) * ldy;
+    switch (T - t) {
+      case 7: block_tt<7>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
+      case 6: block_tt<6>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
+      case 5: block_tt<5>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
+      case 4: block_tt<4>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
+      case 3: block_tt<3>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
+      case 2: block_tt<2>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
+      case 1: block_t1(wrow, KB, xr, xsum[t], yr); break;
+      default: break;
+    }
+  }
+}
+
+inline __m512 load_bf16(const uint16_t* p) {
+  // bf16 -> f32 is a 16-bit left shift of the bit pattern (exact).
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+inline __m512 load_f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+inline __m512 load_f32(const float* p) { return _mm512_loadu_ps(p); }
+
+// fp32 dot of 4 rows at a time against each token; the scalar tail keeps any C valid.
+template <typename E, __m512 (*Load)(const E*), float (*Conv)(E)>
+void dot_rows_avx512(const E* W, int C, int r0, int r1, const float* h, int T, float* out, int ldo) {
+  const int C16 = C & ~15;
+  for (int t = 0; t < T; ++t) {
+    const float* ht = h + static_cast<size_t>(t) * C;
+    float* ot = out + static_cast<size_t>(t) * ldo;
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+      const E* e0 = W + static_cast<size_t>(r) * C;
+      const E* e1 = e0 + C;
+      const E* e2 = e1 + C;
+      const E* e3 = e2 + C;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int c = 0; c < C16; c += 16) {
+        const __m512 hv = _mm512_loadu_ps(ht + c);
+        a0 = _mm512_fmadd_ps(Load(e0 + c), hv, a0);
+        a1 = _mm512_fmadd_ps(Load(e1 + c), hv, a1);
+        a2 = _mm512_fmadd_ps(Load(e2 + c), hv, a2);
+        a3 = _mm512_fmadd_ps(Load(e3 + c), hv, a3);
+      }
+      float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
+      float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
+      for (int c = C16; c < C; ++c) {
+        s0 += Conv(e0[c]) * ht[c];
+        s1 += Conv(e1[c]) * ht[c];
+        s2 += Conv(e2[c]) * ht[c];
+        s3 += Conv(e3[c]) * ht[c];
+      }
+      ot[r] = s0;
+      ot[r + 1] = s1;
+      ot[r + 2] = s2;
+      ot[r + 3] = s3;
+    }
+    for (; r < r1; ++r) {
+      const E* e = W + static_cast<size_t>(r) * C;
+      __m512 a = _mm512_setzero_ps();
+      for (int c = 0; c < C16; c += 16) a = _mm512_fmadd_ps(Load(e + c), _mm512_loadu_ps(ht + c), a);
+      float s = _mm512_reduce_add_ps(a);
+      for (int c = C16; c < C; ++c) s += Conv(e[c]) * ht[c];
+      ot[r] = s;
+    }
+  }
+}
+
+inline float f32_id(float v) { return v; }
+
+// int8 head. Invariant: x ^ 0x80 turns s8 x into u8 x + 128 (the vpdpbusd unsigned operand), so
+// the lane sums give sum (x + 128) * e = x.e + 128 * rowsum; |(x+128)*e| <= 255 * 127, four per
+// lane per instruction, so int32 is safe for C < 2^14 * 64 columns.
+void head_i8_avx512(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x,
+                    int T, int32_t* out, int ldo) {
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int t = 0; t < T; ++t) {
+    const int8_t* xt = x + static_cast<size_t>(t) * Cp;
+    int32_t* ot = out + static_cast<size_t>(t) * ldo;
+    int r = r0;
+    for (; r + 4 <= r1; r += 4) {
+      const int8_t* e0 = E + static_cast<size_t>(r) * Cp;
+      __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+      for (int c = 0; c < Cp; c += 64) {
+        const __m512i xu = _mm512_xor_si512(_mm512_loadu_si512(xt + c), bias);
+        a0 = _mm512_dpbusd_epi32(a0, xu, _mm512_loadu_si512(e0 + c));
+        a1 = _mm512_dpbusd_epi32(a1, xu, _mm512_loadu_si512(e0 + Cp + c));
+        a2 = _mm512_dpbusd_epi32(a2, xu, _mm512_loadu_si512(e0 + 2 * static_cast<size_t>(Cp) + c));
+        a3 = _mm512_dpbusd_epi32(a3, xu, _mm512_loadu_si512(e0 + 3 * static_cast<size_t>(Cp) + c));
+      }
+      ot[r] = _mm512_reduce_add_epi32(a0) - 128 * rowsum[r];
+      ot[r + 1] = _mm512_reduce_add_epi32(a1) - 128 * rowsum[r + 1];
+      ot[r + 2] = _mm512_reduce_add_epi32(a2) - 128 * rowsum[r + 2];
+      ot[r + 3] = _mm512_reduce_add_epi32(a3) - 128 * rowsum[r + 3];
+    }
+    for (; r < r1; ++r) {
+      const int8_t* e = E + static_cast<size_t>(r) * Cp;
+      __m512i a = _mm512_setzero_si512();
+      for (int c = 0; c < Cp; c += 64)
+        a = _mm512_dpbusd_epi32(a, _mm512_xor_si512(_mm512_loadu_si512(xt + c), bias), _mm512_loadu_si512(e + c));
+      ot[r] = _mm512_reduce_add_epi32(a) - 128 * rowsum[r];
+    }
+  }
+}
+
+}  // namespace
+
+const Kernels kKernelsAvx512 = {
+    "avx512",
+    ternary_gemm_avx512,
+    dot_rows_avx512<uint16_t, load_bf16, bf16_to_f32>,
+    dot_rows_avx512<uint16_t, load_f16, f16_to_f32>,
+    dot_rows_avx512<float, load_f32, f32_id>,
+    head_i8_avx512,
+};
+
+}  // namespace bitnet

@@ -1,0 +1,471 @@
+#include "model.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace bitnet {
+
+template <typename T>
+void AlignedBuf<T>::reset(size_t count) {
+  std::free(ptr);
+  ptr = nullptr;
+  n = count;
+  if (count == 0) return;
+  const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+  ptr = static_cast<T*>(std::aligned_alloc(64, bytes));
+  if (ptr == nullptr) throw std::bad_alloc();
+}
+template struct AlignedBuf<TernaryTile>;
+template struct AlignedBuf<int8_t>;
+
+float Matrix16::row_value(int r, int c) const {
+  const size_t i = static_cast<size_t>(r) * cols + c;
+  switch (dtype) {
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    default: return static_cast<const float*>(data)[i];
+  }
+}
+
+namespace {
+
+constexpr float kActEps = 1e-5f;  // bitnet.quant.ACT_EPS: an all-zero token quantizes to zeros
+
+std::string where(int layer, const std::string& name) {
+  return "model.layers." + std::to_string(layer) + "." + name;
+}
+
+// y = w * (x * rsqrt(mean(x^2) + eps)), in fp32 (bitnet.layers.RMSNorm).
+void rmsnorm(const float* x, const float* w, int n, float eps, float* y) {
+  float ss = 0.f;
+  for (int i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
+  for (int i = 0; i < n; ++i) y[i] = w[i] * (x[i] * r);
+}
+
+// Per-token absmax int8 quantization (bitnet.quant.act_quant): s = 127 / max|x|,
+// q = round-half-even(x * s) (|x * s| <= 127, so no clamp is ever active). Pads with zeros to n_pad.
+// Returns s; *sum = sum of q.
+float quantize_row(const float* x, int n, int n_pad, int8_t* q, int32_t* sum) {
+  float amax = 0.f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float s = 127.f / std::max(amax, kActEps);
+  int32_t acc = 0;
+  for (int i = 0; i < n; ++i) {
+    float v = std::nearbyint(x[i] * s);
+    v = std::min(127.f, std::max(-128.f, v));
+    q[i] = static_cast<int8_t>(v);
+    acc += q[i];
+  }
+  for (int i = n; i < n_pad; ++i) q[i] = 0;
+  *sum = acc;
+  return s;
+}
+
+}  // namespace
+
+Model::Model(const ModelConfig& cfg, int threads) : cfg_(cfg), pool_(threads) {
+  if (cfg.vocab <= 0 || cfg.hidden <= 0 || cfg.intermediate <= 0 || cfg.layers <= 0 || cfg.heads <= 0 ||
+      cfg.kv_heads <= 0 || cfg.head_dim <= 0 || cfg.max_positions <= 0)
+    throw std::invalid_argument("model config: every size must be positive");
+  if (cfg.heads % cfg.kv_heads != 0) throw std::invalid_argument("model config: heads must be a multiple of kv_heads");
+  if (cfg.head_dim % 2 != 0) throw std::invalid_argument("model config: head_dim must be even (RoPE)");
+  if (cfg.sub_norms && cfg.heads * cfg.head_dim != cfg.hidden)
+    throw std::invalid_argument("model config: attn_sub_norm needs heads * head_dim == hidden_size");
+  layers_.resize(cfg.layers);
+  // inv_freq[i] = 1 / theta^(2i / head_dim), in fp32 as bitnet.model.rope_cos_sin computes it.
+  for (int i = 0; i < cfg.head_dim / 2; ++i) {
+    const float e = static_cast<float>(2 * i) / static_cast<float>(cfg.head_dim);
+    rope_inv_freq_.push_back(1.0f / std::pow(cfg.rope_theta, e));
+  }
+}
+
+Linear& Model::linear_ref(int layer, const std::string& name) {
+  if (layer < 0 || layer >= cfg_.layers) throw std::invalid_argument("layer index out of range: " + std::to_string(layer));
+  Layer& l = layers_[layer];
+  if (name == "self_attn.q_proj") return l.q;
+  if (name == "self_attn.k_proj") return l.k;
+  if (name == "self_attn.v_proj") return l.v;
+  if (name == "self_attn.o_proj") return l.o;
+  if (name == "mlp.gate_proj") return l.gate;
+  if (name == "mlp.up_proj") return l.up;
+  if (name == "mlp.down_proj") return l.down;
+  throw std::invalid_argument("unknown linear " + name);
+}
+
+void Model::set_linear(int layer, const std::string& name, const uint8_t* packed, int64_t rows4, int64_t in,
+                       float beta, const float* norm, int64_t norm_len) {
+  Linear& L = linear_ref(layer, name);
+  const int H = cfg_.hidden, I = cfg_.intermediate, QD = cfg_.heads * cfg_.head_dim, KVD = cfg_.kv_heads * cfg_.head_dim;
+  int want_out = 0, want_in = 0;
+  if (name == "self_attn.q_proj") { want_out = QD; want_in = H; }
+  else if (name == "self_attn.k_proj" || name == "self_attn.v_proj") { want_out = KVD; want_in = H; }
+  else if (name == "self_attn.o_proj") { want_out = H; want_in = QD; }
+  else if (name == "mlp.down_proj") { want_out = H; want_in = I; }
+  else { want_out = I; want_in = H; }
+  if (want_out % 4 != 0 || rows4 * 4 != want_out || in != want_in)
+    throw std::invalid_argument(where(layer, name) + ".weight: packed shape (" + std::to_string(rows4) + ", " +
+                                std::to_string(in) + ") disagrees with the config (expected (" +
+                                std::to_string(want_out / 4) + ", " + std::to_string(want_in) + "))");
+  if (!std::isfinite(beta)) throw std::invalid_argument(where(layer, name) + ".weight_scale is not finite");
+  if (cfg_.inner_norm) {
+    if (norm == nullptr || norm_len != want_in)
+      throw std::invalid_argument(where(layer, name) + ".rms_norm.weight: missing or wrong length (use_rms_norm is set)");
+    L.norm.assign(norm, norm + norm_len);
+  } else if (norm != nullptr) {
+    throw std::invalid_argument(where(layer, name) + ".rms_norm.weight given but use_rms_norm is not set");
+  }
+  L.out = want_out;
+  L.in = want_in;
+  L.beta = beta;
+  L.MB = (want_out + kTileRows - 1) / kTileRows;
+  L.KB = (want_in + kTileCols - 1) / kTileCols;
+  L.tiles.reset(static_cast<size_t>(L.MB) * L.KB);
+  if (!repack_ternary(packed, want_out, want_in, L.tiles.data(), &pool_)) {
+    L.tiles.reset(0);
+    throw std::invalid_argument(where(layer, name) + ".weight: found 2-bit code 3, not a ternary value");
+  }
+}
+
+bool repack_ternary(const uint8_t* packed, int out, int K, TernaryTile* tiles, ThreadPool* pool) {
+  const int R = out / 4, MB = (out + kTileRows - 1) / kTileRows, KB = (K + kTileCols - 1) / kTileCols;
+  std::atomic<bool> bad{false};
+  pool->parallel_for(MB, [&](int mb0, int mb1) {
+    uint8_t seen3 = 0;
+    for (int mb = mb0; mb < mb1; ++mb) {
+      for (int kb = 0; kb < KB; ++kb) std::memset(tiles[static_cast<size_t>(mb) * KB + kb].b, 0, 64);
+      for (int r = 0; r < kTileRows; ++r) {
+        const int m = mb * kTileRows + r;
+        // transformers' layout: row m = i*R + r' lives in packed row r' = m % R, bits 2i = 2*(m / R).
+        const uint8_t* src = m < out ? packed + static_cast<size_t>(m % R) * K : nullptr;
+        const int shift = m < out ? 2 * (m / R) : 0;
+        for (int kb = 0; kb < KB; ++kb) {
+          uint8_t* dst = tiles[static_cast<size_t>(mb) * KB + kb].b + 4 * r;
+          for (int i = 0; i < 4; ++i) {
+            for (int j = 0; j < 4; ++j) {
+              const int k = kb * kTileCols + 4 * i + j;
+              uint8_t c = 1;  // padding: a zero weight
+              if (src != nullptr && k < K) c = (src[k] >> shift) & 3;
+              seen3 |= static_cast<uint8_t>(c == 3);
+              dst[j] |= static_cast<uint8_t>(c << (2 * i));
+            }
+          }
+        }
+      }
+    }
+    if (seen3) bad.store(true);
+  });
+  return !bad.load();
+}
+
+void Model::set_norm(int layer, const std::string& name, const float* w, int64_t n) {
+  std::vector<float>* dst = nullptr;
+  int64_t want = cfg_.hidden;
+  if (layer == -1 && name == "norm") {
+    dst = &final_norm_;
+  } else {
+    if (layer < 0 || layer >= cfg_.layers) throw std::invalid_argument("layer index out of range: " + std::to_string(layer));
+    Layer& l = layers_[layer];
+    if (name == "input_layernorm") dst = &l.input_norm;
+    else if (name == "post_attention_layernorm") dst = &l.post_norm;
+    else if (name == "self_attn.attn_sub_norm") dst = &l.attn_sub_norm;
+    else if (name == "mlp.ffn_sub_norm") { dst = &l.ffn_sub_norm; want = cfg_.intermediate; }
+    else throw std::invalid_argument("unknown norm " + name);
+  }
+  if (n != want)
+    throw std::invalid_argument((layer < 0 ? std::string("model.norm") : where(layer, name)) + ".weight: length " +
+                                std::to_string(n) + " disagrees with the config (expected " + std::to_string(want) + ")");
+  dst->assign(w, w + n);
+}
+
+void Model::set_embedding(const Matrix16& m) {
+  if (m.rows != cfg_.vocab || m.cols != cfg_.hidden)
+    throw std::invalid_argument("model.embed_tokens.weight: shape (" + std::to_string(m.rows) + ", " +
+                                std::to_string(m.cols) + ") disagrees with the config (vocab_size, hidden_size) = (" +
+                                std::to_string(cfg_.vocab) + ", " + std::to_string(cfg_.hidden) + ")");
+  embed_ = m;
+}
+
+void Model::set_lm_head(const Matrix16& m) {
+  if (m.rows != cfg_.vocab || m.cols != cfg_.hidden)
+    throw std::invalid_argument("lm_head.weight: shape disagrees with the config (vocab_size, hidden_size)");
+  lm_head_ = m;
+}
+
+void Model::set_head_mode(const std::string& mode) {
+  if (mode == "f16") {
+    head_int8_ = false;
+    head_q_.reset(0);
+    head_scale_.clear();
+    head_rowsum_.clear();
+    return;
+  }
+  if (mode != "int8") throw std::invalid_argument("head mode must be 'f16' or 'int8', got '" + mode + "'");
+  const Matrix16& src = lm_head_.data ? lm_head_ : embed_;
+  if (src.data == nullptr) throw std::invalid_argument("set the embedding before choosing the head mode");
+  const int V = cfg_.vocab, C = cfg_.hidden;
+  head_cp_ = (C + kHeadColAlign - 1) / kHeadColAlign * kHeadColAlign;
+  head_q_.reset(static_cast<size_t>(V) * head_cp_);
+  head_scale_.assign(V, 0.f);
+  head_rowsum_.assign(V, 0);
+  int8_t* q = head_q_.data();
+  // Per-row absmax: scale = max|e| / 127, e_q = round(e / scale) in [-127, 127].
+  pool_.parallel_for(V, [&](int r0, int r1) {
+    for (int r = r0; r < r1; ++r) {
+      float amax = 0.f;
+      for (int c = 0; c < C; ++c) amax = std::max(amax, std::fabs(src.row_value(r, c)));
+      const float scale = amax / 127.f;
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      int8_t* qr = q + static_cast<size_t>(r) * head_cp_;
+      int32_t sum = 0;
+      for (int c = 0; c < C; ++c) {
+        const float v = std::min(127.f, std::max(-127.f, std::nearbyint(src.row_value(r, c) * inv)));
+        qr[c] = static_cast<int8_t>(v);
+        sum += qr[c];
+      }
+      for (int c = C; c < head_cp_; ++c) qr[c] = 0;
+      head_scale_[r] = scale;
+      head_rowsum_[r] = sum;
+    }
+  });
+  head_int8_ = true;
+}
+
+void Model::check_complete() const {
+  if (embed_.data == nullptr) throw std::invalid_argument("missing tensor model.embed_tokens.weight");
+  if (final_norm_.empty()) throw std::invalid_argument("missing tensor model.norm.weight");
+  static const char* kLinears[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+  for (int i = 0; i < cfg_.layers; ++i) {
+    const Layer& l = layers_[i];
+    const Linear* ls[] = {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down};
+    for (int j = 0; j < 7; ++j)
+      if (!ls[j]->loaded()) throw std::invalid_argument("missing tensor " + where(i, kLinears[j]) + ".weight");
+    if (l.input_norm.empty()) throw std::invalid_argument("missing tensor " + where(i, "input_layernorm.weight"));
+    if (l.post_norm.empty()) throw std::invalid_argument("missing tensor " + where(i, "post_attention_layernorm.weight"));
+    if (cfg_.sub_norms && l.attn_sub_norm.empty())
+      throw std::invalid_argument("missing tensor " + where(i, "self_attn.attn_sub_norm.weight"));
+    if (cfg_.sub_norms && l.ffn_sub_norm.empty())
+      throw std::invalid_argument("missing tensor " + where(i, "mlp.ffn_sub_norm.weight"));
+  }
+}
+
+size_t Model::weight_bytes() const {
+  size_t n = head_q_.n;
+  for (const Layer& l : layers_)
+    for (const Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) n += L->tiles.n * sizeof(TernaryTile);
+  return n;
+}
+
+void Model::ensure_cache(int n) {
+  if (n <= cache_cap_) return;
+  const int kvd = cfg_.kv_heads * cfg_.head_dim;
+  // Grow geometrically (at least 256 positions), never past max_position_embeddings.
+  const int cap = std::max(n, std::min(cfg_.max_positions, std::max(256, 2 * cache_cap_)));
+  for (Layer& l : layers_) {
+    std::vector<float> k(static_cast<size_t>(cap) * kvd), v(static_cast<size_t>(cap) * kvd);
+    std::copy(l.kcache.begin(), l.kcache.begin() + static_cast<size_t>(cache_len_) * kvd, k.begin());
+    std::copy(l.vcache.begin(), l.vcache.begin() + static_cast<size_t>(cache_len_) * kvd, v.begin());
+    l.kcache.swap(k);
+    l.vcache.swap(v);
+  }
+  cache_cap_ = cap;
+}
+
+// y (T, out) = dequant(ternary(W) x int8(x)), x (T, in). Output y[t][m] = (q.x_q)[m] * beta / s_t.
+void Model::linear_forward(const Linear& L, const float* x, int T, float* y) {
+  const Kernels& kern = kernels();
+  const int Kp = L.KB * kTileCols, Mp = L.MB * kTileRows;
+  std::vector<int8_t> xq(static_cast<size_t>(T) * Kp);
+  std::vector<int32_t> xsum(T);
+  std::vector<float> rescale(T);
+  std::vector<float> normed(L.norm.empty() ? 0 : L.in);
+  for (int t = 0; t < T; ++t) {
+    const float* src = x + static_cast<size_t>(t) * L.in;
+    if (!L.norm.empty()) {
+      rmsnorm(src, L.norm.data(), L.in, cfg_.eps, normed.data());
+      src = normed.data();
+    }
+    const float s = quantize_row(src, L.in, Kp, xq.data() + static_cast<size_t>(t) * Kp, &xsum[t]);
+    rescale[t] = L.beta / s;
+  }
+  std::vector<int32_t> acc(static_cast<size_t>(T) * Mp);
+  pool_.parallel_for(L.MB, [&](int mb0, int mb1) {
+    kern.ternary_gemm(L.tiles.data(), L.KB, mb0, mb1, xq.data(), Kp, xsum.data(), T, acc.data(), Mp);
+    const int m1 = std::min(L.out, mb1 * kTileRows);
+    for (int t = 0; t < T; ++t)
+      for (int m = mb0 * kTileRows; m < m1; ++m)
+        y[static_cast<size_t>(t) * L.out + m] = static_cast<float>(acc[static_cast<size_t>(t) * Mp + m]) * rescale[t];
+  });
+}
+
+// Causal grouped-query attention over the cache; q (T, heads*hd) already rotated.
+void Model::attention(Layer& ly, const float* q, int T, int pos0, float* out) {
+  const int H = cfg_.heads, hd = cfg_.head_dim, kvd = cfg_.kv_heads * hd, group = H / cfg_.kv_heads;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  pool_.parallel_for(T * H, [&](int b, int e) {
+    std::vector<float> sc(pos0 + T);
+    for (int job = b; job < e; ++job) {
+      const int t = job / H, h = job % H, g = h / group, n = pos0 + t + 1;
+      const float* qh = q + static_cast<size_t>(t) * H * hd + h * hd;
+      float mx = -INFINITY;
+      for (int j = 0; j < n; ++j) {
+        const float* kj = ly.kcache.data() + static_cast<size_t>(j) * kvd + g * hd;
+        float d = 0.f;
+        for (int i = 0; i < hd; ++i) d += qh[i] * kj[i];
+        sc[j] = d * scale;
+        mx = std::max(mx, sc[j]);
+      }
+      float denom = 0.f;
+      for (int j = 0; j < n; ++j) {
+        sc[j] = std::exp(sc[j] - mx);
+        denom += sc[j];
+      }
+      float* oh = out + static_cast<size_t>(t) * H * hd + h * hd;
+      std::fill(oh, oh + hd, 0.f);
+      for (int j = 0; j < n; ++j) {
+        const float p = sc[j] / denom;
+        const float* vj = ly.vcache.data() + static_cast<size_t>(j) * kvd + g * hd;
+        for (int i = 0; i < hd; ++i) oh[i] += p * vj[i];
+      }
+    }
+  });
+}
+
+void Model::head_forward(const float* h, int T, float* out) {
+  const Kernels& kern = kernels();
+  const int V = cfg_.vocab, C = cfg_.hidden;
+  if (head_int8_) {
+    const int Cp = head_cp_;
+    std::vector<int8_t> xq(static_cast<size_t>(T) * Cp);
+    std::vector<float> inv_s(T);
+    for (int t = 0; t < T; ++t) {
+      int32_t sum;
+      inv_s[t] = 1.f / quantize_row(h + static_cast<size_t>(t) * C, C, Cp, xq.data() + static_cast<size_t>(t) * Cp, &sum);
+    }
+    std::vector<int32_t> acc(static_cast<size_t>(T) * V);
+    pool_.parallel_for(V, [&](int r0, int r1) {
+      kern.head_i8(head_q_.data(), head_rowsum_.data(), Cp, r0, r1, xq.data(), T, acc.data(), V);
+      for (int t = 0; t < T; ++t)
+        for (int r = r0; r < r1; ++r)
+          out[static_cast<size_t>(t) * V + r] =
+              static_cast<float>(acc[static_cast<size_t>(t) * V + r]) * head_scale_[r] * inv_s[t];
+    });
+    return;
+  }
+  const Matrix16& W = lm_head_.data ? lm_head_ : embed_;
+  pool_.parallel_for(V, [&](int r0, int r1) {
+    if (T == 1 || W.dtype == DType::F32) {  // decode: stream the 16-bit rows once
+      if (W.dtype == DType::BF16) kern.dot_rows_bf16(static_cast<const uint16_t*>(W.data), C, r0, r1, h, T, out, V);
+      else if (W.dtype == DType::F16) kern.dot_rows_f16(static_cast<const uint16_t*>(W.data), C, r0, r1, h, T, out, V);
+      else kern.dot_rows_f32(static_cast<const float*>(W.data), C, r0, r1, h, T, out, V);
+      return;
+    }
+    // Many tokens: widen a block of rows to fp32 once, then reuse it for every token.
+    constexpr int kRows = 64;
+    std::vector<float> buf(static_cast<size_t>(kRows) * C);
+    for (int rb = r0; rb < r1; rb += kRows) {
+      const int n = std::min(kRows, r1 - rb);
+      for (int r = 0; r < n; ++r)
+        for (int c = 0; c < C; ++c) buf[static_cast<size_t>(r) * C + c] = W.row_value(rb + r, c);
+      kern.dot_rows_f32(buf.data(), C, 0, n, h, T, out + rb, V);
+    }
+  });
+}
+
+void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, float* out) {
+  if (T <= 0) throw std::invalid_argument("forward: no tokens");
+  if (pos0 < 0 || pos0 > cache_len_) throw std::invalid_argument("forward: pos0 beyond the cached positions");
+  if (pos0 + T > cfg_.max_positions)
+    throw std::invalid_argument("forward: " + std::to_string(pos0 + T) + " positions exceed max_position_embeddings=" +
+                                std::to_string(cfg_.max_positions));
+  if (logits_from < 0 || logits_from > T) throw std::invalid_argument("forward: logits_from out of range");
+  for (int t = 0; t < T; ++t)
+    if (tokens[t] < 0 || tokens[t] >= cfg_.vocab)
+      throw std::invalid_argument("forward: token id " + std::to_string(tokens[t]) + " outside [0, vocab_size=" +
+                                  std::to_string(cfg_.vocab) + ")");
+  check_complete();
+  ensure_cache(pos0 + T);
+  cache_len_ = pos0;  // entries past pos0 are overwritten below
+
+  const int C = cfg_.hidden, I = cfg_.intermediate, H = cfg_.heads, KV = cfg_.kv_heads, hd = cfg_.head_dim;
+  const int QD = H * hd, KVD = KV * hd, half = hd / 2;
+  std::vector<float> x(static_cast<size_t>(T) * C), xn(x.size()), tmp(x.size());
+  std::vector<float> q(static_cast<size_t>(T) * QD), att(q.size()), k(static_cast<size_t>(T) * KVD), v(k.size());
+  std::vector<float> g(static_cast<size_t>(T) * I), u(g.size());
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < C; ++c) x[static_cast<size_t>(t) * C + c] = embed_.row_value(tokens[t], c);
+  // RoPE tables for these positions (rotate-half convention, fp32 angles as PyTorch computes them).
+  std::vector<float> cosv(static_cast<size_t>(T) * half), sinv(cosv.size());
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < half; ++i) {
+      const float a = static_cast<float>(pos0 + t) * rope_inv_freq_[i];
+      cosv[static_cast<size_t>(t) * half + i] = std::cos(a);
+      sinv[static_cast<size_t>(t) * half + i] = std::sin(a);
+    }
+  auto rope = [&](float* buf, int nh) {
+    for (int t = 0; t < T; ++t)
+      for (int h = 0; h < nh; ++h) {
+        float* p = buf + static_cast<size_t>(t) * nh * hd + h * hd;
+        const float* cs = cosv.data() + static_cast<size_t>(t) * half;
+        const float* sn = sinv.data() + static_cast<size_t>(t) * half;
+        for (int i = 0; i < half; ++i) {
+          const float a = p[i], b = p[i + half];
+          p[i] = a * cs[i] - b * sn[i];
+          p[i + half] = b * cs[i] + a * sn[i];
+        }
+      }
+  };
+
+  for (Layer& ly : layers_) {
+    for (int t = 0; t < T; ++t)
+      rmsnorm(&x[static_cast<size_t>(t) * C], ly.input_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
+    linear_forward(ly.q, xn.data(), T, q.data());
+    linear_forward(ly.k, xn.data(), T, k.data());
+    linear_forward(ly.v, xn.data(), T, v.data());
+    rope(q.data(), H);
+    rope(k.data(), KV);
+    std::copy(k.begin(), k.end(), ly.kcache.begin() + static_cast<size_t>(pos0) * KVD);
+    std::copy(v.begin(), v.end(), ly.vcache.begin() + static_cast<size_t>(pos0) * KVD);
+    attention(ly, q.data(), T, pos0, att.data());
+    if (cfg_.sub_norms)
+      for (int t = 0; t < T; ++t) {
+        float* a = &att[static_cast<size_t>(t) * QD];
+        rmsnorm(a, ly.attn_sub_norm.data(), QD, cfg_.eps, a);
+      }
+    linear_forward(ly.o, att.data(), T, tmp.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+
+    for (int t = 0; t < T; ++t)
+      rmsnorm(&x[static_cast<size_t>(t) * C], ly.post_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
+    linear_forward(ly.gate, xn.data(), T, g.data());
+    linear_forward(ly.up, xn.data(), T, u.data());
+    for (size_t i = 0; i < g.size(); ++i) {
+      const float a = g[i];
+      // relu(a)^2 in fp32 (it overflows fp16 on real checkpoints), or silu(a) = a * sigmoid(a).
+      const float act = cfg_.relu2 ? (a > 0.f ? a * a : 0.f) : a / (1.f + std::exp(-a));
+      g[i] = act * u[i];
+    }
+    if (cfg_.sub_norms)
+      for (int t = 0; t < T; ++t) {
+        float* a = &g[static_cast<size_t>(t) * I];
+        rmsnorm(a, ly.ffn_sub_norm.data(), I, cfg_.eps, a);
+      }
+    linear_forward(ly.down, g.data(), T, tmp.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+  }
+  cache_len_ = pos0 + T;
+
+  const int n_out = T - logits_from;
+  if (n_out == 0) return;
+  std::vector<float> hn(static_cast<size_t>(n_out) * C);
+  for (int t = 0; t < n_out; ++t)
+    rmsnorm(&x[static_cast<size_t>(logits_from + t) * C], final_norm_.data(), C, cfg_.eps, &hn[static_cast<size_t>(t) * C]);
+  head_forward(hn.data(), n_out, out);
+}
+
+}  // namespace bitnet

@@ -1,0 +1,123 @@
+// The BitNet b1.58 transformer forward pass on CPU (fp32 activations, ternary x int8 linears).
+// Mirrors bitnet/model.py (the PyTorch reference) operation for operation.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <utility>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "threadpool.h"
+
+namespace bitnet {
+
+struct ModelConfig {
+  int vocab = 0, hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  int max_positions = 0;
+  float eps = 1e-5f, rope_theta = 10000.f;
+  bool relu2 = true;       // else SiLU gating
+  bool sub_norms = true;   // attn_sub_norm / ffn_sub_norm (bitnet arch); false for the llama arch
+  bool inner_norm = false; // an RMSNorm inside every linear (quantization_config.use_rms_norm)
+};
+
+enum class DType { BF16, F16, F32 };
+
+// 64-byte aligned buffer (the kernels use unaligned loads, alignment only helps cache lines).
+template <typename T>
+struct AlignedBuf {
+  T* ptr = nullptr;
+  size_t n = 0;
+  AlignedBuf() = default;
+  explicit AlignedBuf(size_t count) { reset(count); }
+  ~AlignedBuf() { std::free(ptr); }
+  AlignedBuf(const AlignedBuf&) = delete;
+  AlignedBuf& operator=(const AlignedBuf&) = delete;
+  AlignedBuf(AlignedBuf&& o) noexcept : ptr(o.ptr), n(o.n) { o.ptr = nullptr; o.n = 0; }
+  AlignedBuf& operator=(AlignedBuf&& o) noexcept {
+    std::swap(ptr, o.ptr);
+    std::swap(n, o.n);
+    return *this;
+  }
+  void reset(size_t count);
+  T* data() { return ptr; }
+  const T* data() const { return ptr; }
+};
+
+struct Linear {
+  int out = 0, in = 0, MB = 0, KB = 0;  // MB, KB: 16-row / 16-column tile counts (padded)
+  AlignedBuf<TernaryTile> tiles;
+  float beta = 1.f;          // w ~= q * beta (multiply convention; the loader converts "bitlinear")
+  std::vector<float> norm;   // inner RMSNorm weight, empty if none
+  bool loaded() const { return tiles.data() != nullptr; }
+};
+
+struct Layer {
+  std::vector<float> input_norm, post_norm, attn_sub_norm, ffn_sub_norm;
+  Linear q, k, v, o, gate, up, down;
+  std::vector<float> kcache, vcache;  // [capacity][kv_heads * head_dim]
+};
+
+struct Matrix16 {  // a borrowed row-major (rows, cols) matrix in bf16/f16/f32 (numpy keeps it alive)
+  const void* data = nullptr;
+  DType dtype = DType::BF16;
+  int rows = 0, cols = 0;
+  float row_value(int r, int c) const;
+};
+
+// Repacks transformers' packed ternary layout (uint8 (out/4, K)) into kernel tiles
+// ((out+15)/16 * (K+15)/16 of them, layout in kernels.h). Returns false if any code is 3.
+bool repack_ternary(const uint8_t* packed, int out, int K, TernaryTile* tiles, ThreadPool* pool);
+
+class Model {
+ public:
+  Model(const ModelConfig& cfg, int threads);
+
+  const ModelConfig& config() const { return cfg_; }
+  int threads() const { return pool_.size(); }
+
+  // Repacks one linear from transformers' packed layout: uint8 (out/4, in), bits 2i..2i+1 of
+  // [r, c] = code of row i*out/4 + r. Throws std::invalid_argument on a shape mismatch or a code 3.
+  void set_linear(int layer, const std::string& name, const uint8_t* packed, int64_t rows4, int64_t in,
+                  float beta, const float* norm, int64_t norm_len);
+  void set_norm(int layer, const std::string& name, const float* w, int64_t n);
+  void set_embedding(const Matrix16& m);
+  void set_lm_head(const Matrix16& m);
+  // "f16" (the stored 16-bit/fp32 table, exact) or "int8" (per-row absmax int8, built here).
+  void set_head_mode(const std::string& mode);
+  std::string head_mode() const { return head_int8_ ? "int8" : "f16"; }
+  // Throws std::invalid_argument naming the first missing tensor.
+  void check_complete() const;
+
+  // Runs tokens[0..T) at positions pos0..pos0+T-1, keeping the first pos0 cache entries.
+  // Writes logits of rows logits_from..T-1 to out ((T - logits_from) x vocab, row-major).
+  void forward(const int32_t* tokens, int T, int pos0, int logits_from, float* out);
+  int cache_len() const { return cache_len_; }
+  void reset() { cache_len_ = 0; }
+
+  size_t weight_bytes() const;  // bytes held by repacked ternary weights and the int8 head
+
+ private:
+  Linear& linear_ref(int layer, const std::string& name);
+  void ensure_cache(int n);
+  void linear_forward(const Linear& L, const float* x, int T, float* y);
+  void attention(Layer& ly, const float* q, int T, int pos0, float* out);
+  void head_forward(const float* h, int T, float* out);
+
+  ModelConfig cfg_;
+  ThreadPool pool_;
+  std::vector<Layer> layers_;
+  std::vector<float> final_norm_;
+  Matrix16 embed_, lm_head_;
+  bool head_int8_ = false;
+  AlignedBuf<int8_t> head_q_;
+  std::vector<float> head_scale_;
+  std::vector<int32_t> head_rowsum_;
+  int head_cp_ = 0;
+  std::vector<float> rope_inv_freq_;
+  int cache_cap_ = 0, cache_len_ = 0;
+};
+
+}  // namespace bitnet

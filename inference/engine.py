@@ -1,0 +1,337 @@
+"""``Engine``: the Python front of the C++ CPU engine (logits, generation, streaming, chat).
+
+All heavy work runs in C++ (``bitnet.inference._C``); this file holds tokenization, the KV-cache
+bookkeeping (which tokens the C++ cache holds), sampling and text streaming.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .loader import build_model, default_threads
+
+__all__ = ["Engine", "HEAD_MODES", "AUTO_HEAD", "sample_next"]
+
+HEAD_MODES = ("auto", "f16", "int8")
+# "auto" picks this head. Measured (benchmarks/bench_engine.py --head-accuracy, see the report):
+# the int8 head keeps top-1 agreement with the exact 16-bit head above 99% and changes perplexity
+# by well under 1%, while reading half the head bytes per decoded token; so int8 is the default.
+AUTO_HEAD = "int8"
+
+# 2B4T's chat format (../shared/FORMATS.md section 2), used when tokenizer_config.json has no template.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+    "{% if message['role'] == 'system' %}{{ 'System: ' + message['content'] + '<|eot_id|>' }}"
+    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '<|eot_id|>' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + '<|eot_id|>' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+END_OF_TURN = "<|eot_id|>"
+
+
+def sample_next(
+    logits: np.ndarray,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    context: Sequence[int] = (),
+    rng: np.random.Generator | None = None,
+) -> int:
+    """Pick the next token from one row of logits (vocab,).
+
+    ``temperature <= 0`` is greedy (argmax). ``repetition_penalty`` (CTRL / transformers rule)
+    divides positive and multiplies negative logits of tokens in ``context``. ``top_k`` keeps the k
+    largest, ``top_p`` the smallest set whose probability reaches p (at least one token).
+    """
+    z = np.asarray(logits, dtype=np.float64).copy()
+    if repetition_penalty != 1.0 and len(context):
+        idx = np.unique(np.asarray(context, dtype=np.int64))
+        v = z[idx]
+        z[idx] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
+    if temperature <= 0.0:
+        return int(np.argmax(z))
+    z = z / temperature
+    if top_k is not None and 0 < top_k < z.size:
+        kth = np.partition(z, -top_k)[-top_k]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if top_p is not None and 0.0 < top_p < 1.0:
+        order = np.argsort(-p)
+        cum = np.cumsum(p[order])
+        keep = order[: int(np.searchsorted(cum, top_p)) + 1]
+        mask = np.zeros_like(p)
+        mask[keep] = p[keep]
+        p = mask / mask.sum()
+    rng = rng if rng is not None else np.random.default_rng()
+    return int(rng.choice(p.size, p=p))
+
+
+class Engine:
+    """The C++ engine on one packed export directory.
+
+    Args:
+        path: export directory (config.json, model.safetensors[.index.json], tokenizer.json).
+        threads: worker threads (None = the CPUs this process may use); must be >= 1.
+        head: output head precision: "f16" (the stored 16-bit table, exact), "int8" (per-row int8,
+            half the bytes) or "auto" (= :data:`AUTO_HEAD`).
+
+    Raises:
+        FileNotFoundError: missing directory / config / weights.
+        ValueError: threads < 1, unknown head, or an invalid / inconsistent / unsupported export.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, head: str = "auto") -> None:
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        if head not in HEAD_MODES:
+            raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"no model directory at {self.path}")
+        self.head = AUTO_HEAD if head == "auto" else head
+        self.threads = threads if threads is not None else default_threads()
+        self._model, self.config, self.model_config, self._weights = build_model(self.path, self.threads, self.head)
+        self.vocab_size: int = self.model_config.vocab_size
+        self.max_positions: int = self.model_config.max_position_embeddings
+        self.bos_token_id: int | None = self.model_config.bos_token_id
+        self.eos_token_id: int | None = self.model_config.eos_token_id
+        self.tokenizer = None
+        tok_path = self.path / "tokenizer.json"
+        if tok_path.is_file():
+            from tokenizers import Tokenizer
+
+            try:
+                self.tokenizer = Tokenizer.from_file(str(tok_path))
+            except Exception as e:  # tokenizers raises its own Exception type
+                raise ValueError(f"{tok_path}: cannot load tokenizer ({e})") from None
+        tc_path = self.path / "tokenizer_config.json"
+        self._tokenizer_config: dict[str, Any] = {}
+        if tc_path.is_file():
+            try:
+                self._tokenizer_config = json.loads(tc_path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{tc_path}: not valid JSON ({e})") from None
+        self._cached: list[int] = []  # tokens whose K/V the C++ cache holds, in order
+
+    # ------------------------------------------------------------------ logits
+    def _check_ids(self, token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"token_ids must be a non-empty 1-D sequence, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token_ids must be integers, got dtype {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got range [{ids.min()}, {ids.max()}]")
+        if ids.size > self.max_positions:
+            raise ValueError(f"{ids.size} tokens exceed max_position_embeddings={self.max_positions}")
+        return ids.astype(np.int32)
+
+    def _lcp(self, ids: np.ndarray) -> int:
+        n = min(len(ids), len(self._cached))
+        if n == 0:
+            return 0
+        diff = np.nonzero(ids[:n] != np.asarray(self._cached[:n], dtype=np.int32))[0]
+        return int(diff[0]) if diff.size else n
+
+    def _run(self, ids: np.ndarray, keep: int, logits_from: int) -> np.ndarray:
+        """Run ids[keep:] at positions keep.. (cache entries < keep reused); logits rows logits_from..T-1."""
+        T = len(ids)
+        out = np.empty((T - logits_from, self.vocab_size), dtype=np.float32)
+        self._cached = self._cached[:keep]
+        self._model.forward(np.ascontiguousarray(ids[keep:]), keep, logits_from - keep, out)
+        self._cached = [int(t) for t in ids]
+        return out
+
+    def logits(self, token_ids: Sequence[int] | np.ndarray, *, start: int = 0, reuse_cache: bool = False) -> np.ndarray:
+        """Next-token logits, float32 of shape (T - start, vocab): row j predicts token start+j+1.
+
+        ``reuse_cache=False`` runs on a fresh KV cache. ``reuse_cache=True`` keeps the cached K/V of
+        the first ``min(LCP, start)`` positions (LCP = longest common prefix of ``token_ids`` with
+        the tokens in the cache) and computes only from there on.
+
+        Raises:
+            ValueError: ids empty / out of range / too long, or ``start`` not in [0, T].
+        """
+        ids = self._check_ids(token_ids)
+        T = len(ids)
+        if not 0 <= start <= T:
+            raise ValueError(f"start must be in [0, {T}], got {start}")
+        if start == T:
+            return np.empty((0, self.vocab_size), dtype=np.float32)
+        keep = min(self._lcp(ids), start) if reuse_cache else 0
+        return self._run(ids, keep, start)
+
+    def reset(self) -> None:
+        """Forget the KV cache."""
+        self._model.reset()
+        self._cached = []
+
+    # ------------------------------------------------------------------ generation
+    def _encode(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path} has no tokenizer.json: pass token ids instead of text")
+        return self.tokenizer.encode(prompt).ids
+
+    def _token_stream(
+        self,
+        ids: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        repetition_penalty: float,
+        seed: int | None,
+        stop_ids: set[int],
+    ) -> Iterator[int]:
+        """Yield new token ids; stops at max_new_tokens, a stop/eos id (not yielded) or the context end."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        arr = self._check_ids(ids)
+        rng = np.random.default_rng(seed)
+        seq = [int(t) for t in arr]
+        # Reuse the cached prefix (e.g. a shared system prompt or the previous chat turns); the last
+        # prompt token is always recomputed because its logits are needed.
+        keep = min(self._lcp(arr), len(seq) - 1)
+        logits = self._run(arr, keep, len(seq) - 1)[-1]
+        for _ in range(max_new_tokens):
+            nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                              repetition_penalty=repetition_penalty, context=seq, rng=rng)
+            if nxt in stop_ids:
+                return
+            yield nxt
+            seq.append(nxt)
+            if len(seq) >= self.max_positions:
+                return
+            out = np.empty((1, self.vocab_size), dtype=np.float32)
+            self._model.forward(np.array([nxt], dtype=np.int32), len(seq) - 1, 0, out)
+            self._cached.append(nxt)
+            logits = out[0]
+
+    def _stop_ids(self, extra: Sequence[int] = ()) -> set[int]:
+        s = set(extra)
+        if self.eos_token_id is not None:
+            s.add(self.eos_token_id)
+        return s
+
+    def stream(
+        self,
+        prompt_or_ids: str | Sequence[int],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        stop_token_ids: Sequence[int] = (),
+    ) -> Iterator[str]:
+        """Like :meth:`generate`, but yields the new text piece by piece as it is produced.
+
+        Text is held back while it is an incomplete UTF-8 sequence or could be the start of a stop
+        string, so the concatenated pieces equal ``generate``'s result exactly.
+        """
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path} has no tokenizer.json: streaming text needs one")
+        ids = self._encode(prompt_or_ids) if isinstance(prompt_or_ids, str) else list(prompt_or_ids)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        new: list[int] = []
+        emitted = 0
+        text = ""
+        for tok in self._token_stream(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                                      seed, self._stop_ids(stop_token_ids)):
+            new.append(tok)
+            text = self.tokenizer.decode(new)
+            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
+                continue
+            hits = [text.find(s) for s in stops if s and s in text]
+            if hits:
+                cut = min(hits)
+                if cut > emitted:
+                    yield text[emitted:cut]
+                return
+            safe = len(text)
+            for s in stops:  # hold back a tail that may grow into a stop string
+                for n in range(min(len(s) - 1, len(text)), 0, -1):
+                    if text.endswith(s[:n]):
+                        safe = min(safe, len(text) - n)
+                        break
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        if len(text) > emitted:
+            yield text[emitted:]
+
+    def generate(
+        self,
+        prompt_or_ids: str | Sequence[int],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        *,
+        stop_token_ids: Sequence[int] = (),
+    ) -> str | list[int]:
+        """Generate a continuation (greedy when ``temperature == 0``).
+
+        Returns the new text (without the prompt and without the stop string) for a ``str`` prompt,
+        or the list of new token ids for a list of ids (eos / stop tokens are never included; with
+        ``stop`` strings, the ids produced before the stop string completed).
+
+        The KV cache of the longest prefix shared with the previous call is reused.
+
+        Raises:
+            ValueError: text given but no tokenizer; bad ids; negative ``max_new_tokens``.
+        """
+        args = (max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        if isinstance(prompt_or_ids, str):
+            return "".join(self.stream(prompt_or_ids, *args, stop=stop, stop_token_ids=stop_token_ids))
+        ids = list(prompt_or_ids)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if stops and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer; this export has no tokenizer.json")
+        new: list[int] = []
+        for tok in self._token_stream(ids, *args, self._stop_ids(stop_token_ids)):
+            if stops and any(s in self.tokenizer.decode(new + [tok]) for s in stops):
+                break
+            new.append(tok)
+        return new
+
+    # ------------------------------------------------------------------ chat
+    def apply_chat_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Render ``[{"role": "system"|"user"|"assistant", "content": ...}]`` with the export's
+        ``chat_template`` (tokenizer_config.json) or 2B4T's format (FORMATS.md section 2)."""
+        import jinja2
+
+        template = self._tokenizer_config.get("chat_template") or DEFAULT_CHAT_TEMPLATE
+        bos = self._tokenizer_config.get("bos_token")
+        if isinstance(bos, dict):
+            bos = bos.get("content")
+        if bos is None and self.bos_token_id is not None and self.tokenizer is not None:
+            bos = self.tokenizer.id_to_token(self.bos_token_id)
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+        return env.from_string(template).render(messages=list(messages), bos_token=bos or "",
+                                                eos_token="", add_generation_prompt=add_generation_prompt)
+
+    def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of the rendered conversation, ready for the assistant's reply."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path} has no tokenizer.json: chat needs one")
+        return self.tokenizer.encode(self.apply_chat_template(messages), add_special_tokens=False).ids
+
+    def chat_stream(self, messages: Sequence[dict[str, str]], **gen: Any) -> Iterator[str]:
+        """Stream the assistant's reply; stops at the end-of-turn marker."""
+        eot = self.tokenizer.token_to_id(END_OF_TURN) if self.tokenizer is not None else None
+        return self.stream(self.chat_ids(messages), stop=[END_OF_TURN], stop_token_ids=[eot] if eot is not None else [],
+                           **gen)

@@ -1,0 +1,338 @@
+"""Load a packed export directory (transformers' ``bitnet`` layout) into the C++ engine.
+
+The directory holds ``config.json`` (with ``quantization_config``), ``model.safetensors`` or shards
+listed in ``model.safetensors.index.json``, and optionally ``tokenizer.json``. Layout and scale
+conventions: ../shared/FORMATS.md section 2.
+
+The safetensors files are memory-mapped, never read whole. We parse the (small) JSON header here
+rather than through the ``safetensors`` package because we need zero-copy views into one mapping
+(the engine borrows the 16-bit embedding table straight from the page cache) and page-level control
+(``madvise``) to drop the packed weights from memory once the engine has repacked them. Every
+header field, dtype, shape and offset is validated against the file size before any view is made,
+and the C++ side checks every shape again, so a hostile file raises ``ValueError`` and is never read
+out of bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitnet.model import BitNetConfig
+
+from . import _C
+
+__all__ = ["SafetensorsFile", "WeightSet", "load_config", "open_weights", "build_model"]
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+# dtype name -> numpy dtype used for the view (bf16 travels as its uint16 bit pattern)
+_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8),
+    "I16": np.dtype(np.int16), "U16": np.dtype(np.uint16), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(np.uint16), "I32": np.dtype(np.int32), "U32": np.dtype(np.uint32),
+    "F32": np.dtype(np.float32), "I64": np.dtype(np.int64), "U64": np.dtype(np.uint64),
+    "F64": np.dtype(np.float64),
+}
+_FLOAT16ISH = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
+LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # absolute byte offset in the file
+    end: int
+
+
+class SafetensorsFile:
+    """A validated, memory-mapped safetensors file. ``array(name)`` returns a zero-copy view.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: truncated file, corrupt or lying header (sizes, offsets, dtypes, overlaps).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no safetensors file at {self.path}")
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ValueError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
+            (n,) = struct.unpack("<Q", raw)
+            if n == 0 or n > MAX_HEADER_BYTES or 8 + n > size:
+                raise ValueError(f"{self.path}: bad safetensors header length {n} (file has {size} bytes)")
+            try:
+                header = json.loads(f.read(n).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{self.path}: corrupt safetensors header ({e})") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{self.path}: corrupt safetensors header (not a JSON object)")
+        data_start, data_len = 8 + n, size - 8 - n
+        self.metadata: dict[str, str] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                if not isinstance(info, dict):
+                    raise ValueError(f"{self.path}: __metadata__ is not a JSON object")
+                self.metadata = {str(k): str(v) for k, v in info.items()}
+                continue
+            self.tensors[name] = self._entry(name, info, data_start, data_len)
+        spans = sorted((t.begin, t.end, k) for k, t in self.tensors.items())
+        for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
+            if b1 < e0:
+                raise ValueError(f"{self.path}: tensors {k0!r} and {k1!r} overlap in the data section")
+        self._file = open(self.path, "rb")
+        self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+
+    def _entry(self, name: str, info: Any, data_start: int, data_len: int) -> TensorInfo:
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise ValueError(f"{self.path}: tensor {name!r} has a malformed header entry")
+        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in _DTYPES:
+            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise ValueError(f"{self.path}: tensor {name!r} has an invalid shape {shape!r}")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+            raise ValueError(f"{self.path}: tensor {name!r} has invalid data_offsets {offs!r}")
+        begin, end = offs
+        nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+        if not 0 <= begin <= end or end - begin != nbytes:
+            raise ValueError(
+                f"{self.path}: tensor {name!r} header says {dtype}{shape} ({nbytes} bytes) but its "
+                f"data_offsets {offs} span {end - begin} bytes"
+            )
+        if end > data_len:
+            raise ValueError(
+                f"{self.path}: tensor {name!r} ends at byte {end} of a {data_len}-byte data section (truncated file?)"
+            )
+        return TensorInfo(dtype, tuple(shape), data_start + begin, data_start + end)
+
+    def array(self, name: str) -> np.ndarray:
+        """Zero-copy read-only view of tensor ``name`` (bf16 as uint16 bit patterns)."""
+        t = self.tensors[name]
+        dt = _DTYPES[t.dtype]
+        count = math.prod(t.shape)
+        if count == 0:
+            return np.zeros(t.shape, dt)
+        return np.frombuffer(self._mm, dtype=dt, count=count, offset=t.begin).reshape(t.shape)
+
+    def release(self, name: str) -> None:
+        """Drop the pages of tensor ``name`` from this process's memory (they are re-read on demand)."""
+        t = self.tensors[name]
+        page = mmap.PAGESIZE
+        b = (t.begin + page - 1) // page * page
+        e = t.end // page * page
+        if self._mm is not None and e > b and hasattr(self._mm, "madvise"):
+            self._mm.madvise(mmap.MADV_DONTNEED, b, e - b)
+
+
+class WeightSet:
+    """All tensors of an export directory (one file or an index of shards), by name."""
+
+    def __init__(self, directory: Path) -> None:
+        single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
+        self.files: dict[str, SafetensorsFile] = {}
+        self.where: dict[str, SafetensorsFile] = {}
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                if not isinstance(weight_map, dict):
+                    raise TypeError
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{index}: not a valid safetensors index (needs a 'weight_map' object)") from None
+            for name, fn in weight_map.items():
+                if not isinstance(fn, str) or Path(fn).name != fn:
+                    raise ValueError(f"{index}: shard name {fn!r} for {name!r} must be a plain file name")
+                if fn not in self.files:
+                    self.files[fn] = SafetensorsFile(directory / fn)
+                if name not in self.files[fn].tensors:
+                    raise ValueError(f"{directory / fn}: missing tensor {name!r} that the index places there")
+                self.where[name] = self.files[fn]
+        elif single.is_file():
+            f = SafetensorsFile(single)
+            self.files[single.name] = f
+            self.where = {k: f for k in f.tensors}
+        else:
+            raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def info(self, name: str) -> TensorInfo:
+        return self.where[name].tensors[name]
+
+    def array(self, name: str) -> np.ndarray:
+        return self.where[name].array(name)
+
+    def release(self, name: str) -> None:
+        self.where[name].release(name)
+
+    def path(self, name: str) -> Path:
+        return self.where[name].path
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.path.stat().st_size for f in self.files.values())
+
+
+def load_config(directory: Path) -> tuple[dict[str, Any], BitNetConfig, str]:
+    """Read and check ``config.json``: returns (raw dict, parsed config, linear_class).
+
+    Raises:
+        FileNotFoundError: no config.json.
+        ValueError: unsupported architecture / quantization, or inconsistent fields.
+    """
+    path = directory / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {directory}")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    mt = raw.get("model_type")
+    if mt not in ("bitnet", "llama"):
+        raise ValueError(f"{path}: unsupported architecture model_type={mt!r} (the engine runs 'bitnet' and 'llama' ternary models)")
+    qc = raw.get("quantization_config")
+    if not isinstance(qc, dict) or qc.get("quant_method") != "bitnet":
+        raise ValueError(f"{path}: not a packed ternary export (quantization_config.quant_method must be 'bitnet')")
+    mode = qc.get("quantization_mode", "offline")
+    if mode != "offline":
+        raise ValueError(f"{path}: quantization_mode={mode!r} is not supported; re-export it packed ('offline')")
+    linear_class = qc.get("linear_class", "bitlinear")
+    if linear_class not in ("autobitlinear", "bitlinear"):
+        raise ValueError(f"{path}: unsupported quantization_config.linear_class {linear_class!r}")
+    cfg = BitNetConfig.from_json(path)  # raises ValueError naming the file
+    if cfg.use_sub_norms and cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:
+        raise ValueError(f"{path}: attn_sub_norm needs num_attention_heads * head_dim == hidden_size")
+    return raw, cfg, linear_class
+
+
+def _float_vector(ws: WeightSet, name: str, n: int) -> np.ndarray:
+    if name not in ws:
+        raise ValueError(f"missing tensor {name!r} in {next(iter(ws.files.values())).path.parent}")
+    t = ws.info(name)
+    if t.dtype not in _FLOAT16ISH or t.shape != (n,):
+        raise ValueError(f"{ws.path(name)}: {name} is {t.dtype}{list(t.shape)}, expected a float tensor of shape [{n}]")
+    return to_f32(ws.array(name), t.dtype)
+
+
+def to_f32(a: np.ndarray, dtype: str) -> np.ndarray:
+    """A float32 copy of a bf16 (uint16 bits) / f16 / f32 array."""
+    if dtype == "BF16":
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _matrix(ws: WeightSet, name: str, rows: int, cols: int) -> tuple[np.ndarray, str]:
+    if name not in ws:
+        raise ValueError(f"missing tensor {name!r}")
+    t = ws.info(name)
+    if t.dtype not in _FLOAT16ISH or t.shape != (rows, cols):
+        raise ValueError(
+            f"{ws.path(name)}: {name} is {t.dtype}{list(t.shape)}; the config says a float tensor of shape [{rows}, {cols}]"
+        )
+    return ws.array(name), _FLOAT16ISH[t.dtype]
+
+
+def build_model(directory: Path, threads: int, head: str) -> tuple[Any, dict[str, Any], BitNetConfig, WeightSet]:
+    """Validate the export and build the C++ model (weights repacked once, packed pages released).
+
+    Returns ``(model, raw_config, config, weights)``; ``weights`` must stay alive as long as the model
+    (the engine borrows the embedding table from its mapping).
+    """
+    raw, cfg, linear_class = load_config(directory)
+    ws = WeightSet(directory)
+    C, hd = cfg.hidden_size, cfg.head_dim
+    model = _C.Model(
+        vocab=cfg.vocab_size, hidden=C, intermediate=cfg.intermediate_size, layers=cfg.num_hidden_layers,
+        heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, head_dim=hd,
+        max_positions=cfg.max_position_embeddings, eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta,
+        act=cfg.hidden_act, sub_norms=cfg.use_sub_norms, inner_norm=cfg.use_rms_norm, threads=threads,
+    )
+    expected: set[str] = set()
+
+    def use(name: str) -> str:
+        expected.add(name)
+        return name
+
+    emb, emb_dtype = _matrix(ws, use("model.embed_tokens.weight"), cfg.vocab_size, C)
+    model.set_embedding(emb, emb_dtype)
+    if not cfg.tie_word_embeddings:
+        lm, lm_dtype = _matrix(ws, use("lm_head.weight"), cfg.vocab_size, C)
+        model.set_lm_head(lm, lm_dtype)
+    elif "lm_head.weight" in ws:
+        expected.add("lm_head.weight")  # a tied export may still carry the (identical) copy; unused
+    model.set_norm(-1, "norm", _float_vector(ws, use("model.norm.weight"), C))
+    q_out, kv_out = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    shapes = {"self_attn.q_proj": (q_out, C), "self_attn.k_proj": (kv_out, C), "self_attn.v_proj": (kv_out, C),
+              "self_attn.o_proj": (C, q_out), "mlp.gate_proj": (cfg.intermediate_size, C),
+              "mlp.up_proj": (cfg.intermediate_size, C), "mlp.down_proj": (C, cfg.intermediate_size)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        model.set_norm(i, "input_layernorm", _float_vector(ws, use(p + "input_layernorm.weight"), C))
+        model.set_norm(i, "post_attention_layernorm", _float_vector(ws, use(p + "post_attention_layernorm.weight"), C))
+        if cfg.use_sub_norms:
+            model.set_norm(i, "self_attn.attn_sub_norm", _float_vector(ws, use(p + "self_attn.attn_sub_norm.weight"), C))
+            model.set_norm(i, "mlp.ffn_sub_norm",
+                           _float_vector(ws, use(p + "mlp.ffn_sub_norm.weight"), cfg.intermediate_size))
+        for lin in LINEAR_NAMES:
+            wname, sname = use(p + lin + ".weight"), use(p + lin + ".weight_scale")
+            out_f, in_f = shapes[lin]
+            if wname not in ws:
+                raise ValueError(f"missing tensor {wname!r} in {directory}")
+            t = ws.info(wname)
+            if t.dtype != "U8" or out_f % 4 or t.shape != (out_f // 4, in_f):
+                raise ValueError(
+                    f"{ws.path(wname)}: {wname} is {t.dtype}{list(t.shape)}; the config says packed U8 [{out_f // 4}, {in_f}]"
+                )
+            if sname not in ws:
+                raise ValueError(f"missing tensor {sname!r} in {directory}")
+            st = ws.info(sname)
+            if st.dtype not in _FLOAT16ISH or math.prod(st.shape) != 1:
+                raise ValueError(f"{ws.path(sname)}: {sname} must be one float, got {st.dtype}{list(st.shape)}")
+            stored = float(to_f32(ws.array(sname).reshape(1), st.dtype)[0])
+            if not math.isfinite(stored) or (linear_class == "bitlinear" and stored == 0.0):
+                raise ValueError(f"{ws.path(sname)}: {sname} = {stored} is not a usable scale")
+            # One convention inside: multiply. "bitlinear" files store 1/beta and divide.
+            beta = stored if linear_class == "autobitlinear" else 1.0 / stored
+            norm = _float_vector(ws, use(p + lin + ".rms_norm.weight"), in_f) if cfg.use_rms_norm else None
+            model.set_linear(i, lin, ws.array(wname), beta, norm)
+            ws.release(wname)  # the engine holds its own repacked copy now
+    unexpected = sorted(set(ws.where) - expected)
+    if unexpected:
+        raise ValueError(
+            f"{directory}: tensors the config does not account for: {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''} (does num_hidden_layers / use_rms_norm match the file?)"
+        )
+    model.check_complete()
+    model.set_head_mode(head)
+    if head == "int8":
+        ws.release("lm_head.weight" if not cfg.tie_word_embeddings else "model.embed_tokens.weight")
+    return model, raw, cfg, ws
+
+
+def open_weights(directory: str | Path) -> WeightSet:
+    return WeightSet(Path(directory))
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
