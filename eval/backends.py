@@ -143,18 +143,22 @@ class TorchBackend:
         pass
 
 
+# Scoring wants the exact output head: the engine's int8 head changes logits slightly (its "auto"
+# default, chosen for decode speed), which would blur agreement with transformers.
+DEFAULT_ENGINE_HEAD = "f16"
+
+
 class EngineBackend:
     """The C++ engine (``bitnet.inference.Engine``) behind the backend interface."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, threads: int | None = None, head: str = DEFAULT_ENGINE_HEAD) -> None:
         try:
             from bitnet.inference import Engine
         except ImportError as e:
             raise ImportError(f"the C++ engine is not available ({e}); use backend=torch") from None
-        self.engine = Engine(str(model_dir), threads=threads)
+        self.engine = Engine(str(model_dir), threads=threads, head=head)
         self.vocab_size = int(self.engine.vocab_size)
-        cfg = self.engine.config
-        self.max_length = int(cfg.get("max_position_embeddings", 2048))
+        self.max_length = int(self.engine.max_positions)
 
     def logits(self, token_ids: Sequence[int], *, start: int = 0, reuse_cache: bool = False) -> np.ndarray:
         return self.engine.logits(list(token_ids), start=start, reuse_cache=reuse_cache)
@@ -163,8 +167,11 @@ class EngineBackend:
         self.engine.reset()
 
 
-def load_backend(model_dir: str | Path, backend: str = "engine", threads: int | None = None) -> Backend:
-    """Build a backend by name (``"engine"`` or ``"torch"``) for ``model_dir``.
+def load_backend(
+    model_dir: str | Path, backend: str = "engine", threads: int | None = None, head: str = DEFAULT_ENGINE_HEAD
+) -> Backend:
+    """Build a backend by name (``"engine"`` or ``"torch"``) for ``model_dir``; ``head`` is the
+    engine's output-head precision (``f16`` exact, ``int8``, ``auto``).
 
     Raises:
         ValueError: unknown backend name.
@@ -175,4 +182,4 @@ def load_backend(model_dir: str | Path, backend: str = "engine", threads: int | 
     read_model_config(model_dir)  # one clear error for a wrong path before any heavy import
     if backend == "torch":
         return TorchBackend.from_dir(model_dir)
-    return EngineBackend(model_dir, threads=threads)
+    return EngineBackend(model_dir, threads=threads, head=head)

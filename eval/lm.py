@@ -28,7 +28,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from .backends import BACKENDS, Backend, common_prefix_len, load_backend, load_tokenizer, read_model_config
+from .backends import BACKENDS, DEFAULT_ENGINE_HEAD, Backend, common_prefix_len, load_backend, load_tokenizer, read_model_config
 
 __all__ = ["BitNetLM", "log_softmax_rows"]
 
@@ -67,6 +67,7 @@ class BitNetLM(TemplateLM):
             off recomputes every request from scratch (the baseline of ``benchmarks/bench_eval.py``).
         max_length: context length (default: the model's ``max_position_embeddings``).
         seed: seed of the sampler used only when a task asks for ``do_sample``.
+        head: the engine's output head, ``f16`` (exact, default), ``int8`` or ``auto``.
 
     Raises:
         FileNotFoundError: missing model directory or tokenizer.json.
@@ -82,6 +83,7 @@ class BitNetLM(TemplateLM):
         prefix_reuse: bool | str = True,
         max_length: int | None = None,
         seed: int = 1234,
+        head: str = DEFAULT_ENGINE_HEAD,
         **kwargs: Any,  # lm-eval passes device / max_batch_size for every model; they do not apply on CPU
     ) -> None:
         super().__init__()
@@ -91,7 +93,8 @@ class BitNetLM(TemplateLM):
         cfg = read_model_config(self.model_dir)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.backend_name = backend
-        self.model: Backend = load_backend(self.model_dir, backend, threads=int(threads) if threads else None)
+        self.model: Backend = load_backend(
+            self.model_dir, backend, threads=int(threads) if threads else None, head=head)
         self._max_length = int(max_length) if max_length else int(self.model.max_length)
         self.batch_size_arg = batch_size
         self.prefix_reuse = _as_bool(prefix_reuse)
