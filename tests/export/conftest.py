@@ -23,8 +23,8 @@ def tiny_model(seed: int = 0, **overrides) -> BitNetForCausalLM:
     return BitNetForCausalLM(cfg).eval()
 
 
-def byte_tokenizer(vocab_size: int = 300):
-    """A byte-level BPE tokenizer from `tokenizers` with a few merges, trained on a fixed string."""
+def byte_tokenizer(vocab_size: int = 300, corpus: list[str] | None = None):
+    """A byte-level BPE tokenizer from `tokenizers` with a few merges, trained on ``corpus`` (default: a fixed string)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -37,7 +37,7 @@ def byte_tokenizer(vocab_size: int = 300):
         show_progress=False,
     )
     text = ["the quick brown fox jumps over the lazy dog; " * 20, "to be or not to be, that is the question. " * 20]
-    tok.train_from_iterator(text, trainer)
+    tok.train_from_iterator(corpus or text, trainer)
     return tok
 
 
