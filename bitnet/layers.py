@@ -36,11 +36,27 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
 
 
-def ste(x: torch.Tensor, x_quant: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
-    """Straight-through estimator: forward value ``x + lambda_ * (x_quant - x)``, gradient identity.
+class _FakeQuantSTE(torch.autograd.Function):
+    """Forward: a fake quantizer's output; backward: the gradient unchanged (straight-through).
 
-    With ``lambda_ == 1`` the forward value is exactly ``x_quant`` (``x - x.detach()`` is exactly
-    zero), which keeps eval-mode outputs bit-identical to transformers' BitNet quantizers.
+    An autograd Function rather than ``x + (q(x) - x).detach()``: that form costs two extra passes
+    over the tensor in the forward and is off by rounding (``x + (y - x) != y`` in floating point).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kind: str, bits: int) -> torch.Tensor:  # type: ignore[override]
+        return fake_act_quant(x, bits) if kind == "act" else fake_weight_quant(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None, None
+
+
+def ste(x: torch.Tensor, x_quant: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
+    """Generic straight-through estimator: value ``x + lambda_ * (x_quant - x)``, gradient identity.
+
+    With ``lambda_ == 1`` the forward value is exactly ``x_quant`` (``x - x.detach()`` is exactly 0).
+    BitLinear uses the cheaper ``_FakeQuantSTE`` at full strength and this form for ``lambda_ < 1``.
     """
     if lambda_ == 1.0:
         target = x_quant
@@ -92,8 +108,12 @@ class BitLinear(nn.Linear):
         lam = self.lambda_
         if lam == 0.0:
             return F.linear(x, self.weight, self.bias)
-        x_q = ste(x, fake_act_quant(x, self.act_bits), lam)  # (..., in)
-        w_q = ste(self.weight, fake_weight_quant(self.weight), lam)  # (out, in)
+        if lam == 1.0:
+            x_q = _FakeQuantSTE.apply(x, "act", self.act_bits)  # (..., in)
+            w_q = _FakeQuantSTE.apply(self.weight, "weight", 0)  # (out, in)
+        else:
+            x_q = ste(x, fake_act_quant(x, self.act_bits), lam)
+            w_q = ste(self.weight, fake_weight_quant(self.weight), lam)
         return F.linear(x_q, w_q, self.bias)
 
     def extra_repr(self) -> str:

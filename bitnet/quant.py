@@ -82,19 +82,24 @@ def fake_weight_quant(w: torch.Tensor) -> torch.Tensor:
 
     Matches ``transformers.integrations.bitnet.WeightQuant`` bit for bit, so our model and theirs
     agree exactly in eager mode. No gradient handling here (see bitnet.layers.BitLinear for the STE).
+    The in-place ops act on fresh temporaries only (the caller's tensor is never modified); they
+    halve the memory passes, which is most of BitLinear's cost over nn.Linear on CPU.
     """
-    wf = w.float()
-    inv_beta = 1.0 / wf.abs().mean().clamp(min=WEIGHT_EPS)
-    return ((wf * inv_beta).round().clamp(-1, 1) / inv_beta).to(w.dtype)
+    wf = w.detach().float()
+    inv_beta = 1.0 / wf.abs().mean().clamp_(min=WEIGHT_EPS)
+    return (wf * inv_beta).round_().clamp_(-1, 1).div_(inv_beta).to(w.dtype)
 
 
 def fake_act_quant(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    """``x_q * scale`` in ``x``'s dtype, computed as transformers' BitNet ``ActQuant`` does."""
+    """``x_q * scale`` in ``x``'s dtype, computed as transformers' BitNet ``ActQuant`` does.
+
+    Same values as ``act_quant`` dequantized; in-place ops on fresh temporaries only.
+    """
     qmax = 2 ** (bits - 1) - 1
     qmin = -(2 ** (bits - 1))
-    xf = x.float()
-    s = qmax / xf.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS)
-    return ((xf * s).round().clamp(qmin, qmax) / s).to(x.dtype)
+    xf = x.detach().float()
+    s = qmax / xf.abs().amax(dim=-1, keepdim=True).clamp_(min=ACT_EPS)  # (..., 1)
+    return (xf * s).round_().clamp_(qmin, qmax).div_(s).to(x.dtype)
 
 
 def pack_ternary(q: torch.Tensor) -> torch.Tensor:

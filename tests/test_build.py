@@ -1,0 +1,58 @@
+"""The installed package: the C++ extension, the CLI, the namespace layout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import bitnet
+
+
+def cpuinfo_flags() -> set[str]:
+    p = Path("/proc/cpuinfo")
+    if not p.exists():
+        return set()
+    for line in p.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_extension_reports_cpu_features_consistent_with_the_kernel():
+    from bitnet.inference import cpu_features
+
+    f = cpu_features()
+    assert f["arch"] in ("x86_64", "aarch64", "unknown")
+    assert all(isinstance(v, bool) for k, v in f.items() if k != "arch")
+    flags = cpuinfo_flags()
+    if f["arch"] == "x86_64" and flags:
+        assert f["avx2"] == ("avx2" in flags)
+        assert f["avx512_vnni"] == ("avx512_vnni" in flags)
+        assert f["avx_vnni"] == ("avx_vnni" in flags)
+        assert not f["neon"]
+
+
+def test_subpackages_live_under_one_namespace():
+    import bitnet.eval
+    import bitnet.export
+    import bitnet.inference
+    import bitnet.training
+
+    for mod in (bitnet.training, bitnet.export, bitnet.inference, bitnet.eval):
+        assert mod.__name__.startswith("bitnet.")
+
+
+def test_cli_help_and_info():
+    r = subprocess.run([sys.executable, "-m", "bitnet", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    for cmd in ("train", "export", "generate", "eval", "bench", "demo"):
+        assert cmd in r.stdout
+    r = subprocess.run([sys.executable, "-m", "bitnet", "info"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"bitnet {bitnet.__version__}" in r.stdout and "bitnet-2b4t" in r.stdout
+
+
+def test_cli_unknown_command_is_a_clear_error():
+    r = subprocess.run([sys.executable, "-m", "bitnet", "frobnicate"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr
