@@ -189,8 +189,8 @@ class WeightSet:
         return sum(f.path.stat().st_size for f in self.files.values())
 
 
-def load_config(directory: Path) -> tuple[dict[str, Any], BitNetConfig, str]:
-    """Read and check ``config.json``: returns (raw dict, parsed config, linear_class).
+def load_config(directory: Path) -> tuple[dict[str, Any], BitNetConfig, str, float]:
+    """Read and check ``config.json``: returns (raw dict, parsed config, linear_class, inner-norm eps).
 
     Raises:
         FileNotFoundError: no config.json.
@@ -218,9 +218,12 @@ def load_config(directory: Path) -> tuple[dict[str, Any], BitNetConfig, str]:
     if linear_class not in ("autobitlinear", "bitlinear"):
         raise ValueError(f"{path}: unsupported quantization_config.linear_class {linear_class!r}")
     cfg = BitNetConfig.from_json(path)  # raises ValueError naming the file
+    inner_eps = qc.get("rms_norm_eps", cfg.rms_norm_eps)
+    if cfg.use_rms_norm and not (isinstance(inner_eps, (int, float)) and inner_eps > 0):
+        raise ValueError(f"{path}: quantization_config.rms_norm_eps must be a positive number, got {inner_eps!r}")
     if cfg.use_sub_norms and cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:
         raise ValueError(f"{path}: attn_sub_norm needs num_attention_heads * head_dim == hidden_size")
-    return raw, cfg, linear_class
+    return raw, cfg, linear_class, float(inner_eps or cfg.rms_norm_eps)
 
 
 def _float_vector(ws: WeightSet, name: str, n: int) -> np.ndarray:
@@ -256,14 +259,14 @@ def build_model(directory: Path, threads: int, head: str) -> tuple[Any, dict[str
     Returns ``(model, raw_config, config, weights)``; ``weights`` must stay alive as long as the model
     (the engine borrows the embedding table from its mapping).
     """
-    raw, cfg, linear_class = load_config(directory)
+    raw, cfg, linear_class, inner_eps = load_config(directory)
     ws = WeightSet(directory)
     C, hd = cfg.hidden_size, cfg.head_dim
     model = _C.Model(
         vocab=cfg.vocab_size, hidden=C, intermediate=cfg.intermediate_size, layers=cfg.num_hidden_layers,
         heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, head_dim=hd,
         max_positions=cfg.max_position_embeddings, eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta,
-        act=cfg.hidden_act, sub_norms=cfg.use_sub_norms, inner_norm=cfg.use_rms_norm, threads=threads,
+        act=cfg.hidden_act, sub_norms=cfg.use_sub_norms, inner_norm=cfg.use_rms_norm, inner_eps=inner_eps, threads=threads,
     )
     expected: set[str] = set()
 

@@ -287,7 +287,7 @@ void Model::linear_forward(const Linear& L, const float* x, int T, float* y) {
   for (int t = 0; t < T; ++t) {
     const float* src = x + static_cast<size_t>(t) * L.in;
     if (!L.norm.empty()) {
-      rmsnorm(src, L.norm.data(), L.in, cfg_.eps, normed.data());
+      rmsnorm(src, L.norm.data(), L.in, cfg_.inner_eps, normed.data());
       src = normed.data();
     }
     const float s = quantize_row(src, L.in, Kp, xq.data() + static_cast<size_t>(t) * Kp, &xsum[t]);

@@ -18,6 +18,7 @@ struct ModelConfig {
   int vocab = 0, hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
   int max_positions = 0;
   float eps = 1e-5f, rope_theta = 10000.f;
+  float inner_eps = 1e-5f;  // epsilon of the inner RMSNorm (quantization_config.rms_norm_eps)
   bool relu2 = true;       // else SiLU gating
   bool sub_norms = true;   // attn_sub_norm / ffn_sub_norm (bitnet arch); false for the llama arch
   bool inner_norm = false; // an RMSNorm inside every linear (quantization_config.use_rms_norm)

@@ -160,17 +160,18 @@ NB_MODULE(_C, m) {
           "__init__",
           [](bitnet::Model* self, int vocab, int hidden, int intermediate, int layers, int heads, int kv_heads,
              int head_dim, int max_positions, float eps, float rope_theta, const std::string& act, bool sub_norms,
-             bool inner_norm, int threads) {
+             bool inner_norm, float inner_eps, int threads) {
             if (threads < 1) throw std::invalid_argument("threads must be >= 1");
             if (act != "relu2" && act != "silu") throw std::invalid_argument("hidden_act must be relu2 or silu");
             bitnet::ModelConfig c;
             c.vocab = vocab; c.hidden = hidden; c.intermediate = intermediate; c.layers = layers; c.heads = heads;
             c.kv_heads = kv_heads; c.head_dim = head_dim; c.max_positions = max_positions; c.eps = eps;
             c.rope_theta = rope_theta; c.relu2 = act == "relu2"; c.sub_norms = sub_norms; c.inner_norm = inner_norm;
+            c.inner_eps = inner_eps;
             new (self) bitnet::Model(c, threads);
           },
           "vocab"_a, "hidden"_a, "intermediate"_a, "layers"_a, "heads"_a, "kv_heads"_a, "head_dim"_a,
-          "max_positions"_a, "eps"_a, "rope_theta"_a, "act"_a, "sub_norms"_a, "inner_norm"_a, "threads"_a)
+          "max_positions"_a, "eps"_a, "rope_theta"_a, "act"_a, "sub_norms"_a, "inner_norm"_a, "inner_eps"_a = 1e-5f, "threads"_a = 1)
       .def(
           "set_linear",
           [](bitnet::Model& self, int layer, const std::string& name, Arr<const uint8_t, nb::ndim<2>> packed, float beta,

@@ -12,8 +12,9 @@
 namespace bitnet {
 
 namespace {
-constexpr int kSpinIters = 1 << 14;  // ~tens of microseconds of spinning before sleeping
-}
+constexpr int kSpinIters = 1 << 13;  // spinning before a worker sleeps (well under a millisecond)
+constexpr int kChunksPerThread = 4;
+}  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
@@ -29,7 +30,23 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::worker(int id) {
+void ThreadPool::run_chunks(uint32_t gen, const std::function<void(int, int)>* job, int n, int n_chunks) {
+  for (;;) {
+    uint64_t cur = next_.load(std::memory_order_acquire);
+    // A claim is valid only while the counter still belongs to this job's generation: a worker
+    // that woke late cannot run an old job on a new job's indices (or the reverse).
+    if (static_cast<uint32_t>(cur >> 32) != gen) return;
+    const int idx = static_cast<int>(cur & 0xffffffffu);
+    if (idx >= n_chunks) return;
+    if (!next_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) continue;
+    const int b = static_cast<int>(static_cast<int64_t>(n) * idx / n_chunks);
+    const int e = static_cast<int>(static_cast<int64_t>(n) * (idx + 1) / n_chunks);
+    if (b < e) (*job)(b, e);
+    done_.fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadPool::worker(int /*id*/) {
   uint64_t seen = 0;
   for (;;) {
     int spins = 0;
@@ -43,11 +60,10 @@ void ThreadPool::worker(int id) {
     }
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load()) return;
-    const int n = job_n_;
-    const int b = static_cast<int>(static_cast<int64_t>(n) * id / n_threads_);
-    const int e = static_cast<int>(static_cast<int64_t>(n) * (id + 1) / n_threads_);
-    if (b < e) (*job_)(b, e);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    // The job fields were written before the generation was published (release/acquire); the
+    // claim in run_chunks re-checks the generation, so reading a newer job here is harmless.
+    run_chunks(static_cast<uint32_t>(seen), job_.load(std::memory_order_acquire),
+               job_n_.load(std::memory_order_acquire), job_chunks_.load(std::memory_order_acquire));
   }
 }
 
@@ -57,17 +73,25 @@ void ThreadPool::parallel_for(int n, const std::function<void(int, int)>& fn) {
     fn(0, n);
     return;
   }
+  const int n_chunks = std::min(n, n_threads_ * kChunksPerThread);
+  uint32_t gen;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    job_ = &fn;
-    job_n_ = n;
-    pending_.store(n_threads_ - 1, std::memory_order_release);
+    gen = static_cast<uint32_t>(generation_.load() + 1);
+    job_.store(&fn, std::memory_order_release);
+    job_n_.store(n, std::memory_order_release);
+    job_chunks_.store(n_chunks, std::memory_order_release);
+    done_.store(0, std::memory_order_release);
+    next_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
     generation_.fetch_add(1, std::memory_order_acq_rel);
   }
   cv_.notify_all();
-  const int e0 = static_cast<int>(static_cast<int64_t>(n) / n_threads_);
-  if (e0 > 0) fn(0, e0);
-  while (pending_.load(std::memory_order_acquire) != 0) BITNET_PAUSE();
+  run_chunks(gen, &fn, n, n_chunks);
+  int spins = 0;
+  while (done_.load(std::memory_order_acquire) != n_chunks) {
+    BITNET_PAUSE();
+    if (++spins > kSpinIters) std::this_thread::yield();  // a descheduled worker holds a chunk
+  }
 }
 
 }  // namespace bitnet

@@ -1,9 +1,10 @@
-// A small fork-join thread pool: parallel_for splits [0, n) into one contiguous chunk per thread
-// (static partition: decode is memory-bound and every chunk costs the same), the caller runs
-// chunk 0. Workers spin briefly between jobs (a decoded token issues a few hundred jobs), then
-// sleep on a condition variable so an idle engine costs no CPU.
+// A small fork-join thread pool. parallel_for splits [0, n) into a few contiguous chunks per thread
+// that the caller and the workers claim dynamically, so a worker the OS has descheduled (a busy
+// shared machine) delays nothing: the others take its chunks. Workers spin briefly between jobs
+// (a decoded token issues a few hundred jobs), then sleep on a condition variable.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -32,11 +33,16 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_;
+  // Claims chunks of the current job; returns when none is left.
+  void run_chunks(uint32_t gen, const std::function<void(int, int)>* job, int n, int n_chunks);
+
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  // (generation << 32) | next chunk index: a claim succeeds only within the job it was meant for.
+  std::atomic<uint64_t> next_{0};
+  std::atomic<int> done_{0};
   std::atomic<bool> stop_{false};
-  const std::function<void(int, int)>* job_ = nullptr;
-  int job_n_ = 0;
+  std::atomic<const std::function<void(int, int)>*> job_{nullptr};
+  std::atomic<int> job_n_{0}, job_chunks_{0};
 };
 
 }  // namespace bitnet

@@ -1,0 +1,155 @@
+"""Engine speed measurements: prefill / decode tokens per second, load time, peak RSS, and the
+per-layer projection toward large models (``bitnet bench``; benchmarks/bench_engine.py).
+
+Random weights are built straight in the kernels' input format (transformers' packed uint8 layout,
+bf16 embeddings) so the 2B4T shape needs no file and no PyTorch model.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bitnet.model import BitNetConfig
+
+from . import _C
+
+__all__ = ["random_packed", "random_bf16", "random_model", "time_prefill_decode", "peak_rss_bytes",
+           "PROJECT_SHAPES", "project_table", "measure_read_bandwidth"]
+
+
+def random_packed(rng: np.random.Generator, out_f: int, in_f: int) -> np.ndarray:
+    """Random ternary weights in transformers' packed layout: uint8 (out/4, in), no code 3."""
+    x = rng.integers(0, 256, size=(out_f // 4, in_f), dtype=np.uint8)
+    both = (x >> 1) & x & 0x55  # low bit of every 2-bit field that holds code 3
+    return x ^ (both << 1)  # 3 (0b11) -> 1 (0b01): a zero weight
+
+
+def random_bf16(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """Random bf16 bit patterns (as uint16) with magnitudes in [2^-7, 2^-6) and random signs."""
+    v = rng.integers(0, 1 << 16, size=(rows, cols), dtype=np.uint16)
+    return (v & np.uint16(0x807F)) | np.uint16(120 << 7)
+
+
+def random_model(cfg: BitNetConfig, threads: int, head: str = "f16", seed: int = 0,
+                 layers: int | None = None) -> Any:
+    """A ``_C.Model`` of ``cfg``'s shape with random weights (``layers`` overrides the depth)."""
+    rng = np.random.default_rng(seed)
+    n_layers = cfg.num_hidden_layers if layers is None else layers
+    C, I, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    m = _C.Model(vocab=cfg.vocab_size, hidden=C, intermediate=I, layers=n_layers, heads=cfg.num_attention_heads,
+                 kv_heads=cfg.num_key_value_heads, head_dim=hd, max_positions=cfg.max_position_embeddings,
+                 eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta, act=cfg.hidden_act, sub_norms=cfg.use_sub_norms,
+                 inner_norm=False, threads=threads)
+    m.set_embedding(random_bf16(rng, cfg.vocab_size, C), "bf16")
+    if not cfg.tie_word_embeddings:
+        m.set_lm_head(random_bf16(rng, cfg.vocab_size, C), "bf16")
+    ones_c, ones_i = np.ones(C, np.float32), np.ones(I, np.float32)
+    m.set_norm(-1, "norm", ones_c)
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    shapes = {"self_attn.q_proj": (q, C), "self_attn.k_proj": (kv, C), "self_attn.v_proj": (kv, C),
+              "self_attn.o_proj": (C, q), "mlp.gate_proj": (I, C), "mlp.up_proj": (I, C), "mlp.down_proj": (C, I)}
+    for i in range(n_layers):
+        for name in ("input_layernorm", "post_attention_layernorm", "self_attn.attn_sub_norm"):
+            m.set_norm(i, name, ones_c)
+        m.set_norm(i, "mlp.ffn_sub_norm", ones_i)
+        for name, (o, k) in shapes.items():
+            m.set_linear(i, name, random_packed(rng, o, k), 0.02)
+    m.set_head_mode(head)
+    return m
+
+
+def time_prefill_decode(model: Any, vocab: int, prompt_len: int = 128, decode_len: int = 64,
+                        seed: int = 0) -> dict[str, float]:
+    """Prefill ``prompt_len`` tokens (logits of the last one only, as llama.cpp does), then decode
+    ``decode_len`` tokens one at a time (greedy on the engine's own logits). Returns tokens/s."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=prompt_len, dtype=np.int32)
+    out = np.empty((1, vocab), np.float32)
+    model.reset()
+    t0 = time.perf_counter()
+    model.forward(ids, 0, prompt_len - 1, out)
+    t1 = time.perf_counter()
+    nxt = int(out[0].argmax())
+    for i in range(decode_len):
+        model.forward(np.array([nxt], np.int32), prompt_len + i, 0, out)
+        nxt = int(out[0].argmax())
+    t2 = time.perf_counter()
+    return {"prefill_tok_s": prompt_len / (t1 - t0), "decode_tok_s": decode_len / (t2 - t1),
+            "prefill_s": t1 - t0, "decode_s": t2 - t1}
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure_read_bandwidth(threads: int, nbytes: int = 1 << 30, repeats: int = 3) -> float:
+    """Best-of-N read bandwidth (bytes/s) of this machine, measured by the engine's own fp32 head
+    kernel streaming ``nbytes`` (a multi-threaded sequential read with a trivial FMA per float)."""
+    rows, cols = nbytes // (4 * 4096), 4096
+    m = _C.Model(vocab=rows, hidden=cols, intermediate=16, layers=1, heads=1, kv_heads=1, head_dim=cols,
+                 max_positions=4, eps=1e-5, rope_theta=1e4, act="silu", sub_norms=False, inner_norm=False,
+                 threads=threads)
+    table = np.ones((rows, cols), np.float32)
+    m.set_embedding(table, "f32")
+    h = np.ones((1, cols), np.float32)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _C.dot_rows(_C.current_isa(), table, "f32", h)  # single-threaded warm-up of the pages
+        t1 = time.perf_counter()
+        best = max(best, table.nbytes / (t1 - t0))
+    del m
+    return best
+
+
+@dataclass(frozen=True)
+class ProjectShape:
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+
+
+# Llama-family shapes (the "100B" row is a 100B-parameter ternary design in the same family).
+PROJECT_SHAPES = (
+    ProjectShape("bitnet-2b4t", 2560, 6912, 30, 20, 5, 128256),
+    ProjectShape("7B", 4096, 11008, 32, 32, 32, 32000),
+    ProjectShape("13B", 5120, 13824, 40, 40, 40, 32000),
+    ProjectShape("70B", 8192, 28672, 80, 64, 8, 128256),
+    ProjectShape("100B", 8192, 45056, 96, 64, 8, 128256),
+)
+
+
+def project_table(threads: int, layers: int = 2, decode_tokens: int = 16, head: str = "int8") -> list[dict[str, Any]]:
+    """Per-layer decode time at each shape's real matrix sizes (``layers`` random layers), projected
+    to the whole model: tokens/s = 1 / (per_layer * n_layers + head time)."""
+    rows = []
+    for s in PROJECT_SHAPES:
+        cfg = BitNetConfig(vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
+                           num_hidden_layers=layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
+                           hidden_act="silu", max_position_embeddings=256, tie_word_embeddings=True)
+        # Head measured separately (a 1-layer model minus the same layer) would double noise; instead
+        # time two depths and take the difference per layer.
+        times = {}
+        for n in (1, 1 + layers):
+            m = random_model(cfg, threads, head=head, layers=n)
+            r = time_prefill_decode(m, s.vocab, prompt_len=8, decode_len=decode_tokens)
+            times[n] = r["decode_s"] / decode_tokens
+            del m
+        per_layer = max((times[1 + layers] - times[1]) / layers, 1e-9)
+        head_s = max(times[1] - per_layer, 0.0)
+        total = per_layer * s.layers + head_s
+        params = s.layers * (s.hidden * (2 * s.hidden + 2 * s.hidden * s.kv_heads // s.heads) + 3 * s.hidden * s.intermediate)
+        rows.append({"model": s.name, "layers": s.layers, "ternary_params_B": params / 1e9,
+                     "ms_per_layer": per_layer * 1e3, "head_ms": head_s * 1e3, "tok_s": 1.0 / total,
+                     "weight_GB": params / 4 / 1e9 + s.vocab * s.hidden * (1 if head == "int8" else 2) / 1e9})
+    return rows

@@ -1,0 +1,93 @@
+"""Every SIMD path against the scalar reference (and the reference against numpy), exact integers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bitnet.inference import _C, available_isas
+from bitnet.quant import pack_ternary
+
+ISAS = available_isas()
+# fp32 dot products summed in a different order: relative error grows like sqrt(K) * 2^-24.
+DOT_RTOL = 1e-5
+
+
+def _packed(q: np.ndarray) -> np.ndarray:
+    return pack_ternary(torch.from_numpy(q)).numpy()
+
+
+# (out, in, tokens): tile-aligned, odd (padding rows/columns), decode (T=1) and every token-tile remainder
+SHAPES = [(16, 16, 1), (64, 64, 1), (36, 50, 3), (100, 333, 9), (256, 2560, 1), (12, 20, 17), (64, 96, 8)]
+
+
+@pytest.mark.parametrize("out_f,in_f,T", SHAPES)
+def test_ternary_matmul_ref_is_exact(out_f, in_f, T):
+    rng = np.random.default_rng(out_f * 1000 + in_f)
+    q = rng.integers(-1, 2, size=(out_f, in_f)).astype(np.int8)
+    x = rng.integers(-128, 128, size=(T, in_f)).astype(np.int8)
+    want = x.astype(np.int64) @ q.T.astype(np.int64)
+    np.testing.assert_array_equal(_C.ternary_matmul("ref", _packed(q), x), want)
+
+
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "ref"])
+@pytest.mark.parametrize("out_f,in_f,T", SHAPES)
+def test_ternary_matmul_simd_equals_ref(isa, out_f, in_f, T):
+    rng = np.random.default_rng(in_f * 7 + T)
+    q = rng.integers(-1, 2, size=(out_f, in_f)).astype(np.int8)
+    x = rng.integers(-128, 128, size=(T, in_f)).astype(np.int8)
+    np.testing.assert_array_equal(_C.ternary_matmul(isa, _packed(q), x), _C.ternary_matmul("ref", _packed(q), x))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_ternary_matmul_adversarial_extremes(isa):
+    """All +1 / all -1 weights against all -128 / all 127 activations: the largest sums, exact."""
+    K = 4096
+    for qv in (1, -1):
+        q = np.full((32, K), qv, np.int8)
+        for xv in (-128, 127):
+            x = np.full((2, K), xv, np.int8)
+            np.testing.assert_array_equal(_C.ternary_matmul(isa, _packed(q), x), np.full((2, 32), qv * xv * K))
+
+
+def test_code_3_is_rejected():
+    bad = np.full((4, 16), 0xFF, np.uint8)
+    with pytest.raises(ValueError, match="code 3"):
+        _C.ternary_matmul("ref", bad, np.zeros((1, 16), np.int8))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("V,C,T", [(5, 64, 1), (37, 100, 3), (64, 2560, 2)])
+def test_int8_head_exact(isa, V, C, T):
+    rng = np.random.default_rng(V + C)
+    E = rng.integers(-127, 128, size=(V, C)).astype(np.int8)
+    x = rng.integers(-127, 128, size=(T, C)).astype(np.int8)
+    E[0] = 127  # extremes: the sign trick and the u8 bias must not saturate
+    x[0] = -127
+    np.testing.assert_array_equal(_C.head_i8(isa, E, x), x.astype(np.int64) @ E.T.astype(np.int64))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+def test_16bit_head_rows(isa, dtype):
+    rng = np.random.default_rng(3)
+    V, C, T = 23, 301, 2  # odd sizes exercise the scalar tails
+    W = rng.standard_normal((V, C)).astype(np.float32)
+    h = rng.standard_normal((T, C)).astype(np.float32)
+    if dtype == "bf16":
+        raw = torch.from_numpy(W).bfloat16().view(torch.int16).numpy().view(np.uint16)
+        Wf = torch.from_numpy(W).bfloat16().float().numpy()
+    elif dtype == "f16":
+        raw = W.astype(np.float16).view(np.uint16)
+        Wf = W.astype(np.float16).astype(np.float32)
+    else:
+        raw, Wf = W, W
+    want = (h.astype(np.float64) @ Wf.T.astype(np.float64))
+    got = _C.dot_rows(isa, raw, dtype, h)
+    np.testing.assert_allclose(got, want, rtol=DOT_RTOL, atol=DOT_RTOL * np.abs(want).max())
+
+
+def test_forcing_an_unknown_isa_raises():
+    with pytest.raises(ValueError, match="not available"):
+        _C.set_isa("sse9")
