@@ -140,6 +140,11 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is float:
         if isinstance(value, bool):
             return False, value
+        if isinstance(value, str):  # YAML 1.1 reads "2e-3" (no dot) as a string: accept it as a float
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
         return isinstance(value, (int, float)), float(value) if isinstance(value, (int, float)) else value
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value

@@ -135,6 +135,9 @@ def _accelerator(cfg: TrainConfig):
     else:
         mp = "bf16" if cfg.precision == "bf16" else "no"
     return Accelerator(
+        # cpu=True without a GPU makes accelerate treat torchrun's LOCAL_RANK/WORLD_SIZE as a
+        # multi-CPU (gloo) job; otherwise it would silently run each process alone.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=mp,
         log_with=["tensorboard"] if cfg.log.tensorboard else None,
         project_config=ProjectConfiguration(project_dir=cfg.out_dir, logging_dir=str(Path(cfg.out_dir) / "tensorboard")),
@@ -276,10 +279,10 @@ def train(config: TrainConfig | str | Path, overrides: list[str] | None = None) 
 
 @torch.no_grad()
 def evaluate(model, data: PackedTokens, cfg: TrainConfig, acc) -> float:
-    """Mean next-token loss (nats) over the first ``eval_batches * micro_batch_size * processes``
-    validation windows (the same windows every time and for any number of processes)."""
+    """Mean next-token loss (nats) over the first ``eval_batches * micro_batch_size`` validation
+    windows (the same windows every time and for any number of processes, which share them)."""
     model.eval()
-    n = min(data.n_val, cfg.log.eval_batches * cfg.micro_batch_size * acc.num_processes)
+    n = min(data.n_val, cfg.log.eval_batches * cfg.micro_batch_size)
     mine = np.array_split(np.arange(n), acc.num_processes)[acc.process_index]
     tot = torch.zeros(2, device=acc.device, dtype=torch.float64)  # (sum of losses, tokens)
     for i in range(0, len(mine), cfg.micro_batch_size):
