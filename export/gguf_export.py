@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from bitnet.model import BitNetForCausalLM
 from bitnet.quant import weight_quant
@@ -152,6 +153,7 @@ def export_gguf(
     qtype: str = "tq2_0",
     *,
     allow_relu2: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Atomically write ``model`` as a GGUF for upstream llama.cpp's ``bitnet`` architecture.
 
@@ -163,6 +165,7 @@ def export_gguf(
             ``tokenizer.json`` path (llama.cpp needs the vocabulary in the file).
         qtype: ``"tq2_0"`` (2.0625 bits/weight) or ``"tq1_0"`` (1.6875 bits/weight).
         allow_relu2: write a ``relu2`` model anyway, with :data:`RELU2_WARNING` as a warning.
+        progress: show a tqdm bar while quantizing.
 
     Returns:
         ``path`` as a Path.
@@ -195,7 +198,7 @@ def export_gguf(
     linears = {n + ".weight" for n, m in model.named_modules() if type(m).__name__ == "BitLinear"}
 
     tensors: list[tuple[str, np.ndarray, Any]] = []  # (gguf name, data, raw dtype or None)
-    for key, value in model.state_dict().items():
+    for key, value in tqdm(model.state_dict().items(), desc=qtype, unit="tensor", disable=not progress):
         if key == "lm_head.weight":
             continue  # tied: token_embd is the head
         if key not in names:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from bitnet.checkpoint import CONFIG_FILE as LATENT_CONFIG_FILE
 from bitnet.checkpoint import load_model_dir, save_tokenizer
@@ -81,7 +82,7 @@ def _check_exportable(model: BitNetForCausalLM) -> None:
             )
 
 
-def packed_state_dict(model: BitNetForCausalLM) -> dict[str, torch.Tensor]:
+def packed_state_dict(model: BitNetForCausalLM, progress: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of the packed export, by transformers' names (CPU, contiguous).
 
     Every ternary linear ``<m>.weight`` (out, in) float becomes uint8 ``(out/4, in)`` and
@@ -95,7 +96,7 @@ def packed_state_dict(model: BitNetForCausalLM) -> dict[str, torch.Tensor]:
     _check_exportable(model)
     linears = set(ternary_linear_names(model))
     out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
+    for key, value in tqdm(model.state_dict().items(), desc="packing", unit="tensor", disable=not progress):
         if key == "lm_head.weight" and model.config.tie_word_embeddings:
             continue
         w = value.detach().cpu()
@@ -158,6 +159,7 @@ def export_hf(
     tokenizer: Any = None,
     *,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+    progress: bool = False,
 ) -> Path:
     """Atomically write ``model`` in transformers' packed ``autobitlinear`` layout (see module doc).
 
@@ -169,6 +171,7 @@ def export_hf(
             ``bitnet generate`` need a tokenizer).
         max_shard_size: bytes per safetensors file; above it the export is sharded with
             ``model.safetensors.index.json``, as transformers does.
+        progress: show a tqdm bar while packing.
 
     Returns:
         ``out_dir`` as a Path.
@@ -181,7 +184,7 @@ def export_hf(
 
     out_dir = Path(out_dir)
     cfg = model.config
-    tensors = packed_state_dict(model)
+    tensors = packed_state_dict(model, progress)
     hf_config = cfg.to_hf_dict(dtype="bfloat16")
     hf_config["quantization_config"] = _quantization_config(cfg)
     metadata = {

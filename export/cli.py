@@ -1,0 +1,92 @@
+"""``bitnet export``: a checkpoint to transformers' packed bitnet layout (default) or to GGUF."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import warnings
+from pathlib import Path
+
+from bitnet.checkpoint import TOKENIZER_FILE, find_model_dir
+
+from .hf import CONFIG_JSON, DEFAULT_MAX_SHARD_SIZE, export_hf, load_model
+
+EPILOG = """examples:
+  bitnet export runs/10m out/10m-packed                    # newest checkpoint of a run -> transformers layout
+  bitnet export runs/10m/checkpoints/step_2000 out/10m     # one training checkpoint
+  bitnet export out/10m-packed out/10m.gguf --format gguf --type tq2_0
+  python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('out/10m-packed')"
+
+GGUF: upstream llama.cpp's bitnet graph always computes a SiLU-gated FFN, so a relu2 model (such as
+2B4T) runs there with the wrong activation; such a model is written only with --allow-relu2.
+"""
+
+
+def _size(text: str) -> int:
+    """'5GB', '200MB', '1024' -> bytes (powers of 1000 as transformers' max_shard_size; 'GiB' = 1024^3)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB, 2GiB)")
+    unit = (m.group(2) or "B").upper()
+    base = 1024 if "I" in unit else 1000
+    power = {"B": 0, "K": 1, "M": 2, "G": 3}[unit[0]]
+    return int(float(m.group(1)) * base**power)
+
+
+def _source_tokenizer(src: Path) -> Path | None:
+    """The tokenizer.json that travels with a checkpoint: next to an HF config, or in the model dir."""
+    if (src / CONFIG_JSON).is_file() and (src / TOKENIZER_FILE).is_file():
+        return src / TOKENIZER_FILE
+    try:
+        cand = find_model_dir(src) / TOKENIZER_FILE
+    except FileNotFoundError:
+        return None
+    return cand if cand.is_file() else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bitnet export",
+        description="Export a checkpoint (model dir, training checkpoint, run dir, or a packed export) to "
+        "transformers' packed bitnet layout or to a GGUF for llama.cpp.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", type=Path, help="model dir, training checkpoint, run dir, or transformers-layout dir")
+    p.add_argument("out", type=Path, help="output directory (hf) or .gguf file (gguf; a directory gets model.gguf)")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf", help="output format (default: hf)")
+    p.add_argument("--type", dest="qtype", choices=("tq2_0", "tq1_0"), default="tq2_0",
+                   help="GGUF ternary type: tq2_0 (2.06 bits/weight, faster) or tq1_0 (1.69 bits/weight)")
+    p.add_argument("--allow-relu2", action="store_true",
+                   help="write a relu2 model to GGUF although llama.cpp will run it with SiLU (warns)")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="tokenizer.json to ship (default: the one inside the checkpoint)")
+    p.add_argument("--no-tokenizer", action="store_true", help="hf only: export weights and config without a tokenizer")
+    p.add_argument("--max-shard-size", type=_size, default=DEFAULT_MAX_SHARD_SIZE,
+                   help="hf only: shard safetensors above this size, with an index file (default 5GB)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    tokenizer = args.tokenizer or _source_tokenizer(args.checkpoint)
+    if tokenizer is None and not (args.format == "hf" and args.no_tokenizer):
+        raise FileNotFoundError(
+            f"{args.checkpoint}: no {TOKENIZER_FILE} found; pass --tokenizer PATH"
+            + (" (or --no-tokenizer for a weights-only export)" if args.format == "hf" else "")
+        )
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        raise FileNotFoundError(f"{tokenizer}: tokenizer file missing")
+    model = load_model(args.checkpoint)
+    if args.format == "hf":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the no-tokenizer warning: --no-tokenizer asked for it
+            out = export_hf(model, args.out, None if args.no_tokenizer else tokenizer,
+                            max_shard_size=args.max_shard_size, progress=True)
+    else:
+        from .gguf_export import export_gguf
+
+        path = args.out if args.out.suffix == ".gguf" else args.out / "model.gguf"
+        out = export_gguf(model, path, tokenizer, qtype=args.qtype, allow_relu2=args.allow_relu2, progress=True)
+    print(f"wrote {out}")
+    return 0
