@@ -52,7 +52,7 @@ __all__ = [
 FORMAT_NAME = "bitnet-b1.58-packed"  # safetensors metadata "bitnet_format"
 PACKING = "transformers-bitnet-offline: uint8 (out/4, in); bits 2i..2i+1 of [r, c] = q[i*out/4 + r, c] + 1"
 SCALE_CONVENTION_MULTIPLY = "multiply: y = (x_q . q) * weight_scale / s_x; weight_scale = beta = mean|W|"
-DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3  # bytes per safetensors shard, transformers' historical default (5 GB)
+DEFAULT_MAX_SHARD_SIZE = 5 * 1000**3  # bytes per safetensors shard: transformers' historical "5GB"
 EXPORT_DTYPE = torch.bfloat16  # embeddings, norms, scales: the dtype 2B4T ships
 CONFIG_JSON = "config.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ from conftest import byte_tokenizer
 
 from bitnet import BitNetConfig, BitNetForCausalLM
 from bitnet.export import export_gguf
-from bitnet.export.gguf_export import RELU2_WARNING, gguf_tensor_names
+from bitnet.export.gguf_export import RELU2_WARNING, gguf_tensor_names, llama_rope_permute
 from bitnet.quant import weight_quant
 
 gguf = pytest.importorskip("gguf")
@@ -147,3 +147,37 @@ def test_llama_cpp_runs_our_gguf_like_our_model(tmp_path):
     with torch.no_grad():
         ref = model(torch.tensor([ours[:-1]]))[0].numpy()  # (T, V)
     assert np.abs(full - ref).max() <= LLAMA_CPP_REL_TOL * np.abs(ref).max()
+
+    # The Q/K row order is pinned: llama.cpp runs `bitnet` with NEOX (rotate-half) RoPE, so the
+    # Llama converter's interleaving permutation, applied here on purpose, must break agreement.
+    permuted = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in permuted.model.layers:
+            attn = layer.self_attn
+            attn.q_proj.weight.copy_(llama_rope_permute(attn.q_proj.weight, attn.n_head))
+            attn.k_proj.weight.copy_(llama_rope_permute(attn.k_proj.weight, attn.n_kv))
+    bad_path = export_gguf(permuted, tmp_path / "permuted.gguf", tok)
+    llm = llama_cpp.Llama(str(bad_path), n_ctx=128, n_threads=2, logits_all=True, verbose=False)
+    try:
+        llm.eval(ours[:-1])
+        bad = np.array(llm.scores[: len(ours) - 1])
+    finally:
+        llm.close()
+    assert np.abs(bad - ref).max() > 2 * LLAMA_CPP_REL_TOL * np.abs(ref).max()
+
+
+def test_tq2_0_block_bytes_follow_the_documented_layout():
+    """Golden layout (FORMATS.md section 3): byte c*32 + m, bits 2l..2l+1 hold element
+    c*128 + l*32 + m as q + 1; then d as fp16. Checked on one block built by hand."""
+    q = np.array([(i * 7) % 3 - 1 for i in range(256)], dtype=np.int8)  # every value, no pattern at 4
+    beta = 0.3
+    block = gguf.quants.quantize((q * np.float32(beta))[None, :], gguf.GGMLQuantizationType.TQ2_0)
+    raw = np.asarray(block).reshape(-1).view(np.uint8)
+    assert raw.size == 66
+    expect = np.zeros(64, dtype=np.uint8)
+    for c in range(2):
+        for l in range(4):
+            for m in range(32):
+                expect[c * 32 + m] |= (q[c * 128 + l * 32 + m] + 1) << (2 * l)
+    assert np.array_equal(raw[:64], expect)
+    assert raw[64:66].view(np.float16)[0] == np.float16(beta)

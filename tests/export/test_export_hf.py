@@ -139,3 +139,24 @@ def test_reexport_of_an_export_is_identical(tmp_path, model):
         assert set(fa.keys()) == set(fb.keys())
         for k in fa.keys():
             assert torch.equal(fa.get_tensor(k), fb.get_tensor(k)), k
+
+
+def test_unpacked_ternary_autobitlinear_weights_load_like_packed(tmp_path, model):
+    """transformers' AutoBitLinear also reads unpacked ternary values; so do we, and we check them."""
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    out = export_hf(model, tmp_path / "exp")
+    packed = load_model(out)
+    f = out / "model.safetensors"
+    sd = load_file(str(f))
+    key = "model.layers.0.self_attn.v_proj.weight"
+    sd[key] = unpack_ternary(sd[key]).to(torch.bfloat16)  # (out, in) values in {-1, 0, 1}
+    save_file(sd, str(f), metadata={"format": "pt"})
+    ids = torch.arange(30).reshape(1, 30)
+    with torch.no_grad():
+        assert torch.equal(load_model(out)(ids), packed(ids))
+    sd[key][0, 0] = 0.5
+    save_file(sd, str(f), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"model\.safetensors.*{key}.*not ternary"):
+        load_model(out)
