@@ -1,9 +1,12 @@
 """Sliding-window perplexity of a text file.
 
-The file is tokenized once (no special tokens), then scored in windows of ``context`` tokens that
-start every ``stride`` tokens; each window scores only the tokens the previous one did not, so
-every token after the first is scored exactly once, with up to ``context - stride`` tokens of
-history (the scheme of transformers' "Perplexity of fixed-length models" guide).
+The file is tokenized once (no special tokens) and every token after the first is scored exactly
+once, in chunks of ``stride`` tokens; each chunk is predicted by one forward pass over at most
+``context`` input tokens that end just before its last token, so every scored token sees at least
+``context - stride + 1`` tokens of history (all of it near the start). ``stride == context`` is the
+cheapest (non-overlapping windows); smaller strides give more history per token at more compute.
+This is the scheme of transformers' "Perplexity of fixed-length models" guide, indexed so that no
+token is left unscored at a window boundary.
 """
 
 from __future__ import annotations
@@ -49,26 +52,21 @@ def sliding_window_nll(
     n = len(tokens)
     if n < 2:
         raise ValueError(f"need at least 2 tokens to score, got {n}")
-    if context < 2:
-        raise ValueError(f"context must be >= 2, got {context}")
+    if context < 1:
+        raise ValueError(f"context must be >= 1, got {context}")
     if not 1 <= stride <= context:
         raise ValueError(f"stride must be in [1, context={context}], got {stride}")
-    nll, scored, computed, prev_end = 0.0, 0, 0, 0
-    starts = range(0, n, stride)
-    for begin in tqdm(starts, desc="perplexity", unit="window", disable=not progress):
-        end = min(begin + context, n)
-        w = list(tokens[begin:end])
-        first = max(len(w) - (end - prev_end), 1)  # index in w of the first token not yet scored
-        rows = logits_fn(w[:-1], first - 1).astype(np.float64)  # (len(w) - first, V)
+    nll, scored, computed = 0.0, 0, 0
+    for s in tqdm(range(1, n, stride), desc="perplexity", unit="window", disable=not progress):
+        e = min(s + stride, n)  # this chunk scores tokens s..e-1
+        b = max(0, e - 1 - context)  # the window's input is tokens[b:e-1], at most `context` tokens
+        rows = logits_fn(list(tokens[b:e - 1]), s - 1 - b).astype(np.float64)  # (e - s, V)
         rows -= rows.max(axis=-1, keepdims=True)
-        logz = np.log(np.exp(rows).sum(axis=-1))  # (len(w) - first,)
-        target = np.asarray(w[first:])
+        logz = np.log(np.exp(rows).sum(axis=-1))  # (e - s,)
+        target = np.asarray(tokens[s:e])
         nll += float((logz - rows[np.arange(len(target)), target]).sum())
         scored += len(target)
-        computed += len(w) - 1
-        prev_end = end
-        if end == n:
-            break
+        computed += e - 1 - b
     return nll, scored, computed
 
 
