@@ -160,3 +160,20 @@ def test_unpacked_ternary_autobitlinear_weights_load_like_packed(tmp_path, model
     save_file(sd, str(f), metadata={"format": "pt"})
     with pytest.raises(ValueError, match=rf"model\.safetensors.*{key}.*not ternary"):
         load_model(out)
+
+
+def test_llama_layout_export_loads_in_transformers(tmp_path):
+    """Our export of a Llama-architecture ternary model (RMSNorm inside every linear, untied head)."""
+    model = tiny_model(use_sub_norms=False, use_rms_norm=True, hidden_act="silu", tie_word_embeddings=False)
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == "RMSNorm":
+                m.weight.normal_(1.0, 0.2)
+    out = export_hf(model, tmp_path / "llama")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["quantization_config"]["use_rms_norm"] is True
+    ours = _agree_with_transformers(out)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("lm_head.weight").dtype == torch.bfloat16
+        assert "model.layers.0.mlp.up_proj.rms_norm.weight" in f.keys()
+    assert ours.config.use_rms_norm and not ours.config.use_sub_norms
