@@ -117,10 +117,10 @@ def file_encoding(path: Path, fallback: str) -> str:
     if bad is None:
         return "utf-8"
     if fallback == "error":
-        raise ValueError(f"{path}: not valid UTF-8 (first bad byte at offset {bad}); re-encode it, "
-                         "or set data.encoding_fallback=latin-1")
+        raise ValueError(f"{path}: not valid UTF-8 (first bad byte at offset {bad}); re-encode it, or allow "
+                         "the Latin-1 fallback (data.encoding_fallback=latin-1, --encoding-fallback latin-1)")
     warnings.warn(f"{path}: not valid UTF-8 (first bad byte at offset {bad}); decoding it as Latin-1",
-                  stacklevel=2)
+                  UnicodeWarning, stacklevel=3)
     return "latin-1"
 
 

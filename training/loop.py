@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import re
 import shutil
@@ -42,6 +43,16 @@ from .schedule import lr_at, param_groups, wd_at
 from .tokenizer import eos_id
 
 __all__ = ["train", "latest_checkpoint", "git_revision", "plot_losses", "read_metrics"]
+
+class _TiedHeadFilter(logging.Filter):
+    """accelerate warns that it drops the tied ``lm_head.weight`` when saving; that is intended (it
+    shares storage with the embedding and is restored with it; tests/training pin exact resume)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadFilter())
 
 CKPT_RE = re.compile(r"^step_(\d{7})$")
 VOCAB_MULTIPLE = 64  # pad the embedding to a multiple of 64 rows (faster matmuls; ids above the tokenizer are never seen)

@@ -84,7 +84,7 @@ def test_latin1_fallback_and_rejection(tmp_path):
     with pytest.raises(ValueError, match=r"speech\.txt: not valid UTF-8 \(first bad byte at offset 3\)"):
         prepare_data(cfg, progress=False)
     cfg.encoding_fallback = "latin-1"
-    with pytest.warns(UserWarning, match=r"speech\.txt.*Latin-1"):
+    with pytest.warns(UnicodeWarning, match=r"speech\.txt.*Latin-1"):
         files = ds_mod.resolve_files(cfg.paths)
         records = ds_mod.load_records(files, cfg, streaming=False)
     assert records[0]["text"] == "Caf\u00e9 society, na\u00efve r\u00e9sum\u00e9.\n"  # decoded, not garbled
@@ -98,7 +98,7 @@ def test_state_union_latin1_files_load(tmp_path):
     if not src.is_file():
         pytest.skip(f"shared data not present at {src}")
     assert ds_mod.check_utf8(src) is not None
-    with pytest.warns(UserWarning, match="1954-Eisenhower.txt"):
+    with pytest.warns(UnicodeWarning, match="1954-Eisenhower.txt"):
         rec = ds_mod.load_records([src], DataConfig(), streaming=True)
         text = next(iter(rec))["text"]
     assert "\ufffd" not in text and len(text) > 1000
