@@ -97,6 +97,8 @@ def _pre_tokenizer_kind(tok_json: dict[str, Any]) -> str:
         ValueError: a pre-tokenizer llama.cpp has no equivalent for.
     """
     pre = tok_json.get("pre_tokenizer") or {}
+    if pre.get("add_prefix_space"):
+        raise ValueError("tokenizer adds a prefix space; llama.cpp's BPE pre-tokenizers do not, so token ids would differ")
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         return "gpt-2"  # ByteLevel's built-in regex is GPT-2's
     if pre.get("type") == "Sequence":

@@ -181,3 +181,26 @@ def test_tq2_0_block_bytes_follow_the_documented_layout():
                 expect[c * 32 + m] |= (q[c * 128 + l * 32 + m] + 1) << (2 * l)
     assert np.array_equal(raw[:64], expect)
     assert raw[64:66].view(np.float16)[0] == np.float16(beta)
+
+
+def test_pre_tokenizer_maps_to_llama_cpp_names():
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    from bitnet.export.gguf_export import gguf_vocab
+
+    llama3_split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    tok = byte_tokenizer()
+    assert gguf_vocab(tok, 320)["pre"] == "gpt-2"
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(llama3_split), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    assert gguf_vocab(tok, 320)["pre"] == "llama-bpe"
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    with pytest.raises(ValueError, match="prefix space"):
+        gguf_vocab(tok, 320)
+    with pytest.raises(ValueError, match="BPE"):
+        gguf_vocab(Tokenizer(models.WordLevel({"a": 0}, unk_token="a")), 320)
+    with pytest.raises(ValueError, match="vocab_size is 256"):
+        gguf_vocab(byte_tokenizer(), 256)
