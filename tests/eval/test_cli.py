@@ -1,0 +1,51 @@
+"""``bitnet eval`` and ``bitnet perplexity`` through the real command dispatch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import DATA_DIR
+
+from bitnet.cli import main
+
+
+def test_eval_writes_json_and_prints_table(trained_export, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    rc = main(["eval", str(trained_export), "--tasks", "arc_easy,mmlu_astronomy", "--limit", "5",
+               "--data-dir", str(DATA_DIR), "--output", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "arc_easy" in printed and "acc_norm" in printed and "astronomy" in printed
+    res = json.loads(out.read_text())
+    assert res["n-samples"]["arc_easy"]["effective"] == 5
+    assert 0.0 <= res["results"]["arc_easy"]["acc,none"] <= 1.0
+    assert res["config"]["model"] == "bitnet"
+
+
+def test_perplexity_prints_ppl_and_speed(trained_export, tmp_path, capsys):
+    f = tmp_path / "t.txt"
+    f.write_text((DATA_DIR / "text" / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")[:5000])
+    assert main(["perplexity", str(trained_export), str(f), "--context", "128", "--stride", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "tokens/s" in out
+
+
+def _one_line_error(capsys, argv: list[str], needle: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_bad_input_gives_one_line_each(trained_export, tmp_path, capsys):
+    _one_line_error(capsys, ["eval", str(trained_export), "--tasks", "arc_easy,nosuchtask",
+                             "--data-dir", str(DATA_DIR)], "unknown task name(s): nosuchtask")
+    _one_line_error(capsys, ["eval", str(trained_export), "--tasks", "arc_easy",
+                             "--data-dir", str(tmp_path / "nodata")], "data dir not found")
+    no_tok = tmp_path / "no_tok"
+    shutil.copytree(trained_export, no_tok)
+    (no_tok / "tokenizer.json").unlink()
+    _one_line_error(capsys, ["eval", str(no_tok), "--tasks", "arc_easy", "--data-dir", str(DATA_DIR)],
+                    "no tokenizer.json")
+    _one_line_error(capsys, ["perplexity", str(no_tok), str(DATA_DIR / "text" / "wikitext-2" / "valid.txt")],
+                    "no tokenizer.json")
