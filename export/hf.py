@@ -115,13 +115,17 @@ def packed_state_dict(model: BitNetForCausalLM, progress: bool = False) -> dict[
     return out
 
 
-def _quantization_config(cfg: BitNetConfig) -> dict[str, Any]:
+def _quantization_config(model: BitNetForCausalLM) -> dict[str, Any]:
+    cfg = model.config
+    # the in-linear norms' eps (an imported checkpoint may carry one that differs from the model's)
+    eps = next((m.rms_norm.variance_epsilon for m in model.modules() if isinstance(m, BitLinear) and m.rms_norm is not None),
+               cfg.rms_norm_eps)
     return {
         "quant_method": "bitnet",
         "linear_class": "autobitlinear",
         "quantization_mode": "offline",
         "use_rms_norm": cfg.use_rms_norm,
-        "rms_norm_eps": cfg.rms_norm_eps,
+        "rms_norm_eps": eps,
         "modules_to_not_convert": ["lm_head"],
     }
 
@@ -186,7 +190,7 @@ def export_hf(
     cfg = model.config
     tensors = packed_state_dict(model, progress)
     hf_config = cfg.to_hf_dict(dtype="bfloat16")
-    hf_config["quantization_config"] = _quantization_config(cfg)
+    hf_config["quantization_config"] = _quantization_config(model)
     metadata = {
         "format": "pt",  # transformers refuses safetensors files without it
         "bitnet_format": FORMAT_NAME,
@@ -314,7 +318,10 @@ def _read_weights(d: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     return tensors, origin
 
 
-def _quant_settings(config_path: Path, d: dict[str, Any]) -> tuple[str, str, list[str], float | None]:
+TRANSFORMERS_QC_RMS_EPS = 1e-6  # BitNetQuantConfig's default eps of the in-linear RMSNorm
+
+
+def _quant_settings(config_path: Path, d: dict[str, Any]) -> tuple[str, str, list[str], float]:
     qc = d.get("quantization_config")
     if not isinstance(qc, dict) or qc.get("quant_method") != "bitnet":
         raise ValueError(
@@ -328,7 +335,9 @@ def _quant_settings(config_path: Path, d: dict[str, Any]) -> tuple[str, str, lis
         raise ValueError(f"{config_path}: unknown quantization_config.quantization_mode {mode!r}")
     if linear_class == "bitlinear":
         mode = "offline"  # transformers' BitLinear always holds packed weights
-    return linear_class, mode, list(qc.get("modules_to_not_convert") or []), qc.get("rms_norm_eps")
+    eps = qc.get("rms_norm_eps")
+    eps = TRANSFORMERS_QC_RMS_EPS if eps is None else float(eps)
+    return linear_class, mode, list(qc.get("modules_to_not_convert") or []), eps
 
 
 def _latent_from_packed(packed: torch.Tensor, scale: float, out_features: int) -> torch.Tensor:
@@ -376,7 +385,7 @@ def load_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> BitNetF
             f"{config_path}: modules_to_not_convert keeps {fp_linears[:3]} in full precision; "
             "our model has ternary linears there"
         )
-    if cfg.use_rms_norm and qc_eps is not None and qc_eps != cfg.rms_norm_eps:
+    if cfg.use_rms_norm and qc_eps != cfg.rms_norm_eps:
         # transformers' in-linear RMSNorm uses the quantization_config's eps, not the model's.
         for name in linears:
             model.get_submodule(name).rms_norm.variance_epsilon = float(qc_eps)

@@ -136,7 +136,11 @@ def test_loads_transformers_llama_use_rms_norm_falcon3_style(tmp_path):
     cfg = tiny_model(use_sub_norms=False, use_rms_norm=True, hidden_act="silu", tie_word_embeddings=False).config
     qc = {**QC, "linear_class": "bitlinear", "quantization_mode": "offline", "use_rms_norm": True, "rms_norm_eps": 1e-6}
     ours = _agree_with_transformers(_transformers_checkpoint(tmp_path / "llama", cfg, qc))
-    assert ours.model.layers[0].self_attn.q_proj.rms_norm.variance_epsilon == 1e-6
+    assert ours.model.layers[0].self_attn.q_proj.rms_norm.variance_epsilon == 1e-6 != cfg.rms_norm_eps
+    # and our re-export keeps that eps, so transformers still agrees on it
+    again = export_hf(ours, tmp_path / "again")
+    assert json.loads((again / "config.json").read_text())["quantization_config"]["rms_norm_eps"] == 1e-6
+    _agree_with_transformers(again)
 
 
 def test_loads_online_bf16_master_weights(tmp_path):
