@@ -89,23 +89,8 @@ def peak_rss_bytes() -> int:
 
 
 def measure_read_bandwidth(threads: int, nbytes: int = 1 << 30, repeats: int = 3) -> float:
-    """Best-of-N read bandwidth (bytes/s) of this machine, measured by the engine's own fp32 head
-    kernel streaming ``nbytes`` (a multi-threaded sequential read with a trivial FMA per float)."""
-    rows, cols = nbytes // (4 * 4096), 4096
-    m = _C.Model(vocab=rows, hidden=cols, intermediate=16, layers=1, heads=1, kv_heads=1, head_dim=cols,
-                 max_positions=4, eps=1e-5, rope_theta=1e4, act="silu", sub_norms=False, inner_norm=False,
-                 threads=threads)
-    table = np.ones((rows, cols), np.float32)
-    m.set_embedding(table, "f32")
-    h = np.ones((1, cols), np.float32)
-    best = 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _C.dot_rows(_C.current_isa(), table, "f32", h)  # single-threaded warm-up of the pages
-        t1 = time.perf_counter()
-        best = max(best, table.nbytes / (t1 - t0))
-    del m
-    return best
+    """Best-of-N multi-threaded sequential read bandwidth of this machine, bytes/s (C++)."""
+    return float(_C.read_bandwidth(nbytes, threads, repeats))
 
 
 @dataclass(frozen=True)
@@ -129,27 +114,34 @@ PROJECT_SHAPES = (
 )
 
 
-def project_table(threads: int, layers: int = 2, decode_tokens: int = 16, head: str = "int8") -> list[dict[str, Any]]:
-    """Per-layer decode time at each shape's real matrix sizes (``layers`` random layers), projected
-    to the whole model: tokens/s = 1 / (per_layer * n_layers + head time)."""
+def project_table(threads: int, layers: int = 2, decode_tokens: int = 16, head: str = "int8",
+                  measure_vocab: int = 32000) -> list[dict[str, Any]]:
+    """Per-layer decode time at each shape's real matrix sizes, projected to the whole model.
+
+    Two random models per shape (1 and 1 + ``layers`` layers, head over ``measure_vocab`` rows) are
+    timed; the difference gives the time per layer, the rest the head, which is scaled to the real
+    vocabulary (the head is a memory-bound stream, linear in its rows).
+    tokens/s = 1 / (ms_per_layer * n_layers + head_ms).
+    """
     rows = []
     for s in PROJECT_SHAPES:
-        cfg = BitNetConfig(vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
+        cfg = BitNetConfig(vocab_size=measure_vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
                            num_hidden_layers=layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
                            hidden_act="silu", max_position_embeddings=256, tie_word_embeddings=True)
-        # Head measured separately (a 1-layer model minus the same layer) would double noise; instead
-        # time two depths and take the difference per layer.
         times = {}
         for n in (1, 1 + layers):
             m = random_model(cfg, threads, head=head, layers=n)
-            r = time_prefill_decode(m, s.vocab, prompt_len=8, decode_len=decode_tokens)
+            time_prefill_decode(m, measure_vocab, prompt_len=4, decode_len=2)  # warm-up: page in, grow caches
+            r = time_prefill_decode(m, measure_vocab, prompt_len=4, decode_len=decode_tokens)
             times[n] = r["decode_s"] / decode_tokens
             del m
         per_layer = max((times[1 + layers] - times[1]) / layers, 1e-9)
-        head_s = max(times[1] - per_layer, 0.0)
+        head_s = max(times[1] - per_layer, 0.0) * s.vocab / measure_vocab
         total = per_layer * s.layers + head_s
-        params = s.layers * (s.hidden * (2 * s.hidden + 2 * s.hidden * s.kv_heads // s.heads) + 3 * s.hidden * s.intermediate)
+        kv = s.hidden * s.kv_heads // s.heads
+        params = s.layers * (s.hidden * (2 * s.hidden + 2 * kv) + 3 * s.hidden * s.intermediate)
+        head_bytes = s.vocab * s.hidden * (1 if head == "int8" else 2)
         rows.append({"model": s.name, "layers": s.layers, "ternary_params_B": params / 1e9,
                      "ms_per_layer": per_layer * 1e3, "head_ms": head_s * 1e3, "tok_s": 1.0 / total,
-                     "weight_GB": params / 4 / 1e9 + s.vocab * s.hidden * (1 if head == "int8" else 2) / 1e9})
+                     "weight_GB": (params / 4 + head_bytes) / 1e9})
     return rows

@@ -7,6 +7,7 @@
 #include <nanobind/stl/optional.h>
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 #include <stdexcept>
 
@@ -153,6 +154,42 @@ NB_MODULE(_C, m) {
         return nb::ndarray<nb::numpy, float, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(W.rows)}, owner);
       },
       "isa"_a, "E"_a, "dtype"_a, "h"_a, "fp32 dot products of 16-bit/fp32 rows E (V, C) with h (T, C) -> (T, V).");
+
+  m.def(
+      "read_bandwidth",
+      [](int64_t nbytes, int threads, int repeats) {
+        // Best-of-N multi-threaded sequential read of a buffer larger than the caches: the bound
+        // a memory-bound decode can reach on this machine.
+        if (threads < 1 || repeats < 1 || nbytes < (1 << 20)) throw std::invalid_argument("bad read_bandwidth arguments");
+        nb::gil_scoped_release release;
+        const size_t n = static_cast<size_t>(nbytes) / sizeof(uint64_t);
+        std::vector<uint64_t> buf(n);
+        for (size_t i = 0; i < n; ++i) buf[i] = i;
+        bitnet::ThreadPool pool(threads);
+        const int chunks = 1024;
+        std::vector<uint64_t> sums(chunks);
+        double best = 0;
+        for (int r = 0; r < repeats; ++r) {
+          const auto t0 = std::chrono::steady_clock::now();
+          pool.parallel_for(chunks, [&](int b, int e) {
+            for (int c = b; c < e; ++c) {
+              const uint64_t* p = buf.data() + n * c / chunks;
+              const size_t len = n * (c + 1) / chunks - n * c / chunks;
+              uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+              size_t i = 0;
+              for (; i + 4 <= len; i += 4) { a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3]; }
+              for (; i < len; ++i) a0 += p[i];
+              sums[c] = a0 + a1 + a2 + a3;
+            }
+          });
+          const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          best = std::max(best, static_cast<double>(n * sizeof(uint64_t)) / s);
+        }
+        volatile uint64_t sink = 0;
+        for (uint64_t v : sums) sink = sink + v;
+        return best;
+      },
+      "nbytes"_a = int64_t(1) << 30, "threads"_a = 2, "repeats"_a = 3, "Measured read bandwidth in bytes/s.");
 
   // ---- the model ----
   nb::class_<bitnet::Model>(m, "Model")

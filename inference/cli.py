@@ -1,0 +1,149 @@
+"""``bitnet generate`` / ``bitnet chat`` / ``bitnet bench``: the C++ engine from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["generate_main", "chat_main", "bench_main"]
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", type=Path, help="packed export directory (config.json, model.safetensors, tokenizer.json)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all CPUs of this process)")
+    p.add_argument("--head", choices=["auto", "f16", "int8"], default="auto", help="output head precision")
+
+
+def _sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _gen_kwargs(a: argparse.Namespace) -> dict:
+    return dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                repetition_penalty=a.repetition_penalty, seed=a.seed)
+
+
+def generate_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bitnet generate", description="Generate text with the C++ engine (streams to stdout).")
+    _engine_args(p)
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
+    _sampling_args(p, 128)
+    a = p.parse_args(argv)
+    from .engine import Engine
+
+    eng = Engine(a.model_dir, threads=a.threads, head=a.head)
+    t0 = time.perf_counter()
+    if a.no_stream:
+        print(eng.generate(a.prompt, stop=a.stop, **_gen_kwargs(a)))
+    else:
+        sys.stdout.write(a.prompt)
+        for piece in eng.stream(a.prompt, stop=a.stop, **_gen_kwargs(a)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    print(f"[{time.perf_counter() - t0:.2f} s]", file=sys.stderr)
+    return 0
+
+
+def chat_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bitnet chat",
+                                description="Interactive streaming chat (2B4T chat format unless the export has a "
+                                            "chat_template). Empty line or Ctrl-D quits; /reset clears the history.")
+    _engine_args(p)
+    p.add_argument("--system", default="You are a helpful assistant.", help="system prompt")
+    _sampling_args(p, 256)
+    a = p.parse_args(argv)
+    from .engine import Engine
+
+    eng = Engine(a.model_dir, threads=a.threads, head=a.head)
+    history = [{"role": "system", "content": a.system}] if a.system else []
+    while True:
+        try:
+            user = input("you> ")
+        except EOFError:
+            print()
+            return 0
+        if not user.strip():
+            return 0
+        if user.strip() == "/reset":
+            history = history[:1] if a.system else []
+            continue
+        history.append({"role": "user", "content": user})
+        sys.stdout.write("assistant> ")
+        reply = []
+        for piece in eng.chat_stream(history, **_gen_kwargs(a)):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def bench_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="bitnet bench",
+        description="Benchmark the C++ engine: prefill and decode tokens/s, load time, peak RSS. "
+                    "--shape builds random weights of a preset's shape in memory (no file needed); "
+                    "--project prints per-layer decode time at 7B..100B shapes and the projected tokens/s.")
+    p.add_argument("model_dir", type=Path, nargs="?", help="packed export directory")
+    p.add_argument("--shape", help="model preset with random weights, e.g. bitnet-2b4t, 700m, test-tiny")
+    p.add_argument("--act", choices=["relu2", "silu"], default=None, help="override the preset's hidden_act")
+    p.add_argument("--project", action="store_true", help="print the scaling projection table")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--head", choices=["auto", "f16", "int8"], default="auto")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--decode-len", type=int, default=64)
+    a = p.parse_args(argv)
+    from . import _C
+    from .bench import peak_rss_bytes, project_table, random_model, time_prefill_decode
+    from .engine import AUTO_HEAD, Engine
+    from .loader import default_threads
+
+    threads = a.threads if a.threads is not None else default_threads()
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    head = AUTO_HEAD if a.head == "auto" else a.head
+    if a.project:
+        print(f"# per-layer decode time at real shapes, random ternary weights, {threads} threads, "
+              f"{head} head, kernels={_C.current_isa()}")
+        print(f"{'model':>12} {'layers':>6} {'ternary B':>9} {'ms/layer':>9} {'head ms':>8} {'weights GB':>10} {'tok/s':>7}")
+        for r in project_table(threads, head=head):
+            print(f"{r['model']:>12} {r['layers']:>6} {r['ternary_params_B']:>9.2f} {r['ms_per_layer']:>9.3f} "
+                  f"{r['head_ms']:>8.2f} {r['weight_GB']:>10.2f} {r['tok_s']:>7.2f}")
+        return 0
+    if (a.model_dir is None) == (a.shape is None):
+        p.error("give exactly one of MODEL_DIR or --shape (or --project)")
+    t0 = time.perf_counter()
+    if a.shape:
+        from bitnet.model import BitNetConfig
+
+        overrides = {"hidden_act": a.act} if a.act else {}
+        cfg = BitNetConfig.from_preset(a.shape, **overrides)
+        model, vocab, file_bytes = random_model(cfg, threads, head=head), cfg.vocab_size, None
+        what = f"--shape {a.shape} (random weights, {cfg.hidden_act})"
+    else:
+        eng = Engine(a.model_dir, threads=threads, head=head)
+        model, vocab, file_bytes = eng._model, eng.vocab_size, eng._weights.nbytes
+        what = str(a.model_dir)
+    load_s = time.perf_counter() - t0
+    r = time_prefill_decode(model, vocab, a.prompt_len, a.decode_len)
+    rss = peak_rss_bytes()
+    print(f"model: {what}")
+    print(f"kernels: {_C.current_isa()}  threads: {threads}  head: {model.head_mode}")
+    print(f"load: {load_s:.2f} s")
+    print(f"prefill: {r['prefill_tok_s']:.1f} tok/s ({a.prompt_len} tokens)")
+    print(f"decode:  {r['decode_tok_s']:.2f} tok/s ({a.decode_len} tokens)")
+    line = f"peak RSS: {rss / 1e9:.3f} GB"
+    if file_bytes:
+        line += f"  (weight files {file_bytes / 1e9:.3f} GB, ratio {rss / file_bytes:.2f})"
+    print(line)
+    return 0
