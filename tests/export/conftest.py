@@ -1,4 +1,4 @@
-"""Fixtures for the export tests: tiny models and a tiny tokenizer, built here, never downloaded."""
+"""Fixtures for the export tests (helpers live in export_helpers.py)."""
 
 from __future__ import annotations
 
@@ -8,37 +8,9 @@ import os
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import pytest
-import torch
+from export_helpers import TINY_VOCAB, byte_tokenizer, tiny_model
 
-from bitnet import BitNetConfig, BitNetForCausalLM
-
-
-TINY_VOCAB = 320  # the byte-level alphabet (256) + specials + merges of byte_tokenizer fit
-
-
-def tiny_model(seed: int = 0, **overrides) -> BitNetForCausalLM:
-    """The test-tiny preset with random weights, in eval mode."""
-    torch.manual_seed(seed)
-    cfg = BitNetConfig.from_preset("test-tiny", **overrides)
-    return BitNetForCausalLM(cfg).eval()
-
-
-def byte_tokenizer(vocab_size: int = 300, corpus: list[str] | None = None):
-    """A byte-level BPE tokenizer from `tokenizers` with a few merges, trained on ``corpus`` (default: a fixed string)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|bos|>", "<|eos|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    text = ["the quick brown fox jumps over the lazy dog; " * 20, "to be or not to be, that is the question. " * 20]
-    tok.train_from_iterator(corpus or text, trainer)
-    return tok
+from bitnet import BitNetForCausalLM
 
 
 @pytest.fixture

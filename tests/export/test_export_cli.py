@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from export_helpers import silu_model, tiny_model
 
 from bitnet.checkpoint import save_model_dir
 from bitnet.cli import main as bitnet_main
@@ -47,8 +47,6 @@ def test_sharded_export_has_an_index_and_loads(tmp_path, model, tokenizer):
 
 
 def test_cli_gguf_from_a_packed_export(tmp_path, tokenizer):
-    from test_export_gguf import silu_model
-
     src = export_hf(silu_model(), tmp_path / "src", tokenizer)
     assert bitnet_main(["export", str(src), str(tmp_path / "m.gguf"), "--format", "gguf", "--type", "tq1_0"]) == 0
     gguf = pytest.importorskip("gguf")

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 import torch
-from conftest import tiny_model
+from export_helpers import tiny_model
 from safetensors.torch import load_file, save_file
 
 from bitnet.export import export_hf, load_model

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import byte_tokenizer
+from export_helpers import byte_tokenizer, silu_model
 
-from bitnet import BitNetConfig, BitNetForCausalLM
+from bitnet import BitNetForCausalLM
 from bitnet.export import export_gguf
 from bitnet.export.gguf_export import RELU2_WARNING, gguf_tensor_names, llama_rope_permute
 from bitnet.quant import weight_quant
@@ -18,17 +18,6 @@ from bitnet.quant import weight_quant
 gguf = pytest.importorskip("gguf")
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-
-
-def silu_model(seed: int = 0, vocab_size: int = 320) -> BitNetForCausalLM:
-    """The smallest model whose linear inputs fill whole 256-weight TQ blocks."""
-    torch.manual_seed(seed)
-    cfg = BitNetConfig(
-        vocab_size=vocab_size, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, hidden_act="silu", max_position_embeddings=128,
-        rope_theta=10000.0, tie_word_embeddings=True,
-    )
-    return BitNetForCausalLM(cfg).eval()
 
 
 @pytest.mark.parametrize("qtype", ["tq2_0", "tq1_0"])

@@ -6,7 +6,7 @@ import json
 
 import torch
 import transformers
-from conftest import tiny_model
+from export_helpers import tiny_model
 from safetensors import safe_open
 
 from bitnet.export import export_hf, load_model
