@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3, help="steps per round")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--compile", action="store_true", help="torch.compile both models")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd twins of both models")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -47,13 +47,14 @@ def main() -> None:
     x, y = x[:, :-1], x[:, 1:]
     runs = {}
     for lt in ("bitlinear", "fp"):
-        cfg = BitNetConfig.from_preset(args.model, vocab_size=args.vocab, linear_type=lt, **extra)
-        m = BitNetForCausalLM(cfg)
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95))
-        fwd = torch.compile(m) if args.compile else m
-        t0 = time.perf_counter()
-        step_fn(fwd, opt, x, y)  # warm-up (and compilation)
-        runs[lt] = (fwd, opt, [], time.perf_counter() - t0)
+        for compiled in (False, True) if args.compile else (False,):
+            cfg = BitNetConfig.from_preset(args.model, vocab_size=args.vocab, linear_type=lt, **extra)
+            m = BitNetForCausalLM(cfg)
+            opt = torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95))
+            fwd = torch.compile(m) if compiled else m
+            t0 = time.perf_counter()
+            step_fn(fwd, opt, x, y)  # warm-up (and compilation)
+            runs[lt + ("+compile" if compiled else "")] = (fwd, opt, [], time.perf_counter() - t0)
     for _ in range(args.rounds):
         for lt, (fwd, opt, times, _) in runs.items():
             t0 = time.perf_counter()
@@ -64,11 +65,14 @@ def main() -> None:
     med = {lt: statistics.median(r[2]) for lt, r in runs.items()}
     n = BitNetForCausalLM(BitNetConfig.from_preset(args.model, vocab_size=args.vocab, **extra)).num_parameters(True)
     print(f"model {args.model} ({n / 1e6:.2f}M non-embedding), batch {args.batch}x{args.seq}, threads "
-          f"{torch.get_num_threads()}, compile={args.compile}")
+          f"{torch.get_num_threads()}")
     for lt in runs:
-        print(f"  {lt:9s}: {tok / med[lt]:8.0f} tokens/s  (median step {med[lt] * 1e3:.0f} ms; first step "
+        print(f"  {lt:17s}: {tok / med[lt]:8.0f} tokens/s  (median step {med[lt] * 1e3:.0f} ms; first step "
               f"{runs[lt][3]:.1f} s)")
     print(f"  ternary / fp step time: {med['bitlinear'] / med['fp']:.2f}x")
+    if args.compile:
+        print(f"  compiled ternary / fp step time: {med['bitlinear+compile'] / med['fp+compile']:.2f}x; "
+              f"eager / compiled ternary: {med['bitlinear'] / med['bitlinear+compile']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def train(config: TrainConfig | str | Path, overrides: list[str] | None = None) 
                 metrics.write(json.dumps({"step": done, "tokens_per_s": tps}) + "\n")
             t_last, n_last, loss_sum = time.perf_counter(), 0, 0.0
         if done % cfg.log.eval_every == 0 or done == cfg.max_steps:
-            val = evaluate(model, data, cfg, acc) if data.n_val else float("nan")
+            val = evaluate(fwd, data, cfg, acc) if data.n_val else float("nan")
             acc.log({"val/loss": val}, step=done)
             if main:
                 metrics.write(json.dumps({"step": done, "val_loss": val}) + "\n")

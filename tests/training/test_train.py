@@ -51,7 +51,7 @@ def _overrides(corpus, token_cache, out) -> list[str]:
         "data.tokenizer=train", "data.tokenizer_vocab_size=300", "data.seq_len=32",
         "batch_size=4", "micro_batch_size=2", "max_steps=6", "optim.warmup_steps=2",
         "log.log_every=2", "log.eval_every=3", "log.eval_batches=2", "log.progress=false",
-        "log.tensorboard=false", "log.plot=false", f"out_dir={out}", "threads=1", "log.save_every=2",
+        "log.tensorboard=false", "log.plot=false", f"out_dir={out}", "threads=1", "log.save_every=2", "compile=false",
         "log.keep_last=3",
     ]
 
