@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from bitnet import BitNetConfig, BitNetForCausalLM, __version__
-from bitnet.checkpoint import CONFIG_FILE, save_model_dir
+from bitnet.checkpoint import CONFIG_FILE, load_model_dir, save_model_dir
 from bitnet.io import atomic_dir, atomic_file
 
 from .config import TrainConfig, config_to_dict, config_to_yaml, load_config
@@ -274,7 +274,7 @@ def train(config: TrainConfig | str | Path, overrides: list[str] | None = None) 
                 bar.write(f"step {done}: val loss {val:.4f}")
             t_last = time.perf_counter()  # validation time does not count against tokens/s
         if (cfg.log.save_every and done % cfg.log.save_every == 0) or done == stop:
-            save_checkpoint(acc, raw, tok, cfg, done, broadcast_object_list)
+            save_checkpoint(acc, model, tok, cfg, done, broadcast_object_list)
             t_last = time.perf_counter()
     bar.close()
     if metrics is not None:
@@ -282,7 +282,9 @@ def train(config: TrainConfig | str | Path, overrides: list[str] | None = None) 
     if main and stop == cfg.max_steps:
         if cfg.log.plot:
             plot_losses(out)
-        write_sample(raw, tok, out, acc.device, cfg.seed)
+        if cfg.log.sample_tokens:
+            # From the saved checkpoint, on CPU: works whatever wrapped the model (DDP, FSDP).
+            write_sample(load_model_dir(latest_checkpoint(out)), tok, out, cfg.seed, cfg.log.sample_tokens)
     acc.wait_for_everyone()
     acc.end_training()
     return out
@@ -306,11 +308,12 @@ def evaluate(model, data: PackedTokens, cfg: TrainConfig, acc) -> float:
     return float(tot[0] / tot[1])
 
 
-def save_checkpoint(acc, raw: BitNetForCausalLM, tok, cfg: TrainConfig, step: int, broadcast) -> Path:
+def save_checkpoint(acc, model, tok, cfg: TrainConfig, step: int, broadcast) -> Path:
     """Write ``checkpoints/step_<step>`` atomically: every process saves its part into one temporary
     folder chosen by the main process (bitnet.io.atomic_dir), which is renamed into place only after
     all of it is on disk. Older checkpoints beyond ``log.keep_last`` are removed afterwards."""
     final = Path(cfg.out_dir) / "checkpoints" / f"step_{step:07d}"
+    sd = acc.get_state_dict(model)  # collective under FSDP / DeepSpeed: the full state on the main process
     with contextlib.ExitStack() as stack:
         tmp = [stack.enter_context(atomic_dir(final)) if acc.is_main_process else None]
         broadcast(tmp)  # the other processes write into the main process's temporary folder
@@ -319,7 +322,7 @@ def save_checkpoint(acc, raw: BitNetForCausalLM, tok, cfg: TrainConfig, step: in
         if acc.is_main_process:
             (tmp[0] / "trainer_state.json").write_text(json.dumps(
                 {"step": step, "tokens": step * cfg.batch_size * cfg.data.seq_len, "max_steps": cfg.max_steps}) + "\n")
-            save_model_dir(raw, tmp[0] / "model", tokenizer=tok, extra_files={
+            save_model_dir(_full_model(acc.unwrap_model(model).config, sd), tmp[0] / "model", tokenizer=tok, extra_files={
                 "train_config.yaml": config_to_yaml(cfg), "git_revision.txt": git_revision() + "\n"})
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -329,13 +332,21 @@ def save_checkpoint(acc, raw: BitNetForCausalLM, tok, cfg: TrainConfig, step: in
     return final
 
 
-def write_sample(model: BitNetForCausalLM, tok, out: Path, device, seed: int, n_tokens: int = 200) -> str:
-    """Generate ``n_tokens`` from an end-of-text prompt (temperature 0.8, top-k 40), save sample.txt."""
+def _full_model(mcfg: BitNetConfig, sd: dict[str, torch.Tensor]) -> BitNetForCausalLM:
+    """A plain model holding ``sd`` (built on the meta device: no time spent on a throw-away init)."""
+    with torch.device("meta"):
+        m = BitNetForCausalLM(mcfg)
+    m.load_state_dict(sd, assign=True)
+    m.tie_weights()
+    return m
+
+
+def write_sample(model: BitNetForCausalLM, tok, out: Path, seed: int, n_tokens: int = 200) -> str:
+    """Generate ``n_tokens`` on CPU from an end-of-text prompt (temperature 0.8, top-k 40), save sample.txt."""
     eos = eos_id(tok)
     g = torch.Generator(device="cpu").manual_seed(seed)
     model.eval()
-    ids = model.generate(torch.tensor([[eos]], device=device), n_tokens, temperature=0.8, top_k=40,
-                         generator=g if str(device) == "cpu" else None)  # (1, 1 + n)
+    ids = model.generate(torch.tensor([[eos]]), n_tokens, temperature=0.8, top_k=40, generator=g)  # (1, 1 + n)
     text = tok.decode(ids[0, 1:].tolist())
     with atomic_file(out / "sample.txt", "w") as f:
         f.write(text + "\n")
