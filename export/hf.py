@@ -377,7 +377,8 @@ def load_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> BitNetF
     linear_class, mode, not_converted, qc_eps = _quant_settings(config_path, raw)
     cfg = BitNetConfig.from_json(config_path)
     cfg.linear_type = "bitlinear"
-    model = BitNetForCausalLM(cfg)
+    with torch.device("meta"):  # no random init: every tensor comes from the file (halves peak memory)
+        model = BitNetForCausalLM(cfg)
     linears = set(ternary_linear_names(model))
     fp_linears = [n for n in linears if any(n == p or n.endswith("." + p) for p in not_converted)]
     if fp_linears:
@@ -447,8 +448,11 @@ def load_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> BitNetF
     unexpected = sorted(set(tensors) - used)
     if unexpected:
         raise ValueError(f"{origin[unexpected[0]]}: unexpected tensor(s) {unexpected[:5]} for this config")
-    model.load_state_dict(new_sd, strict=False)
+    model.load_state_dict(new_sd, strict=False, assign=True)  # the tied lm_head is the only key left out
     model.tie_weights()
+    still_meta = [n for n, t in model.state_dict().items() if t.is_meta]
+    if still_meta:  # cannot happen for a validated file; guards the meta-device construction above
+        raise ValueError(f"{d}: tensors not loaded: {still_meta[:5]}")
     return model.to(device).eval()
 
 
