@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 __all__ = ["train_main", "tokenizer_main"]
@@ -28,7 +29,8 @@ def train_main(argv: list[str]) -> int:
     from .loop import train
 
     out = train(cfg)
-    print(f"run folder: {out}")
+    if os.environ.get("RANK", "0") == "0":  # once, not once per launched process
+        print(f"run folder: {out}")
     return 0
 
 
