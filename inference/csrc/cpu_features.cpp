@@ -41,6 +41,11 @@ CpuFeatures detect() {
     f.avx512vl = (ebx >> 31) & 1;
     f.avx512_vnni = (ecx >> 11) & 1;
   }
+  const bool tiles_ok = (xcr0 & 0x60000) == 0x60000;  // XTILECFG + XTILEDATA
+  if (tiles_ok) {
+    f.amx_tile = (edx >> 24) & 1;
+    f.amx_int8 = (edx >> 25) & 1;
+  }
   __cpuid_count(7, 1, eax, ebx, ecx, edx);
   f.avx_vnni = (eax >> 4) & 1;
 #elif defined(__aarch64__)

@@ -13,6 +13,8 @@ struct CpuFeatures {
   bool avx512vl = false;
   bool avx512_vnni = false;
   bool avx_vnni = false;
+  bool amx_tile = false;  // AMX tiles (cpuid) and OS support (XCR0 bits 17-18)
+  bool amx_int8 = false;
   bool neon = false;
   bool dotprod = false;  // ARMv8.2 SDOT/UDOT
 };

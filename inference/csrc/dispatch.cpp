@@ -1,6 +1,10 @@
 // Runtime dispatch: the kernel table is chosen once from cpuid; BITNET_ISA forces a path.
 #include <atomic>
 #include <cstdlib>
+#if defined(__linux__) && (defined(__x86_64__) || defined(_M_X64))
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <stdexcept>
 
 #include "cpu_features.h"
@@ -9,12 +13,36 @@
 namespace bitnet {
 namespace {
 
+#if defined(__x86_64__) || defined(_M_X64)
+// Linux hands out the 8 KB AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM).
+bool request_amx() {
+#if defined(__linux__)
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /*ARCH_REQ_XCOMP_PERM*/, 18 /*XFEATURE_XTILEDATA*/) == 0;
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// The AMX table: AVX-512 VNNI everywhere except the prefill matrix product.
+const Kernels& amx_kernels() {
+  static const Kernels k = [] {
+    Kernels t = kKernelsAvx512;
+    t.name = "amx";
+    t.ternary_gemm = ternary_gemm_amx;
+    return t;
+  }();
+  return k;
+}
+#endif
+
 bool can_run(const std::string& name) {
   const CpuFeatures& f = cpu_features();
   if (name == "ref") return true;
 #if defined(__x86_64__) || defined(_M_X64)
   if (name == "avx2") return f.avx2 && f.fma && f.f16c;
   if (name == "avx512") return f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni;
+  if (name == "amx") return can_run("avx512") && f.amx_tile && f.amx_int8 && request_amx();
 #endif
 #if defined(__aarch64__)
   if (name == "neon") return f.neon && f.dotprod;
@@ -32,6 +60,7 @@ const Kernels* pick_initial() {
         throw std::invalid_argument("BITNET_ISA=" + name + " is not available on this CPU/build (available: ref" +
                                     std::string(can_run("avx2") ? ", avx2" : "") +
                                     std::string(can_run("avx512") ? ", avx512" : "") +
+                                    std::string(can_run("amx") ? ", amx" : "") +
                                     std::string(can_run("neon") ? ", neon" : "") + ")");
       return k;
     }
@@ -49,6 +78,7 @@ const Kernels* find_kernels(const std::string& name) {
 #if defined(__x86_64__) || defined(_M_X64)
   if (name == "avx2") return &kKernelsAvx2;
   if (name == "avx512") return &kKernelsAvx512;
+  if (name == "amx") return &amx_kernels();
 #endif
 #if defined(__aarch64__)
   if (name == "neon") return &kKernelsNeon;
@@ -58,7 +88,7 @@ const Kernels* find_kernels(const std::string& name) {
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
-  for (const char* n : {"ref", "neon", "avx2", "avx512"})
+  for (const char* n : {"ref", "neon", "avx2", "avx512", "amx"})
     if (find_kernels(n) != nullptr && can_run(n)) out.emplace_back(n);
   return out;
 }

@@ -37,14 +37,17 @@ constexpr int kTileCols = 16;
 
 // int8 head rows are padded to a multiple of this many columns (zeros), so SIMD loops need no tail.
 constexpr int kHeadColAlign = 64;
+// Row stride (columns) of the int8 activations given to ternary_gemm: a multiple of this.
+constexpr int kXAlign = 64;
 
 struct Kernels {
   const char* name;
 
   // Ternary x int8 matrix product, exact:
   //   y[t * ldy + m] = sum_k q[m][k] * x[t * ldx + k]        for m in [16*mb0, 16*mb1), t in [0, T)
-  // w: tiles of the whole matrix (KB tiles per row block); x: int8 activations, padded with zeros
-  // to 16*KB columns; xsum[t] = sum_k x[t*ldx + k] (the SIMD paths compute sum c*x with c = q + 1
+  // w: tiles of the whole matrix (KB tiles per row block); x: int8 activations whose row stride
+  // ldx is a multiple of 64 (kXAlign) with zeros in columns [K, ldx) (the AMX path reads whole
+  // 64-column steps); xsum[t] = sum_k x[t*ldx + k] (the SIMD paths compute sum c*x with c = q + 1
   // and subtract xsum; the reference ignores it and multiplies by q directly).
   void (*ternary_gemm)(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                        const int32_t* xsum, int T, int32_t* y, int ldy);
@@ -62,12 +65,24 @@ struct Kernels {
   // (absmax quantization never produces -128); rowsum[r] = sum_c E[r][c].
   void (*head_i8)(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x,
                   int T, int32_t* out, int ldo);
+
+  // Per-token absmax int8 quantization (bitnet.quant.act_quant): s = 127 / max(max|x|, 1e-5),
+  // q = round-half-even(x * s) (|x * s| <= 127: no clamp is ever active), zeros in [n, n_pad).
+  // Returns s; *sum = sum of q.
+  float (*quantize_row)(const float* x, int n, int n_pad, int8_t* q, int32_t* sum);
+
+  // Attention helpers (fp32): dot(a, b) over n, and y += alpha * x over n.
+  float (*dot_f32)(const float* a, const float* b, int n);
+  void (*axpy_f32)(float alpha, const float* x, float* y, int n);
 };
 
 extern const Kernels kKernelsRef;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const Kernels kKernelsAvx2;
 extern const Kernels kKernelsAvx512;
+// AMX-INT8 tiles for prefill (T >= 16 tokens); fewer tokens go to the AVX-512 VNNI path.
+void ternary_gemm_amx(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                      const int32_t* xsum, int T, int32_t* y, int ldy);
 #endif
 #if defined(__aarch64__)
 extern const Kernels kKernelsNeon;
@@ -89,5 +104,8 @@ inline float bf16_to_f32(uint16_t v) {
   return c.f;
 }
 float f16_to_f32(uint16_t v);
+// The scalar quantizer (the SIMD-less tables point at it).
+float quantize_row_ref(const float* x, int n, int n_pad, int8_t* q, int32_t* sum);
+constexpr float kActEps = 1e-5f;  // bitnet.quant.ACT_EPS: an all-zero token quantizes to zeros
 
 }  // namespace bitnet

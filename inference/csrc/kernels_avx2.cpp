@@ -152,6 +152,22 @@ void head_i8_avx2(const int8_t* E, const int32_t* /*rowsum: not needed with the 
   }
 }
 
+float dot_f32_avx2(const float* a, const float* b, int n) {
+  __m256 acc = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float s = hsum_ps(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void axpy_f32_avx2(float alpha, const float* x, float* y, int n) {
+  const __m256 av = _mm256_set1_ps(alpha);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
 }  // namespace
 
 const Kernels kKernelsAvx2 = {
@@ -161,6 +177,9 @@ const Kernels kKernelsAvx2 = {
     dot_rows_avx2<uint16_t, load_f16, f16_to_f32>,
     dot_rows_avx2<float, load_f32, f32_id>,
     head_i8_avx2,
+    quantize_row_ref,  // scalar: a few percent of prefill time, not worth a twin here
+    dot_f32_avx2,
+    axpy_f32_avx2,
 };
 
 }  // namespace bitnet

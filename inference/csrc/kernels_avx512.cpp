@@ -2,6 +2,8 @@
 // Scalar twin: kernels_ref.cpp. Tested against it in tests/inference/test_kernels.py.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "kernels.h"
@@ -181,6 +183,52 @@ void head_i8_avx512(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int 
   }
 }
 
+// Same result as quantize_row_ref: vcvtps2dq rounds half to even (the default MXCSR mode), as
+// nearbyint does; |x * s| <= 127 so the saturating narrow to int8 never saturates.
+float quantize_row_avx512(const float* x, int n, int n_pad, int8_t* q, int32_t* sum) {
+  __m512 mx = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+  float amax = _mm512_reduce_max_ps(mx);
+  for (int j = i; j < n; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float s = 127.f / std::max(amax, kActEps);
+  const __m512 sv = _mm512_set1_ps(s);
+  __m512i acc = _mm512_setzero_si512();
+  i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), sv));
+    acc = _mm512_add_epi32(acc, v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(v));
+  }
+  int32_t total = _mm512_reduce_add_epi32(acc);
+  for (; i < n; ++i) {
+    const float v = std::min(127.f, std::max(-128.f, std::nearbyint(x[i] * s)));
+    q[i] = static_cast<int8_t>(v);
+    total += q[i];
+  }
+  for (; i < n_pad; ++i) q[i] = 0;
+  *sum = total;
+  return s;
+}
+
+float dot_f32_avx512(const float* a, const float* b, int n) {
+  __m512 acc = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+void axpy_f32_avx512(float alpha, const float* x, float* y, int n) {
+  const __m512 av = _mm512_set1_ps(alpha);
+  int i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
 }  // namespace
 
 const Kernels kKernelsAvx512 = {
@@ -190,6 +238,9 @@ const Kernels kKernelsAvx512 = {
     dot_rows_avx512<uint16_t, load_f16, f16_to_f32>,
     dot_rows_avx512<float, load_f32, f32_id>,
     head_i8_avx512,
+    quantize_row_avx512,
+    dot_f32_avx512,
+    axpy_f32_avx512,
 };
 
 }  // namespace bitnet

@@ -81,6 +81,21 @@ void head_i8_neon(const int8_t* E, const int32_t* /*rowsum*/, int Cp, int r0, in
   }
 }
 
+float dot_f32_neon(const float* a, const float* b, int n) {
+  float32x4_t acc = vdupq_n_f32(0.f);
+  int i = 0;
+  for (; i + 4 <= n; i += 4) acc = vfmaq_f32(acc, vld1q_f32(a + i), vld1q_f32(b + i));
+  float s = vaddvq_f32(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void axpy_f32_neon(float alpha, const float* x, float* y, int n) {
+  int i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), alpha));
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
 }  // namespace
 
 const Kernels kKernelsNeon = {
@@ -90,6 +105,9 @@ const Kernels kKernelsNeon = {
     dot_rows_neon<uint16_t, load_f16, f16_to_f32>,
     dot_rows_neon<float, load_f32, f32_id>,
     head_i8_neon,
+    quantize_row_ref,  // scalar: a few percent of prefill time, not worth a twin here
+    dot_f32_neon,
+    axpy_f32_neon,
 };
 
 }  // namespace bitnet

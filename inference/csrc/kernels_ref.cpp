@@ -1,4 +1,6 @@
 // Scalar reference kernels: the readable definition every SIMD path is tested against.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "kernels.h"
@@ -27,6 +29,21 @@ float f16_to_f32(uint16_t h) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
+}
+
+float quantize_row_ref(const float* x, int n, int n_pad, int8_t* q, int32_t* sum) {
+  float amax = 0.f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float s = 127.f / std::max(amax, kActEps);
+  int32_t acc = 0;
+  for (int i = 0; i < n; ++i) {
+    const float v = std::min(127.f, std::max(-128.f, std::nearbyint(x[i] * s)));
+    q[i] = static_cast<int8_t>(v);
+    acc += q[i];
+  }
+  for (int i = n; i < n_pad; ++i) q[i] = 0;
+  *sum = acc;
+  return s;
 }
 
 namespace {
@@ -83,6 +100,16 @@ void head_i8_ref(const int8_t* E, const int32_t* /*rowsum*/, int Cp, int r0, int
   }
 }
 
+float dot_f32_ref(const float* a, const float* b, int n) {
+  float acc = 0.f;
+  for (int i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+void axpy_f32_ref(float alpha, const float* x, float* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
 }  // namespace
 
 const Kernels kKernelsRef = {
@@ -92,6 +119,9 @@ const Kernels kKernelsRef = {
     dot_rows_generic<uint16_t, f16_to_f32>,
     dot_rows_generic<float, f32_id>,
     head_i8_ref,
+    quantize_row_ref,
+    dot_f32_ref,
+    axpy_f32_ref,
 };
 
 }  // namespace bitnet

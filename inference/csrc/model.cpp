@@ -33,7 +33,6 @@ float Matrix16::row_value(int r, int c) const {
 
 namespace {
 
-constexpr float kActEps = 1e-5f;  // bitnet.quant.ACT_EPS: an all-zero token quantizes to zeros
 
 std::string where(int layer, const std::string& name) {
   return "model.layers." + std::to_string(layer) + "." + name;
@@ -45,25 +44,6 @@ void rmsnorm(const float* x, const float* w, int n, float eps, float* y) {
   for (int i = 0; i < n; ++i) ss += x[i] * x[i];
   const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
   for (int i = 0; i < n; ++i) y[i] = w[i] * (x[i] * r);
-}
-
-// Per-token absmax int8 quantization (bitnet.quant.act_quant): s = 127 / max|x|,
-// q = round-half-even(x * s) (|x * s| <= 127, so no clamp is ever active). Pads with zeros to n_pad.
-// Returns s; *sum = sum of q.
-float quantize_row(const float* x, int n, int n_pad, int8_t* q, int32_t* sum) {
-  float amax = 0.f;
-  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  const float s = 127.f / std::max(amax, kActEps);
-  int32_t acc = 0;
-  for (int i = 0; i < n; ++i) {
-    float v = std::nearbyint(x[i] * s);
-    v = std::min(127.f, std::max(-128.f, v));
-    q[i] = static_cast<int8_t>(v);
-    acc += q[i];
-  }
-  for (int i = n; i < n_pad; ++i) q[i] = 0;
-  *sum = acc;
-  return s;
 }
 
 }  // namespace
@@ -279,20 +259,22 @@ void Model::ensure_cache(int n) {
 // y (T, out) = dequant(ternary(W) x int8(x)), x (T, in). Output y[t][m] = (q.x_q)[m] * beta / s_t.
 void Model::linear_forward(const Linear& L, const float* x, int T, float* y) {
   const Kernels& kern = kernels();
-  const int Kp = L.KB * kTileCols, Mp = L.MB * kTileRows;
+  const int Kp = (L.KB * kTileCols + kXAlign - 1) / kXAlign * kXAlign, Mp = L.MB * kTileRows;
   std::vector<int8_t> xq(static_cast<size_t>(T) * Kp);
   std::vector<int32_t> xsum(T);
   std::vector<float> rescale(T);
-  std::vector<float> normed(L.norm.empty() ? 0 : L.in);
-  for (int t = 0; t < T; ++t) {
-    const float* src = x + static_cast<size_t>(t) * L.in;
-    if (!L.norm.empty()) {
-      rmsnorm(src, L.norm.data(), L.in, cfg_.inner_eps, normed.data());
-      src = normed.data();
+  pool_.parallel_for(T, [&](int t0, int t1) {
+    std::vector<float> normed(L.norm.empty() ? 0 : L.in);
+    for (int t = t0; t < t1; ++t) {
+      const float* src = x + static_cast<size_t>(t) * L.in;
+      if (!L.norm.empty()) {
+        rmsnorm(src, L.norm.data(), L.in, cfg_.inner_eps, normed.data());
+        src = normed.data();
+      }
+      const float s = kern.quantize_row(src, L.in, Kp, xq.data() + static_cast<size_t>(t) * Kp, &xsum[t]);
+      rescale[t] = L.beta / s;
     }
-    const float s = quantize_row(src, L.in, Kp, xq.data() + static_cast<size_t>(t) * Kp, &xsum[t]);
-    rescale[t] = L.beta / s;
-  }
+  });
   std::vector<int32_t> acc(static_cast<size_t>(T) * Mp);
   pool_.parallel_for(L.MB, [&](int mb0, int mb1) {
     kern.ternary_gemm(L.tiles.data(), L.KB, mb0, mb1, xq.data(), Kp, xsum.data(), T, acc.data(), Mp);
@@ -305,6 +287,7 @@ void Model::linear_forward(const Linear& L, const float* x, int T, float* y) {
 
 // Causal grouped-query attention over the cache; q (T, heads*hd) already rotated.
 void Model::attention(Layer& ly, const float* q, int T, int pos0, float* out) {
+  const Kernels& kern = kernels();
   const int H = cfg_.heads, hd = cfg_.head_dim, kvd = cfg_.kv_heads * hd, group = H / cfg_.kv_heads;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   pool_.parallel_for(T * H, [&](int b, int e) {
@@ -315,9 +298,7 @@ void Model::attention(Layer& ly, const float* q, int T, int pos0, float* out) {
       float mx = -INFINITY;
       for (int j = 0; j < n; ++j) {
         const float* kj = ly.kcache.data() + static_cast<size_t>(j) * kvd + g * hd;
-        float d = 0.f;
-        for (int i = 0; i < hd; ++i) d += qh[i] * kj[i];
-        sc[j] = d * scale;
+        sc[j] = kern.dot_f32(qh, kj, hd) * scale;
         mx = std::max(mx, sc[j]);
       }
       float denom = 0.f;
@@ -328,9 +309,7 @@ void Model::attention(Layer& ly, const float* q, int T, int pos0, float* out) {
       float* oh = out + static_cast<size_t>(t) * H * hd + h * hd;
       std::fill(oh, oh + hd, 0.f);
       for (int j = 0; j < n; ++j) {
-        const float p = sc[j] / denom;
-        const float* vj = ly.vcache.data() + static_cast<size_t>(j) * kvd + g * hd;
-        for (int i = 0; i < hd; ++i) oh[i] += p * vj[i];
+        kern.axpy_f32(sc[j] / denom, ly.vcache.data() + static_cast<size_t>(j) * kvd + g * hd, oh, hd);
       }
     }
   });
@@ -345,7 +324,7 @@ void Model::head_forward(const float* h, int T, float* out) {
     std::vector<float> inv_s(T);
     for (int t = 0; t < T; ++t) {
       int32_t sum;
-      inv_s[t] = 1.f / quantize_row(h + static_cast<size_t>(t) * C, C, Cp, xq.data() + static_cast<size_t>(t) * Cp, &sum);
+      inv_s[t] = 1.f / kern.quantize_row(h + static_cast<size_t>(t) * C, C, Cp, xq.data() + static_cast<size_t>(t) * Cp, &sum);
     }
     std::vector<int32_t> acc(static_cast<size_t>(T) * V);
     pool_.parallel_for(V, [&](int r0, int r1) {
@@ -444,17 +423,19 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
       rmsnorm(&x[static_cast<size_t>(t) * C], ly.post_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
     linear_forward(ly.gate, xn.data(), T, g.data());
     linear_forward(ly.up, xn.data(), T, u.data());
-    for (size_t i = 0; i < g.size(); ++i) {
-      const float a = g[i];
-      // relu(a)^2 in fp32 (it overflows fp16 on real checkpoints), or silu(a) = a * sigmoid(a).
-      const float act = cfg_.relu2 ? (a > 0.f ? a * a : 0.f) : a / (1.f + std::exp(-a));
-      g[i] = act * u[i];
-    }
-    if (cfg_.sub_norms)
-      for (int t = 0; t < T; ++t) {
-        float* a = &g[static_cast<size_t>(t) * I];
-        rmsnorm(a, ly.ffn_sub_norm.data(), I, cfg_.eps, a);
+    pool_.parallel_for(T, [&](int t0, int t1) {
+      for (size_t i = static_cast<size_t>(t0) * I; i < static_cast<size_t>(t1) * I; ++i) {
+        const float a = g[i];
+        // relu(a)^2 in fp32 (it overflows fp16 on real checkpoints), or silu(a) = a * sigmoid(a).
+        const float act = cfg_.relu2 ? (a > 0.f ? a * a : 0.f) : a / (1.f + std::exp(-a));
+        g[i] = act * u[i];
       }
+      if (cfg_.sub_norms)
+        for (int t = t0; t < t1; ++t) {
+          float* a = &g[static_cast<size_t>(t) * I];
+          rmsnorm(a, ly.ffn_sub_norm.data(), I, cfg_.eps, a);
+        }
+    });
     linear_forward(ly.down, g.data(), T, tmp.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
   }

@@ -68,6 +68,8 @@ NB_MODULE(_C, m) {
         d["avx512vl"] = f.avx512vl;
         d["avx512_vnni"] = f.avx512_vnni;
         d["avx_vnni"] = f.avx_vnni;
+        d["amx_tile"] = f.amx_tile;
+        d["amx_int8"] = f.amx_int8;
         d["neon"] = f.neon;
         d["dotprod"] = f.dotprod;
         return d;
@@ -85,7 +87,8 @@ NB_MODULE(_C, m) {
         const int out = static_cast<int>(packed.shape(0)) * 4, K = static_cast<int>(packed.shape(1));
         const int T = static_cast<int>(x.shape(0));
         if (static_cast<int>(x.shape(1)) != K) throw std::invalid_argument("x columns != packed columns");
-        const int MB = (out + 15) / 16, KB = (K + 15) / 16, Kp = KB * 16, Mp = MB * 16;
+        const int MB = (out + 15) / 16, KB = (K + 15) / 16, Mp = MB * 16;
+        const int Kp = (KB * 16 + bitnet::kXAlign - 1) / bitnet::kXAlign * bitnet::kXAlign;
         bitnet::AlignedBuf<bitnet::TernaryTile> tiles(static_cast<size_t>(MB) * KB);
         bitnet::ThreadPool pool(1);
         if (!bitnet::repack_ternary(packed.data(), out, K, tiles.data(), &pool))

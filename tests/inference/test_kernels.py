@@ -19,7 +19,8 @@ def _packed(q: np.ndarray) -> np.ndarray:
 
 
 # (out, in, tokens): tile-aligned, odd (padding rows/columns), decode (T=1) and every token-tile remainder
-SHAPES = [(16, 16, 1), (64, 64, 1), (36, 50, 3), (100, 333, 9), (256, 2560, 1), (12, 20, 17), (64, 96, 8)]
+SHAPES = [(16, 16, 1), (64, 64, 1), (36, 50, 3), (100, 333, 9), (256, 2560, 1), (12, 20, 17), (64, 96, 8),
+          (48, 200, 70), (32, 2560, 128)]  # AMX: several 16-token tiles, a partial group of 4, a remainder
 
 
 @pytest.mark.parametrize("out_f,in_f,T", SHAPES)
