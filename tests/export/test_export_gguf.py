@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import gguf  # a dev extra: if it is missing the tests must fail, not skip
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,6 @@ from bitnet import BitNetForCausalLM
 from bitnet.export import export_gguf
 from bitnet.export.gguf_export import RELU2_WARNING, gguf_tensor_names, llama_rope_permute
 from bitnet.quant import weight_quant
-
-gguf = pytest.importorskip("gguf")
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -109,7 +108,7 @@ def _steps(model, opt, ids, g, block: int, batch: int, steps: int) -> None:
 
 @pytest.mark.slow
 def test_llama_cpp_runs_our_gguf_like_our_model(tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp  # dev extra (llama-cpp-python builds upstream llama.cpp): missing must fail, not skip
     text = (DATA / "text" / "tinyshakespeare" / "input.txt").read_text()[:200_000]
     tok = byte_tokenizer(vocab_size=320, corpus=[text])
     model = _train_tiny(tok, text, TRAIN_STEPS)
