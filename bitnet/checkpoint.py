@@ -81,10 +81,16 @@ def find_model_dir(path: str | Path) -> Path:
         return p
     if (p / "model" / CONFIG_FILE).is_file():
         return p / "model"
-    ckpts = sorted((p / "checkpoints").glob("*/model/" + CONFIG_FILE)) if (p / "checkpoints").is_dir() else []
+    ckpts = list((p / "checkpoints").glob("*/model/" + CONFIG_FILE)) if (p / "checkpoints").is_dir() else []
     if ckpts:
-        return ckpts[-1].parent
+        return max(ckpts, key=lambda c: _step_of(c.parent.parent.name)).parent
     raise FileNotFoundError(f"{p}: not a bitnet model directory, checkpoint or run (no {CONFIG_FILE} found)")
+
+
+def _step_of(name: str) -> tuple[int, str]:
+    """Sort key of a checkpoint folder: its trailing step number (``step_10`` after ``step_9``)."""
+    digits = "".join(ch for ch in name.rsplit("_", 1)[-1] if ch.isdigit())
+    return (int(digits) if digits else -1, name)
 
 
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> BitNetForCausalLM:

@@ -169,3 +169,19 @@ def test_generate_greedy_is_deterministic_and_extends():
     assert a.shape == (1, 8) and torch.equal(a, b) and torch.equal(a[:, :3], ids)
     # greedy step == argmax of the full forward
     assert int(a[0, 3]) == int(m(ids)[0, -1].argmax())
+
+
+def test_model_dir_round_trip_and_newest_checkpoint(tmp_path):
+    from bitnet.checkpoint import find_model_dir, load_model_dir, save_model_dir
+
+    torch.manual_seed(0)
+    m = BitNetForCausalLM(BitNetConfig.from_preset("test-tiny")).eval()
+    for step in (2, 10, 9):  # "step_10" sorts before "step_2" as text: the number must decide
+        save_model_dir(m, tmp_path / "run" / "checkpoints" / f"step_{step}" / "model")
+    assert find_model_dir(tmp_path / "run").parent.name == "step_10"
+    back = load_model_dir(tmp_path / "run").eval()
+    ids = torch.randint(0, 256, (1, 9))
+    assert torch.equal(back(ids), m(ids))
+    assert back.lm_head.weight is back.model.embed_tokens.weight
+    with pytest.raises(FileNotFoundError, match="not a bitnet model directory"):
+        find_model_dir(tmp_path)
