@@ -39,6 +39,7 @@ _DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype(np.float32), "I64": np.dtype(np.int64), "U64": np.dtype(np.uint64),
     "F64": np.dtype(np.float64),
 }
+HEAD_CHUNK_ROWS = 8192  # rows of the head quantized (and their 16-bit pages released) at a time
 _FLOAT16ISH = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -216,12 +217,14 @@ class SafetensorsFile:
             return np.zeros(t.shape, dt)
         return np.frombuffer(self._mm, dtype=dt, count=count, offset=t.begin).reshape(t.shape)
 
-    def release(self, name: str) -> None:
-        """Drop the pages of tensor ``name`` from this process's memory (they are re-read on demand)."""
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Drop the pages of bytes [start, stop) of tensor ``name`` (default: all of it) from this
+        process's memory; they are re-read from the page cache on demand."""
         t = self.tensors[name]
         page = mmap.PAGESIZE
-        b = (t.begin + page - 1) // page * page
-        e = t.end // page * page
+        stop = t.end - t.begin if stop is None else stop
+        b = (t.begin + start + page - 1) // page * page
+        e = min(t.end, t.begin + stop) // page * page
         if self._mm is not None and e > b and hasattr(self._mm, "madvise"):
             self._mm.madvise(mmap.MADV_DONTNEED, b, e - b)
 
@@ -264,8 +267,8 @@ class WeightSet:
     def array(self, name: str) -> np.ndarray:
         return self.where[name].array(name)
 
-    def release(self, name: str) -> None:
-        self.where[name].release(name)
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        self.where[name].release(name, start, stop)
 
     def path(self, name: str) -> Path:
         return self.where[name].path
@@ -413,9 +416,17 @@ def build_model(directory: Path, threads: int, head: str) -> tuple[Any, dict[str
             f"{' ...' if len(unexpected) > 5 else ''} (does num_hidden_layers / use_rms_norm match the file?)"
         )
     model.check_complete()
-    model.set_head_mode(head)
     if head == "int8":
-        ws.release("lm_head.weight" if not cfg.tie_word_embeddings else "model.embed_tokens.weight")
+        # Quantize in chunks and drop each chunk's 16-bit pages at once: peak memory stays at the
+        # ternary weights + the int8 head (embedding lookups page single rows back in later).
+        name = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+        row_bytes = ws.info(name).end - ws.info(name).begin
+        row_bytes //= cfg.vocab_size
+        for r0 in range(0, cfg.vocab_size, HEAD_CHUNK_ROWS):
+            r1 = min(cfg.vocab_size, r0 + HEAD_CHUNK_ROWS)
+            model.quantize_head_rows(r0, r1)
+            ws.release(name, r0 * row_bytes, r1 * row_bytes)
+    model.set_head_mode(head)
     return model, raw, cfg, ws
 
 

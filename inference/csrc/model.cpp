@@ -182,23 +182,34 @@ void Model::set_head_mode(const std::string& mode) {
     head_q_.reset(0);
     head_scale_.clear();
     head_rowsum_.clear();
+    head_rows_done_ = 0;
     return;
   }
   if (mode != "int8") throw std::invalid_argument("head mode must be 'f16' or 'int8', got '" + mode + "'");
+  if (head_rows_done_ < cfg_.vocab) {
+    head_rows_done_ = 0;
+    quantize_head_rows(0, cfg_.vocab);
+  }
+  head_int8_ = true;
+}
+
+void Model::quantize_head_rows(int r0, int r1) {
   const Matrix16& src = lm_head_.data ? lm_head_ : embed_;
   if (src.data == nullptr) throw std::invalid_argument("set the embedding before choosing the head mode");
   const int V = cfg_.vocab, C = cfg_.hidden;
-  head_cp_ = (C + kHeadColAlign - 1) / kHeadColAlign * kHeadColAlign;
-  head_q_.reset(static_cast<size_t>(V) * head_cp_);
-  head_scale_.assign(V, 0.f);
-  head_rowsum_.assign(V, 0);
+  if (r0 < 0 || r1 > V || r0 > r1) throw std::invalid_argument("quantize_head_rows: row range out of bounds");
+  if (head_q_.data() == nullptr) {
+    head_cp_ = (C + kHeadColAlign - 1) / kHeadColAlign * kHeadColAlign;
+    head_q_.reset(static_cast<size_t>(V) * head_cp_);
+    head_scale_.assign(V, 0.f);
+    head_rowsum_.assign(V, 0);
+  }
   int8_t* q = head_q_.data();
   // Per-row absmax: scale = max|e| / 127, e_q = round(e / scale) in [-127, 127].
-  pool_.parallel_for(V, [&](int r0, int r1) {
-    for (int r = r0; r < r1; ++r) {
+  pool_.parallel_for(r1 - r0, [&](int b, int e) {
+    for (int r = r0 + b; r < r0 + e; ++r) {
       float amax = 0.f;
       for (int c = 0; c < C; ++c) amax = std::max(amax, std::fabs(src.row_value(r, c)));
-      const float scale = amax / 127.f;
       const float inv = amax > 0.f ? 127.f / amax : 0.f;
       int8_t* qr = q + static_cast<size_t>(r) * head_cp_;
       int32_t sum = 0;
@@ -208,11 +219,11 @@ void Model::set_head_mode(const std::string& mode) {
         sum += qr[c];
       }
       for (int c = C; c < head_cp_; ++c) qr[c] = 0;
-      head_scale_[r] = scale;
+      head_scale_[r] = amax / 127.f;
       head_rowsum_[r] = sum;
     }
   });
-  head_int8_ = true;
+  head_rows_done_ += r1 - r0;
 }
 
 void Model::check_complete() const {

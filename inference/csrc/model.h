@@ -88,6 +88,9 @@ class Model {
   void set_lm_head(const Matrix16& m);
   // "f16" (the stored 16-bit/fp32 table, exact) or "int8" (per-row absmax int8, built here).
   void set_head_mode(const std::string& mode);
+  // Quantizes head rows [r0, r1) to int8 ahead of set_head_mode("int8"), so a loader can release
+  // the 16-bit pages it has read chunk by chunk (peak memory); set_head_mode does the rest.
+  void quantize_head_rows(int r0, int r1);
   std::string head_mode() const { return head_int8_ ? "int8" : "f16"; }
   // Throws std::invalid_argument naming the first missing tensor.
   void check_complete() const;
@@ -117,6 +120,7 @@ class Model {
   std::vector<float> head_scale_;
   std::vector<int32_t> head_rowsum_;
   int head_cp_ = 0;
+  int64_t head_rows_done_ = 0;
   std::vector<float> rope_inv_freq_;
   int cache_cap_ = 0, cache_len_ = 0;
 };

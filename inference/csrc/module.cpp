@@ -249,6 +249,13 @@ NB_MODULE(_C, m) {
             self.set_head_mode(mode);
           },
           "mode"_a)
+      .def(
+          "quantize_head_rows",
+          [](bitnet::Model& self, int r0, int r1) {
+            nb::gil_scoped_release release;
+            self.quantize_head_rows(r0, r1);
+          },
+          "r0"_a, "r1"_a, "Quantize head rows [r0, r1) to int8 ahead of set_head_mode('int8').")
       .def_prop_ro("head_mode", &bitnet::Model::head_mode)
       .def_prop_ro("threads", &bitnet::Model::threads)
       .def_prop_ro("cache_len", &bitnet::Model::cache_len)
