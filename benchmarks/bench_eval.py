@@ -34,22 +34,15 @@ SUBJECTS = ["anatomy", "astronomy", "virology", "marketing", "econometrics", "ph
 
 
 def random_export(preset: str, out: Path, seed: int = 0) -> Path:
-    """Export a random-weight model of ``preset`` with a BPE tokenizer trained on local WikiText-2."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
+    """Export a random-weight model of ``preset`` with the project's BPE trained on local WikiText-2."""
     from bitnet.export import export_hf
+    from bitnet.training.tokenizer import train_bpe
 
     cfg = BitNetConfig.from_preset(preset)
     text = (DATA_DIR / "text" / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=["<|bos|>", "<|eos|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([text[i:i + 10_000] for i in range(0, len(text), 10_000)], trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", 0)])
+    tok = train_bpe((text[i:i + 10_000] for i in range(0, len(text), 10_000)), vocab_size=cfg.vocab_size)
     torch.manual_seed(seed)
-    cfg.bos_token_id, cfg.eos_token_id = 0, 1
+    cfg.eos_token_id = tok.token_to_id("<|endoftext|>")
     return export_hf(BitNetForCausalLM(cfg).eval(), out, tokenizer=tok)
 
 

@@ -44,16 +44,16 @@ def training_text() -> str:
 
 
 def build_tokenizer(text: str):
-    """Byte-level BPE with <|bos|> / <|eos|>; the post-processor prepends BOS, as Llama-3's does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """The project's byte-level BPE (``<|endoftext|>`` = EOS, id 0) plus a ``<|bos|>`` (id 1023) that
+    the post-processor prepends, as Llama-3's tokenizer does, so the BOS paths of lm-eval are exercised."""
+    from tokenizers import processors
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|bos|>", "<|eos|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([text[i:i + 10_000] for i in range(0, len(text), 10_000)], trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", 0)])
+    from bitnet.training.tokenizer import train_bpe
+
+    tok = train_bpe((text[i:i + 10_000] for i in range(0, len(text), 10_000)), vocab_size=VOCAB - 1)
+    tok.add_special_tokens(["<|bos|>"])
+    bos = tok.token_to_id("<|bos|>")
+    tok.post_processor = processors.TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", bos)])
     return tok
 
 
@@ -61,7 +61,7 @@ def train_tiny(tok, text: str, seed: int = 0) -> BitNetForCausalLM:
     torch.manual_seed(seed)
     cfg = BitNetConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                       rope_theta=10000.0, bos_token_id=0, eos_token_id=1)
+                       rope_theta=10000.0, bos_token_id=tok.token_to_id("<|bos|>"), eos_token_id=0)
     model = BitNetForCausalLM(cfg)
     ids = torch.tensor(tok.encode(text, add_special_tokens=False).ids)  # (N,)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
@@ -76,6 +76,17 @@ def train_tiny(tok, text: str, seed: int = 0) -> BitNetForCausalLM:
         opt.step()
     model.final_loss = float(loss.detach())
     return model.eval()
+
+
+def tiny_random_export(out: Path) -> Path:
+    """An untrained test-tiny model with the project's plain BPE (EOS only, no BOS)."""
+    from bitnet.export import export_hf
+    from bitnet.training.tokenizer import train_bpe
+
+    tok = train_bpe(["the end of a time once upon a time " * 50], vocab_size=300)
+    torch.manual_seed(0)
+    cfg = BitNetConfig.from_preset("test-tiny", vocab_size=320, eos_token_id=tok.token_to_id("<|endoftext|>"))
+    return export_hf(BitNetForCausalLM(cfg).eval(), out, tokenizer=tok)
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,11 @@ from bitnet.eval.hf_reference import hf_lm
 
 # Activation quantization rounds x * 127 / max|x| to int8: float32 summation order differs between
 # transformers, PyTorch and the engine, so a value within 1 ulp of a .5 boundary may round the
-# other way; one flipped int8 code moves a continuation's loglikelihood by ~1e-3 nats.
-LOGLIK_ATOL = 2e-2
+# other way; one flipped int8 code moves a token's log-prob by ~1e-3 nats, and ARC continuations
+# sum up to ~30 tokens (measured worst: 1.3e-2 engine, 3.4e-3 PyTorch).
+LOGLIK_ATOL = 5e-2
+# ... while the typical request agrees far closer (measured medians: <= 1.6e-3 engine, 6e-6 PyTorch).
+LOGLIK_MEDIAN_ATOL = 5e-3
 # Share of questions whose choice (argmax loglikelihood) must be identical (the issue's bar).
 MIN_SAME_CHOICE = 0.99
 MC_SLICE = {"mmlu": 2, "arc_easy": 100, "arc_challenge": 100}  # mmlu: 2 per subject x 57 = 114 questions
@@ -40,13 +43,14 @@ def test_multiple_choice_matches_hf(trained_export, hf_mc, backend):
     for task in MC_SLICE:
         theirs, ours = questions(hf_mc[task], task), questions(ours_all[task], task)
         assert len(theirs) == len(ours) >= 100
-        same, worst = 0, 0.0
+        same, diffs = 0, []
         for a, b in zip(theirs, ours):
             assert a["doc_id"] == b["doc_id"] and a["arguments"] == b["arguments"]  # same prompts
             la, lb = logliks(a), logliks(b)
-            worst = max(worst, float(np.abs(la - lb).max()))
+            diffs.append(float(np.abs(la - lb).max()))
             same += int(la.argmax() == lb.argmax())
-        assert worst <= LOGLIK_ATOL, f"{task}: loglikelihoods differ by up to {worst:.3g} nats"
+        assert max(diffs) <= LOGLIK_ATOL, f"{task}: loglikelihoods differ by up to {max(diffs):.3g} nats"
+        assert np.median(diffs) <= LOGLIK_MEDIAN_ATOL, f"{task}: median difference {np.median(diffs):.3g} nats"
         assert same / len(theirs) >= MIN_SAME_CHOICE, f"{task}: same choice on {same}/{len(theirs)}"
 
 
@@ -72,8 +76,10 @@ def test_gsm8k_greedy_generations_match_hf(trained_export, hf_gsm8k):
 
 
 @pytest.mark.slow
-def test_gsm8k_reference_backend_matches_hf(trained_export, hf_gsm8k):
-    """The slow reference recomputes the whole sequence per token: three questions suffice."""
+def test_gsm8k_reference_backend_matches_hf(trained_export):
+    """The slow reference recomputes the whole sequence per token: three 0-shot questions suffice."""
     with one_torch_thread():
-        ours = _one_filter(evaluate(BitNetLM(trained_export, backend="torch"), ["gsm8k"], limit=3)["gsm8k"])
-    assert [s["resps"] for s in ours] == [s["resps"] for s in hf_gsm8k[:3]]
+        theirs = _one_filter(evaluate(hf_lm(trained_export), ["gsm8k"], limit=3, num_fewshot=0)["gsm8k"])
+        ours = _one_filter(evaluate(BitNetLM(trained_export, backend="torch"), ["gsm8k"], limit=3, num_fewshot=0)["gsm8k"])
+    assert len(ours) == 3
+    assert [s["resps"] for s in ours] == [s["resps"] for s in theirs]

@@ -115,3 +115,22 @@ def test_bad_input_is_one_clear_error(trained_export, tmp_path):
         BitNetLM(tmp_path / "missing")
     with pytest.raises(ValueError, match="unknown backend"):
         BitNetLM(trained_export, backend="gpu")
+
+
+def test_tokenizer_without_bos_uses_eos_as_prefix(tmp_path):
+    """The project's own tokenizer (no BOS): like hf, empty contexts are conditioned on EOS."""
+    from conftest import tiny_random_export
+
+    from bitnet.eval.hf_reference import hf_lm
+
+    export = tiny_random_export(tmp_path / "nobos")
+    ours = BitNetLM(export, backend="engine")
+    with one_torch_thread():
+        theirs = hf_lm(export)
+    assert ours.prefix_token_id == ours.eot_token_id == theirs.prefix_token_id
+    reqs = [_instance("loglikelihood", ("", " the end")), _instance("loglikelihood", ("Once upon", " a time"))]
+    with one_torch_thread():
+        want = theirs.loglikelihood(reqs, disable_tqdm=True)
+    got = ours.loglikelihood(reqs, disable_tqdm=True)
+    for (g, _), (w, _) in zip(got, want):
+        assert g == pytest.approx(w, abs=ROLLING_ATOL)

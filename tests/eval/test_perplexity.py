@@ -50,9 +50,9 @@ def test_windows_score_each_token_once_with_its_window_history(trained_export, c
 
 @pytest.mark.slow
 def test_wikitext2_perplexity_matches_transformers(trained_export):
-    """Engine vs transformers' fp32 model on the whole WikiText-2 test file, context 512, stride 256."""
+    """Engine vs transformers' fp32 model on the whole WikiText-2 test file, 512-token windows."""
     file = DATA_DIR / "text" / "wikitext-2" / "test.txt"
-    ours = perplexity(trained_export, file, context=512, stride=256, progress=False)
+    ours = perplexity(trained_export, file, context=512, stride=512, progress=False)
     from tokenizers import Tokenizer
 
     tokens = Tokenizer.from_file(str(trained_export / "tokenizer.json")).encode(
@@ -60,7 +60,7 @@ def test_wikitext2_perplexity_matches_transformers(trained_export):
     with one_torch_thread():
         tm = load_transformers_fp32(trained_export)
         nll, scored, _ = sliding_window_nll(
-            tokens, lambda ids, s: _torch_logits_fn(lambda x: tm(x).logits)(ids, s), 512, 256)
+            tokens, lambda ids, s: _torch_logits_fn(lambda x: tm(x).logits)(ids, s), 512, 512)
     theirs = math.exp(nll / scored)
     assert ours["tokens"] == scored > 100_000
     assert ours["perplexity"] == pytest.approx(theirs, rel=PPL_VS_TRANSFORMERS_RTOL)
