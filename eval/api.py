@@ -62,19 +62,25 @@ def run_eval(
         check_task_names(names, manager, offline=task_dir is not None)
         model = BitNetLM(model_dir, backend=backend, threads=threads, batch_size=batch_size,
                          prefix_reuse=prefix_reuse, seed=seed)
-        results = simple_evaluate(
-            model=model,
-            tasks=names,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            task_manager=manager,
-            log_samples=log_samples,
-            bootstrap_iters=0,  # stderr by bootstrap costs minutes on CPU; lm-eval then reports N/A
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
+        try:
+            results = simple_evaluate(
+                model=model,
+                tasks=names,
+                num_fewshot=num_fewshot,
+                limit=limit,
+                task_manager=manager,
+                log_samples=log_samples,
+                bootstrap_iters=0,  # stderr by bootstrap costs minutes on CPU; lm-eval then reports N/A
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
+        except ConnectionError as e:  # datasets could not reach the hub (the default data source)
+            if data_dir is not None:
+                raise
+            raise ConnectionError(f"{e}; without --data-dir the tasks download their data from the hub: "
+                                  "pass --data-dir DIR (e.g. ../shared/data) to run from local files") from None
     if results is None:  # simple_evaluate returns None only on non-zero ranks; we run one process
         raise RuntimeError("lm-eval returned no results")
     results["config"]["model"] = "bitnet"
