@@ -67,6 +67,8 @@ struct Kernels {
                   int T, int32_t* out, int ldo);
 
   // Per-token absmax int8 quantization (bitnet.quant.act_quant): s = 127 / max(max|x|, 1e-5),
+  // evaluated as (1 / max) * 127 in fp32 exactly as torch does (it differs from 127 / max by an
+  // ulp at times, which flips exact .5 ties),
   // q = round-half-even(x * s) (|x * s| <= 127: no clamp is ever active), zeros in [n, n_pad).
   // Returns s; *sum = sum of q.
   float (*quantize_row)(const float* x, int n, int n_pad, int8_t* q, int32_t* sum);

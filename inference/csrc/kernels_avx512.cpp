@@ -191,7 +191,7 @@ float quantize_row_avx512(const float* x, int n, int n_pad, int8_t* q, int32_t* 
   for (; i + 16 <= n; i += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
   float amax = _mm512_reduce_max_ps(mx);
   for (int j = i; j < n; ++j) amax = std::max(amax, std::fabs(x[j]));
-  const float s = 127.f / std::max(amax, kActEps);
+  const float s = (1.f / std::max(amax, kActEps)) * 127.f;  // torch evaluates 127 / t as (1 / t) * 127
   const __m512 sv = _mm512_set1_ps(s);
   __m512i acc = _mm512_setzero_si512();
   i = 0;

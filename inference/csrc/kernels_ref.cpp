@@ -34,7 +34,7 @@ float f16_to_f32(uint16_t h) {
 float quantize_row_ref(const float* x, int n, int n_pad, int8_t* q, int32_t* sum) {
   float amax = 0.f;
   for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  const float s = 127.f / std::max(amax, kActEps);
+  const float s = (1.f / std::max(amax, kActEps)) * 127.f;  // torch evaluates 127 / t as (1 / t) * 127
   int32_t acc = 0;
   for (int i = 0; i < n; ++i) {
     const float v = std::min(127.f, std::max(-128.f, std::nearbyint(x[i] * s)));

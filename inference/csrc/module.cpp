@@ -5,6 +5,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 
 #include <algorithm>
 #include <chrono>
@@ -110,6 +111,23 @@ NB_MODULE(_C, m) {
       },
       "isa"_a, "packed"_a, "x"_a,
       "Exact q.x for transformers-packed uint8 (out/4, K) weights and int8 x (T, K) -> int32 (T, out).");
+  m.def(
+      "quantize_rows",
+      [](const std::string& isa, Arr<const float, nb::ndim<2>> x) {
+        const auto& k = kernels_named(isa);
+        const size_t T = x.shape(0), C = x.shape(1);
+        auto* q = new int8_t[T * C];
+        auto* s = new float[T];
+        for (size_t t = 0; t < T; ++t) {
+          int32_t sum = 0;
+          s[t] = k.quantize_row(x.data() + t * C, static_cast<int>(C), static_cast<int>(C), q + t * C, &sum);
+        }
+        nb::capsule oq(q, [](void* p) noexcept { delete[] static_cast<int8_t*>(p); });
+        nb::capsule os(s, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        return std::make_pair(nb::ndarray<nb::numpy, int8_t, nb::ndim<2>>(q, {T, C}, oq),
+                              nb::ndarray<nb::numpy, float, nb::ndim<1>>(s, {T}, os));
+      },
+      "isa"_a, "x"_a, "Per-token absmax int8 quantization of x (T, C) -> (int8 (T, C), s (T,)).");
   m.def(
       "head_i8",
       [](const std::string& isa, Arr<const int8_t, nb::ndim<2>> E, Arr<const int8_t, nb::ndim<2>> x) {

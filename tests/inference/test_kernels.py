@@ -92,3 +92,19 @@ def test_16bit_head_rows(isa, dtype):
 def test_forcing_an_unknown_isa_raises():
     with pytest.raises(ValueError, match="not available"):
         _C.set_isa("sse9")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_activation_quantizer_matches_the_python_oracle(isa):
+    """C++ per-token absmax quantization equals bitnet.quant.act_quant bit for bit (ties included)."""
+    from bitnet.quant import act_quant
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((6, 333)).astype(np.float32)
+    x[1] = 0.0  # all-zero token: clamped max, all codes 0
+    x[2, :] = np.arange(333, dtype=np.float32) - 166.0  # exact .5 ties after scaling (x * 127/166)
+    x[3, 7] = 1e4  # one outlier dominates the scale
+    q, s = _C.quantize_rows(isa, x)
+    want_q, want_scale = act_quant(torch.from_numpy(x))
+    np.testing.assert_array_equal(q, want_q.numpy())
+    np.testing.assert_allclose(1.0 / s, want_scale.numpy()[:, 0], rtol=1e-7)
