@@ -118,3 +118,16 @@ def test_missing_and_unsupported_paths(tmp_path):
     (tmp_path / "x.docx").write_text("x")
     with pytest.raises(ValueError, match=r"x\.docx"):
         ds_mod.resolve_files([str(tmp_path / "x.docx")])
+
+
+def test_gpt2_vocab_and_merges_load():
+    from pathlib import Path
+
+    from bitnet.training.tokenizer import load_tokenizer
+
+    gpt2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tokenizers" / "gpt2"
+    if not gpt2.is_dir():
+        pytest.skip(f"shared data not present at {gpt2}")
+    tok = load_tokenizer(gpt2)  # encoder.json + vocab.bpe, GPT-2's names for vocab.json + merges.txt
+    assert tok.encode("Hello world<|endoftext|>").ids == [15496, 995, 50256]  # GPT-2's published ids
+    assert eos_id(tok) == 50256
