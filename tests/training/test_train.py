@@ -62,7 +62,7 @@ def test_recorded_losses_and_run_outputs(reference_run):
     train_losses = [v for _, k, v in rows if k == "loss"]
     assert train_losses == pytest.approx(RECORDED, abs=RECORDED_TOL)
     assert [s for s, k, _ in rows if k == "val_loss"] == [3, 6]
-    assert (out / "loss.png").stat().st_size > 1000 and (out / "sample.txt").is_file()
+    assert (out / "loss_curve.png").stat().st_size > 1000 and (out / "sample.txt").is_file()
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
     ck = latest_checkpoint(out)
     assert ck.name == "step_0000006"
