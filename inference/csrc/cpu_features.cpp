@@ -3,6 +3,9 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 namespace bitnet {
 
@@ -49,8 +52,10 @@ CpuFeatures detect() {
   __cpuid_count(7, 1, eax, ebx, ecx, edx);
   f.avx_vnni = (eax >> 4) & 1;
 #elif defined(__aarch64__)
-  f.neon = true;
-#if defined(__ARM_FEATURE_DOTPROD)
+  f.neon = true;  // Advanced SIMD is mandatory on AArch64
+#if defined(__linux__)
+  f.dotprod = (getauxval(AT_HWCAP) & (1UL << 20)) != 0;  // HWCAP_ASIMDDP: SDOT/UDOT
+#elif defined(__ARM_FEATURE_DOTPROD)
   f.dotprod = true;
 #endif
 #endif

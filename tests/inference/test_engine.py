@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from bitnet.inference import Engine, available_isas, current_isa, set_isa
 
-# fp32 everywhere, but the engine sums in another order; a flipped activation rounding (x*s landing
-# on .5) in one layer moves logits of these tiny random models by ~1e-3 at most.
-LOGIT_ATOL = 2e-3
+# Integer parts are exact and the activation scale is computed as torch computes it; only fp32
+# summation order differs (measured max |diff| ~4e-7 on these models).
+LOGIT_ATOL = 1e-5
 # the int8 head quantizes each head row to 8 bits: |error| <= C * 2^-8 relative to the row absmax.
 INT8_HEAD_ATOL = 2e-2
 MIN_TOP1 = 0.98  # top-1 agreement: near-ties may flip on random models
