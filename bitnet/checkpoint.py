@@ -82,6 +82,8 @@ def find_model_dir(path: str | Path) -> Path:
     if (p / "model" / CONFIG_FILE).is_file():
         return p / "model"
     ckpts = list((p / "checkpoints").glob("*/model/" + CONFIG_FILE)) if (p / "checkpoints").is_dir() else []
+    # Hidden folders are atomic_dir's unfinished writes (e.g. a save killed before its rename).
+    ckpts = [c for c in ckpts if not c.parent.parent.name.startswith(".")]
     if ckpts:
         return max(ckpts, key=lambda c: _step_of(c.parent.parent.name)).parent
     raise FileNotFoundError(f"{p}: not a bitnet model directory, checkpoint or run (no {CONFIG_FILE} found)")

@@ -74,7 +74,7 @@ class LogConfig:
     tensorboard: bool = True
     progress: bool = True  # tqdm bar on the main process
     plot: bool = True  # loss-curve PNG at the end
-    sample_tokens: int = 200  # tokens of sample.txt generated at the end (0: none)
+    sample_tokens: int = 120  # tokens of sample.txt generated at the end (0: none)
 
 
 @dataclass
