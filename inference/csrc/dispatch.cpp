@@ -13,7 +13,11 @@
 namespace bitnet {
 namespace {
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(BITNET_NO_AMX)
+#define BITNET_HAVE_AMX 1
+#endif
+
+#if defined(BITNET_HAVE_AMX)
 // Linux hands out the 8 KB AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM).
 bool request_amx() {
 #if defined(__linux__)
@@ -42,7 +46,9 @@ bool can_run(const std::string& name) {
 #if defined(__x86_64__) || defined(_M_X64)
   if (name == "avx2") return f.avx2 && f.fma && f.f16c;
   if (name == "avx512") return f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni;
+#if defined(BITNET_HAVE_AMX)
   if (name == "amx") return can_run("avx512") && f.amx_tile && f.amx_int8 && request_amx();
+#endif
 #endif
 #if defined(__aarch64__)
   if (name == "neon") return f.neon && f.dotprod;
@@ -78,7 +84,9 @@ const Kernels* find_kernels(const std::string& name) {
 #if defined(__x86_64__) || defined(_M_X64)
   if (name == "avx2") return &kKernelsAvx2;
   if (name == "avx512") return &kKernelsAvx512;
+#if defined(BITNET_HAVE_AMX)
   if (name == "amx") return &amx_kernels();
+#endif
 #endif
 #if defined(__aarch64__)
   if (name == "neon") return &kKernelsNeon;
