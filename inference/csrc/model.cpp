@@ -271,7 +271,11 @@ void Model::ensure_cache(int n) {
 void Model::linear_forward(const Linear& L, const float* x, int T, float* y) {
   const Kernels& kern = kernels();
   const int Kp = (L.KB * kTileCols + kXAlign - 1) / kXAlign * kXAlign, Mp = L.MB * kTileRows;
-  std::vector<int8_t> xq(static_cast<size_t>(T) * Kp);
+  // Scratch reused across calls (no page faults per linear); the model runs one forward at a time.
+  if (scratch_xq_.size() < static_cast<size_t>(T) * Kp) scratch_xq_.resize(static_cast<size_t>(T) * Kp);
+  if (scratch_acc_.size() < static_cast<size_t>(T) * Mp) scratch_acc_.resize(static_cast<size_t>(T) * Mp);
+  int8_t* xq = scratch_xq_.data();
+  int32_t* acc = scratch_acc_.data();
   std::vector<int32_t> xsum(T);
   std::vector<float> rescale(T);
   pool_.parallel_for(T, [&](int t0, int t1) {
@@ -282,13 +286,12 @@ void Model::linear_forward(const Linear& L, const float* x, int T, float* y) {
         rmsnorm(src, L.norm.data(), L.in, cfg_.inner_eps, normed.data());
         src = normed.data();
       }
-      const float s = kern.quantize_row(src, L.in, Kp, xq.data() + static_cast<size_t>(t) * Kp, &xsum[t]);
+      const float s = kern.quantize_row(src, L.in, Kp, xq + static_cast<size_t>(t) * Kp, &xsum[t]);
       rescale[t] = L.beta / s;
     }
   });
-  std::vector<int32_t> acc(static_cast<size_t>(T) * Mp);
   pool_.parallel_for(L.MB, [&](int mb0, int mb1) {
-    kern.ternary_gemm(L.tiles.data(), L.KB, mb0, mb1, xq.data(), Kp, xsum.data(), T, acc.data(), Mp);
+    kern.ternary_gemm(L.tiles.data(), L.KB, mb0, mb1, xq, Kp, xsum.data(), T, acc, Mp);
     const int m1 = std::min(L.out, mb1 * kTileRows);
     for (int t = 0; t < T; ++t)
       for (int m = mb0 * kTileRows; m < m1; ++m)

@@ -123,6 +123,8 @@ class Model {
   int64_t head_rows_done_ = 0;
   std::vector<float> rope_inv_freq_;
   int cache_cap_ = 0, cache_len_ = 0;
+  std::vector<int8_t> scratch_xq_;     // int8 activations of the current linear
+  std::vector<int32_t> scratch_acc_;   // its integer outputs
 };
 
 }  // namespace bitnet
