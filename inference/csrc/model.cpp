@@ -340,9 +340,10 @@ void Model::head_forward(const float* h, int T, float* out) {
       int32_t sum;
       inv_s[t] = 1.f / kern.quantize_row(h + static_cast<size_t>(t) * C, C, Cp, xq.data() + static_cast<size_t>(t) * Cp, &sum);
     }
-    std::vector<int32_t> acc(static_cast<size_t>(T) * V);
+    if (scratch_acc_.size() < static_cast<size_t>(T) * V) scratch_acc_.resize(static_cast<size_t>(T) * V);
+    int32_t* acc = scratch_acc_.data();
     pool_.parallel_for(V, [&](int r0, int r1) {
-      kern.head_i8(head_q_.data(), head_rowsum_.data(), Cp, r0, r1, xq.data(), T, acc.data(), V);
+      kern.head_i8(head_q_.data(), head_rowsum_.data(), Cp, r0, r1, xq.data(), T, acc, V);
       for (int t = 0; t < T; ++t)
         for (int r = r0; r < r1; ++r)
           out[static_cast<size_t>(t) * V + r] =
