@@ -49,20 +49,26 @@ inline void block_tt(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, 
                         _mm512_sub_epi32(acc[t], _mm512_set1_epi32(xsum[t])));
 }
 
-// Decode (one token): four independent accumulators (one per 2-bit plane) hide vpdpbusd latency;
-// same invariants as block_tt.
+// Decode (one token): four independent accumulators (one per 2-bit plane) hide vpdpbusd latency.
+// The planes are masked in place instead of shifted down (shifts compete with vpdpbusd for port
+// 0): plane i is c_i * 4^i in {0, 4^i, 2*4^i} <= 128, still a valid u8 operand, and its
+// accumulator holds 4^i * sum(c_i * x) exactly, recovered with an arithmetic shift by 2i.
+// Invariant: |c_i * 4^i * x| <= 128 * 128, 4 per lane per tile, so KB < 2^15 tiles (K < 524288)
+// cannot overflow int32. Then sum c*x - xsum = q.x as in block_tt.
 inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
-  const __m512i m3 = _mm512_set1_epi8(3);
+  const __m512i m0 = _mm512_set1_epi8(0x03), m1 = _mm512_set1_epi8(0x0c);
+  const __m512i m2 = _mm512_set1_epi8(0x30), m3 = _mm512_set1_epi8(static_cast<char>(0xc0));
   __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
   for (int kb = 0; kb < KB; ++kb) {
     const __m512i p = _mm512_loadu_si512(wrow[kb].b);
     const int8_t* xt = x + kb * kTileCols;
-    a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(p, m3), bcast4(xt + 0));
-    a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(p, 2), m3), bcast4(xt + 4));
-    a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(_mm512_srli_epi16(p, 4), m3), bcast4(xt + 8));
-    a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(_mm512_srli_epi16(p, 6), m3), bcast4(xt + 12));
+    a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(p, m0), bcast4(xt + 0));
+    a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(p, m1), bcast4(xt + 4));
+    a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(p, m2), bcast4(xt + 8));
+    a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(p, m3), bcast4(xt + 12));
   }
-  const __m512i s = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+  const __m512i s = _mm512_add_epi32(_mm512_add_epi32(a0, _mm512_srai_epi32(a1, 2)),
+                                     _mm512_add_epi32(_mm512_srai_epi32(a2, 4), _mm512_srai_epi32(a3, 6)));
   _mm512_storeu_si512(y, _mm512_sub_epi32(s, _mm512_set1_epi32(xsum)));
 }
 
