@@ -102,10 +102,13 @@ def worker(kind: str, path: str, head: str, threads: int, prompt_len: int, decod
         t1 = time.perf_counter()
         llm.eval(ids.tolist())
         t2 = time.perf_counter()
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        def last_logits() -> np.ndarray:  # llama-cpp-python keeps only the last row without logits_all
+            return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+
+        nxt = int(np.argmax(last_logits()))
         for _ in range(decode_len):
             llm.eval([nxt])
-            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            nxt = int(np.argmax(last_logits()))
         t3 = time.perf_counter()
         r = {"prefill_tok_s": prompt_len / (t2 - t1), "decode_tok_s": decode_len / (t3 - t2)}
         extra = {"file_bytes": os.path.getsize(path)}
