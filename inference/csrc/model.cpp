@@ -267,35 +267,76 @@ void Model::ensure_cache(int n) {
   cache_cap_ = cap;
 }
 
-// y (T, out) = dequant(ternary(W) x int8(x)), x (T, in). Output y[t][m] = (q.x_q)[m] * beta / s_t.
-void Model::linear_forward(const Linear& L, const float* x, int T, float* y) {
+// y_i (T, out_i) = dequant(ternary(W_i) x int8(x)) for linears W_i sharing the input x (T, in):
+// y[t][m] = (q.x_q)[m] * beta / s_t. One job over all their row blocks (q/k/v, gate/up) means one
+// thread-pool round trip per group, and the input is quantized once unless the linears carry
+// their own inner RMSNorm (then each quantizes its normed copy).
+void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int T) {
   const Kernels& kern = kernels();
-  const int Kp = (L.KB * kTileCols + kXAlign - 1) / kXAlign * kXAlign, Mp = L.MB * kTileRows;
+  struct Item {
+    const Linear* L;
+    float* y;
+    int Kp, Mp, mb_begin;
+    size_t xq_off, acc_off;
+    int xs;     // index of its quantized input
+    bool owns;  // quantizes that input itself (else it shares item 0's)
+  };
+  std::vector<Item> items;
+  size_t xq_total = 0, acc_total = 0;
+  int mb_total = 0, n_inputs = 0;
+  for (const auto& [L, y] : group) {
+    Item it{L, y, (L->KB * kTileCols + kXAlign - 1) / kXAlign * kXAlign, L->MB * kTileRows, mb_total, 0, 0, 0, true};
+    const bool share = !items.empty() && L->norm.empty() && items[0].L->norm.empty() && it.Kp == items[0].Kp;
+    if (share) {
+      it.xq_off = items[0].xq_off;
+      it.xs = 0;
+      it.owns = false;
+    } else {
+      it.xq_off = xq_total;
+      xq_total += static_cast<size_t>(T) * it.Kp;
+      it.xs = n_inputs++;
+    }
+    it.acc_off = acc_total;
+    acc_total += static_cast<size_t>(T) * it.Mp;
+    mb_total += L->MB;
+    items.push_back(it);
+  }
   // Scratch reused across calls (no page faults per linear); the model runs one forward at a time.
-  if (scratch_xq_.size() < static_cast<size_t>(T) * Kp) scratch_xq_.resize(static_cast<size_t>(T) * Kp);
-  if (scratch_acc_.size() < static_cast<size_t>(T) * Mp) scratch_acc_.resize(static_cast<size_t>(T) * Mp);
-  int8_t* xq = scratch_xq_.data();
-  int32_t* acc = scratch_acc_.data();
-  std::vector<int32_t> xsum(T);
-  std::vector<float> rescale(T);
+  if (scratch_xq_.size() < xq_total) scratch_xq_.resize(xq_total);
+  if (scratch_acc_.size() < acc_total) scratch_acc_.resize(acc_total);
+  std::vector<int32_t> xsum(static_cast<size_t>(n_inputs) * T);
+  std::vector<float> inv_s(static_cast<size_t>(n_inputs) * T);
   pool_.parallel_for(T, [&](int t0, int t1) {
-    std::vector<float> normed(L.norm.empty() ? 0 : L.in);
-    for (int t = t0; t < t1; ++t) {
-      const float* src = x + static_cast<size_t>(t) * L.in;
-      if (!L.norm.empty()) {
-        rmsnorm(src, L.norm.data(), L.in, cfg_.inner_eps, normed.data());
-        src = normed.data();
+    for (const Item& it : items) {
+      if (!it.owns) continue;
+      const Linear& L = *it.L;
+      std::vector<float> normed(L.norm.empty() ? 0 : L.in);
+      for (int t = t0; t < t1; ++t) {
+        const float* src = x + static_cast<size_t>(t) * L.in;
+        if (!L.norm.empty()) {
+          rmsnorm(src, L.norm.data(), L.in, cfg_.inner_eps, normed.data());
+          src = normed.data();
+        }
+        const size_t k = static_cast<size_t>(it.xs) * T + t;
+        inv_s[k] = 1.f / kern.quantize_row(src, L.in, it.Kp, scratch_xq_.data() + it.xq_off + static_cast<size_t>(t) * it.Kp, &xsum[k]);
       }
-      const float s = kern.quantize_row(src, L.in, Kp, xq + static_cast<size_t>(t) * Kp, &xsum[t]);
-      rescale[t] = L.beta / s;
     }
   });
-  pool_.parallel_for(L.MB, [&](int mb0, int mb1) {
-    kern.ternary_gemm(L.tiles.data(), L.KB, mb0, mb1, xq, Kp, xsum.data(), T, acc, Mp);
-    const int m1 = std::min(L.out, mb1 * kTileRows);
-    for (int t = 0; t < T; ++t)
-      for (int m = mb0 * kTileRows; m < m1; ++m)
-        y[static_cast<size_t>(t) * L.out + m] = static_cast<float>(acc[static_cast<size_t>(t) * Mp + m]) * rescale[t];
+  pool_.parallel_for(mb_total, [&](int b, int e) {
+    for (const Item& it : items) {
+      const Linear& L = *it.L;
+      const int mb0 = std::max(b, it.mb_begin) - it.mb_begin, mb1 = std::min(e, it.mb_begin + L.MB) - it.mb_begin;
+      if (mb0 >= mb1) continue;
+      const int32_t* xs = xsum.data() + static_cast<size_t>(it.xs) * T;
+      int32_t* acc = scratch_acc_.data() + it.acc_off;
+      kern.ternary_gemm(L.tiles.data(), L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
+      const int m1 = std::min(L.out, mb1 * kTileRows);
+      for (int t = 0; t < T; ++t) {
+        const float r = L.beta * inv_s[static_cast<size_t>(it.xs) * T + t];
+        for (int m = mb0 * kTileRows; m < m1; ++m)
+          it.y[static_cast<size_t>(t) * L.out + m] = static_cast<float>(acc[static_cast<size_t>(t) * it.Mp + m]) * r;
+      }
+    }
   });
 }
 
@@ -418,9 +459,7 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
   for (Layer& ly : layers_) {
     for (int t = 0; t < T; ++t)
       rmsnorm(&x[static_cast<size_t>(t) * C], ly.input_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
-    linear_forward(ly.q, xn.data(), T, q.data());
-    linear_forward(ly.k, xn.data(), T, k.data());
-    linear_forward(ly.v, xn.data(), T, v.data());
+    linear_forward({{&ly.q, q.data()}, {&ly.k, k.data()}, {&ly.v, v.data()}}, xn.data(), T);
     rope(q.data(), H);
     rope(k.data(), KV);
     std::copy(k.begin(), k.end(), ly.kcache.begin() + static_cast<size_t>(pos0) * KVD);
@@ -431,13 +470,12 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
         float* a = &att[static_cast<size_t>(t) * QD];
         rmsnorm(a, ly.attn_sub_norm.data(), QD, cfg_.eps, a);
       }
-    linear_forward(ly.o, att.data(), T, tmp.data());
+    linear_forward({{&ly.o, tmp.data()}}, att.data(), T);
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
 
     for (int t = 0; t < T; ++t)
       rmsnorm(&x[static_cast<size_t>(t) * C], ly.post_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
-    linear_forward(ly.gate, xn.data(), T, g.data());
-    linear_forward(ly.up, xn.data(), T, u.data());
+    linear_forward({{&ly.gate, g.data()}, {&ly.up, u.data()}}, xn.data(), T);
     pool_.parallel_for(T, [&](int t0, int t1) {
       for (size_t i = static_cast<size_t>(t0) * I; i < static_cast<size_t>(t1) * I; ++i) {
         const float a = g[i];
@@ -451,7 +489,7 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
           rmsnorm(a, ly.ffn_sub_norm.data(), I, cfg_.eps, a);
         }
     });
-    linear_forward(ly.down, g.data(), T, tmp.data());
+    linear_forward({{&ly.down, tmp.data()}}, g.data(), T);
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
   }
   cache_len_ = pos0 + T;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <utility>
 #include <memory>
 #include <string>
@@ -106,7 +107,7 @@ class Model {
  private:
   Linear& linear_ref(int layer, const std::string& name);
   void ensure_cache(int n);
-  void linear_forward(const Linear& L, const float* x, int T, float* y);
+  void linear_forward(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int T);
   void attention(Layer& ly, const float* q, int T, int pos0, float* out);
   void head_forward(const float* h, int T, float* out);
 
