@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from conftest import DATA_DIR
+from eval_helpers import DATA_DIR
 
 from bitnet.eval.tasks import local_task_dir, task_manager
 

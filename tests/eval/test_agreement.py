@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from _compare import evaluate, logliks, questions
-from conftest import one_torch_thread
+from eval_helpers import one_torch_thread
 
 from bitnet.eval import BitNetLM
 from bitnet.eval.hf_reference import hf_lm

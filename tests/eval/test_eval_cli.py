@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from conftest import DATA_DIR
+from eval_helpers import DATA_DIR
 
 from bitnet.cli import main
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _compare import evaluate, logliks
-from conftest import one_torch_thread
+from eval_helpers import one_torch_thread
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import get_model
 
@@ -119,7 +119,7 @@ def test_bad_input_is_one_clear_error(trained_export, tmp_path):
 
 def test_tokenizer_without_bos_uses_eos_as_prefix(tmp_path):
     """The project's own tokenizer (no BOS): like hf, empty contexts are conditioned on EOS."""
-    from conftest import tiny_random_export
+    from eval_helpers import tiny_random_export
 
     from bitnet.eval.hf_reference import hf_lm
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, one_torch_thread
+from eval_helpers import DATA_DIR, one_torch_thread
 
 from bitnet.eval import perplexity, sliding_window_nll
 from bitnet.eval.hf_reference import load_transformers_fp32

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DATA_DIR
+from eval_helpers import DATA_DIR
 from lm_eval.tasks._yaml_loader import load_yaml
 
 from bitnet.eval.tasks import check_task_names, lm_eval_tasks_dir, local_task_dir, parse_tasks, task_manager
