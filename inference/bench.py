@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from .loader import EngineConfig
+from bitnet.config import BitNetConfig
 
 __all__ = ["random_packed", "random_bf16", "random_model", "time_prefill_decode", "peak_rss_bytes",
            "PROJECT_SHAPES", "project_table", "measure_read_bandwidth"]
@@ -34,7 +34,7 @@ def random_bf16(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
     return (v & np.uint16(0x807F)) | np.uint16(120 << 7)
 
 
-def random_model(cfg: EngineConfig, threads: int, head: str = "f16", seed: int = 0,
+def random_model(cfg: BitNetConfig, threads: int, head: str = "f16", seed: int = 0,
                  layers: int | None = None) -> Any:
     """A ``_C.Model`` of ``cfg``'s shape with random weights (``layers`` overrides the depth)."""
     rng = np.random.default_rng(seed)
@@ -124,7 +124,7 @@ def project_table(threads: int, layers: int = 2, decode_tokens: int = 16, head: 
     """
     rows = []
     for s in PROJECT_SHAPES:
-        cfg = EngineConfig(vocab_size=measure_vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
+        cfg = BitNetConfig(vocab_size=measure_vocab, hidden_size=s.hidden, intermediate_size=s.intermediate,
                            num_hidden_layers=layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
                            head_dim=s.hidden // s.heads, hidden_act="silu", max_position_embeddings=256,
                            tie_word_embeddings=True)

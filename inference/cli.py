@@ -124,10 +124,10 @@ def bench_main(argv: list[str]) -> int:
         p.error("give exactly one of MODEL_DIR or --shape (or --project)")
     t0 = time.perf_counter()
     if a.shape:
-        from .loader import EngineConfig
+        from bitnet.config import BitNetConfig
 
         overrides = {"hidden_act": a.act} if a.act else {}
-        cfg = EngineConfig.from_preset(a.shape, **overrides)
+        cfg = BitNetConfig.from_preset(a.shape, **overrides)
         model, vocab, file_bytes = random_model(cfg, threads, head=head), cfg.vocab_size, None
         what = f"--shape {a.shape} (random weights, {cfg.hidden_act})"
     else:

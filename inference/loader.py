@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from bitnet.config import BitNetConfig
+
 from . import _C
 
-__all__ = ["EngineConfig", "SafetensorsFile", "WeightSet", "load_config", "open_weights", "build_model"]
+__all__ = ["SafetensorsFile", "WeightSet", "load_config", "open_weights", "build_model"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 # dtype name -> numpy dtype used for the view (bf16 travels as its uint16 bit pattern)
@@ -43,94 +45,6 @@ HEAD_CHUNK_ROWS = 8192  # rows of the head quantized (and their 16-bit pages rel
 _FLOAT16ISH = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-
-
-@dataclass
-class EngineConfig:
-    """The model hyper-parameters the engine needs, read from a transformers config.json.
-
-    Field names and defaults follow ``bitnet.model.BitNetConfig`` (whose ``from_hf_dict`` this
-    mirrors); it is re-read here so that the engine runs without importing torch.
-    """
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    hidden_act: str = "relu2"
-    max_position_embeddings: int = 2048
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 500000.0
-    tie_word_embeddings: bool = False
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
-    use_sub_norms: bool = True
-    use_rms_norm: bool = False
-
-    @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "EngineConfig":
-        """Raises ValueError on a missing / mistyped field or an unsupported variant."""
-        model_type = d.get("model_type", "bitnet")
-        if model_type not in ("bitnet", "llama"):
-            raise ValueError(f"unsupported architecture model_type={model_type!r} (the engine runs 'bitnet' and 'llama' ternary models)")
-        sizes = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
-        missing = [k for k in sizes if k not in d]
-        if missing:
-            raise ValueError(f"missing required keys {missing}")
-
-        def pos_int(key: str, default: Any = None) -> int:
-            v = d.get(key, default)
-            if v is None:
-                v = default
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {v!r}")
-            return v
-
-        heads = pos_int("num_attention_heads")
-        hidden = pos_int("hidden_size")
-        kv = pos_int("num_key_value_heads", heads)
-        if d.get("head_dim") is None and hidden % heads:
-            raise ValueError(f"hidden_size={hidden} is not divisible by num_attention_heads={heads}")
-        head_dim = pos_int("head_dim", hidden // heads)
-        if heads % kv:
-            raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}")
-        if head_dim % 2:
-            raise ValueError(f"head_dim={head_dim} must be even for RoPE")
-        act = d.get("hidden_act", "silu" if model_type == "llama" else "relu2")
-        if act not in ("relu2", "silu"):
-            raise ValueError(f"unsupported hidden_act {act!r} (relu2 or silu)")
-        rope = d.get("rope_parameters") or {}
-        theta = d.get("rope_theta", rope.get("rope_theta", 500000.0))
-        rope_type = rope.get("rope_type", "default") if rope else (d.get("rope_scaling") or {}).get("rope_type", "default")
-        if rope_type not in ("default", None):
-            raise ValueError(f"unsupported rope_type {rope_type!r}: only the default RoPE is implemented")
-        eps = d.get("rms_norm_eps", 1e-5)
-        for key, v in (("rope_theta", theta), ("rms_norm_eps", eps)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise ValueError(f"{key} must be a positive number, got {v!r}")
-        eos = d.get("eos_token_id")
-        if isinstance(eos, list):
-            eos = eos[0] if eos else None
-        qc = d.get("quantization_config") or {}
-        return cls(
-            vocab_size=pos_int("vocab_size"), hidden_size=hidden, intermediate_size=pos_int("intermediate_size"),
-            num_hidden_layers=pos_int("num_hidden_layers"), num_attention_heads=heads, num_key_value_heads=kv,
-            head_dim=head_dim, hidden_act=act, max_position_embeddings=pos_int("max_position_embeddings", 2048),
-            rms_norm_eps=float(eps), rope_theta=float(theta), tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            bos_token_id=d.get("bos_token_id"), eos_token_id=eos, use_sub_norms=model_type == "bitnet",
-            use_rms_norm=bool(qc.get("use_rms_norm", False)),
-        )
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "EngineConfig":
-        """A ``configs/model/NAME.yaml`` preset as an engine config (bitnet architecture)."""
-        from bitnet.paths import load_model_preset
-
-        d = {**load_model_preset(name), **overrides}
-        return cls.from_hf_dict({"model_type": "bitnet", **d})
 
 
 @dataclass(frozen=True)
@@ -278,7 +192,7 @@ class WeightSet:
         return sum(f.path.stat().st_size for f in self.files.values())
 
 
-def load_config(directory: Path) -> tuple[dict[str, Any], EngineConfig, str, float]:
+def load_config(directory: Path) -> tuple[dict[str, Any], BitNetConfig, str, float]:
     """Read and check ``config.json``: returns (raw dict, parsed config, linear_class, inner-norm eps).
 
     Raises:
@@ -307,7 +221,7 @@ def load_config(directory: Path) -> tuple[dict[str, Any], EngineConfig, str, flo
     if linear_class not in ("autobitlinear", "bitlinear"):
         raise ValueError(f"{path}: unsupported quantization_config.linear_class {linear_class!r}")
     try:
-        cfg = EngineConfig.from_hf_dict(raw)
+        cfg = BitNetConfig.from_hf_dict(raw)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     inner_eps = qc.get("rms_norm_eps", cfg.rms_norm_eps)
@@ -345,7 +259,7 @@ def _matrix(ws: WeightSet, name: str, rows: int, cols: int) -> tuple[np.ndarray,
     return ws.array(name), _FLOAT16ISH[t.dtype]
 
 
-def build_model(directory: Path, threads: int, head: str) -> tuple[Any, dict[str, Any], EngineConfig, WeightSet]:
+def build_model(directory: Path, threads: int, head: str) -> tuple[Any, dict[str, Any], BitNetConfig, WeightSet]:
     """Validate the export and build the C++ model (weights repacked once, packed pages released).
 
     Returns ``(model, raw_config, config, weights)``; ``weights`` must stay alive as long as the model

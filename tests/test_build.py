@@ -56,3 +56,25 @@ def test_cli_help_and_info():
 def test_cli_unknown_command_is_a_clear_error():
     r = subprocess.run([sys.executable, "-m", "bitnet", "frobnicate"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr
+
+
+def test_engine_and_config_import_without_torch():
+    """The inference path needs only numpy: importing the engine (and the config it reads) must not load torch."""
+    code = ("import sys; import bitnet.inference, bitnet.config; from bitnet.inference import Engine; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_config_rejects_wrong_types_naming_the_field():
+    import pytest
+
+    from bitnet.config import BitNetConfig
+
+    with pytest.raises(ValueError, match="vocab_size must be a positive integer"):
+        BitNetConfig.from_hf_dict({"vocab_size": "32000", "hidden_size": 64, "intermediate_size": 128,
+                                   "num_hidden_layers": 1, "num_attention_heads": 4})
+    with pytest.raises(ValueError, match="rope_theta must be a positive number"):
+        BitNetConfig(rope_theta=-1.0)
+    with pytest.raises(ValueError, match="num_hidden_layers must be a positive integer"):
+        BitNetConfig(num_hidden_layers=True)
