@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("bitnet.inference.cli", "bench_main", "benchmark the C++ engine (prefill/decode tokens/s, RSS)"),
     "eval": ("bitnet.eval.cli", "eval_main", "score a model with lm-eval (MMLU, GSM8K, ARC) on the C++ engine"),
     "perplexity": ("bitnet.eval.cli", "perplexity_main", "sliding-window perplexity of a text file"),
+    "study": ("bitnet.training.study", "main", "ternary vs full-precision twins at small sizes: table and plot"),
     "info": ("bitnet.cli", "info_main", "version, detected CPU features, model presets"),
 }
 
