@@ -21,7 +21,6 @@ boundary, and nowhere else.
 from __future__ import annotations
 
 import json
-import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from bitnet.io import atomic_dir
 from bitnet.layers import BitLinear
 from bitnet.model import BitNetConfig, BitNetForCausalLM
 from bitnet.quant import pack_ternary, unpack_ternary, weight_quant
+from bitnet.safetensors_header import read_header
 
 __all__ = [
     "FORMAT_NAME",
@@ -218,55 +218,6 @@ def export_hf(
 
 
 # --------------------------------------------------------------------------------------------- import
-# safetensors dtype names -> bytes per element (for validating a header before trusting it)
-_ST_DTYPE_SIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
-                  "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-
-
-def _check_safetensors_header(path: Path) -> None:
-    """Validate a safetensors header against the file size before any tensor is read.
-
-    The safetensors library checks this too, but its messages name neither the file nor the tensor;
-    this gives one clear line for truncated files and headers that lie about sizes.
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise ValueError(f"{path}: truncated safetensors file ({size} bytes, no header)")
-        (n,) = struct.unpack("<Q", raw)
-        if 8 + n > size:
-            raise ValueError(f"{path}: truncated safetensors file (header says {n} bytes, file has {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
-    data_len = size - 8 - n
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            numel = 1
-            for s in shape:
-                numel *= int(s)
-            nbytes = numel * _ST_DTYPE_SIZE[dtype]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
-        if end - begin != nbytes or begin < 0:
-            raise ValueError(
-                f"{path}: tensor {name!r} header says {dtype}{list(shape)} ({nbytes} bytes) but its "
-                f"data_offsets span {end - begin} bytes"
-            )
-        if end > data_len:
-            raise ValueError(
-                f"{path}: tensor {name!r} ends at byte {end} of the data section, which has only "
-                f"{data_len} bytes (truncated file?)"
-            )
-
-
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read every tensor of one safetensors file after validating its header.
 
@@ -279,7 +230,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing")
-    _check_safetensors_header(path)
+    read_header(path)  # one clear line naming the file and tensor for truncated / lying headers
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -19,20 +19,18 @@ import json
 import math
 import mmap
 import os
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bitnet.config import BitNetConfig
+from bitnet.safetensors_header import TensorInfo, read_header
 
 from . import _C
 
 __all__ = ["SafetensorsFile", "WeightSet", "load_config", "open_weights", "build_model"]
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 # dtype name -> numpy dtype used for the view (bf16 travels as its uint16 bit pattern)
 _DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8),
@@ -47,14 +45,6 @@ LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "sel
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int  # absolute byte offset in the file
-    end: int
-
-
 class SafetensorsFile:
     """A validated, memory-mapped safetensors file. ``array(name)`` returns a zero-copy view.
 
@@ -65,62 +55,13 @@ class SafetensorsFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no safetensors file at {self.path}")
+        self.metadata, self.tensors = read_header(self.path)
+        for name, t in self.tensors.items():
+            if t.dtype not in _DTYPES:
+                raise ValueError(f"{self.path}: tensor {name!r} has dtype {t.dtype!r}, which the engine does not read")
         size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ValueError(f"{self.path}: truncated safetensors file ({size} bytes, no header)")
-            (n,) = struct.unpack("<Q", raw)
-            if n == 0 or n > MAX_HEADER_BYTES or 8 + n > size:
-                raise ValueError(f"{self.path}: bad safetensors header length {n} (file has {size} bytes)")
-            try:
-                header = json.loads(f.read(n).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ValueError(f"{self.path}: corrupt safetensors header ({e})") from None
-        if not isinstance(header, dict):
-            raise ValueError(f"{self.path}: corrupt safetensors header (not a JSON object)")
-        data_start, data_len = 8 + n, size - 8 - n
-        self.metadata: dict[str, str] = {}
-        self.tensors: dict[str, TensorInfo] = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                if not isinstance(info, dict):
-                    raise ValueError(f"{self.path}: __metadata__ is not a JSON object")
-                self.metadata = {str(k): str(v) for k, v in info.items()}
-                continue
-            self.tensors[name] = self._entry(name, info, data_start, data_len)
-        spans = sorted((t.begin, t.end, k) for k, t in self.tensors.items())
-        for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
-            if b1 < e0:
-                raise ValueError(f"{self.path}: tensors {k0!r} and {k1!r} overlap in the data section")
         self._file = open(self.path, "rb")
         self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-
-    def _entry(self, name: str, info: Any, data_start: int, data_len: int) -> TensorInfo:
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise ValueError(f"{self.path}: tensor {name!r} has a malformed header entry")
-        dtype, shape, offs = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _DTYPES:
-            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-            raise ValueError(f"{self.path}: tensor {name!r} has an invalid shape {shape!r}")
-        if (not isinstance(offs, list) or len(offs) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
-            raise ValueError(f"{self.path}: tensor {name!r} has invalid data_offsets {offs!r}")
-        begin, end = offs
-        nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
-        if not 0 <= begin <= end or end - begin != nbytes:
-            raise ValueError(
-                f"{self.path}: tensor {name!r} header says {dtype}{shape} ({nbytes} bytes) but its "
-                f"data_offsets {offs} span {end - begin} bytes"
-            )
-        if end > data_len:
-            raise ValueError(
-                f"{self.path}: tensor {name!r} ends at byte {end} of a {data_len}-byte data section (truncated file?)"
-            )
-        return TensorInfo(dtype, tuple(shape), data_start + begin, data_start + end)
 
     def array(self, name: str) -> np.ndarray:
         """Zero-copy read-only view of tensor ``name`` (bf16 as uint16 bit patterns)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from _compare import evaluate, logliks, questions
 from eval_helpers import one_torch_thread
 

@@ -7,7 +7,6 @@ import struct
 
 import pytest
 import torch
-from export_helpers import tiny_model
 from safetensors.torch import load_file, save_file
 
 from bitnet.export import export_hf, load_model
