@@ -98,6 +98,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> dict[str
         config_from_dict(TrainConfig, train).validate()  # fail now, not after an hour of runs
     except ValueError as e:
         raise ValueError(f"{p}: train: {e}") from None
+    for s in d["sizes"]:
+        bad = sorted(set(s) - {"name", "model_overrides", "lrs"}) + sorted(set(s.get("lrs") or {}) - set(d["kinds"]))
+        if bad:
+            raise ValueError(f"{p}: size {s.get('name')!r}: unknown key(s) {', '.join(bad)}")
     names = [s.get("name") for s in d["sizes"]]
     if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{p}: every size needs a distinct string name, got {names}")
@@ -125,7 +129,13 @@ def plan_sweep(study: dict[str, Any]) -> list[RunSpec]:
     """The sweep runs in execution order: size by size (smallest first, so early timings tell how
     long the rest takes), every kind's LRs within a size."""
     return [RunSpec(s["name"], kind, float(lr), kd["schedule"])
-            for s in study["sizes"] for kind, kd in study["kinds"].items() for lr in kd["lrs"]]
+            for s in study["sizes"] for kind, kd in study["kinds"].items() for lr in _lrs(study, s, kind)]
+
+
+def _lrs(study: dict[str, Any], size: dict[str, Any], kind: str) -> list[float]:
+    """A kind's LR sweep at one size: the size's own ``lrs.<kind>`` list if it has one (to trim a
+    sweep where runs are expensive), else the kind's."""
+    return [float(x) for x in (size.get("lrs") or {}).get(kind, study["kinds"][kind]["lrs"])]
 
 
 def run_config(study: dict[str, Any], spec: RunSpec, out: Path) -> TrainConfig:
@@ -290,8 +300,13 @@ def batched_torch_perplexity(model, model_dir: str | Path, file: str | Path, con
             "seconds": seconds, "context": context, "stride": stride, "backend": "torch-batched"}
 
 
-def run_study(study: dict[str, Any], out: str | Path, log=print) -> dict[str, Any]:
-    """Run (or resume) the whole study under ``out``; return the results dict (see module doc)."""
+def run_study(study: dict[str, Any], out: str | Path, log=print, on_size_done=None) -> dict[str, Any]:
+    """Run (or resume) the whole study under ``out``; return the results dict (see module doc).
+
+    ``on_size_done(results)``, if given, is called with the results so far each time a size is
+    finished (its sweep, its ablation and its test perplexities), so partial results are written
+    even if the study is stopped later.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -301,6 +316,20 @@ def run_study(study: dict[str, Any], out: str | Path, log=print) -> dict[str, An
     runs: list[dict[str, Any]] = []
     best: dict[str, dict[str, dict[str, Any]]] = {}
     ablation: list[dict[str, Any]] = []
+
+    def results() -> dict[str, Any]:
+        sizes = [s["name"] for s in study["sizes"]]
+        return {
+            "runs": runs,
+            "best": {s: {k: r["name"] for k, r in best[s].items()} for s in sizes if s in best},
+            "ablation": [r["name"] for r in ablation],
+            "sizes": sizes,
+            "study": study,
+            "study_wall_s": time.perf_counter() - t0,
+            "train_wall_s": sum(r["wall_s"] for r in runs) + sum(r["wall_s"] for r in ablation[1:]),
+            "by_name": {r["name"]: r for r in runs + ablation},
+        }
+
     for i, spec in enumerate(sweep, 1):
         log(f"[{i}/{n_total}] {spec.name}")
         rec = train_run(study, spec, out, log)
@@ -308,28 +337,21 @@ def run_study(study: dict[str, Any], out: str | Path, log=print) -> dict[str, An
         cur = best.setdefault(spec.size, {}).get(spec.kind)
         if cur is None or rec["val_loss"] < cur["val_loss"]:
             best[spec.size][spec.kind] = rec
-        size_done = all(r.size != spec.size for r in sweep[i:])
-        if ab and size_done and spec.size == ab["size"]:
+        if any(r.size == spec.size for r in sweep[i:]):
+            continue  # this size's sweep is not finished yet
+        to_score = list(best[spec.size].values())
+        if ab and spec.size == ab["size"]:
             base = best[ab["size"]][ab["kind"]]
             other = RunSpec(ab["size"], ab["kind"], base["lr"], ab["schedule"], role="ablation")
             log(f"[{n_total}/{n_total}] ablation {other.name} (vs {base['name']})")
-            ab_rec = train_run(study, other, out, log)
-            ablation = [base, ab_rec]
-    if study["eval"]["file"]:
-        to_score = {r["name"]: r for r in [r for kinds in best.values() for r in kinds.values()] + ablation}
-        for r in to_score.values():
-            r["test"] = score_perplexity(study, r, out, log)
-    sizes = [s["name"] for s in study["sizes"]]
-    return {
-        "runs": runs,
-        "best": {s: {k: r["name"] for k, r in best[s].items()} for s in sizes if s in best},
-        "ablation": [r["name"] for r in ablation],
-        "sizes": sizes,
-        "study": study,
-        "study_wall_s": time.perf_counter() - t0,
-        "train_wall_s": sum(r["wall_s"] for r in runs) + sum(r["wall_s"] for r in ablation[1:]),
-        "by_name": {r["name"]: r for r in runs + ablation},
-    }
+            ablation = [base, train_run(study, other, out, log)]
+            to_score.append(ablation[1])
+        if study["eval"]["file"]:
+            for r in to_score:
+                r["test"] = score_perplexity(study, r, out, log)
+        if on_size_done is not None:
+            on_size_done(results())
+    return results()
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -404,8 +426,12 @@ def results_markdown(res: dict[str, Any]) -> str:
     for s in res["sizes"]:
         for kind, name in res["best"].get(s, {}).items():
             r = by[name]
-            lines.append(f"| {s} ({r['params'] / 1e6:.2f}M) | {kind} | {r['schedule']} | {r['lr']:g} | "
+            swept = _lrs(st, next(x for x in st["sizes"] if x["name"] == s), kind)
+            edge = "*" if len(swept) > 1 and r["lr"] in (min(swept), max(swept)) else ""
+            lines.append(f"| {s} ({r['params'] / 1e6:.2f}M) | {kind} | {r['schedule']} | {r['lr']:g}{edge} | "
                          f"{r['val_loss']:.4f} | {_fmt_ppl(r)} | {r['tokens']:,} | {r['wall_s']:.0f} |")
+    lines += ["", "Best LR = lowest final validation loss among the LRs swept (every run is listed at the end); "
+              "`*` marks a best LR at the edge of its sweep, where a wider sweep might find a better one."]
     text, _ = gap_statement(res)
     lines += ["", "## The gap", "", text, ""]
     if res["ablation"]:
@@ -425,9 +451,11 @@ def results_markdown(res: dict[str, Any]) -> str:
         a, b = (by[n]["val_loss"] for n in res["ablation"])
         lines += ["", f"Two-stage minus cosine final validation loss: {a - b:+.4f} nats/token "
                   f"({'two-stage better' if a < b else 'cosine better or equal'}).", ""]
-    lines += ["## Every sweep run", "", "| run | params | final val loss | wall time (s) |", "|---|---|---|---|"]
+    lines += ["## Every sweep run", "", "| run | params | kind | LR | final val loss | wall time (s) |",
+              "|---|---|---|---|---|---|"]
     for r in res["runs"]:
-        lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['val_loss']:.4f} | {r['wall_s']:.0f} |")
+        lines.append(f"| {r['name']} | {r['params'] / 1e6:.2f}M | {r['kind']} | {r['lr']:g} | {r['val_loss']:.4f} | "
+                     f"{r['wall_s']:.0f} |")
     lines += ["", f"Tokens per run: {res['runs'][0]['tokens']:,} ({seq}-token sequences). Training wall time "
               f"of all runs: {res['train_wall_s'] / 60:.1f} min (timings on a shared 2-core machine are noisy).",
               "", "![validation loss vs tokens](loss_vs_tokens.png)", ""]
@@ -499,7 +527,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--results", default=None, help="where to write the results files (default: --out)")
     args = ap.parse_intermixed_args(argv)  # options may follow the key=value overrides
     study = load_study(args.config, args.overrides)
-    res = run_study(study, args.out)
+    res = run_study(study, args.out, on_size_done=lambda r: write_results(r, args.results or args.out))
     paths = write_results(res, args.results or args.out)
     print(gap_statement(res)[0])
     print("wrote " + ", ".join(str(p) for p in paths))
