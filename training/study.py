@@ -484,6 +484,10 @@ def plot_curves(res: dict[str, Any], path: Path) -> Path:
         x, y = zip(*r["curve"])
         i = res["sizes"].index(r["size"])
         ax.plot(x, y, ":", color=colors[i % len(colors)], label=f"{r['size']} {r['kind']} ablation ({r['schedule']})")
+    late = [y for line in ax.get_lines() for x, y in zip(*line.get_data()) if x >= 0.2 * max(line.get_xdata())]
+    if late:  # the first validations (loss ~7) would squash the part worth reading
+        lo, hi = min(late), max(late)
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-3), hi + 0.15 * (hi - lo + 1e-3))
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("ternary (solid) vs full precision (dashed), best LR per size")
