@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if not Path(args.checkpoint).exists():
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint, model or export directory")
     tokenizer = args.tokenizer or _source_tokenizer(args.checkpoint)
     if tokenizer is None and not (args.format == "hf" and args.no_tokenizer):
         raise FileNotFoundError(

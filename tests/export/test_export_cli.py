@@ -65,3 +65,11 @@ def test_cli_relu2_gguf_refused_without_flag(tmp_path, model, tokenizer, capsys)
     assert bitnet_main(["export", str(src), str(tmp_path / "m.gguf"), "--format", "gguf"]) == 2
     assert "--allow-relu2" in capsys.readouterr().err
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+    from bitnet.export.cli import main as export_main
+
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        export_main([str(tmp_path / "nope"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
