@@ -212,17 +212,21 @@ def train_run(study: dict[str, Any], spec: RunSpec, out: Path, log=print) -> dic
 
 def score_perplexity(study: dict[str, Any], rec: dict[str, Any], out: Path, log=print) -> dict[str, Any]:
     """Sliding-window perplexity of ``eval.file`` under the run's final model (cached in the run
-    folder). Ternary: export_hf + the C++ engine; full precision: the PyTorch reference backend."""
+    folder with the eval settings; rescored when they change). Ternary: export_hf + the C++ engine;
+    full precision: :func:`batched_torch_perplexity`."""
     run_dir = out / rec["name"]
     cache = run_dir / PPL_FILE
+    ev = study["eval"]
+    key = {"file": str(Path(ev["file"]).resolve()), "max_chars": ev["max_chars"], "stride_fraction": ev["stride_fraction"]}
     if cache.is_file():
-        return json.loads(cache.read_text())
+        r = json.loads(cache.read_text())
+        if r.get("eval") == key:  # scored the same text the same way: reuse
+            return r
     from bitnet.checkpoint import load_model_dir
     from bitnet.eval import perplexity
 
     from .loop import latest_checkpoint
 
-    ev = study["eval"]
     text_file = Path(ev["file"])
     if ev["max_chars"]:  # a prefix of the file (quick tests)
         text_file = run_dir / "eval_text.txt"
@@ -241,6 +245,7 @@ def score_perplexity(study: dict[str, Any], rec: dict[str, Any], out: Path, log=
         log(f"  {rec['name']}: test perplexity (PyTorch, batched, context {context}, stride {stride})")
         r = batched_torch_perplexity(model, src, text_file, context, stride)
     r = {k: r[k] for k in ("perplexity", "nll_per_token", "tokens", "seconds", "context", "stride", "backend")}
+    r["eval"] = key
     with atomic_file(cache, "w") as f:
         json.dump(r, f, indent=1)
     return r
