@@ -439,6 +439,14 @@ def results_markdown(res: dict[str, Any]) -> str:
               "`*` marks a best LR at the edge of its sweep, where a wider sweep might find a better one."]
     text, _ = gap_statement(res)
     lines += ["", "## The gap", "", text, ""]
+    params = [r["params"] for r in res["runs"]]
+    if params:
+        tokens = res["runs"][0]["tokens"]
+        lines += [f"Caveat: {tokens:,} training tokens are {tokens / max(params):.2f} tokens per non-embedding "
+                  f"parameter at the largest size and {tokens / min(params):.1f} at the smallest (compute-optimal "
+                  "training uses ~20), so no model here is near convergence; differences between sizes mostly "
+                  "show how fast each learns in a short run, and a gap trend over sizes this small and this "
+                  "briefly trained is weak evidence either way.", ""]
     if res["ablation"]:
         ab = st["ablation"]
         lines += [
