@@ -226,6 +226,24 @@ def apply_override(d: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping (an empty file is an empty mapping).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (named as ``what``).
+        ValueError: not valid YAML, or not a mapping (naming the file).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a YAML mapping")
+    return d
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a training YAML (or only defaults if ``path`` is None), apply overrides, validate.
 
@@ -240,14 +258,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     base = Path.cwd()
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"training config {p} not found")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{p}: expected a YAML mapping")
+        d = read_yaml_mapping(p, "training config")
         base = p.resolve().parent
     for item in overrides or []:
         apply_override(d, item)
@@ -255,14 +266,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = config_from_dict(TrainConfig, d)
     except ValueError as e:
         raise ValueError(f"{path}: {e}" if path else str(e)) from None
-    cfg.data.paths = [_resolve(x, base) for x in cfg.data.paths]
+    cfg.data.paths = [resolve_path(x, base) for x in cfg.data.paths]
     if cfg.data.tokenizer != "train":
-        cfg.data.tokenizer = _resolve(cfg.data.tokenizer, base)
+        cfg.data.tokenizer = resolve_path(cfg.data.tokenizer, base)
     cfg.validate()
     return cfg
 
 
-def _resolve(p: str, base: Path) -> str:
+def resolve_path(p: str, base: Path) -> str:
+    """A config path relative to the YAML's folder (``base``), else the working directory;
+    absolute and ``bundled:`` paths pass unchanged."""
     if p.startswith("bundled:") or Path(p).is_absolute():
         return p
     for cand in (base / p, Path.cwd() / p):

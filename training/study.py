@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from bitnet.io import atomic_file
 
 from .config import TrainConfig, apply_override, config_from_dict, config_to_dict
-from .config import _resolve as resolve_path
+from .config import read_yaml_mapping, resolve_path
 
 __all__ = ["RunSpec", "load_study", "plan_sweep", "run_study", "write_results", "gap_statement", "main"]
 
@@ -72,14 +71,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> dict[str
         ValueError: bad YAML, unknown keys, an invalid training config (naming the file and key).
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"study config {p} not found")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{p}: expected a YAML mapping")
+    d = read_yaml_mapping(p, "study config")
     for item in overrides or []:
         apply_override(d, item)
     unknown = sorted(set(d) - STUDY_KEYS)
