@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BitNetConfig", "HIDDEN_ACTS", "LINEAR_TYPES"]
+__all__ = ["BitNetConfig", "HIDDEN_ACTS", "LINEAR_TYPES", "read_config_json"]
 
 HIDDEN_ACTS = ("relu2", "silu")
 LINEAR_TYPES = ("bitlinear", "fp")
@@ -25,6 +25,27 @@ _HF_IGNORED_KEYS = {
     "auto_map", "_name_or_path", "pretraining_tp", "mlp_bias", "rope_type", "output_attentions",
     "output_hidden_states", "return_dict", "chunk_size_feed_forward", "is_encoder_decoder",
 }
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """Read a ``config.json`` (a directory is accepted and its config.json read) into a dict.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid JSON, or not a JSON object (naming the file).
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no config.json at {p}")
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{p}: not a JSON object")
+    return d
 
 
 def _check_positive(key: str, value: Any, types: type | tuple[type, ...]) -> None:
@@ -192,18 +213,11 @@ class BitNetConfig:
     def from_json(cls, path: str | Path) -> "BitNetConfig":
         """Read a transformers ``config.json`` file (a directory is accepted and its config.json read)."""
         p = Path(path)
-        if p.is_dir():
-            p = p / "config.json"
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no config.json at {p}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e})") from None
+        d = read_config_json(p)
         try:
             return cls.from_hf_dict(d)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{p}: {e}") from None
+            raise ValueError(f"{p / 'config.json' if p.is_dir() else p}: {e}") from None
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "BitNetConfig":

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from bitnet.checkpoint import CONFIG_FILE as LATENT_CONFIG_FILE
 from bitnet.checkpoint import load_model_dir, save_tokenizer
+from bitnet.config import read_config_json
 from bitnet.io import atomic_dir
 from bitnet.layers import BitLinear
 from bitnet.model import BitNetConfig, BitNetForCausalLM
@@ -319,14 +320,12 @@ def load_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> BitNetF
     """
     d = Path(path)
     config_path = d / CONFIG_JSON
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{d}: no {CONFIG_JSON}")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+    raw = read_config_json(config_path)
     linear_class, mode, not_converted, qc_eps = _quant_settings(config_path, raw)
-    cfg = BitNetConfig.from_json(config_path)
+    try:
+        cfg = BitNetConfig.from_hf_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{config_path}: {e}") from None
     cfg.linear_type = "bitlinear"
     with torch.device("meta"):  # no random init: every tensor comes from the file (halves peak memory)
         model = BitNetForCausalLM(cfg)

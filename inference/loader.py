@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bitnet.config import BitNetConfig
+from bitnet.config import BitNetConfig, read_config_json
 from bitnet.safetensors_header import TensorInfo, read_header
 
 from . import _C
@@ -141,14 +141,7 @@ def load_config(directory: Path) -> tuple[dict[str, Any], BitNetConfig, str, flo
         ValueError: unsupported architecture / quantization, or inconsistent fields.
     """
     path = directory / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {directory}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: not a JSON object")
+    raw = read_config_json(path)
     mt = raw.get("model_type")
     if mt not in ("bitnet", "llama"):
         raise ValueError(f"{path}: unsupported architecture model_type={mt!r} (the engine runs 'bitnet' and 'llama' ternary models)")

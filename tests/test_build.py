@@ -78,3 +78,18 @@ def test_config_rejects_wrong_types_naming_the_field():
         BitNetConfig(rope_theta=-1.0)
     with pytest.raises(ValueError, match="num_hidden_layers must be a positive integer"):
         BitNetConfig(num_hidden_layers=True)
+
+
+def test_config_json_that_is_not_an_object_is_one_clear_error(tmp_path):
+    import pytest
+
+    from bitnet.config import read_config_json
+    from bitnet.export import load_model
+
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config\.json: not a JSON object"):
+        read_config_json(tmp_path)
+    with pytest.raises(ValueError, match=r"config\.json: not a JSON object"):
+        load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        read_config_json(tmp_path / "missing")
