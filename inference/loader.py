@@ -6,7 +6,7 @@ conventions: ../shared/FORMATS.md section 2.
 
 The safetensors files are memory-mapped, never read whole. We parse the (small) JSON header here
 rather than through the ``safetensors`` package because we need zero-copy views into one mapping
-(the engine borrows the 16-bit embedding table straight from the page cache) and page-level control
+(the engine borrows 16-bit tables it does not copy straight from the page cache) and page-level control
 (``madvise``) to drop the packed weights from memory once the engine has repacked them. Every
 header field, dtype, shape and offset is validated against the file size before any view is made,
 and the C++ side checks every shape again, so a hostile file raises ``ValueError`` and is never read
@@ -39,7 +39,7 @@ _DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype(np.float32), "I64": np.dtype(np.int64), "U64": np.dtype(np.uint64),
     "F64": np.dtype(np.float64),
 }
-HEAD_CHUNK_ROWS = 8192  # rows of the head quantized (and their 16-bit pages released) at a time
+HEAD_CHUNK_ROWS = 8192  # rows of the head quantized or copied (and their file pages released) at a time
 _FLOAT16ISH = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -264,16 +264,16 @@ def build_model(directory: Path, threads: int, head: str) -> tuple[Any, dict[str
             f"{' ...' if len(unexpected) > 5 else ''} (does num_hidden_layers / use_rms_norm match the file?)"
         )
     model.check_complete()
-    if head == "int8":
-        # Quantize in chunks and drop each chunk's 16-bit pages at once: peak memory stays at the
-        # ternary weights + the int8 head (embedding lookups page single rows back in later).
-        name = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
-        row_bytes = ws.info(name).end - ws.info(name).begin
-        row_bytes //= cfg.vocab_size
-        for r0 in range(0, cfg.vocab_size, HEAD_CHUNK_ROWS):
-            r1 = min(cfg.vocab_size, r0 + HEAD_CHUNK_ROWS)
-            model.quantize_head_rows(r0, r1)
-            ws.release(name, r0 * row_bytes, r1 * row_bytes)
+    # The head is built in chunks, each chunk's file pages dropped at once, so peak memory stays at
+    # the ternary weights + one head: int8 quantizes it (embedding lookups page single rows back in
+    # later); f16 copies it into huge pages the decode streams faster than the page cache.
+    prepare = model.quantize_head_rows if head == "int8" else model.copy_head_rows
+    name = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
+    row_bytes = (ws.info(name).end - ws.info(name).begin) // cfg.vocab_size
+    for r0 in range(0, cfg.vocab_size, HEAD_CHUNK_ROWS):
+        r1 = min(cfg.vocab_size, r0 + HEAD_CHUNK_ROWS)
+        prepare(r0, r1)
+        ws.release(name, r0 * row_bytes, r1 * row_bytes)
     model.set_head_mode(head)
     return model, raw, cfg, ws
 

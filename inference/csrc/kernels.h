@@ -8,8 +8,11 @@
 // avx512|neon forces a path.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -39,6 +42,11 @@ constexpr int kTileCols = 16;
 constexpr int kHeadColAlign = 64;
 // Row stride (columns) of the int8 activations given to ternary_gemm: a multiple of this.
 constexpr int kXAlign = 64;
+// How far ahead of its loads a streaming (one-token) kernel prefetches its weights. The hardware
+// prefetcher alone leaves a core at about 85% of its read bandwidth here; 4 KiB of software
+// prefetch brings the decode matrix-vector products to about 95% (measured on 2 threads over a
+// 2B4T-sized arena: 27.7 GB/s without, 33.4 GB/s with, of 34.9 GB/s read bandwidth).
+constexpr int kPrefetchBytes = 4096;
 
 struct Kernels {
   const char* name;
@@ -73,10 +81,44 @@ struct Kernels {
   // Returns s; *sum = sum of q.
   float (*quantize_row)(const float* x, int n, int n_pad, int8_t* q, int32_t* sum);
 
-  // Attention helpers (fp32): dot(a, b) over n, and y += alpha * x over n.
-  float (*dot_f32)(const float* a, const float* b, int n);
-  void (*axpy_f32)(float alpha, const float* x, float* y, int n);
+  // One query head's attention over n cached positions, fp32: s_j = scale * (q . K_j), p =
+  // softmax(s) (max-subtracted), out = sum_j p_j V_j, with K_j = K + j * ld and V_j = V + j * ld
+  // (hd values each); scratch holds n floats. Every path is attend_with<> over its own dot/axpy.
+  void (*attend)(const float* q, const float* K, const float* V, int ld, int n, int hd, float scale,
+                 float* scratch, float* out);
 };
+
+// The attention loop shared by every path, over that path's fp32 dot(a, b, n) and y += alpha * x
+// (inlined: one call per head instead of two per head and position).
+// The cache rows were last read a whole token ago (since evicted by the weights), and each
+// position's work is short: prefetching kAttnAhead rows ahead keeps several misses in flight.
+constexpr int kAttnAhead = 8;
+inline void prefetch_row(const float* p, int n) {
+  for (int i = 0; i < n; i += 16) __builtin_prefetch(p + i);
+}
+
+template <float (*Dot)(const float*, const float*, int), void (*Axpy)(float, const float*, float*, int)>
+void attend_with(const float* q, const float* K, const float* V, int ld, int n, int hd, float scale,
+                 float* sc, float* out) {
+  for (int j = 0; j < std::min(n, kAttnAhead); ++j) prefetch_row(K + static_cast<size_t>(j) * ld, hd);
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int j = 0; j < n; ++j) {
+    if (j + kAttnAhead < n) prefetch_row(K + static_cast<size_t>(j + kAttnAhead) * ld, hd);
+    else prefetch_row(V + static_cast<size_t>(j + kAttnAhead - n) * ld, hd);
+    sc[j] = Dot(q, K + static_cast<size_t>(j) * ld, hd) * scale;
+    mx = std::max(mx, sc[j]);
+  }
+  float denom = 0.f;
+  for (int j = 0; j < n; ++j) {
+    sc[j] = std::exp(sc[j] - mx);
+    denom += sc[j];
+  }
+  for (int i = 0; i < hd; ++i) out[i] = 0.f;
+  for (int j = 0; j < n; ++j) {
+    if (j + kAttnAhead < n) prefetch_row(V + static_cast<size_t>(j + kAttnAhead) * ld, hd);
+    Axpy(sc[j] / denom, V + static_cast<size_t>(j) * ld, out, hd);
+  }
+}
 
 extern const Kernels kKernelsRef;
 #if defined(__x86_64__) || defined(_M_X64)

@@ -178,8 +178,7 @@ const Kernels kKernelsAvx2 = {
     dot_rows_avx2<float, load_f32, f32_id>,
     head_i8_avx2,
     quantize_row_ref,  // scalar: a few percent of prefill time, not worth a twin here
-    dot_f32_avx2,
-    axpy_f32_avx2,
+    attend_with<dot_f32_avx2, axpy_f32_avx2>,
 };
 
 }  // namespace bitnet

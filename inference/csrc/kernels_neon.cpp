@@ -106,8 +106,7 @@ const Kernels kKernelsNeon = {
     dot_rows_neon<float, load_f32, f32_id>,
     head_i8_neon,
     quantize_row_ref,  // scalar: a few percent of prefill time, not worth a twin here
-    dot_f32_neon,
-    axpy_f32_neon,
+    attend_with<dot_f32_neon, axpy_f32_neon>,
 };
 
 }  // namespace bitnet

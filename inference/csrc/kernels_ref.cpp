@@ -120,8 +120,7 @@ const Kernels kKernelsRef = {
     dot_rows_generic<float, f32_id>,
     head_i8_ref,
     quantize_row_ref,
-    dot_f32_ref,
-    axpy_f32_ref,
+    attend_with<dot_f32_ref, axpy_f32_ref>,
 };
 
 }  // namespace bitnet

@@ -6,21 +6,26 @@
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <tuple>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace bitnet {
 
-template <typename T>
-void AlignedBuf<T>::reset(size_t count) {
-  std::free(ptr);
-  ptr = nullptr;
-  n = count;
-  if (count == 0) return;
-  const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
-  ptr = static_cast<T*>(std::aligned_alloc(64, bytes));
-  if (ptr == nullptr) throw std::bad_alloc();
+void* aligned_alloc_weights(size_t bytes) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  const size_t align = bytes >= kHuge ? kHuge : 64;
+  bytes = (bytes + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, bytes);
+  if (p == nullptr) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  // Advice only: where transparent huge pages are off this is a no-op.
+  if (align == kHuge) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+  return p;
 }
-template struct AlignedBuf<TernaryTile>;
-template struct AlignedBuf<int8_t>;
 
 float Matrix16::row_value(int r, int c) const {
   const size_t i = static_cast<size_t>(r) * cols + c;
@@ -57,6 +62,25 @@ Model::Model(const ModelConfig& cfg, int threads) : cfg_(cfg), pool_(threads) {
   if (cfg.sub_norms && cfg.heads * cfg.head_dim != cfg.hidden)
     throw std::invalid_argument("model config: attn_sub_norm needs heads * head_dim == hidden_size");
   layers_.resize(cfg.layers);
+  const int QD = cfg.heads * cfg.head_dim, KVD = cfg.kv_heads * cfg.head_dim;
+  size_t total = 0;
+  for (Layer& l : layers_)
+    for (auto [L, out, in] : {std::tuple{&l.q, QD, cfg.hidden}, {&l.k, KVD, cfg.hidden}, {&l.v, KVD, cfg.hidden},
+                              {&l.o, cfg.hidden, QD}, {&l.gate, cfg.intermediate, cfg.hidden},
+                              {&l.up, cfg.intermediate, cfg.hidden}, {&l.down, cfg.hidden, cfg.intermediate}}) {
+      L->out = out;
+      L->in = in;
+      L->MB = (out + kTileRows - 1) / kTileRows;
+      L->KB = (in + kTileCols - 1) / kTileCols;
+      total += static_cast<size_t>(L->MB) * L->KB;
+    }
+  arena_.reset(total);
+  size_t off = 0;
+  for (Layer& l : layers_)
+    for (Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
+      L->tiles = arena_.data() + off;
+      off += static_cast<size_t>(L->MB) * L->KB;
+    }
   // inv_freq[i] = 1 / theta^(2i / head_dim), in fp32 as bitnet.model.rope_cos_sin computes it.
   for (int i = 0; i < cfg.head_dim / 2; ++i) {
     const float e = static_cast<float>(2 * i) / static_cast<float>(cfg.head_dim);
@@ -80,13 +104,7 @@ Linear& Model::linear_ref(int layer, const std::string& name) {
 void Model::set_linear(int layer, const std::string& name, const uint8_t* packed, int64_t rows4, int64_t in,
                        float beta, const float* norm, int64_t norm_len) {
   Linear& L = linear_ref(layer, name);
-  const int H = cfg_.hidden, I = cfg_.intermediate, QD = cfg_.heads * cfg_.head_dim, KVD = cfg_.kv_heads * cfg_.head_dim;
-  int want_out = 0, want_in = 0;
-  if (name == "self_attn.q_proj") { want_out = QD; want_in = H; }
-  else if (name == "self_attn.k_proj" || name == "self_attn.v_proj") { want_out = KVD; want_in = H; }
-  else if (name == "self_attn.o_proj") { want_out = H; want_in = QD; }
-  else if (name == "mlp.down_proj") { want_out = H; want_in = I; }
-  else { want_out = I; want_in = H; }
+  const int want_out = L.out, want_in = L.in;  // fixed by the config in the constructor
   if (want_out % 4 != 0 || rows4 * 4 != want_out || in != want_in)
     throw std::invalid_argument(where(layer, name) + ".weight: packed shape (" + std::to_string(rows4) + ", " +
                                 std::to_string(in) + ") disagrees with the config (expected (" +
@@ -99,14 +117,9 @@ void Model::set_linear(int layer, const std::string& name, const uint8_t* packed
   } else if (norm != nullptr) {
     throw std::invalid_argument(where(layer, name) + ".rms_norm.weight given but use_rms_norm is not set");
   }
-  L.out = want_out;
-  L.in = want_in;
   L.beta = beta;
-  L.MB = (want_out + kTileRows - 1) / kTileRows;
-  L.KB = (want_in + kTileCols - 1) / kTileCols;
-  L.tiles.reset(static_cast<size_t>(L.MB) * L.KB);
-  if (!repack_ternary(packed, want_out, want_in, L.tiles.data(), &pool_)) {
-    L.tiles.reset(0);
+  L.is_loaded = repack_ternary(packed, want_out, want_in, L.tiles, &pool_);
+  if (!L.is_loaded) {
     throw std::invalid_argument(where(layer, name) + ".weight: found 2-bit code 3, not a ternary value");
   }
 }
@@ -168,16 +181,24 @@ void Model::set_embedding(const Matrix16& m) {
                                 std::to_string(m.cols) + ") disagrees with the config (vocab_size, hidden_size) = (" +
                                 std::to_string(cfg_.vocab) + ", " + std::to_string(cfg_.hidden) + ")");
   embed_ = m;
+  head16_.reset(0);  // a copy of the old table is stale
+  head16_rows_done_ = 0;
 }
 
 void Model::set_lm_head(const Matrix16& m) {
   if (m.rows != cfg_.vocab || m.cols != cfg_.hidden)
     throw std::invalid_argument("lm_head.weight: shape disagrees with the config (vocab_size, hidden_size)");
   lm_head_ = m;
+  head16_.reset(0);
+  head16_rows_done_ = 0;
 }
 
 void Model::set_head_mode(const std::string& mode) {
   if (mode == "f16") {
+    if (head16_rows_done_ > 0 && head16_rows_done_ < cfg_.vocab) {  // a partial copy: finish it
+      head16_rows_done_ = 0;
+      copy_head_rows(0, cfg_.vocab);
+    }
     head_int8_ = false;
     head_q_.reset(0);
     head_scale_.clear();
@@ -191,10 +212,30 @@ void Model::set_head_mode(const std::string& mode) {
     quantize_head_rows(0, cfg_.vocab);
   }
   head_int8_ = true;
+  head16_.reset(0);  // the embedding lookups go back to the borrowed table
+  head16_rows_done_ = 0;
+}
+
+void Model::copy_head_rows(int r0, int r1) {
+  const Matrix16& src = head_source();
+  if (src.data == nullptr) throw std::invalid_argument("set the embedding before copying the head");
+  const int V = cfg_.vocab;
+  if (r0 < 0 || r1 > V || r0 > r1) throw std::invalid_argument("copy_head_rows: row range out of bounds");
+  const size_t row_bytes = static_cast<size_t>(src.cols) * (src.dtype == DType::F32 ? 4 : 2);
+  if (head16_.data() == nullptr) {
+    head16_.reset(row_bytes * V);
+    head16_view_ = src;
+    head16_view_.data = head16_.data();
+  }
+  const uint8_t* from = static_cast<const uint8_t*>(src.data);
+  pool_.parallel_for(r1 - r0, [&](int b, int e) {
+    std::memcpy(head16_.data() + (r0 + b) * row_bytes, from + (r0 + b) * row_bytes, (e - b) * row_bytes);
+  });
+  head16_rows_done_ += r1 - r0;
 }
 
 void Model::quantize_head_rows(int r0, int r1) {
-  const Matrix16& src = lm_head_.data ? lm_head_ : embed_;
+  const Matrix16& src = head_source();
   if (src.data == nullptr) throw std::invalid_argument("set the embedding before choosing the head mode");
   const int V = cfg_.vocab, C = cfg_.hidden;
   if (r0 < 0 || r1 > V || r0 > r1) throw std::invalid_argument("quantize_head_rows: row range out of bounds");
@@ -246,21 +287,22 @@ void Model::check_complete() const {
 }
 
 size_t Model::weight_bytes() const {
-  size_t n = head_q_.n;
-  for (const Layer& l : layers_)
-    for (const Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) n += L->tiles.n * sizeof(TernaryTile);
-  return n;
+  return head_q_.n + arena_.n * sizeof(TernaryTile);
 }
 
 void Model::ensure_cache(int n) {
   if (n <= cache_cap_) return;
-  const int kvd = cfg_.kv_heads * cfg_.head_dim;
+  const int KV = cfg_.kv_heads, hd = cfg_.head_dim;
   // Grow geometrically (at least 256 positions), never past max_position_embeddings.
   const int cap = std::max(n, std::min(cfg_.max_positions, std::max(256, 2 * cache_cap_)));
   for (Layer& l : layers_) {
-    std::vector<float> k(static_cast<size_t>(cap) * kvd), v(static_cast<size_t>(cap) * kvd);
-    std::copy(l.kcache.begin(), l.kcache.begin() + static_cast<size_t>(cache_len_) * kvd, k.begin());
-    std::copy(l.vcache.begin(), l.vcache.begin() + static_cast<size_t>(cache_len_) * kvd, v.begin());
+    std::vector<float> k(static_cast<size_t>(KV) * cap * hd), v(k.size());
+    for (int g = 0; g < KV; ++g) {
+      const size_t from = static_cast<size_t>(g) * cache_cap_ * hd, to = static_cast<size_t>(g) * cap * hd;
+      const size_t len = static_cast<size_t>(cache_len_) * hd;
+      std::copy(l.kcache.begin() + from, l.kcache.begin() + from + len, k.begin() + to);
+      std::copy(l.vcache.begin() + from, l.vcache.begin() + from + len, v.begin() + to);
+    }
     l.kcache.swap(k);
     l.vcache.swap(v);
   }
@@ -329,7 +371,7 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
       if (mb0 >= mb1) continue;
       const int32_t* xs = xsum.data() + static_cast<size_t>(it.xs) * T;
       int32_t* acc = scratch_acc_.data() + it.acc_off;
-      kern.ternary_gemm(L.tiles.data(), L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
+      kern.ternary_gemm(L.tiles, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
       const int m1 = std::min(L.out, mb1 * kTileRows);
       for (int t = 0; t < T; ++t) {
         const float r = L.beta * inv_s[static_cast<size_t>(it.xs) * T + t];
@@ -337,35 +379,22 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
           it.y[static_cast<size_t>(t) * L.out + m] = static_cast<float>(acc[static_cast<size_t>(t) * it.Mp + m]) * r;
       }
     }
-  });
+  }, T == 1 ? 1 : 4);  // one token: one sequential stream per thread (the linears are adjacent)
 }
 
 // Causal grouped-query attention over the cache; q (T, heads*hd) already rotated.
 void Model::attention(Layer& ly, const float* q, int T, int pos0, float* out) {
   const Kernels& kern = kernels();
-  const int H = cfg_.heads, hd = cfg_.head_dim, kvd = cfg_.kv_heads * hd, group = H / cfg_.kv_heads;
+  const int H = cfg_.heads, hd = cfg_.head_dim, group = H / cfg_.kv_heads;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   pool_.parallel_for(T * H, [&](int b, int e) {
     std::vector<float> sc(pos0 + T);
     for (int job = b; job < e; ++job) {
-      const int t = job / H, h = job % H, g = h / group, n = pos0 + t + 1;
-      const float* qh = q + static_cast<size_t>(t) * H * hd + h * hd;
-      float mx = -INFINITY;
-      for (int j = 0; j < n; ++j) {
-        const float* kj = ly.kcache.data() + static_cast<size_t>(j) * kvd + g * hd;
-        sc[j] = kern.dot_f32(qh, kj, hd) * scale;
-        mx = std::max(mx, sc[j]);
-      }
-      float denom = 0.f;
-      for (int j = 0; j < n; ++j) {
-        sc[j] = std::exp(sc[j] - mx);
-        denom += sc[j];
-      }
-      float* oh = out + static_cast<size_t>(t) * H * hd + h * hd;
-      std::fill(oh, oh + hd, 0.f);
-      for (int j = 0; j < n; ++j) {
-        kern.axpy_f32(sc[j] / denom, ly.vcache.data() + static_cast<size_t>(j) * kvd + g * hd, oh, hd);
-      }
+      const int t = job / H, h = job % H, g = h / group;
+      const size_t off = static_cast<size_t>(t) * H * hd + h * hd;
+      const size_t kv = static_cast<size_t>(g) * cache_cap_ * hd;
+      kern.attend(q + off, ly.kcache.data() + kv, ly.vcache.data() + kv, hd, pos0 + t + 1, hd, scale, sc.data(),
+                  out + off);
     }
   });
 }
@@ -389,10 +418,10 @@ void Model::head_forward(const float* h, int T, float* out) {
         for (int r = r0; r < r1; ++r)
           out[static_cast<size_t>(t) * V + r] =
               static_cast<float>(acc[static_cast<size_t>(t) * V + r]) * head_scale_[r] * inv_s[t];
-    });
+    }, 1);
     return;
   }
-  const Matrix16& W = lm_head_.data ? lm_head_ : embed_;
+  const Matrix16& W = head16();
   pool_.parallel_for(V, [&](int r0, int r1) {
     if (T == 1 || W.dtype == DType::F32) {  // decode: stream the 16-bit rows once
       if (W.dtype == DType::BF16) kern.dot_rows_bf16(static_cast<const uint16_t*>(W.data), C, r0, r1, h, T, out, V);
@@ -409,7 +438,7 @@ void Model::head_forward(const float* h, int T, float* out) {
         for (int c = 0; c < C; ++c) buf[static_cast<size_t>(r) * C + c] = W.row_value(rb + r, c);
       kern.dot_rows_f32(buf.data(), C, 0, n, h, T, out + rb, V);
     }
-  });
+  }, T == 1 ? 1 : 4);
 }
 
 void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, float* out) {
@@ -433,7 +462,7 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
   std::vector<float> q(static_cast<size_t>(T) * QD), att(q.size()), k(static_cast<size_t>(T) * KVD), v(k.size());
   std::vector<float> g(static_cast<size_t>(T) * I), u(g.size());
   for (int t = 0; t < T; ++t)
-    for (int c = 0; c < C; ++c) x[static_cast<size_t>(t) * C + c] = embed_.row_value(tokens[t], c);
+    for (int c = 0; c < C; ++c) x[static_cast<size_t>(t) * C + c] = embedding().row_value(tokens[t], c);
   // RoPE tables for these positions (rotate-half convention, fp32 angles as PyTorch computes them).
   std::vector<float> cosv(static_cast<size_t>(T) * half), sinv(cosv.size());
   for (int t = 0; t < T; ++t)
@@ -462,8 +491,12 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
     linear_forward({{&ly.q, q.data()}, {&ly.k, k.data()}, {&ly.v, v.data()}}, xn.data(), T);
     rope(q.data(), H);
     rope(k.data(), KV);
-    std::copy(k.begin(), k.end(), ly.kcache.begin() + static_cast<size_t>(pos0) * KVD);
-    std::copy(v.begin(), v.end(), ly.vcache.begin() + static_cast<size_t>(pos0) * KVD);
+    for (int t = 0; t < T; ++t)
+      for (int g = 0; g < KV; ++g) {
+        const size_t from = static_cast<size_t>(t) * KVD + g * hd, to = (static_cast<size_t>(g) * cache_cap_ + pos0 + t) * hd;
+        std::copy(k.begin() + from, k.begin() + from + hd, ly.kcache.begin() + to);
+        std::copy(v.begin() + from, v.begin() + from + hd, ly.vcache.begin() + to);
+      }
     attention(ly, q.data(), T, pos0, att.data());
     if (cfg_.sub_norms)
       for (int t = 0; t < T; ++t) {
@@ -476,19 +509,26 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
     for (int t = 0; t < T; ++t)
       rmsnorm(&x[static_cast<size_t>(t) * C], ly.post_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
     linear_forward({{&ly.gate, g.data()}, {&ly.up, u.data()}}, xn.data(), T);
-    pool_.parallel_for(T, [&](int t0, int t1) {
-      for (size_t i = static_cast<size_t>(t0) * I; i < static_cast<size_t>(t1) * I; ++i) {
+    // The gated activation elementwise over all T * I values in blocks (one token still uses every
+    // thread), then the sub-norm per token.
+    constexpr size_t kActBlock = 1024;
+    const size_t n_act = static_cast<size_t>(T) * I;
+    pool_.parallel_for(static_cast<int>((n_act + kActBlock - 1) / kActBlock), [&](int b0, int b1) {
+      const size_t end = std::min(n_act, static_cast<size_t>(b1) * kActBlock);
+      for (size_t i = static_cast<size_t>(b0) * kActBlock; i < end; ++i) {
         const float a = g[i];
         // relu(a)^2 in fp32 (it overflows fp16 on real checkpoints), or silu(a) = a * sigmoid(a).
         const float act = cfg_.relu2 ? (a > 0.f ? a * a : 0.f) : a / (1.f + std::exp(-a));
         g[i] = act * u[i];
       }
-      if (cfg_.sub_norms)
+    });
+    if (cfg_.sub_norms)
+      pool_.parallel_for(T, [&](int t0, int t1) {
         for (int t = t0; t < t1; ++t) {
           float* a = &g[static_cast<size_t>(t) * I];
           rmsnorm(a, ly.ffn_sub_norm.data(), I, cfg_.eps, a);
         }
-    });
+      });
     linear_forward({{&ly.down, tmp.data()}}, g.data(), T);
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
   }

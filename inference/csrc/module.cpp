@@ -175,17 +175,33 @@ NB_MODULE(_C, m) {
         return nb::ndarray<nb::numpy, float, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(W.rows)}, owner);
       },
       "isa"_a, "E"_a, "dtype"_a, "h"_a, "fp32 dot products of 16-bit/fp32 rows E (V, C) with h (T, C) -> (T, V).");
+  m.def(
+      "attend",
+      [](const std::string& isa, Arr<const float, nb::ndim<1>> q, Arr<const float, nb::ndim<2>> K,
+         Arr<const float, nb::ndim<2>> V, float scale) {
+        const auto& k = kernels_named(isa);
+        const int n = static_cast<int>(K.shape(0)), hd = static_cast<int>(K.shape(1));
+        if (n < 1 || static_cast<int>(q.shape(0)) != hd || V.shape(0) != K.shape(0) || V.shape(1) != K.shape(1))
+          throw std::invalid_argument("attend: q (hd,), K and V (n >= 1, hd) must agree");
+        std::vector<float> scratch(n);
+        auto* res = new float[hd];
+        k.attend(q.data(), K.data(), V.data(), hd, n, hd, scale, scratch.data(), res);
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        return nb::ndarray<nb::numpy, float, nb::ndim<1>>(res, {static_cast<size_t>(hd)}, owner);
+      },
+      "isa"_a, "q"_a, "K"_a, "V"_a, "scale"_a, "One head's softmax(scale * K q) . V over n positions -> (hd,).");
 
   m.def(
       "read_bandwidth",
       [](int64_t nbytes, int threads, int repeats) {
-        // Best-of-N multi-threaded sequential read of a buffer larger than the caches: the bound
-        // a memory-bound decode can reach on this machine.
+        // Best-of-N multi-threaded sequential read of a buffer larger than the caches, in the same
+        // memory the weights live in (2 MiB-aligned, huge pages where the kernel grants them): the
+        // bound a memory-bound decode can reach on this machine.
         if (threads < 1 || repeats < 1 || nbytes < (1 << 20)) throw std::invalid_argument("bad read_bandwidth arguments");
         nb::gil_scoped_release release;
         const size_t n = static_cast<size_t>(nbytes) / sizeof(uint64_t);
-        std::vector<uint64_t> buf(n);
-        for (size_t i = 0; i < n; ++i) buf[i] = i;
+        bitnet::AlignedBuf<uint64_t> buf(n);
+        for (size_t i = 0; i < n; ++i) buf.data()[i] = i;
         bitnet::ThreadPool pool(threads);
         const int chunks = 1024;
         std::vector<uint64_t> sums(chunks);
@@ -274,6 +290,13 @@ NB_MODULE(_C, m) {
             self.quantize_head_rows(r0, r1);
           },
           "r0"_a, "r1"_a, "Quantize head rows [r0, r1) to int8 ahead of set_head_mode('int8').")
+      .def(
+          "copy_head_rows",
+          [](bitnet::Model& self, int r0, int r1) {
+            nb::gil_scoped_release release;
+            self.copy_head_rows(r0, r1);
+          },
+          "r0"_a, "r1"_a, "Copy 16-bit head rows [r0, r1) into owned memory ahead of set_head_mode('f16').")
       .def_prop_ro("head_mode", &bitnet::Model::head_mode)
       .def_prop_ro("threads", &bitnet::Model::threads)
       .def_prop_ro("cache_len", &bitnet::Model::cache_len)

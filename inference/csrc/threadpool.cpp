@@ -13,7 +13,6 @@ namespace bitnet {
 
 namespace {
 constexpr int kSpinIters = 1 << 13;  // spinning before a worker sleeps (well under a millisecond)
-constexpr int kChunksPerThread = 4;
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
@@ -67,13 +66,13 @@ void ThreadPool::worker(int /*id*/) {
   }
 }
 
-void ThreadPool::parallel_for(int n, const std::function<void(int, int)>& fn) {
+void ThreadPool::parallel_for(int n, const std::function<void(int, int)>& fn, int chunks_per_thread) {
   if (n <= 0) return;
   if (n_threads_ == 1 || n == 1) {
     fn(0, n);
     return;
   }
-  const int n_chunks = std::min(n, n_threads_ * kChunksPerThread);
+  const int n_chunks = std::min(n, n_threads_ * std::max(1, chunks_per_thread));
   uint32_t gen;
   {
     std::lock_guard<std::mutex> lock(mu_);

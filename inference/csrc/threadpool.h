@@ -23,8 +23,10 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
-  // fn(begin, end) for one contiguous chunk per thread; returns when all chunks are done.
-  void parallel_for(int n, const std::function<void(int, int)>& fn);
+  // fn(begin, end) over contiguous chunks of [0, n), chunks_per_thread per thread, claimed in
+  // order; returns when all are done. One chunk per thread gives each thread a single sequential
+  // stream (best for the memory-bound one-token products); more chunks balance uneven work.
+  void parallel_for(int n, const std::function<void(int, int)>& fn, int chunks_per_thread = 4);
 
  private:
   void worker(int id);

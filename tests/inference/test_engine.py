@@ -183,3 +183,27 @@ def test_trained_tiny_model_matches_pytorch(tmp_path):
     assert np.quantile(np.abs(got - want), 0.9) < LOGIT_ATOL * scale  # most logits: summation order only
     assert (got.argmax(-1) == want.argmax(-1)).all()
     assert eng.generate(ids[0, :8].tolist(), max_new_tokens=16) == greedy
+
+
+@pytest.mark.parametrize("shape", ["gqa-tied", "mha-untied-oddvocab"])
+def test_owned_16bit_head_equals_the_borrowed_table(tmp_path, shape):
+    """The loader copies the 16-bit head into the engine's own (huge-page) memory; the copy, a
+    copy finished by set_head_mode, and the borrowed file table give the same logits bit for bit
+    (tied: the embedding lookups read the copy too)."""
+    from bitnet.inference.loader import open_weights
+
+    model = tiny(**SHAPES[shape])
+    out = export(model, tmp_path / "exp")
+    ids = _ids(model.config.vocab_size)[0].tolist()
+    eng = Engine(out, threads=2, head="f16")
+    copied = eng.logits(ids)
+    m, ws = eng._model, open_weights(out)
+    m.set_embedding(ws.array("model.embed_tokens.weight"), "bf16")  # drops the copy: borrowed table
+    if "lm_head.weight" in ws and not eng.model_config.tie_word_embeddings:
+        m.set_lm_head(ws.array("lm_head.weight"), "bf16")
+    np.testing.assert_array_equal(eng.logits(ids), copied)
+    m.copy_head_rows(0, 3)  # a partial copy: set_head_mode finishes it
+    m.set_head_mode("f16")
+    np.testing.assert_array_equal(eng.logits(ids), copied)
+    with pytest.raises(ValueError, match="out of bounds"):
+        m.copy_head_rows(0, eng.vocab_size + 1)

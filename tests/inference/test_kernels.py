@@ -63,7 +63,7 @@ def test_code_3_is_rejected():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("V,C,T", [(5, 64, 1), (37, 100, 3), (64, 2560, 2)])
+@pytest.mark.parametrize("V,C,T", [(5, 64, 1), (37, 100, 3), (64, 2560, 2), (9, 130, 4), (11, 64, 11)])
 def test_int8_head_exact(isa, V, C, T):
     rng = np.random.default_rng(V + C)
     E = rng.integers(-127, 128, size=(V, C)).astype(np.int8)
@@ -75,9 +75,10 @@ def test_int8_head_exact(isa, V, C, T):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
-def test_16bit_head_rows(isa, dtype):
+@pytest.mark.parametrize("T", [1, 2, 4, 7])  # token groups of 4 and every remainder
+def test_16bit_head_rows(isa, dtype, T):
     rng = np.random.default_rng(3)
-    V, C, T = 23, 301, 2  # odd sizes exercise the scalar tails
+    V, C = 23, 301  # odd sizes exercise the scalar tails
     W = rng.standard_normal((V, C)).astype(np.float32)
     h = rng.standard_normal((T, C)).astype(np.float32)
     if dtype == "bf16":
@@ -91,6 +92,22 @@ def test_16bit_head_rows(isa, dtype):
     want = (h.astype(np.float64) @ Wf.T.astype(np.float64))
     got = _C.dot_rows(isa, raw, dtype, h)
     np.testing.assert_allclose(got, want, rtol=DOT_RTOL, atol=DOT_RTOL * np.abs(want).max())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,hd", [(1, 64), (7, 128), (193, 128), (5, 72), (9, 256)])
+def test_attention_head_matches_softmax(isa, n, hd):
+    rng = np.random.default_rng(n + hd)
+    q = rng.standard_normal(hd).astype(np.float32)
+    K = (3 * rng.standard_normal((n, hd))).astype(np.float32)  # peaked scores: the max shift matters
+    V = rng.standard_normal((n, hd)).astype(np.float32)
+    scale = 1 / np.sqrt(hd)
+    s = K.astype(np.float64) @ q * scale
+    p = np.exp(s - s.max())
+    want = (p / p.sum()) @ V
+    got = _C.attend(isa, q, K, V, scale)
+    np.testing.assert_allclose(got, want, rtol=DOT_RTOL, atol=DOT_RTOL * np.abs(want).max())
+    np.testing.assert_allclose(got, _C.attend("ref", q, K, V, scale), rtol=DOT_RTOL, atol=DOT_RTOL * np.abs(want).max())
 
 
 def test_forcing_an_unknown_isa_raises():

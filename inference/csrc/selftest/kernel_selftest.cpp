@@ -77,7 +77,12 @@ int check_heads(const Kernels& k) {
   const float s1 = kKernelsRef.quantize_row(h.data(), C, C, qa.data(), &sa);
   const float s2 = k.quantize_row(h.data(), C, C, qb.data(), &sb);
   if (s1 != s2 || sa != sb || qa != qb) return 1;
-  if (std::fabs(kKernelsRef.dot_f32(h.data(), h.data() + C, C) - k.dot_f32(h.data(), h.data() + C, C)) > 1e-4f) return 1;
+  // One head over n = T positions of K = V = h rows (hd = C).
+  std::vector<float> sc(T), oa(C), ob(C);
+  kKernelsRef.attend(h.data(), h.data(), h.data(), C, T, C, 0.1f, sc.data(), oa.data());
+  k.attend(h.data(), h.data(), h.data(), C, T, C, 0.1f, sc.data(), ob.data());
+  for (int i = 0; i < C; ++i)
+    if (std::fabs(oa[i] - ob[i]) > 1e-4f * (1.f + std::fabs(oa[i]))) return 1;
   return 0;
 }
 
