@@ -58,6 +58,7 @@ def run_eval(
             # local JSON files only: do not let datasets try the network for anything
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        stack.enter_context(_quiet_git_hash())
         manager = task_manager(task_dir)
         check_task_names(names, manager, offline=task_dir is not None)
         model = BitNetLM(model_dir, backend=backend, threads=threads, batch_size=batch_size,
@@ -90,6 +91,34 @@ def run_eval(
     if output is not None:
         write_results(results, output)
     return results
+
+
+@contextlib.contextmanager
+def _quiet_git_hash():
+    """lm-eval records ``git describe`` of the working directory in its results and lets git print
+    "fatal: not a git repository" to the terminal outside a checkout. We swap in the same lookup
+    with git's stderr silenced for the call (a deliberate patch of lm-eval's evaluator module; if a
+    later lm-eval drops the function, nothing is patched)."""
+    import subprocess
+
+    import lm_eval.evaluator as evaluator
+
+    def quiet() -> str | None:
+        try:
+            run = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+        except OSError:  # no git
+            return None
+        return (run.stdout.strip() or None) if run.returncode == 0 else None
+
+    before = getattr(evaluator, "get_git_commit_hash", None)
+    if before is None:
+        yield
+        return
+    evaluator.get_git_commit_hash = quiet
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = before
 
 
 def results_table(results: dict[str, Any]) -> str:

@@ -10,13 +10,15 @@ from eval_helpers import DATA_DIR
 from bitnet.cli import main
 
 
-def test_eval_writes_json_and_prints_table(trained_export, tmp_path, capsys):
+def test_eval_writes_json_and_prints_table(trained_export, tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside any git checkout: lm-eval's git lookup must stay quiet
     out = tmp_path / "results.json"
     rc = main(["eval", str(trained_export), "--tasks", "arc_easy,mmlu_astronomy", "--limit", "5",
                "--data-dir", str(DATA_DIR), "--output", str(out)])
     assert rc == 0
-    printed = capsys.readouterr().out
+    printed, err = capfd.readouterr()
     assert "arc_easy" in printed and "acc_norm" in printed and "astronomy" in printed
+    assert "not a git repository" not in err
     res = json.loads(out.read_text())
     assert res["n-samples"]["arc_easy"]["effective"] == 5
     assert 0.0 <= res["results"]["arc_easy"]["acc,none"] <= 1.0
