@@ -20,7 +20,7 @@ __all__ = ["Engine", "HEAD_MODES", "AUTO_HEAD", "sample_next"]
 HEAD_MODES = ("auto", "f16", "int8")
 # "auto" picks this head. Measured with `python benchmarks/bench_engine.py --head-accuracy` (a
 # 4-layer model trained 300 steps on Shakespeare, 10,240 held-out tokens): top-1 agreement with the
-# exact 16-bit head 99.59%, perplexity 111.751 vs 111.719 (+0.03%); it reads half the head bytes per
+# exact 16-bit head 99.53%, perplexity 111.752 vs 111.719 (+0.03%); it reads half the head bytes per
 # decoded token (the head is 30-55% of them at 2B4T), so int8 is the default.
 AUTO_HEAD = "int8"
 
