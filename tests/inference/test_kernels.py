@@ -46,14 +46,15 @@ def test_ternary_matmul_simd_equals_ref(isa, out_f, in_f, T):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_ternary_matmul_adversarial_extremes(isa):
+@pytest.mark.parametrize("T", [1, 2])  # the one-token kernels rescale per plane; the others do not
+def test_ternary_matmul_adversarial_extremes(isa, T):
     """All +1 / all -1 weights against all -128 / all 127 activations: the largest sums, exact."""
     K = 4096
     for qv in (1, -1):
         q = np.full((32, K), qv, np.int8)
         for xv in (-128, 127):
-            x = np.full((2, K), xv, np.int8)
-            np.testing.assert_array_equal(_C.ternary_matmul(isa, _packed(q), x), np.full((2, 32), qv * xv * K))
+            x = np.full((T, K), xv, np.int8)
+            np.testing.assert_array_equal(_C.ternary_matmul(isa, _packed(q), x), np.full((T, 32), qv * xv * K))
 
 
 def test_code_3_is_rejected():
