@@ -89,7 +89,8 @@ def peak_rss_bytes() -> int:
 
 
 def measure_read_bandwidth(threads: int, nbytes: int = 1 << 30, repeats: int = 3) -> float:
-    """Best-of-N multi-threaded sequential read bandwidth of this machine, bytes/s (C++)."""
+    """Best-of-N multi-threaded sequential read bandwidth of this machine, bytes/s (C++), measured
+    in memory allocated as the weights are (2 MiB pages where the kernel grants them)."""
     return float(_C.read_bandwidth(nbytes, threads, repeats))
 
 
