@@ -57,6 +57,12 @@ def info_main(argv: list[str]) -> int:
         feats = cpu_features()
         on = [k for k, v in feats.items() if v is True]
         print(f"cpu: {feats['arch']}  features: {' '.join(on) or 'none'}")
+        from bitnet.inference import current_isa
+        from bitnet.inference.bench import transparent_hugepage_mode
+
+        thp = transparent_hugepage_mode()
+        note = {"never": " (the weights get 4 KiB pages: decode is slower)", None: " (unknown)"}.get(thp, "")
+        print(f"engine: kernels {current_isa()}; transparent huge pages: {thp or 'n/a'}{note}")
     except ImportError as e:  # the extension was not built: say so, do not hide it
         print(f"cpu: C++ extension not available ({e})")
     print(f"model presets: {', '.join(list_model_presets())}")

@@ -18,7 +18,7 @@ import numpy as np
 from . import _C
 from bitnet.config import BitNetConfig
 
-__all__ = ["random_packed", "random_bf16", "random_model", "time_prefill_decode", "peak_rss_bytes",
+__all__ = ["random_packed", "random_bf16", "random_model", "time_prefill_decode", "peak_rss_bytes", "transparent_hugepage_mode",
            "PROJECT_SHAPES", "project_table", "measure_read_bandwidth", "last_level_cache_bytes", "cold_decode_s"]
 
 
@@ -113,6 +113,21 @@ PROJECT_SHAPES = (
     ProjectShape("70B", 8192, 28672, 80, 64, 8, 128256),
     ProjectShape("100B", 8192, 45056, 96, 64, 8, 128256),
 )
+
+
+THP_PATH = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def transparent_hugepage_mode(path: Path = THP_PATH) -> str | None:
+    """The kernel's transparent-huge-page mode ("always", "madvise" or "never"; the bracketed word
+    of ``path``), or None where it cannot be read (not Linux). The engine asks for huge pages for
+    its weights (MADV_HUGEPAGE), which "always" and "madvise" grant and "never" refuses."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    b, e = text.find("["), text.find("]")
+    return text[b + 1 : e] if 0 <= b < e else None
 
 
 def last_level_cache_bytes() -> int:

@@ -104,7 +104,7 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--decode-len", type=int, default=64)
     a = p.parse_args(argv)
     from . import _C
-    from .bench import peak_rss_bytes, project_table, random_model, time_prefill_decode
+    from .bench import peak_rss_bytes, project_table, random_model, time_prefill_decode, transparent_hugepage_mode
     from .engine import AUTO_HEAD, Engine
     from .loader import default_threads
 
@@ -138,7 +138,8 @@ def bench_main(argv: list[str]) -> int:
     r = time_prefill_decode(model, vocab, a.prompt_len, a.decode_len)
     rss = peak_rss_bytes()
     print(f"model: {what}")
-    print(f"kernels: {_C.current_isa()}  threads: {threads}  head: {model.head_mode}")
+    print(f"kernels: {_C.current_isa()}  threads: {threads}  head: {model.head_mode}  "
+          f"huge pages: {transparent_hugepage_mode() or 'n/a'}")
     print(f"load: {load_s:.2f} s")
     print(f"prefill: {r['prefill_tok_s']:.1f} tok/s ({a.prompt_len} tokens)")
     print(f"decode:  {r['decode_tok_s']:.2f} tok/s ({a.decode_len} tokens)")

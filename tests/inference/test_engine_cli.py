@@ -29,3 +29,14 @@ def test_bench_cli_shape_and_dir(tmp_path, capsys):
     out = export(tiny(), tmp_path / "exp")
     assert main(["bench", str(out), "--threads", "1", "--prompt-len", "8", "--decode-len", "2", "--head", "f16"]) == 0
     assert "weight files" in capsys.readouterr().out
+
+
+def test_transparent_hugepage_mode_reads_the_bracketed_word(tmp_path):
+    from bitnet.inference.bench import transparent_hugepage_mode
+
+    f = tmp_path / "enabled"
+    f.write_text("always [madvise] never\n")
+    assert transparent_hugepage_mode(f) == "madvise"
+    f.write_text("[never] madvise always\n")
+    assert transparent_hugepage_mode(f) == "never"
+    assert transparent_hugepage_mode(tmp_path / "missing") is None
