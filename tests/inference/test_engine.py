@@ -207,3 +207,17 @@ def test_owned_16bit_head_equals_the_borrowed_table(tmp_path, shape):
     np.testing.assert_array_equal(eng.logits(ids), copied)
     with pytest.raises(ValueError, match="out of bounds"):
         m.copy_head_rows(0, eng.vocab_size + 1)
+
+
+def test_kv_cache_growth_keeps_the_cached_positions(tmp_path):
+    """The cache starts at 256 positions and grows geometrically, copying every KV head's rows
+    into the larger layout: reused prefixes across two growths give the fresh computation."""
+    out = export(tiny(max_position_embeddings=1024), tmp_path / "exp")
+    ids = _ids(256, T=1000).tolist()[0]
+    full = Engine(out, threads=2, head="f16").logits(ids)
+    eng = Engine(out, threads=2, head="f16")
+    eng.logits(ids[:200])  # capacity 256
+    mid = eng.logits(ids[:600], start=200, reuse_cache=True)  # grows to 600, keeps 200
+    np.testing.assert_allclose(mid, full[200:600], atol=1e-5, rtol=0)
+    tail = eng.logits(ids, start=600, reuse_cache=True)  # grows to 1000, keeps 600
+    np.testing.assert_allclose(tail, full[600:], atol=1e-5, rtol=0)
