@@ -27,16 +27,32 @@ void* aligned_alloc_weights(size_t bytes) {
   return p;
 }
 
-float Matrix16::row_value(int r, int c) const {
-  const size_t i = static_cast<size_t>(r) * cols + c;
+void Matrix16::row_to_f32(int r, float* out) const {
+  const size_t base = static_cast<size_t>(r) * cols;
   switch (dtype) {
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
-    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
-    default: return static_cast<const float*>(data)[i];
+    case DType::BF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(data) + base;
+      for (int c = 0; c < cols; ++c) out[c] = bf16_to_f32(p[c]);
+      break;
+    }
+    case DType::F16: {
+      const uint16_t* p = static_cast<const uint16_t*>(data) + base;
+      for (int c = 0; c < cols; ++c) out[c] = f16_to_f32(p[c]);
+      break;
+    }
+    default: std::memcpy(out, static_cast<const float*>(data) + base, sizeof(float) * cols);
   }
 }
 
 namespace {
+
+// nearbyint for |y| < 2^22 in the default rounding mode (round half to even), without a libm call
+// per element: adding and subtracting 1.5 * 2^23 leaves y rounded to an integer (IEEE arithmetic,
+// which the build does not reorder: no -ffast-math).
+inline float round_half_even(float y) {
+  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23
+  return (y + kMagic) - kMagic;
+}
 
 
 std::string where(int layer, const std::string& name) {
@@ -248,14 +264,17 @@ void Model::quantize_head_rows(int r0, int r1) {
   int8_t* q = head_q_.data();
   // Per-row absmax: scale = max|e| / 127, e_q = round(e / scale) in [-127, 127].
   pool_.parallel_for(r1 - r0, [&](int b, int e) {
+    std::vector<float> row(C);
     for (int r = r0 + b; r < r0 + e; ++r) {
+      src.row_to_f32(r, row.data());
       float amax = 0.f;
-      for (int c = 0; c < C; ++c) amax = std::max(amax, std::fabs(src.row_value(r, c)));
+      for (int c = 0; c < C; ++c) amax = std::max(amax, std::fabs(row[c]));
       const float inv = amax > 0.f ? 127.f / amax : 0.f;
       int8_t* qr = q + static_cast<size_t>(r) * head_cp_;
       int32_t sum = 0;
       for (int c = 0; c < C; ++c) {
-        const float v = std::min(127.f, std::max(-127.f, std::nearbyint(src.row_value(r, c) * inv)));
+        // |row[c] * inv| <= 127 up to an ulp, and the rounding equals std::nearbyint there.
+        const float v = std::min(127.f, std::max(-127.f, round_half_even(row[c] * inv)));
         qr[c] = static_cast<int8_t>(v);
         sum += qr[c];
       }
@@ -434,8 +453,7 @@ void Model::head_forward(const float* h, int T, float* out) {
     std::vector<float> buf(static_cast<size_t>(kRows) * C);
     for (int rb = r0; rb < r1; rb += kRows) {
       const int n = std::min(kRows, r1 - rb);
-      for (int r = 0; r < n; ++r)
-        for (int c = 0; c < C; ++c) buf[static_cast<size_t>(r) * C + c] = W.row_value(rb + r, c);
+      for (int r = 0; r < n; ++r) W.row_to_f32(rb + r, buf.data() + static_cast<size_t>(r) * C);
       kern.dot_rows_f32(buf.data(), C, 0, n, h, T, out + rb, V);
     }
   }, T == 1 ? 1 : 4);
@@ -461,8 +479,7 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
   std::vector<float> x(static_cast<size_t>(T) * C), xn(x.size()), tmp(x.size());
   std::vector<float> q(static_cast<size_t>(T) * QD), att(q.size()), k(static_cast<size_t>(T) * KVD), v(k.size());
   std::vector<float> g(static_cast<size_t>(T) * I), u(g.size());
-  for (int t = 0; t < T; ++t)
-    for (int c = 0; c < C; ++c) x[static_cast<size_t>(t) * C + c] = embedding().row_value(tokens[t], c);
+  for (int t = 0; t < T; ++t) embedding().row_to_f32(tokens[t], x.data() + static_cast<size_t>(t) * C);
   // RoPE tables for these positions (rotate-half convention, fp32 angles as PyTorch computes them).
   std::vector<float> cosv(static_cast<size_t>(T) * half), sinv(cosv.size());
   for (int t = 0; t < T; ++t)

@@ -82,7 +82,7 @@ struct Matrix16 {  // a borrowed row-major (rows, cols) matrix in bf16/f16/f32 (
   const void* data = nullptr;
   DType dtype = DType::BF16;
   int rows = 0, cols = 0;
-  float row_value(int r, int c) const;
+  void row_to_f32(int r, float* out) const;  // the whole row r widened to fp32 (exact)
 };
 
 // Repacks transformers' packed ternary layout (uint8 (out/4, K)) into kernel tiles
