@@ -152,7 +152,23 @@ bool repack_ternary(const uint8_t* packed, int out, int K, TernaryTile* tiles, T
         // transformers' layout: row m = i*R + r' lives in packed row r' = m % R, bits 2i = 2*(m / R).
         const uint8_t* src = m < out ? packed + static_cast<size_t>(m % R) * K : nullptr;
         const int shift = m < out ? 2 * (m / R) : 0;
-        for (int kb = 0; kb < KB; ++kb) {
+        const int full = src != nullptr ? K / kTileCols : 0;  // column blocks with no padding
+        for (int kb = 0; kb < full; ++kb) {
+          // Four source bytes at a time: in each byte of (w >> shift) & 0x03..03 sit that byte's
+          // own bits shift..shift+1 (shift <= 6: the bits moved in from the next byte are masked
+          // off), i.e. the codes of columns 16kb + 4i + 0..3; OR-ing plane i in at bit 2i builds
+          // the four tile bytes of row r exactly as the scalar loop below does.
+          uint32_t tile_word = 0;
+          for (int i = 0; i < 4; ++i) {
+            uint32_t w;
+            std::memcpy(&w, src + kb * kTileCols + 4 * i, 4);
+            const uint32_t c = (w >> shift) & 0x03030303u;
+            seen3 |= static_cast<uint8_t>((c & (c >> 1) & 0x01010101u) != 0);  // a code 3
+            tile_word |= c << (2 * i);
+          }
+          std::memcpy(tiles[static_cast<size_t>(mb) * KB + kb].b + 4 * r, &tile_word, 4);
+        }
+        for (int kb = full; kb < KB; ++kb) {  // padding rows and the last partial column block
           uint8_t* dst = tiles[static_cast<size_t>(mb) * KB + kb].b + 4 * r;
           for (int i = 0; i < 4; ++i) {
             for (int j = 0; j < 4; ++j) {
