@@ -161,7 +161,7 @@ def cold_decode_s(model: Any, vocab: int, decode_tokens: int, flush: np.ndarray,
     return float(np.median(times))
 
 
-def project_table(threads: int, layers: int = 2, decode_tokens: int = 16, head: str = "int8",
+def project_table(threads: int, layers: int = 4, decode_tokens: int = 16, head: str = "int8",
                   measure_vocab: int = 32000) -> list[dict[str, Any]]:
     """Per-layer decode time at each shape's real matrix sizes, projected to the whole model.
 
