@@ -88,23 +88,28 @@ struct Kernels {
                  float* scratch, float* out);
 };
 
-// The attention loop shared by every path, over that path's fp32 dot(a, b, n) and y += alpha * x
-// (inlined: one call per head instead of two per head and position).
 // The cache rows were last read a whole token ago (since evicted by the weights), and each
 // position's work is short: prefetching kAttnAhead rows ahead keeps several misses in flight.
+// Past the last K row the prefetch runs on into the first V rows, never past the last V row.
 constexpr int kAttnAhead = 8;
 inline void prefetch_row(const float* p, int n) {
   for (int i = 0; i < n; i += 16) __builtin_prefetch(p + i);
 }
+inline void prefetch_kv_ahead(const float* K, const float* V, int ld, int hd, int n, int j) {
+  const int a = j + kAttnAhead;
+  if (a < n) prefetch_row(K + static_cast<size_t>(a) * ld, hd);
+  else if (a - n < n) prefetch_row(V + static_cast<size_t>(a - n) * ld, hd);
+}
 
+// The attention loop shared by every path, over that path's fp32 dot(a, b, n) and y += alpha * x
+// (inlined: one call per head instead of two per head and position).
 template <float (*Dot)(const float*, const float*, int), void (*Axpy)(float, const float*, float*, int)>
 void attend_with(const float* q, const float* K, const float* V, int ld, int n, int hd, float scale,
                  float* sc, float* out) {
   for (int j = 0; j < std::min(n, kAttnAhead); ++j) prefetch_row(K + static_cast<size_t>(j) * ld, hd);
   float mx = -std::numeric_limits<float>::infinity();
   for (int j = 0; j < n; ++j) {
-    if (j + kAttnAhead < n) prefetch_row(K + static_cast<size_t>(j + kAttnAhead) * ld, hd);
-    else prefetch_row(V + static_cast<size_t>(j + kAttnAhead - n) * ld, hd);
+    prefetch_kv_ahead(K, V, ld, hd, n, j);
     sc[j] = Dot(q, K + static_cast<size_t>(j) * ld, hd) * scale;
     mx = std::max(mx, sc[j]);
   }

@@ -262,10 +262,7 @@ void attend_regs(const float* q, const float* K, const float* V, int ld, int n, 
   float mx = -std::numeric_limits<float>::infinity();
   int j = 0;
   for (; j + 4 <= n; j += 4) {
-    for (int r = 0; r < 4; ++r) {
-      const int pj = j + r + kAttnAhead;
-      prefetch_row((pj < n ? K + static_cast<size_t>(pj) * ld : V + static_cast<size_t>(pj - n) * ld), 16 * NV);
-    }
+    for (int r = 0; r < 4; ++r) prefetch_kv_ahead(K, V, ld, 16 * NV, n, j + r);
     const float* k0 = K + static_cast<size_t>(j) * ld;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int i = 0; i < NV; ++i) {
