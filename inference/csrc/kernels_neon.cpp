@@ -1,6 +1,7 @@
 // NEON kernels for aarch64 (compiled with -march=armv8.2-a+dotprod+fp16 only, and only on ARM).
-// Scalar twin: kernels_ref.cpp. Written for ARM; on this x86 project host it is not compiled, and
-// testing it under emulation is future work (see the report / README).
+// Scalar twin: kernels_ref.cpp. On the x86 project host tests/inference/test_kernels.py cross-
+// compiles selftest/kernel_selftest.cpp with these kernels and runs it under qemu-aarch64 (exact
+// integers, floats within a tolerance); their speed has not been measured on ARM hardware.
 #include <arm_neon.h>
 
 #include <cstring>
@@ -19,7 +20,8 @@ inline int8x16_t bcast4(const int8_t* p) {
 // One row block: four 16-byte quarters of the tile hold rows 4h..4h+3 (lane r = 4 bytes).
 // Invariant: codes c in {0,1,2} fit a SIGNED byte, so sdot (s8 x s8, 4 products per 32-bit lane)
 // applies directly; |c*x| <= 256 per product, so int32 lanes cannot overflow for K < 2^21.
-// sum c*x - xsum = q.x exactly.
+// sum c*x - xsum = q.x exactly. One accumulator per (quarter, 2-bit plane): 16 independent sdot
+// chains, so the loop is not bound by sdot latency.
 void ternary_gemm_neon(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                        const int32_t* xsum, int T, int32_t* y, int ldy) {
   const uint8x16_t m3 = vdupq_n_u8(3);
@@ -27,21 +29,26 @@ void ternary_gemm_neon(const TernaryTile* w, int KB, int mb0, int mb1, const int
     const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
     for (int t = 0; t < T; ++t) {
       const int8_t* xt = x + static_cast<size_t>(t) * ldx;
-      int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
+      int32x4_t acc[4][4];
+      for (auto& q : acc)
+        for (auto& a : q) a = vdupq_n_s32(0);
       for (int kb = 0; kb < KB; ++kb) {
         const int8x16_t x0 = bcast4(xt + kb * kTileCols + 0), x1 = bcast4(xt + kb * kTileCols + 4);
         const int8x16_t x2 = bcast4(xt + kb * kTileCols + 8), x3 = bcast4(xt + kb * kTileCols + 12);
         for (int q = 0; q < 4; ++q) {
           const uint8x16_t p = vld1q_u8(wrow[kb].b + 16 * q);
-          acc[q] = vdotq_s32(acc[q], vreinterpretq_s8_u8(vandq_u8(p, m3)), x0);
-          acc[q] = vdotq_s32(acc[q], vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(p, 2), m3)), x1);
-          acc[q] = vdotq_s32(acc[q], vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(p, 4), m3)), x2);
-          acc[q] = vdotq_s32(acc[q], vreinterpretq_s8_u8(vshrq_n_u8(p, 6)), x3);
+          acc[q][0] = vdotq_s32(acc[q][0], vreinterpretq_s8_u8(vandq_u8(p, m3)), x0);
+          acc[q][1] = vdotq_s32(acc[q][1], vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(p, 2), m3)), x1);
+          acc[q][2] = vdotq_s32(acc[q][2], vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(p, 4), m3)), x2);
+          acc[q][3] = vdotq_s32(acc[q][3], vreinterpretq_s8_u8(vshrq_n_u8(p, 6)), x3);
         }
       }
       const int32x4_t s = vdupq_n_s32(xsum[t]);
       int32_t* yt = y + static_cast<size_t>(t) * ldy + mb * kTileRows;
-      for (int q = 0; q < 4; ++q) vst1q_s32(yt + 4 * q, vsubq_s32(acc[q], s));
+      for (int q = 0; q < 4; ++q) {
+        const int32x4_t sum = vaddq_s32(vaddq_s32(acc[q][0], acc[q][1]), vaddq_s32(acc[q][2], acc[q][3]));
+        vst1q_s32(yt + 4 * q, vsubq_s32(sum, s));
+      }
     }
   }
 }
@@ -51,32 +58,48 @@ inline float32x4_t load_f16(const uint16_t* p) { return vcvt_f32_f16(vreinterpre
 inline float32x4_t load_f32(const float* p) { return vld1q_f32(p); }
 inline float f32_id(float v) { return v; }
 
+// Head kernels read the table row after row (one sequential stream per thread) and use each row
+// for every token while it sits in L1; four accumulators per dot keep the FMA / sdot chains from
+// bounding the loop by their latency.
 template <typename E, float32x4_t (*Load)(const E*), float (*Conv)(E)>
 void dot_rows_neon(const E* W, int C, int r0, int r1, const float* h, int T, float* out, int ldo) {
-  const int C4 = C & ~3;
-  for (int t = 0; t < T; ++t) {
-    const float* ht = h + static_cast<size_t>(t) * C;
-    for (int r = r0; r < r1; ++r) {
-      const E* e = W + static_cast<size_t>(r) * C;
-      float32x4_t a = vdupq_n_f32(0.f);
-      for (int c = 0; c < C4; c += 4) a = vfmaq_f32(a, Load(e + c), vld1q_f32(ht + c));
-      float s = vaddvq_f32(a);
-      for (int c = C4; c < C; ++c) s += Conv(e[c]) * ht[c];
+  const int C16 = C & ~15, C4 = C & ~3;
+  for (int r = r0; r < r1; ++r) {
+    const E* e = W + static_cast<size_t>(r) * C;
+    for (int t = 0; t < T; ++t) {
+      const float* ht = h + static_cast<size_t>(t) * C;
+      float32x4_t a0 = vdupq_n_f32(0.f), a1 = a0, a2 = a0, a3 = a0;
+      int c = 0;
+      for (; c < C16; c += 16) {
+        a0 = vfmaq_f32(a0, Load(e + c), vld1q_f32(ht + c));
+        a1 = vfmaq_f32(a1, Load(e + c + 4), vld1q_f32(ht + c + 4));
+        a2 = vfmaq_f32(a2, Load(e + c + 8), vld1q_f32(ht + c + 8));
+        a3 = vfmaq_f32(a3, Load(e + c + 12), vld1q_f32(ht + c + 12));
+      }
+      for (; c < C4; c += 4) a0 = vfmaq_f32(a0, Load(e + c), vld1q_f32(ht + c));
+      float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+      for (; c < C; ++c) s += Conv(e[c]) * ht[c];
       out[static_cast<size_t>(t) * ldo + r] = s;
     }
   }
 }
 
-// int8 head: sdot takes s8 x s8 directly; |e*x| <= 127*127, 4 per lane per instruction.
+// int8 head: sdot takes s8 x s8 directly; |e*x| <= 127*127, 4 per lane per instruction. Cp is a
+// multiple of 64 (kHeadColAlign), so the four-accumulator loop has no tail.
 void head_i8_neon(const int8_t* E, const int32_t* /*rowsum*/, int Cp, int r0, int r1, const int8_t* x,
                   int T, int32_t* out, int ldo) {
-  for (int t = 0; t < T; ++t) {
-    const int8_t* xt = x + static_cast<size_t>(t) * Cp;
-    for (int r = r0; r < r1; ++r) {
-      const int8_t* e = E + static_cast<size_t>(r) * Cp;
-      int32x4_t a = vdupq_n_s32(0);
-      for (int c = 0; c < Cp; c += 16) a = vdotq_s32(a, vld1q_s8(e + c), vld1q_s8(xt + c));
-      out[static_cast<size_t>(t) * ldo + r] = vaddvq_s32(a);
+  for (int r = r0; r < r1; ++r) {
+    const int8_t* e = E + static_cast<size_t>(r) * Cp;
+    for (int t = 0; t < T; ++t) {
+      const int8_t* xt = x + static_cast<size_t>(t) * Cp;
+      int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
+      for (int c = 0; c < Cp; c += 64) {
+        a0 = vdotq_s32(a0, vld1q_s8(e + c), vld1q_s8(xt + c));
+        a1 = vdotq_s32(a1, vld1q_s8(e + c + 16), vld1q_s8(xt + c + 16));
+        a2 = vdotq_s32(a2, vld1q_s8(e + c + 32), vld1q_s8(xt + c + 32));
+        a3 = vdotq_s32(a3, vld1q_s8(e + c + 48), vld1q_s8(xt + c + 48));
+      }
+      out[static_cast<size_t>(t) * ldo + r] = vaddvq_s32(vaddq_s32(vaddq_s32(a0, a1), vaddq_s32(a2, a3)));
     }
   }
 }
