@@ -214,7 +214,13 @@ NB_MODULE(_C, m) {
               const size_t len = n * (c + 1) / chunks - n * c / chunks;
               uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
               size_t i = 0;
-              for (; i + 4 <= len; i += 4) { a0 += p[i]; a1 += p[i + 1]; a2 += p[i + 2]; a3 += p[i + 3]; }
+              for (; i + 8 <= len; i += 8) {  // one cache line per step, prefetched 512 bytes ahead
+                __builtin_prefetch(p + i + 64);
+                a0 += p[i] + p[i + 4];
+                a1 += p[i + 1] + p[i + 5];
+                a2 += p[i + 2] + p[i + 6];
+                a3 += p[i + 3] + p[i + 7];
+              }
               for (; i < len; ++i) a0 += p[i];
               sums[c] = a0 + a1 + a2 + a3;
             }
