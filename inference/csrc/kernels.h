@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace bitnet {
@@ -123,6 +124,26 @@ void attend_with(const float* q, const float* K, const float* V, int ld, int n, 
     if (j + kAttnAhead < n) prefetch_row(V + static_cast<size_t>(j + kAttnAhead) * ld, hd);
     Axpy(sc[j] / denom, V + static_cast<size_t>(j) * ld, out, hd);
   }
+}
+
+// Calls tile(std::integral_constant<int, n>{}, t) for the n == rem among N, N-1, ..., 2.
+template <int N, typename Tile>
+inline void remainder_tile(int rem, Tile& tile, int t) {
+  if constexpr (N >= 2) {
+    if (rem == N) tile(std::integral_constant<int, N>{}, t);
+    else remainder_tile<N - 1>(rem, tile, t);
+  }
+}
+
+// The token loop every SIMD ternary_gemm shares: tokens [0, T) in register tiles of TT tokens
+// through tile(std::integral_constant<int, TT>{}, t), the remainder of 2..TT-1 tokens through one
+// smaller tile, and a single token (decode, or a remainder of 1) through one(t).
+template <int TT, typename Tile, typename One>
+inline void for_token_tiles(int T, Tile&& tile, One&& one) {
+  int t = 0;
+  for (; t + TT <= T; t += TT) tile(std::integral_constant<int, TT>{}, t);
+  if (T - t == 1) one(t);
+  else if (T - t > 1) remainder_tile<TT - 1>(T - t, tile, t);
 }
 
 extern const Kernels kKernelsRef;

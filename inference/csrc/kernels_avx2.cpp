@@ -105,21 +105,13 @@ void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int
   for (int mb = mb0; mb < mb1; ++mb) {
     const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
     int32_t* ym = y + mb * kTileRows;
-    if (T == 1) {
-      block_t1(wrow, KB, x, xsum[0], ym);
-      continue;
-    }
-    int t = 0;
-    for (; t + TT <= T; t += TT)
-      block_tt<TT>(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t, ym + static_cast<size_t>(t) * ldy, ldy);
-    const int8_t* xr = x + static_cast<size_t>(t) * ldx;
-    int32_t* yr = ym + static_cast<size_t>(t) * ldy;
-    switch (T - t) {
-      case 3: block_tt<3>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
-      case 2: block_tt<2>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
-      case 1: block_t1(wrow, KB, xr, xsum[t], yr); break;
-      default: break;
-    }
+    for_token_tiles<TT>(
+        T,
+        [&](auto tt, int t) {
+          block_tt<decltype(tt)::value>(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t,
+                                        ym + static_cast<size_t>(t) * ldy, ldy);
+        },
+        [&](int t) { block_t1(wrow, KB, x + static_cast<size_t>(t) * ldx, xsum[t], ym + static_cast<size_t>(t) * ldy); });
   }
 }
 

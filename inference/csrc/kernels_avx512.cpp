@@ -82,25 +82,13 @@ void ternary_gemm_avx512(const TernaryTile* w, int KB, int mb0, int mb1, const i
   for (int mb = mb0; mb < mb1; ++mb) {
     const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
     int32_t* ym = y + mb * kTileRows;
-    if (T == 1) {
-      block_t1(wrow, KB, x, xsum[0], ym);
-      continue;
-    }
-    int t = 0;
-    for (; t + TT <= T; t += TT)
-      block_tt<TT>(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t, ym + static_cast<size_t>(t) * ldy, ldy);
-    const int8_t* xr = x + static_cast<size_t>(t) * ldx;
-    int32_t* yr = ym + static_cast<size_t>(t) * ldy;
-    switch (T - t) {
-      case 7: block_tt<7>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
-      case 6: block_tt<6>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
-      case 5: block_tt<5>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
-      case 4: block_tt<4>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
-      case 3: block_tt<3>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
-      case 2: block_tt<2>(wrow, KB, xr, ldx, xsum + t, yr, ldy); break;
-      case 1: block_t1(wrow, KB, xr, xsum[t], yr); break;
-      default: break;
-    }
+    for_token_tiles<TT>(
+        T,
+        [&](auto tt, int t) {
+          block_tt<decltype(tt)::value>(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t,
+                                        ym + static_cast<size_t>(t) * ldy, ldy);
+        },
+        [&](int t) { block_t1(wrow, KB, x + static_cast<size_t>(t) * ldx, xsum[t], ym + static_cast<size_t>(t) * ldy); });
   }
 }
 
@@ -148,14 +136,11 @@ template <typename E, __m512 (*Load)(const E*), float (*Conv)(E)>
 void dot_rows_avx512(const E* W, int C, int r0, int r1, const float* h, int T, float* out, int ldo) {
   for (int r = r0; r < r1; ++r) {
     const E* e = W + static_cast<size_t>(r) * C;
-    int t = 0;
-    for (; t + 4 <= T; t += 4) dot_row_tt<E, Load, Conv, 4>(e, C, h + static_cast<size_t>(t) * C, out + static_cast<size_t>(t) * ldo + r, ldo);
-    switch (T - t) {
-      case 3: dot_row_tt<E, Load, Conv, 3>(e, C, h + static_cast<size_t>(t) * C, out + static_cast<size_t>(t) * ldo + r, ldo); break;
-      case 2: dot_row_tt<E, Load, Conv, 2>(e, C, h + static_cast<size_t>(t) * C, out + static_cast<size_t>(t) * ldo + r, ldo); break;
-      case 1: dot_row_tt<E, Load, Conv, 1>(e, C, h + static_cast<size_t>(t) * C, out + static_cast<size_t>(t) * ldo + r, ldo); break;
-      default: break;
-    }
+    auto group = [&](auto tt, int t) {
+      dot_row_tt<E, Load, Conv, decltype(tt)::value>(e, C, h + static_cast<size_t>(t) * C,
+                                                       out + static_cast<size_t>(t) * ldo + r, ldo);
+    };
+    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
   }
 }
 
@@ -191,17 +176,11 @@ void head_i8_avx512(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int 
     _mm512_storeu_si512(xu.data() + i, _mm512_xor_si512(_mm512_loadu_si512(x + i), bias));
   for (int r = r0; r < r1; ++r) {
     const int8_t* e = E + static_cast<size_t>(r) * Cp;
-    int t = 0;
-    for (; t + 4 <= T; t += 4)
-      head_row_tt<4>(e, rowsum[r], Cp, xu.data() + static_cast<size_t>(t) * Cp, out + static_cast<size_t>(t) * ldo + r, ldo);
-    const uint8_t* xr = xu.data() + static_cast<size_t>(t) * Cp;
-    int32_t* o = out + static_cast<size_t>(t) * ldo + r;
-    switch (T - t) {
-      case 3: head_row_tt<3>(e, rowsum[r], Cp, xr, o, ldo); break;
-      case 2: head_row_tt<2>(e, rowsum[r], Cp, xr, o, ldo); break;
-      case 1: head_row_tt<1>(e, rowsum[r], Cp, xr, o, ldo); break;
-      default: break;
-    }
+    auto group = [&](auto tt, int t) {
+      head_row_tt<decltype(tt)::value>(e, rowsum[r], Cp, xu.data() + static_cast<size_t>(t) * Cp,
+                                       out + static_cast<size_t>(t) * ldo + r, ldo);
+    };
+    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
   }
 }
 
