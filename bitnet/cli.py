@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("bitnet.export.cli", "main", "export a checkpoint to transformers' packed bitnet layout or GGUF"),
     "generate": ("bitnet.inference.cli", "generate_main", "generate text with the C++ engine"),
     "chat": ("bitnet.inference.cli", "chat_main", "interactive streaming chat with the C++ engine"),
+    "serve": ("bitnet.inference.serve", "main", "OpenAI-compatible HTTP server with continuous batching (C++ engine)"),
     "bench": ("bitnet.inference.cli", "bench_main", "benchmark the C++ engine (prefill/decode tokens/s, RSS)"),
     "eval": ("bitnet.eval.cli", "eval_main", "score a model with lm-eval (MMLU, GSM8K, ARC) on the C++ engine"),
     "perplexity": ("bitnet.eval.cli", "perplexity_main", "sliding-window perplexity of a text file"),
