@@ -85,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bitnet: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[name]
-    fn = getattr(importlib.import_module(module), func)
     try:
+        # Inside the try: a missing optional package raised while the subcommand's module is
+        # imported (bitnet.deps.MissingDependencyError is a ValueError) is one line too.
+        fn = getattr(importlib.import_module(module), func)
         return int(fn(argv[1:]) or 0)
     except KeyboardInterrupt:
         print(f"bitnet {name}: interrupted", file=sys.stderr)

@@ -62,24 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from .inference.engine import check_threads
+
+    check_threads(args.threads, "--threads")  # before minutes of training, not after
     from .training import bundled_text, latest_checkpoint, load_config, train
 
     t_start = time.perf_counter()
     out = Path(args.out)
     cfg_path = Path(args.config) if args.config else configs_dir() / "train" / DEFAULT_CONFIG
     run_dir = out / "train"
-    cfg = load_config(cfg_path, [*args.overrides, f"out_dir={run_dir}", "resume=true"])
-    timings: dict[str, float] = {}
-
-    # 1. train (or reuse a finished run)
-    t0 = time.perf_counter()
-    ckpt = latest_checkpoint(run_dir)
-    finished = ckpt is not None and json.loads((ckpt / "trainer_state.json").read_text())["step"] >= cfg.max_steps
     if args.retrain and run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
-        finished = False
+    # resume only what an earlier demo left behind: a first run starts from step 0 without a word about it
+    ckpt = latest_checkpoint(run_dir)
+    cfg = load_config(cfg_path, [*args.overrides, f"out_dir={run_dir}", f"resume={str(ckpt is not None).lower()}"])
+    timings: dict[str, float] = {}
+
+    # 1. train (or reuse a finished run)
+    t0 = time.perf_counter()
+    finished = ckpt is not None and json.loads((ckpt / "trainer_state.json").read_text())["step"] >= cfg.max_steps
     print(f"\n[1/4] training: {cfg_path.name} -> {run_dir}" + ("  (finished run found: reused)" if finished else ""))
     if not finished:
         train(cfg)
@@ -146,7 +149,10 @@ def main(argv: list[str]) -> int:
         lines.append(f"ARC-Easy        acc {acc:.3f}, acc_norm {acc_norm:.3f} on {args.eval_limit} questions "
                      "(chance is about 0.25: a Shakespeare-sized model is not expected to beat it)")
     lines.append("time            " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
-    lines.append("next            bitnet generate " + str(export_dir) + " --prompt 'KING:'   |   bitnet chat "
-                 + str(export_dir) + "   |   bitnet eval " + str(export_dir) + " --tasks arc_easy --limit 100")
+    # every hint runs offline: bitnet eval reads the hub unless it is given the local data
+    score_hint = (f"bitnet eval {export_dir} --tasks arc_easy --limit 100 --data-dir {data_dir}" if data_dir is not None
+                  else f"bitnet perplexity {export_dir} {heldout}")
+    lines.append(f"next            bitnet generate {export_dir} --prompt 'KING:'   |   bitnet chat {export_dir}"
+                 f"   |   {score_hint}")
     print("\n".join(lines))
     return 0

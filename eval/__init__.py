@@ -8,10 +8,14 @@ Importing this package registers the lm-eval model ``bitnet``
 - :class:`BitNetLM`: the lm-eval model; :mod:`bitnet.eval.backends`: the engine and the reference.
 """
 
-from .api import results_table, run_eval, write_results
-from .backends import EngineBackend, TorchBackend, load_backend
-from .lm import BitNetLM
-from .perplexity import perplexity, sliding_window_nll
+from bitnet.deps import require
+
+require("lm_eval", "bitnet.eval")  # one line naming the package, not a traceback from deep inside lm.py
+
+from .api import results_table, run_eval, write_results  # noqa: E402
+from .backends import EngineBackend, TorchBackend, load_backend  # noqa: E402
+from .lm import BitNetLM  # noqa: E402
+from .perplexity import perplexity, sliding_window_nll  # noqa: E402
 
 __all__ = [
     "run_eval",

@@ -5,12 +5,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from .backends import BACKENDS
 
-__all__ = ["run_eval", "results_table", "write_results"]
+__all__ = ["run_eval", "results_table", "write_results", "hub_address", "hub_reachable"]
+
+# A TCP connect to a reachable hub (or proxy) takes well under a second; without this check the
+# datasets library spends about 40 s retrying before it reports an unreachable hub.
+HUB_CONNECT_TIMEOUT_S = 2.0
+DEFAULT_HUB = "https://huggingface.co"
+
+
+def hub_address() -> tuple[str, int]:
+    """``(host, port)`` the data downloads connect to: the HTTPS proxy when one is set, else the hub
+    (``$HF_ENDPOINT``, default huggingface.co)."""
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT") or DEFAULT_HUB)
+    return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+
+
+def hub_reachable(timeout: float = HUB_CONNECT_TIMEOUT_S) -> bool:
+    """True when a TCP connection to :func:`hub_address` opens within ``timeout`` seconds."""
+    try:
+        with socket.create_connection(hub_address(), timeout=timeout):
+            return True
+    except OSError:  # refused, unreachable network, unknown host, timed out
+        return False
+
+
+def _offline_mode() -> bool:
+    """The user asked the hub libraries to use only their caches (no connection is attempted)."""
+    return any(os.environ.get(k, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def run_eval(
@@ -37,6 +67,8 @@ def run_eval(
     Raises:
         ValueError: unknown task names or backend, bad numbers.
         FileNotFoundError: missing model dir, tokenizer.json, or data dir / data files.
+        ConnectionError: no ``data_dir`` and the hub is unreachable (checked within
+            :data:`HUB_CONNECT_TIMEOUT_S`, unless ``HF_HUB_OFFLINE`` asks for the cache only).
     """
     from lm_eval import simple_evaluate
 
@@ -51,6 +83,11 @@ def run_eval(
         raise ValueError(f"limit must be positive, got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
         raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if data_dir is None and not _offline_mode() and not hub_reachable():
+        host, port = hub_address()
+        raise ConnectionError(f"{host}:{port} is not reachable and without --data-dir the tasks download their "
+                              "data from the hub: pass --data-dir DIR (local data in ../shared/data's layout), "
+                              "or set HF_HUB_OFFLINE=1 to use the datasets cache")
     with contextlib.ExitStack() as stack:
         task_dir = None
         if data_dir is not None:

@@ -2,7 +2,8 @@
 `from conftest import ...` would get whichever folder's conftest was imported first.
 
 What they build: a tiny BitNet trained briefly here on local text, exported with its
-own byte-level BPE tokenizer. Nothing is downloaded; the whole fixture takes a few seconds."""
+own byte-level BPE tokenizer. Nothing is downloaded; the whole fixture takes a few seconds.
+``DATA_DIR`` is ../shared/data when present, else the subset committed in tests/fixtures/data."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from data_paths import DATA_DIR, FULL_DATA  # noqa: F401  ../shared/data, or tests/fixtures/data
 
 from bitnet import BitNetConfig, BitNetForCausalLM
 
-DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 VOCAB = 1024
 TRAIN_STEPS = 150  # enough to move well away from uniform predictions (loss ~7 -> ~4)
 SEQ, BATCH = 128, 8

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import time
 
 from eval_helpers import DATA_DIR
 
@@ -51,3 +53,21 @@ def test_bad_input_gives_one_line_each(trained_export, tmp_path, capsys):
                     "no tokenizer.json")
     _one_line_error(capsys, ["perplexity", str(no_tok), str(DATA_DIR / "text" / "wikitext-2" / "valid.txt")],
                     "no tokenizer.json")
+
+
+# Before the check, datasets retried an unreachable hub for about 40 s; the check connects once
+# (HUB_CONNECT_TIMEOUT_S = 2 s at most). The bound leaves room for lm-eval's task index on a busy machine.
+HUB_FAIL_FAST_S = 15.0
+
+
+def test_eval_without_data_dir_fails_fast_when_the_hub_is_unreachable(trained_export, capsys, monkeypatch):
+    with socket.socket() as s:  # a local port with nothing listening: the connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    t0 = time.perf_counter()
+    _one_line_error(capsys, ["eval", str(trained_export), "--tasks", "arc_easy", "--limit", "2"],
+                    f"127.0.0.1:{port} is not reachable and without --data-dir")
+    assert time.perf_counter() - t0 < HUB_FAIL_FAST_S

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from eval_helpers import DATA_DIR, one_torch_thread
+from eval_helpers import DATA_DIR, FULL_DATA, one_torch_thread
 
 from bitnet.eval import perplexity, sliding_window_nll
 from bitnet.eval.hf_reference import load_transformers_fp32
@@ -18,6 +18,10 @@ from bitnet.export import load_model
 NLL_RTOL = 1e-6
 # The issue's bar for the engine against transformers on the same model and windows.
 PPL_VS_TRANSFORMERS_RTOL = 5e-3
+# Tokens the tiny model's tokenizer makes of the WikiText-2 test file: the full file (~1.26 MB) gives
+# well over 100k; the fixture's 40k-character head, over 5k (about 20 windows of 512).
+WIKITEXT2_TEST_MIN_TOKENS = 100_000
+FIXTURE_TEST_MIN_TOKENS = 5_000
 
 
 def _torch_logits_fn(model):
@@ -50,7 +54,8 @@ def test_windows_score_each_token_once_with_its_window_history(trained_export, c
 
 @pytest.mark.slow
 def test_wikitext2_perplexity_matches_transformers(trained_export):
-    """Engine vs transformers' fp32 model on the whole WikiText-2 test file, 512-token windows."""
+    """Engine vs transformers' fp32 model on the whole WikiText-2 test file (the fixture: its first
+    40k characters), 512-token windows."""
     file = DATA_DIR / "text" / "wikitext-2" / "test.txt"
     ours = perplexity(trained_export, file, context=512, stride=512, progress=False)
     from tokenizers import Tokenizer
@@ -62,7 +67,7 @@ def test_wikitext2_perplexity_matches_transformers(trained_export):
         nll, scored, _ = sliding_window_nll(
             tokens, lambda ids, s: _torch_logits_fn(lambda x: tm(x).logits)(ids, s), 512, 512)
     theirs = math.exp(nll / scored)
-    assert ours["tokens"] == scored > 100_000
+    assert ours["tokens"] == scored > (WIKITEXT2_TEST_MIN_TOKENS if FULL_DATA else FIXTURE_TEST_MIN_TOKENS)
     assert ours["perplexity"] == pytest.approx(theirs, rel=PPL_VS_TRANSFORMERS_RTOL)
     assert 1 < ours["perplexity"] < 1024  # better than uniform over the vocabulary: the model learned
     assert ours["tokens_per_s"] > 0

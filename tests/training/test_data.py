@@ -92,11 +92,9 @@ def test_latin1_fallback_and_rejection(tmp_path):
 
 def test_state_union_latin1_files_load(tmp_path):
     """The real corpus that motivated the fallback: its Latin-1 files decode and warn by name."""
-    from pathlib import Path
+    from data_paths import shared_path
 
-    src = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "text" / "state_union" / "1954-Eisenhower.txt"
-    if not src.is_file():
-        pytest.skip(f"shared data not present at {src}")
+    src = shared_path("text", "state_union", "1954-Eisenhower.txt")  # ../shared/data, or tests/fixtures/data
     assert ds_mod.check_utf8(src) is not None
     with pytest.warns(UnicodeWarning, match="1954-Eisenhower.txt"):
         rec = ds_mod.load_records([src], DataConfig(), streaming=True)
@@ -121,13 +119,13 @@ def test_missing_and_unsupported_paths(tmp_path):
 
 
 def test_gpt2_vocab_and_merges_load():
-    from pathlib import Path
+    from data_paths import SHARED_DATA
 
     from bitnet.training.tokenizer import load_tokenizer
 
-    gpt2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tokenizers" / "gpt2"
-    if not gpt2.is_dir():
-        pytest.skip(f"shared data not present at {gpt2}")
+    gpt2 = SHARED_DATA / "tokenizers" / "gpt2"
+    if not gpt2.is_dir():  # 1.5 MB of vocabulary: not copied into tests/fixtures/data
+        pytest.skip(f"shared data not present: {gpt2} (../shared/data beside the repo, or $BITNET_SHARED_DATA)")
     tok = load_tokenizer(gpt2)  # encoder.json + vocab.bpe, GPT-2's names for vocab.json + merges.txt
     assert tok.encode("Hello world<|endoftext|>").ids == [15496, 995, 50256]  # GPT-2's published ids
     assert eos_id(tok) == 50256
