@@ -44,13 +44,17 @@ def read_header(path: str | Path) -> tuple[dict[str, str], dict[str, TensorInfo]
     if not path.is_file():
         raise FileNotFoundError(f"no safetensors file at {path}")
     size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path}: empty file, not a safetensors file")
     with open(path, "rb") as f:
         raw = f.read(8)
-        if len(raw) < 8:
-            raise ValueError(f"{path}: truncated safetensors file ({size} bytes, no header)")
-        (n,) = struct.unpack("<Q", raw)
-        if n == 0 or n > MAX_HEADER_BYTES or 8 + n > size:
-            raise ValueError(f"{path}: bad safetensors header length {n} (file has {size} bytes: truncated?)")
+        (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (None,)
+        # A safetensors file starts with its JSON header's length (u64, at most 100 MB). Text or another
+        # format read that way gives an absurd length: not a safetensors file, rather than "truncated".
+        if n is None or n == 0 or n > MAX_HEADER_BYTES:
+            raise ValueError(f"{path}: not a safetensors file (it starts with {raw!r}, not a header length)")
+        if 8 + n > size:
+            raise ValueError(f"{path}: truncated safetensors file (its header says {n} bytes, the file has {size})")
         try:
             header = json.loads(f.read(n).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -33,11 +33,14 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--data-dir", default=None, help="local data sets in ../shared/data's layout (no hub access)")
     p.add_argument("--backend", choices=("engine", "torch"), default="engine",
                    help="engine: the C++ engine (default); torch: the slow PyTorch reference")
-    p.add_argument("--threads", type=_positive_int, default=None, help="engine threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     p.add_argument("--no-prefix-reuse", action="store_true", help="recompute every request from scratch")
     p.add_argument("--log-samples", action="store_true", help="keep per-document records in the JSON")
     p.add_argument("--seed", type=int, default=1234)
     a = p.parse_args(argv)
+    from bitnet.inference.engine import check_threads
+
+    check_threads(a.threads, "--threads")  # one wording across commands
     from .api import results_table, run_eval
 
     res = run_eval(a.model_dir, a.tasks, limit=a.limit, data_dir=a.data_dir, num_fewshot=a.num_fewshot,
@@ -65,9 +68,12 @@ def perplexity_main(argv: list[str]) -> int:
     p.add_argument("--context", type=_positive_int, default=None, help="window length in tokens (default: the model's)")
     p.add_argument("--stride", type=_positive_int, default=None, help="window step in tokens (default: context / 2)")
     p.add_argument("--backend", choices=("engine", "torch"), default="engine")
-    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)
+    from bitnet.inference.engine import check_threads
+
+    check_threads(a.threads, "--threads")  # one wording across commands
     from .perplexity import perplexity
 
     r = perplexity(a.model_dir, a.file, context=a.context, stride=a.stride, backend=a.backend, threads=a.threads)

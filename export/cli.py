@@ -14,11 +14,13 @@ from .hf import CONFIG_JSON, DEFAULT_MAX_SHARD_SIZE, export_hf, load_model
 EPILOG = """examples:
   bitnet export runs/10m out/10m-packed                    # newest checkpoint of a run -> transformers layout
   bitnet export runs/10m/checkpoints/step_2000 out/10m     # one training checkpoint
-  bitnet export out/10m-packed out/10m.gguf --format gguf --type tq2_0
+  bitnet export out/10m-packed out/10m.gguf --format gguf              # tq2_0
   python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('out/10m-packed')"
 
 GGUF: upstream llama.cpp's bitnet graph always computes a SiLU-gated FFN, so a relu2 model (such as
 2B4T) runs there with the wrong activation; such a model is written only with --allow-relu2.
+A linear whose input width is not a multiple of 256 (the TQ block) is written as Q8_0 (or F16 when
+not a multiple of 32) with the same ternary values; the command names each such tensor.
 """
 
 
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output directory (hf) or .gguf file (gguf; a directory gets model.gguf)")
     p.add_argument("--format", choices=("hf", "gguf"), default="hf", help="output format (default: hf)")
     p.add_argument("--type", dest="qtype", choices=("tq2_0", "tq1_0"), default="tq2_0",
-                   help="GGUF ternary type: tq2_0 (2.06 bits/weight, faster) or tq1_0 (1.69 bits/weight)")
+                   help="GGUF ternary type: tq2_0 (default; 2.06 bits/weight, faster) or tq1_0 (1.69 bits/weight)")
     p.add_argument("--allow-relu2", action="store_true",
                    help="write a relu2 model to GGUF although llama.cpp will run it with SiLU (warns)")
     p.add_argument("--tokenizer", type=Path, default=None,
@@ -71,6 +73,10 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint, model or export directory")
+    if not Path(args.checkpoint).is_dir():
+        size = Path(args.checkpoint).stat().st_size
+        raise ValueError(f"{args.checkpoint}: {'an empty file' if size == 0 else 'a file'}, not a checkpoint, model or "
+                         "export directory (give the folder that holds config.json)")
     tokenizer = args.tokenizer or _source_tokenizer(args.checkpoint)
     if tokenizer is None and not (args.format == "hf" and args.no_tokenizer):
         raise FileNotFoundError(
@@ -89,6 +95,7 @@ def main(argv: list[str]) -> int:
         from .gguf_export import export_gguf
 
         path = args.out if args.out.suffix == ".gguf" else args.out / "model.gguf"
-        out = export_gguf(model, path, tokenizer, qtype=args.qtype, allow_relu2=args.allow_relu2, progress=True)
+        out = export_gguf(model, path, tokenizer, qtype=args.qtype, allow_relu2=args.allow_relu2, progress=True,
+                          log=print)
     print(f"wrote {out}")
     return 0

@@ -7,6 +7,16 @@ ffn_up, ffn_down, ffn_sub_norm}``; norms F32; ternary linears TQ2_0 or TQ1_0. In
 block the stored ``d`` is the block's absmax, which for ``q * beta`` is beta (0 for an all-zero
 block), so the file holds exactly our ternary codes and beta rounded to fp16.
 
+Fallback types: a TQ block spans 256 inputs, so a linear whose in_features is not a multiple of 256
+(every small preset has some) cannot be TQ. llama.cpp's own quantizer (llama-quantize,
+``tensor_type_fallback`` in src/llama-quant.cpp) then falls back to a 32-block type, and to F16
+when the row is not a multiple of 32 either. It picks Q4_0, whose codes run from -8 to 7 around one
+signed block scale, so +beta and -beta cannot both be exact in one block (its own comment: "use a
+symmetric type instead"). We take the symmetric 32-block type, Q8_0 (``d`` fp16 + 32 int8 codes,
+value ``d * q``), and store the ternary codes themselves with ``d`` = beta: the same values as the
+TQ blocks (codes exact, beta rounded to fp16). F16 holds ``q * beta`` as +-beta rounded to fp16,
+again the same values. Each fallback is named in the log (``log``), never an error.
+
 RoPE order: llama.cpp runs ``bitnet`` with ``LLAMA_ROPE_TYPE_NEOX`` (rotate-half, pairs offset by
 head_dim/2), which is the order transformers and our model use, so Q/K rows are written as they are.
 (The Llama converter's permutation applies to ``LLAMA_ROPE_TYPE_NORM`` architectures only;
@@ -21,9 +31,9 @@ checkpoints) and has no TQ1_0/TQ2_0 path for pre-packed weights.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +41,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bitnet.deps import require
+from bitnet.io import atomic_path
 from bitnet.model import BitNetForCausalLM
 from bitnet.quant import weight_quant
 
 from .hf import _check_exportable
 
-__all__ = ["export_gguf", "RELU2_WARNING", "GGUF_TYPES", "gguf_tensor_names", "llama_rope_permute", "gguf_vocab"]
+__all__ = ["export_gguf", "RELU2_WARNING", "GGUF_TYPES", "gguf_tensor_names", "gguf_weight_type", "llama_rope_permute",
+           "gguf_vocab"]
 
 EMBED_DTYPE = np.float16  # token_embd as llama.cpp's converter writes it (also the output head)
 BLOCK = 256  # weights per TQ1_0 / TQ2_0 block
+FALLBACK_BLOCK = 32  # weights per Q8_0 block, the fallback for rows that are not whole TQ blocks
 RELU2_WARNING = (
     "upstream llama.cpp's bitnet graph (src/models/bitnet.cpp) always computes a SiLU-gated FFN "
     "(silu(gate) * up), but this model's hidden_act is 'relu2' (relu(gate)^2 * up): llama.cpp will run "
@@ -65,7 +79,7 @@ _LAYER_TENSORS = {
 
 def gguf_tensor_names(n_layers: int) -> dict[str, str]:
     """Our parameter name (``...weight``) -> llama.cpp bitnet GGUF tensor name (``...weight``)."""
-    import gguf
+    gguf = require("gguf", "GGUF export")
 
     names = {
         "model.embed_tokens.weight": gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight",
@@ -77,6 +91,43 @@ def gguf_tensor_names(n_layers: int) -> dict[str, str]:
                 gguf.TENSOR_NAMES[gguf.MODEL_TENSOR[kind]].format(bid=i) + ".weight"
             )
     return names
+
+
+def gguf_weight_type(in_features: int, qtype: str) -> str:
+    """The GGUF type of a ternary linear with ``in_features`` inputs: ``qtype`` (a TQ type) when the
+    rows are whole 256-weight blocks, else ``"q8_0"`` when they are whole 32-weight blocks, else
+    ``"f16"`` (llama-quantize's rule, with Q8_0 for its Q4_0: see the module docstring)."""
+    if in_features % BLOCK == 0:
+        return qtype
+    return "q8_0" if in_features % FALLBACK_BLOCK == 0 else "f16"
+
+
+def _ternary_q8_0(q: np.ndarray, beta: float) -> np.ndarray:
+    """Q8_0 blocks holding ``q * beta`` exactly as TQ does: codes q in {-1, 0, 1}, ``d`` = beta in fp16
+    (0 for an all-zero block, as TQ's absmax).
+
+    q (out, in) int8, in a multiple of 32 -> (out, in / 32 * 34) uint8; each block is ``d`` (fp16,
+    little-endian) then its 32 codes (int8), ggml's ``block_q8_0``.
+    """
+    out_f, in_f = q.shape
+    codes = q.astype(np.int8).reshape(out_f, in_f // FALLBACK_BLOCK, FALLBACK_BLOCK)  # (out, nb, 32)
+    d = np.where(np.any(codes != 0, axis=-1, keepdims=True), np.float16(beta), np.float16(0))  # (out, nb, 1)
+    blocks = np.concatenate([d.astype("<f2").view(np.uint8), codes.view(np.uint8)], axis=-1)  # (out, nb, 34)
+    return np.ascontiguousarray(blocks.reshape(out_f, -1))
+
+
+def _fallback_lines(fallbacks: list[tuple[str, int, str]], qtype: str) -> list[str]:
+    """One log line per (in_features, type) group: which tensors left ``qtype`` for a fallback type."""
+    groups: dict[tuple[int, str], list[str]] = {}
+    for name, in_f, t in fallbacks:
+        groups.setdefault((in_f, t), []).append(name)
+    lines = []
+    for (in_f, t), names in groups.items():
+        kinds = list(dict.fromkeys(re.sub(r"^blk\.\d+\.", "blk.*.", n) for n in names))
+        why = ("ternary codes exact, beta in fp16 as in " + qtype) if t == "q8_0" else "+-beta in fp16, exact as in " + qtype
+        lines.append(f"gguf: {len(names)} tensor(s) with in_features={in_f} (not a multiple of the {BLOCK}-weight "
+                     f"{qtype} block) written as {t} ({why}): {', '.join(kinds)}")
+    return lines
 
 
 def llama_rope_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -121,7 +172,7 @@ def gguf_vocab(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
     Raises:
         ValueError: not a BPE tokenizer, more tokens than ``vocab_size``, or unknown pre-tokenizer.
     """
-    import gguf
+    gguf = require("gguf", "GGUF export")
     from tokenizers import Tokenizer
 
     if isinstance(tokenizer, (str, Path)):
@@ -156,27 +207,31 @@ def export_gguf(
     *,
     allow_relu2: bool = False,
     progress: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Atomically write ``model`` as a GGUF for upstream llama.cpp's ``bitnet`` architecture.
 
     Args:
-        model: a fully ternary, tied, sub-norm ``BitNetForCausalLM`` whose linear input sizes are
-            multiples of 256 (the TQ block); ``hidden_act`` ``silu`` runs exactly in llama.cpp.
+        model: a fully ternary, tied, sub-norm ``BitNetForCausalLM``; ``hidden_act`` ``silu`` runs
+            exactly in llama.cpp. Linears whose in_features is not a multiple of 256 (the TQ block)
+            are written in a fallback type (:func:`gguf_weight_type`) holding the same values.
         path: the ``.gguf`` file; replaced on success, untouched on failure.
         tokenizer: a byte-level BPE ``tokenizers.Tokenizer``, transformers fast tokenizer, or a
             ``tokenizer.json`` path (llama.cpp needs the vocabulary in the file).
         qtype: ``"tq2_0"`` (2.0625 bits/weight) or ``"tq1_0"`` (1.6875 bits/weight).
         allow_relu2: write a ``relu2`` model anyway, with :data:`RELU2_WARNING` as a warning.
         progress: show a tqdm bar while quantizing.
+        log: called with one line per group of tensors written in a fallback type (the CLI prints them).
 
     Returns:
         ``path`` as a Path.
 
     Raises:
-        ValueError: unknown qtype; relu2 without ``allow_relu2``; untied head, no sub-norms or
-        in_features not a multiple of 256; non-finite weights; missing or unsupported tokenizer.
+        ValueError: unknown qtype; relu2 without ``allow_relu2``; untied head or no sub-norms;
+        non-finite weights; missing or unsupported tokenizer.
+        bitnet.deps.MissingDependencyError: the ``gguf`` package is not installed (one line naming it).
     """
-    import gguf
+    gguf = require("gguf", "GGUF export")
 
     path = Path(path)
     if qtype not in GGUF_TYPES:
@@ -194,12 +249,12 @@ def export_gguf(
     if not cfg.use_sub_norms or cfg.use_rms_norm:
         raise ValueError("llama.cpp's bitnet graph needs the BitNet sub-norm layout (use_sub_norms=True, use_rms_norm=False)")
     vocab = gguf_vocab(tokenizer, cfg.vocab_size)
-    qt = gguf.GGMLQuantizationType.TQ2_0 if qtype == "tq2_0" else gguf.GGMLQuantizationType.TQ1_0
     ftype = gguf.LlamaFileType.MOSTLY_TQ2_0 if qtype == "tq2_0" else gguf.LlamaFileType.MOSTLY_TQ1_0
     names = gguf_tensor_names(cfg.num_hidden_layers)
     linears = {n + ".weight" for n, m in model.named_modules() if type(m).__name__ == "BitLinear"}
 
     tensors: list[tuple[str, np.ndarray, Any]] = []  # (gguf name, data, raw dtype or None)
+    fallbacks: list[tuple[str, int, str]] = []  # (gguf name, in_features, type) of non-TQ ternary linears
     for key, value in tqdm(model.state_dict().items(), desc=qtype, unit="tensor", disable=not progress):
         if key == "lm_head.weight":
             continue  # tied: token_embd is the head
@@ -209,22 +264,29 @@ def export_gguf(
         if not torch.isfinite(w).all():
             raise ValueError(f"tensor {key!r} has non-finite values (NaN or inf): cannot export it")
         if key in linears:
-            if w.shape[1] % BLOCK:
-                raise ValueError(f"tensor {key!r}: in_features={w.shape[1]} is not a multiple of {BLOCK} (the {qtype} block)")
             q, beta = weight_quant(w)  # (out, in) int8, () fp32
-            ternary = (q.float() * beta).numpy()  # (out, in): every block's absmax is beta (or 0)
-            tensors.append((names[key], gguf.quants.quantize(ternary, qt), qt))
+            wtype = gguf_weight_type(w.shape[1], qtype)
+            if wtype == qtype:
+                qt = gguf.GGMLQuantizationType[qtype.upper()]
+                ternary = (q.float() * beta).numpy()  # (out, in): every block's absmax is beta (or 0)
+                tensors.append((names[key], gguf.quants.quantize(ternary, qt), qt))
+                continue
+            fallbacks.append((names[key], w.shape[1], wtype))
+            if wtype == "q8_0":
+                tensors.append((names[key], _ternary_q8_0(q.numpy(), beta.item()), gguf.GGMLQuantizationType.Q8_0))
+            else:  # q in {-1, 0, 1}: the product is +-fp16(beta) or 0, exact
+                tensors.append((names[key], q.numpy().astype(np.float16) * np.float16(beta.item()), None))
         elif key == "model.embed_tokens.weight":
             tensors.append((names[key], w.numpy().astype(EMBED_DTYPE), None))
         else:
             tensors.append((names[key], w.numpy().astype(np.float32), None))
 
+    if log is not None:
+        for line in _fallback_lines(fallbacks, qtype):
+            log(line)
     # Write next to the target and rename: a reader never sees a half-written GGUF.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        w = gguf.GGUFWriter(tmp, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BITNET])
+    with atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(str(tmp), arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BITNET])
         w.add_name("bitnet")
         w.add_file_type(int(ftype))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -240,7 +302,8 @@ def export_gguf(
         w.add_rope_freq_base(cfg.rope_theta)
         w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
         w.add_vocab_size(cfg.vocab_size)
-        w.add_string("bitnet.export.scale_convention", "TQ block d = beta (absmax of q * beta); multiply")
+        w.add_string("bitnet.export.scale_convention",
+                     "TQ block d = beta (absmax of q * beta); Q8_0 fallback d = beta with codes in {-1, 0, 1}; multiply")
         w.add_string("bitnet.export.hidden_act", cfg.hidden_act)
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre(vocab["pre"])
@@ -260,8 +323,4 @@ def export_gguf(
         w.write_kv_data_to_file()
         w.write_tensors_to_file(progress=False)
         w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -14,7 +14,8 @@ def train_main(argv: list[str]) -> int:
         prog="bitnet train",
         description="Train a BitNet b1.58 model from a YAML config (configs/train/*.yaml). Overrides are "
         "key=value with dotted keys, e.g. optim.lr=2e-3 model=10m max_steps=200 resume=true "
-        "model_overrides.linear_type=fp. Multi-process: accelerate launch --num_processes 2 --cpu -m bitnet train ...",
+        "model_overrides.linear_type=fp. Multi-process on CPU (2 processes): accelerate launch --config_file "
+        "configs/train/accelerate/cpu2.yaml -m bitnet train ...",
     )
     ap.add_argument("config", help="training YAML file")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

@@ -119,6 +119,7 @@ class TrainConfig:
             (len(self.data.paths) > 0, "data.paths is empty"),
             (self.log.log_every > 0 and self.log.eval_every > 0, "log.log_every and log.eval_every must be > 0"),
             (self.log.keep_last >= 1, "log.keep_last must be >= 1"),
+            (self.threads is None or self.threads >= 1, f"threads must be a positive integer, got {self.threads}"),
         ]
         for ok, msg in checks:
             if not ok:

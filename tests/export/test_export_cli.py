@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
-from export_helpers import silu_model, tiny_model
+from export_helpers import TINY_VOCAB, silu_model, tiny_model
 
+from bitnet import BitNetConfig, BitNetForCausalLM
 from bitnet.checkpoint import save_model_dir
 from bitnet.cli import main as bitnet_main
 from bitnet.export import export_hf, load_model
@@ -61,11 +62,32 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_relu2_gguf_refused_without_flag(tmp_path, model, tokenizer, capsys):
-    src = export_hf(model, tmp_path / "src", tokenizer)  # test-tiny is relu2 (and 64-wide)
+def test_cli_relu2_gguf_refused_without_flag(tmp_path, tokenizer, capsys):
+    src = export_hf(tiny_model(vocab_size=TINY_VOCAB, hidden_act="relu2"), tmp_path / "src", tokenizer)
     assert bitnet_main(["export", str(src), str(tmp_path / "m.gguf"), "--format", "gguf"]) == 2
     assert "--allow-relu2" in capsys.readouterr().err
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_cli_gguf_of_the_demo_shape_uses_named_fallbacks(tmp_path, tokenizer, capsys):
+    """The README's command as written (no --type, no --allow-relu2) on the demo config's model layout."""
+    import gguf
+
+    from bitnet.paths import configs_dir
+    from bitnet.training.config import load_config
+
+    train_cfg = load_config(configs_dir() / "train" / "shakespeare.yaml")
+    torch.manual_seed(0)
+    model = BitNetForCausalLM(BitNetConfig.from_preset(train_cfg.model, **{**train_cfg.model_overrides,
+                                                                          "vocab_size": TINY_VOCAB})).eval()
+    assert model.config.hidden_act == "silu" and model.config.hidden_size % 256
+    src = export_hf(model, tmp_path / "export", tokenizer)
+    assert bitnet_main(["export", str(src), str(tmp_path / "out" / "model.gguf"), "--format", "gguf"]) == 0
+    out = capsys.readouterr().out
+    assert "in_features=192" in out and "written as q8_0" in out and "blk.*.attn_q.weight" in out
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "out" / "model.gguf").tensors}
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.TQ2_0  # 512 inputs: the default type
 
 
 def test_missing_checkpoint_is_named(tmp_path):

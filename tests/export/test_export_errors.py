@@ -105,3 +105,29 @@ def test_bad_quantization_config(export_dir, tmp_path):
     cfg["quantization_config"]["linear_class"] = "fancylinear"
     (export_dir / "config.json").write_text(json.dumps(cfg))
     _reexport_fails(export_dir, tmp_path, r"config\.json.*linear_class")
+
+
+def test_a_file_instead_of_a_directory_is_named(tmp_path, capsys):
+    from bitnet.cli import main as bitnet_main
+
+    for name, content, what in (("empty.bin", b"", "an empty file"), ("notes.txt", b"hello\n", "a file")):
+        f = tmp_path / name
+        f.write_bytes(content)
+        assert bitnet_main(["export", str(f), str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"bitnet export: error: {f}: {what}, not a checkpoint, model or export directory "
+                       "(give the folder that holds config.json)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"this is a text file, not tensors\n", r"model\.safetensors: not a safetensors file \(it starts with b'this is "),
+    (b"hi", r"model\.safetensors: not a safetensors file \(it starts with b'hi'"),
+    (b"", r"model\.safetensors: empty file, not a safetensors file"),
+])
+def test_a_non_safetensors_weights_file_is_named_not_truncated(export_dir, tmp_path, content, match):
+    (export_dir / "model.safetensors").write_bytes(content)
+    _reexport_fails(export_dir, tmp_path, match)
+    with pytest.raises(ValueError) as e:
+        load_model(export_dir)
+    assert "truncated" not in str(e.value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import warnings
 
 import gguf  # a dev extra: if it is missing the tests must fail, not skip
 import numpy as np
@@ -11,12 +11,44 @@ import pytest
 import torch
 from export_helpers import byte_tokenizer, silu_model
 
-from bitnet import BitNetForCausalLM
-from bitnet.export import export_gguf
-from bitnet.export.gguf_export import RELU2_WARNING, gguf_tensor_names, llama_rope_permute
+from bitnet import BitNetConfig, BitNetForCausalLM
+from bitnet.export import export_gguf, export_hf
+from bitnet.export.gguf_export import RELU2_WARNING, gguf_tensor_names, gguf_weight_type, llama_rope_permute
+from bitnet.paths import list_model_presets
 from bitnet.quant import weight_quant
+from bitnet.training import bundled_text
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+def _fallback_model(seed: int = 0, vocab_size: int = 320) -> BitNetForCausalLM:
+    """A SiLU model whose linear widths are not whole TQ blocks: q/k/v/o/gate/up read 80 inputs
+    (not a multiple of 32 either: F16), down reads 224 (7 x 32: Q8_0)."""
+    torch.manual_seed(seed)
+    cfg = BitNetConfig(
+        vocab_size=vocab_size, hidden_size=80, intermediate_size=224, num_hidden_layers=2,
+        num_attention_heads=5, num_key_value_heads=1, hidden_act="silu", max_position_embeddings=128,
+        rope_theta=10000.0, tie_word_embeddings=True,
+    )
+    return BitNetForCausalLM(cfg).eval()
+
+
+def _assert_same_ternary_values(reader, model) -> None:
+    """Every tensor of the GGUF dequantizes to our values: ternary linears to q * fp16(beta) exactly,
+    whatever their GGUF type; the embedding to fp16; norms exactly."""
+    tensors = {t.name: t for t in reader.tensors}
+    names = gguf_tensor_names(model.config.num_hidden_layers)
+    assert set(tensors) == set(names.values())
+    for ours, theirs in names.items():
+        t = tensors[theirs]
+        w = model.state_dict()[ours].float()
+        got = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type))).reshape(w.shape)
+        if ours.endswith("_proj.weight"):
+            q, beta = weight_quant(w)
+            beta16 = float(np.float16(beta.item()))
+            assert torch.equal(got, q.float() * beta16), theirs
+        elif ours == "model.embed_tokens.weight":
+            assert torch.equal(got, w.half().float())
+        else:
+            assert torch.equal(got, w), theirs
 
 
 @pytest.mark.parametrize("qtype", ["tq2_0", "tq1_0"])
@@ -26,26 +58,71 @@ def test_gguf_reads_back_to_our_ternary_weights_and_scales(tmp_path, qtype):
     reader = gguf.GGUFReader(path)
     arch = reader.fields["general.architecture"]
     assert bytes(arch.parts[arch.data[0]]).decode() == "bitnet"
-    tensors = {t.name: t for t in reader.tensors}
-    names = gguf_tensor_names(model.config.num_hidden_layers)
-    assert set(tensors) == set(names.values())
     want_type = gguf.GGMLQuantizationType[qtype.upper()]
-    for ours, theirs in names.items():
-        t = tensors[theirs]
-        w = model.state_dict()[ours].float()
-        got = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type))).reshape(w.shape)
-        if ours.endswith("_proj.weight"):
-            assert t.tensor_type == want_type, theirs
-            q, beta = weight_quant(w)
-            # every block's d is beta rounded to fp16: exact ternary codes times that one scale
-            beta16 = float(np.float16(beta.item()))
-            assert torch.equal(got, q.float() * beta16), theirs
-        elif ours == "model.embed_tokens.weight":
-            assert torch.equal(got, w.half().float())
-        else:
-            assert torch.equal(got, w), theirs
+    assert {t.tensor_type for t in reader.tensors if t.name.endswith(("attn_q.weight", "ffn_down.weight"))} == {want_type}
+    # every block's d is beta rounded to fp16: exact ternary codes times that one scale
+    _assert_same_ternary_values(reader, model)
     tokens = reader.fields["tokenizer.ggml.tokens"]
     assert len(tokens.data) == model.config.vocab_size
+
+
+def test_weight_type_follows_llama_quantize_fallback_rule():
+    assert [gguf_weight_type(n, "tq2_0") for n in (256, 6912, 192, 224, 32, 80, 100)] == [
+        "tq2_0", "tq2_0", "q8_0", "q8_0", "q8_0", "f16", "f16"]
+    assert gguf_weight_type(512, "tq1_0") == "tq1_0" and gguf_weight_type(64, "tq1_0") == "q8_0"
+
+
+@pytest.mark.parametrize("qtype", ["tq2_0", "tq1_0"])
+def test_fallback_types_hold_the_same_ternary_values_and_are_logged(tmp_path, qtype):
+    model = _fallback_model()
+    log: list[str] = []
+    path = export_gguf(model, tmp_path / "m.gguf", byte_tokenizer(), qtype=qtype, log=log.append)
+    reader = gguf.GGUFReader(path)
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    Q = gguf.GGMLQuantizationType
+    for i in range(2):
+        for kind in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up"):
+            assert types[f"blk.{i}.{kind}.weight"] == Q.F16
+        assert types[f"blk.{i}.ffn_down.weight"] == Q.Q8_0
+    _assert_same_ternary_values(reader, model)
+    # Q8_0 blocks hold the codes themselves with d = beta (what TQ holds), not llama-quantize's 127-scaled codes
+    raw = np.asarray(next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight").data).reshape(-1, 34)
+    codes = raw[:, 2:].view(np.int8)
+    assert set(np.unique(codes).tolist()) == {-1, 0, 1}
+    # one line per (width, type) group, naming the tensors, the width and the type; nothing else
+    assert len(log) == 2
+    f16_line = next(line for line in log if "written as f16" in line)
+    q8_line = next(line for line in log if "written as q8_0" in line)
+    assert "12 tensor(s) with in_features=80" in f16_line and qtype in f16_line and "blk.*.attn_q.weight" in f16_line
+    assert "2 tensor(s) with in_features=224" in q8_line and "blk.*.ffn_down.weight" in q8_line
+    export_gguf(silu_model(), tmp_path / "whole.gguf", byte_tokenizer(), log=log.append)
+    assert len(log) == 2  # whole TQ blocks: nothing to log
+
+
+@pytest.mark.parametrize("preset", list_model_presets())
+def test_every_bundled_preset_exports_to_gguf(tmp_path, preset):
+    """The export runs on each preset's layout with a 320-token vocabulary (the test tokenizer's);
+    presets above 30M parameters keep one layer (random init alone would take minutes), which
+    exercises every check and every tensor type the full model gets."""
+    small = BitNetConfig.from_preset(preset).num_parameters() < 30e6
+    cfg = BitNetConfig.from_preset(preset, vocab_size=320, **({} if small else {"num_hidden_layers": 1}))
+    torch.manual_seed(0)
+    model = BitNetForCausalLM(cfg).eval()
+    relu2 = cfg.hidden_act == "relu2"
+    assert relu2 == (preset == "bitnet-2b4t")  # the small presets use the SiLU-gated FFN llama.cpp computes
+    log: list[str] = []
+    tok = byte_tokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if relu2 else "error")
+        path = export_gguf(model, tmp_path / f"{preset}.gguf", tok, allow_relu2=relu2, log=log.append)
+    reader = gguf.GGUFReader(path)
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    ins = {"attn_q": cfg.hidden_size, "attn_output": cfg.num_attention_heads * cfg.head_dim,
+           "ffn_up": cfg.hidden_size, "ffn_down": cfg.intermediate_size}
+    for kind, n in ins.items():
+        want = gguf.GGMLQuantizationType[gguf_weight_type(n, "tq2_0").upper()]
+        assert types[f"blk.0.{kind}.weight"] == want, (kind, n)
+    assert bool(log) == any(n % 256 for n in ins.values())
 
 
 def test_relu2_needs_the_flag_and_warns(tmp_path):
@@ -79,9 +156,9 @@ LLAMA_CPP_REL_TOL = 0.05
 TRAIN_STEPS = 40  # enough for a clearly peaked next-token distribution (greedy ties would flake)
 
 
-def _train_tiny(tok, text: str, steps: int) -> BitNetForCausalLM:
+def _train_tiny(tok, text: str, steps: int, model: BitNetForCausalLM | None = None) -> BitNetForCausalLM:
     """A plain PyTorch loop on tinyshakespeare: a model with real structure, not random logits."""
-    model = silu_model(seed=0, vocab_size=320).train()
+    model = (model or silu_model(seed=0, vocab_size=320)).train()
     ids = torch.tensor(tok.encode(text).ids)  # (N,)
     g = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
@@ -109,7 +186,7 @@ def _steps(model, opt, ids, g, block: int, batch: int, steps: int) -> None:
 @pytest.mark.slow
 def test_llama_cpp_runs_our_gguf_like_our_model(tmp_path):
     import llama_cpp  # dev extra (llama-cpp-python builds upstream llama.cpp): missing must fail, not skip
-    text = (DATA / "text" / "tinyshakespeare" / "input.txt").read_text()[:200_000]
+    text = bundled_text("tinyshakespeare").read_text()[:200_000]
     tok = byte_tokenizer(vocab_size=320, corpus=[text])
     model = _train_tiny(tok, text, TRAIN_STEPS)
     path = export_gguf(model, tmp_path / "shakespeare.gguf", tok, qtype="tq2_0")
@@ -152,6 +229,42 @@ def test_llama_cpp_runs_our_gguf_like_our_model(tmp_path):
     finally:
         llm.close()
     assert np.abs(bad - ref).max() > 2 * LLAMA_CPP_REL_TOL * np.abs(ref).max()
+
+
+FALLBACK_NEW_TOKENS = 16
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_a_fallback_export_like_our_engine(tmp_path):
+    """A trained model whose widths are not whole TQ blocks (F16 and Q8_0 tensors): llama.cpp's
+    greedy continuation equals our C++ engine's on the packed export of the same model."""
+    import llama_cpp  # dev extra: missing must fail, not skip
+
+    from bitnet.inference import Engine
+
+    text = bundled_text("tinyshakespeare").read_text()[:200_000]
+    tok = byte_tokenizer(vocab_size=320, corpus=[text])
+    model = _train_tiny(tok, text, TRAIN_STEPS, model=_fallback_model(seed=0, vocab_size=320))
+    log: list[str] = []
+    path = export_gguf(model, tmp_path / "fallback.gguf", tok, log=log.append)
+    assert any("f16" in line for line in log) and any("q8_0" in line for line in log)
+    eng = Engine(export_hf(model, tmp_path / "packed", tok), threads=2, head="f16")
+    ids = tok.encode("ROMEO:\nWhat say you").ids
+    ours = eng.generate(ids, max_new_tokens=FALLBACK_NEW_TOKENS)
+    assert len(ours) == FALLBACK_NEW_TOKENS  # no eos in this config: the engine never stops early
+
+    llm = llama_cpp.Llama(str(path), n_ctx=128, n_threads=2, logits_all=True, verbose=False)
+    try:
+        assert llm.tokenize("ROMEO:\nWhat say you".encode(), add_bos=False, special=False) == ids
+        theirs: list[int] = []
+        llm.eval(ids)
+        for _ in range(FALLBACK_NEW_TOKENS):
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            theirs.append(nxt)
+            llm.eval([nxt])
+    finally:
+        llm.close()
+    assert theirs == ours
 
 
 def test_tq2_0_block_bytes_follow_the_documented_layout():

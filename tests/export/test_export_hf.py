@@ -14,8 +14,10 @@ from bitnet.quant import unpack_ternary, weight_quant
 
 # transformers multiplies (x_q . q) by beta; we fold beta into the weight first: fp32 rounding only.
 HF_VS_OURS_ATOL = 1e-5
-# the export rounds beta, embeddings and norms to bf16 (8-bit mantissa): relative error up to 2^-8.
-EXPORT_VS_LATENT_RTOL = 2e-2
+# the export rounds beta, embeddings and norms to bf16 (8-bit mantissa): relative error up to 2^-8
+# per value, and a rounded norm can move an int8 activation code by one, which two layers carry to
+# the logits: measured 0.032 of the logit range on test-tiny (SiLU FFN), so 5e-2.
+EXPORT_VS_LATENT_RTOL = 5e-2
 # transformers' default load computes in bf16 (the export's dtype): 8 mantissa bits through every
 # layer and activation re-quantization; measured 0.02-0.035 of the logit range on test-tiny.
 BF16_RUN_REL_TOL = 6e-2

@@ -138,3 +138,40 @@ def test_bad_token_ids_and_context(exp):
         eng.logits([1, 2], start=3)
     with pytest.raises(ValueError, match="tokenizer"):
         eng.generate("text without a tokenizer")
+
+
+@pytest.mark.parametrize("field", ["vocab_size", "max_position_embeddings"])
+def test_sizes_beyond_the_engine_int_are_a_config_error(exp, field):
+    rewrite_config(exp, **{field: 2**31})
+    with pytest.raises(ValueError, match=rf"config\.json: {field}=2147483648 is out of range for the engine"):
+        Engine(exp)
+
+
+def test_sampling_arguments_and_empty_prompt(tmp_path):
+    from engine_helpers import tokenizer
+
+    eng = Engine(export(tiny(vocab_size=304), tmp_path / "tok", tokenizer()), threads=1)
+    bad = [({"temperature": -1.0}, r"temperature must be a number >= 0"),
+           ({"temperature": float("nan")}, r"temperature must be a number >= 0"),
+           ({"top_p": 2.0}, r"top_p must be in \(0, 1\], got 2.0"),
+           ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+           ({"top_k": -1}, r"top_k must be an integer >= 0"),
+           ({"repetition_penalty": 0.0}, r"repetition_penalty must be a number > 0"),
+           ({"max_new_tokens": -1}, r"max_new_tokens must be an integer >= 0")]
+    for kw, match in bad:
+        with pytest.raises(ValueError, match=match):
+            eng.generate("to be", **kw)
+        with pytest.raises(ValueError, match=match):
+            eng.generate([5, 6], **kw)
+        with pytest.raises(ValueError, match=match):
+            next(eng.stream("to be", **kw))
+    for call in (lambda: eng.generate(""), lambda: next(eng.stream(""))):
+        with pytest.raises(ValueError, match="the prompt is empty"):
+            call()
+    assert len(eng.generate([5, 6], max_new_tokens=3, temperature=0.0, top_k=0, top_p=1.0)) == 3  # edges allowed
+
+
+def test_threads_message_has_no_python_none(exp):
+    with pytest.raises(ValueError) as e:
+        Engine(exp, threads=0)
+    assert str(e.value) == "threads must be a positive integer, got 0"

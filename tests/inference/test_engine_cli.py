@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from engine_helpers import export, tiny, tokenizer
 
 from bitnet.cli import main
@@ -40,3 +41,54 @@ def test_transparent_hugepage_mode_reads_the_bracketed_word(tmp_path):
     f.write_text("[never] madvise always\n")
     assert transparent_hugepage_mode(f) == "never"
     assert transparent_hugepage_mode(tmp_path / "missing") is None
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and captured.out == "", captured
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def text_export(tmp_path_factory):
+    return export(tiny(vocab_size=304), tmp_path_factory.mktemp("exp") / "exp", tokenizer())
+
+
+@pytest.mark.parametrize("cmd", ["generate", "chat", "bench", "eval", "perplexity"])
+def test_threads_zero_is_worded_the_same_by_every_command(cmd, text_export, tmp_path, capsys):
+    args = {"generate": ["--prompt", "x"], "perplexity": [str(tmp_path / "t.txt")]}.get(cmd, [])
+    line = _one_line_error(capsys, [cmd, str(text_export), *args, "--threads", "0"])
+    assert line == f"bitnet {cmd}: error: --threads must be a positive integer, got 0"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "-1"], "--temperature must be a number >= 0 (0 = greedy), got -1.0"),
+    (["--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+    (["--max-new-tokens", "-3"], "--max-new-tokens must be an integer >= 0, got -3"),
+    (["--repetition-penalty", "0"], "--repetition-penalty must be a number > 0 (1 = off), got 0.0"),
+])
+@pytest.mark.parametrize("cmd", ["generate", "chat"])
+def test_sampling_values_out_of_range_are_one_line(cmd, flags, message, text_export, capsys):
+    prompt = ["--prompt", "to be"] if cmd == "generate" else []
+    line = _one_line_error(capsys, [cmd, str(text_export), *prompt, *flags])
+    assert line == f"bitnet {cmd}: error: {message}"
+
+
+def test_empty_prompt_is_one_line(text_export, capsys):
+    line = _one_line_error(capsys, ["generate", str(text_export), "--prompt", ""])
+    assert line == "bitnet generate: error: --prompt is empty: give some text to continue"
+
+
+def test_train_threads_zero_and_help_hint(capsys):
+    from bitnet.paths import configs_dir
+
+    line = _one_line_error(capsys, ["train", str(configs_dir() / "train" / "test-tiny.yaml"), "threads=0"])
+    assert line.startswith("bitnet train: error: ") and line.endswith("threads must be a positive integer, got 0")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "accelerate launch --config_file configs/train/accelerate/cpu2.yaml -m bitnet train" in help_text
+    assert "--num_processes 2 --cpu" not in help_text

@@ -21,6 +21,8 @@ def test_overrides_and_roundtrip(tmp_path):
     ("max_steps=ten", "max_steps"),  # wrong type
     ("data.seq_len=1.5", "data.seq_len"),
     ("optim.schedule=linear", "schedule"),  # well typed, bad value
+    ("threads=0", "threads must be a positive integer, got 0"),
+    ("threads=-2", "threads must be a positive integer, got -2"),
 ])
 def test_bad_keys_and_types(override, match):
     with pytest.raises(ValueError, match=match):
