@@ -1,0 +1,336 @@
+"""Load benchmark: `bitnet serve` against llama.cpp's own `llama-server` at the 2B4T shape, on loopback.
+
+    ../shared/anchors/build.sh                              # builds llama-server and its TQ2_0 model (once)
+    python benchmarks/bench_serve.py                        # 1, 4, 8 and 16 concurrent streams, both servers
+    python benchmarks/bench_serve.py --requests 1 --max-tokens 32          # a quicker run
+    python benchmarks/bench_serve.py --soak 300             # 16 clients for 5 minutes: failures, RSS over time
+
+What it does, in one run on this machine:
+1. builds (once) a random BitNetForCausalLM with the exact bitnet-b1.58-2B-4T shape and
+   ``hidden_act: silu`` (the function upstream llama.cpp's bitnet graph computes) and exports it
+   with a word-level tokenizer over all 128,256 ids, so every generated token streams as one piece
+   of text; llama.cpp serves its own random model of the same shape
+   (``$ANCHOR_MODELS/upstream-TQ2_0-q6khead.gguf``: TQ2_0 weights, Q6_K head; ours: the int8 head);
+2. starts both servers with the same threads and ``--parallel`` / ``-np`` slots (continuous
+   batching on, ``-c`` = slots x per-slot context for llama-server), each in its own process;
+3. at each concurrency c, c client threads each send ``--requests`` streamed ``/v1/completions``
+   requests one after another (a fresh random prompt of ``--prompt-len`` token ids, greedy,
+   ``ignore_eos`` so each generates exactly ``--max-tokens``), alternating servers level by level;
+4. prints aggregate generated tokens/s (all tokens / the level's wall time), time to first token and
+   the inter-token latency (gaps between streamed chunks) at p50 / p99, peak RSS, and the ratios.
+Everything is bounded: requests per level, and ``--level-timeout`` seconds per level. This is a
+measurement script, not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_SH = Path.home() / ".cache" / "bitnet-anchors" / "env.sh"
+TARGETS = {"scale_8": 4.0, "vs_llama_8": 2.0, "itl_p99_8": 3.0}  # from issue 13
+
+
+def build(work: Path, seed: int = 0) -> Path:
+    """Random 2B4T-shaped silu model + a word-level tokenizer over every id -> ``work/hf``."""
+    out = work / "hf"
+    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from bitnet.export import export_hf
+    from bitnet.model import BitNetConfig, BitNetForCausalLM
+
+    cfg = BitNetConfig.from_preset("bitnet-2b4t", hidden_act="silu", bos_token_id=None, eos_token_id=None)
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(cfg.vocab_size)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # decode joins tokens with spaces: no empty pieces
+    print(f"building a random {cfg.num_parameters() / 1e9:.2f}B-parameter model (bf16) ...", flush=True)
+    torch.manual_seed(seed)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = BitNetForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    t0 = time.perf_counter()
+    export_hf(model, out, tok)
+    print(f"export_hf: {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def anchors_env() -> dict[str, str]:
+    """LLAMA_SERVER_UPSTREAM and ANCHOR_MODELS from ../shared/anchors/build.sh's env.sh."""
+    env = {}
+    if ENV_SH.is_file():
+        for line in ENV_SH.read_text().splitlines():
+            if line.startswith("export ") and "=" in line:
+                k, v = line[len("export "):].split("=", 1)
+                env[k] = v
+    return env
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+class ServerProc:
+    """A server subprocess on 127.0.0.1:port, its log in ``log``; ``peak_rss`` sampled while ``sampling``."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, log: Path, timeout: float = 600.0) -> None:
+        self.name, self.port = name, port
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        t0 = time.monotonic()
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.proc.returncode}; see {log}")
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c.request("GET", "/health")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() - t0 > timeout:
+                self.stop()
+                raise RuntimeError(f"{name} did not come up in {timeout:.0f} s; see {log}")
+            time.sleep(0.5)
+        self.peak_rss = 0
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self, every: float = 0.5) -> None:
+        t0 = time.monotonic()
+        while not self._stop.wait(every):
+            r = rss_bytes(self.proc.pid)
+            self.peak_rss = max(self.peak_rss, r)
+            self.samples.append((time.monotonic() - t0, r))
+
+    def stop(self) -> None:
+        if hasattr(self, "_stop"):
+            self._stop.set()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def stream_request(port: int, prompt: list[int], max_tokens: int, timeout: float, **extra) -> dict:
+    """One streamed /v1/completions request; times of the chunks that carry text."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
+            **extra}
+    t0 = time.perf_counter()
+    times: list[float] = []
+    done = False
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        if r.status != 200:
+            return {"ok": False, "error": f"HTTP {r.status}: {r.read()[:200]!r}", "times": [], "t0": t0}
+        for raw in r:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                break
+            ev = json.loads(data)
+            if "error" in ev:
+                return {"ok": False, "error": str(ev["error"])[:200], "times": times, "t0": t0}
+            if any(ch.get("text") for ch in ev.get("choices", [])):
+                times.append(time.perf_counter())
+        c.close()
+    except (OSError, ValueError) as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {e}", "times": times, "t0": t0}
+    ok = done and len(times) == max_tokens
+    return {"ok": ok, "error": None if ok else f"{len(times)} of {max_tokens} tokens, [DONE]={done}",
+            "times": times, "t0": t0}
+
+
+def run_level(port: int, streams: int, requests: int, prompt_len: int, max_tokens: int, seed: int,
+              timeout: float) -> dict:
+    """``streams`` clients, each sending ``requests`` requests in a row; aggregate figures."""
+    results: list[dict] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + timeout
+
+    def client(i: int) -> None:
+        rng = np.random.default_rng(seed * 1000 + i)
+        for _ in range(requests):
+            if time.monotonic() > deadline:
+                return
+            prompt = rng.integers(10, 1000, prompt_len).tolist()  # plain tokens in both vocabularies
+            r = stream_request(port, prompt, max_tokens, timeout=max(1.0, deadline - time.monotonic()))
+            with lock:
+                results.append(r)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    tokens = sum(len(r["times"]) for r in results)
+    ttft = [r["times"][0] - r["t0"] for r in results if r["times"]]
+    itl = [b - a for r in results for a, b in zip(r["times"], r["times"][1:])]
+    pct = lambda xs, q: float(np.percentile(xs, q)) * 1e3 if xs else float("nan")  # noqa: E731  (ms)
+    return {"tok_s": tokens / wall, "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "itl_p50": pct(itl, 50),
+            "itl_p99": pct(itl, 99), "requests": len(results), "failed": sum(not r["ok"] for r in results),
+            "errors": [r["error"] for r in results if not r["ok"]][:3], "wall_s": wall}
+
+
+def soak(port: int, server: ServerProc, seconds: float, clients: int, seed: int) -> None:
+    """``clients`` threads send requests of random sizes for ``seconds``; failures, lost requests, RSS."""
+    stop_at = time.monotonic() + seconds
+    counts = {"sent": 0, "ok": 0, "failed": 0, "tokens": 0}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        rng = np.random.default_rng(seed * 1000 + i)
+        while time.monotonic() < stop_at:
+            n = int(rng.integers(8, 65))
+            prompt = rng.integers(10, 1000, int(rng.integers(8, 129))).tolist()
+            r = stream_request(port, prompt, n, timeout=300.0, temperature=0.7, seed=int(rng.integers(1 << 30)))
+            with lock:
+                counts["sent"] += 1
+                counts["ok" if r["ok"] else "failed"] += 1
+                counts["tokens"] += len(r["times"])
+                if not r["ok"] and len(errors) < 5:
+                    errors.append(r["error"])
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    next_print = 0.0
+    while any(t.is_alive() for t in threads):
+        time.sleep(1.0)
+        el = time.monotonic() - t0
+        if el >= next_print:
+            with lock:
+                print(f"  t={el:5.0f} s  RSS {rss_bytes(server.proc.pid) / 1e9:.3f} GB  requests ok {counts['ok']} "
+                      f"failed {counts['failed']}", flush=True)
+            next_print += max(10.0, seconds / 20)
+    wall = time.monotonic() - t0
+    lost = counts["sent"] - counts["ok"] - counts["failed"]
+    samples = [r for t, r in server.samples if t > 0]
+    warm = [r for t, r in server.samples if t >= min(60.0, seconds / 4)] or samples
+    print(f"\n# soak: {clients} clients for {seconds:.0f} s ({wall:.0f} s with the last requests), CPU {cpu_name()}")
+    print(f"requests: {counts['sent']} sent, {counts['ok']} complete, {counts['failed']} failed, {lost} lost; "
+          f"{counts['tokens'] / wall:.1f} generated tok/s")
+    for e in errors:
+        print(f"  error: {e}")
+    if samples:
+        print(f"server RSS: peak {max(samples) / 1e9:.3f} GB; after warm-up min {min(warm) / 1e9:.3f} / max "
+              f"{max(warm) / 1e9:.3f} GB, first {warm[0] / 1e9:.3f} -> last {warm[-1] / 1e9:.3f} GB "
+              f"({(warm[-1] - warm[0]) / 1e6:+.1f} MB)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", type=Path, default=REPO / "out" / "bench_serve", help="where the model is built")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--streams", default="1,4,8,16", help="concurrency levels")
+    p.add_argument("--requests", type=int, default=2, help="requests per client at each level")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--ctx-size", type=int, default=256, help="positions per slot, both servers")
+    p.add_argument("--prefill-chunk", type=int, default=8, help="ours: prompt tokens per step while others decode")
+    p.add_argument("--level-timeout", type=float, default=600.0, help="seconds per level and server, at most")
+    p.add_argument("--soak", type=float, default=None, metavar="SECONDS", help="soak test of our server instead")
+    p.add_argument("--soak-clients", type=int, default=16)
+    p.add_argument("--no-llama", action="store_true", help="only our server")
+    p.add_argument("--port", type=int, default=18431, help="ours; llama-server gets port + 1")
+    a = p.parse_args()
+    levels = [int(x) for x in a.streams.split(",")]
+    parallel = a.soak_clients if a.soak else max(levels)
+    hf = build(a.work)
+    ours_cmd = [sys.executable, "-m", "bitnet", "serve", str(hf), "--port", str(a.port), "--threads", str(a.threads),
+                "--parallel", str(parallel), "--ctx-size", str(a.ctx_size), "--prefill-chunk", str(a.prefill_chunk),
+                "--queue", "256", "--log-level", "warning"]
+    servers: dict[str, ServerProc] = {}
+    try:
+        servers["ours"] = ServerProc("bitnet serve", ours_cmd, a.port, a.work / "ours.log")
+        if a.soak:
+            soak(a.port, servers["ours"], a.soak, a.soak_clients, seed=1)
+            return 0
+        env = anchors_env()
+        llama_bin, models = env.get("LLAMA_SERVER_UPSTREAM"), env.get("ANCHOR_MODELS")
+        gguf = Path(models or "-") / "upstream-TQ2_0-q6khead.gguf"
+        if a.no_llama:
+            pass
+        elif not (llama_bin and Path(llama_bin).is_file() and gguf.is_file()):
+            print(f"llama-server or its model is missing ({ENV_SH}: run ../shared/anchors/build.sh); ours only")
+        else:
+            cmd = [llama_bin, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(a.port + 1), "-t", str(a.threads),
+                   "-tb", str(a.threads), "-np", str(parallel), "-cb", "-c", str(parallel * a.ctx_size)]
+            servers["llama.cpp"] = ServerProc("llama-server", cmd, a.port + 1, a.work / "llama.log")
+        for srv in servers.values():  # warm-up: first-request costs (KV allocation, page faults) stay out
+            stream_request(srv.port, list(range(10, 10 + a.prompt_len)), 4, timeout=a.level_timeout)
+        res: dict[tuple[str, int], dict] = {}
+        for c in levels:
+            for name, srv in servers.items():
+                r = res[name, c] = run_level(srv.port, c, a.requests, a.prompt_len, a.max_tokens, seed=c,
+                                             timeout=a.level_timeout)
+                r["peak_rss"] = srv.peak_rss
+                print(f"{name:<10} {c:>2} streams: {r['tok_s']:7.2f} tok/s  TTFT p50 {r['ttft_p50']:7.0f} ms  "
+                      f"ITL p50 {r['itl_p50']:6.1f} / p99 {r['itl_p99']:6.1f} ms  failed {r['failed']}"
+                      + (f"  {r['errors']}" if r["errors"] else ""), flush=True)
+    finally:
+        for s in servers.values():
+            s.stop()
+    print(f"\n# {cpu_name()}, {a.threads} threads; {a.requests} requests per stream, prompt {a.prompt_len} tokens, "
+          f"{a.max_tokens} generated (ignore_eos), greedy; {parallel} slots x {a.ctx_size} positions; "
+          f"ours: int8 head, llama.cpp: TQ2_0 + Q6_K head")
+    print(f"{'server':<10} {'streams':>7} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} "
+          f"{'peak RSS GB':>11} {'failed':>6}")
+    for (name, c), r in res.items():
+        print(f"{name:<10} {c:>7} {r['tok_s']:>8.2f} {r['ttft_p50']:>7.0f}ms {r['ttft_p99']:>7.0f}ms "
+              f"{r['itl_p50']:>6.1f}ms {r['itl_p99']:>6.1f}ms {r['peak_rss'] / 1e9:>11.3f} {r['failed']:>6}")
+    names = list(servers)
+    for c in levels:
+        line = f"{c:>2} streams: ours {res['ours', c]['tok_s'] / res['ours', levels[0]]['tok_s']:.2f}x its " \
+               f"{levels[0]}-stream tok/s"
+        if "llama.cpp" in names:
+            line += f"; ours / llama.cpp tok/s {res['ours', c]['tok_s'] / res['llama.cpp', c]['tok_s']:.2f}x"
+        itl = res["ours", c]["itl_p99"] / res["ours", levels[0]]["itl_p50"]
+        line += f"; ours ITL p99 / {levels[0]}-stream ITL p50 {itl:.2f}x"
+        print(line)
+    print(f"targets (issue 13, 8 streams): >= {TARGETS['scale_8']}x one stream's tok/s, >= {TARGETS['vs_llama_8']}x "
+          f"llama.cpp's, ITL p99 <= {TARGETS['itl_p99_8']}x the single-stream latency")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

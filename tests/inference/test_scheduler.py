@@ -1,0 +1,289 @@
+"""The continuous-batching scheduler's logic on a fake engine (no C++; see test_serve.py for the real one).
+
+The fake's logits after a position are a pseudo-random function of every token its slot holds up to
+that position, so feeding a wrong position, reusing a wrong prefix or mixing up slots changes the
+generated tokens; each request is checked against a plain one-sequence loop over the same function.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+from engine_helpers import tokenizer
+
+from bitnet.inference.engine import sample_next
+from bitnet.inference.scheduler import PromptTooLong, QueueFull, Request, Scheduler, SchedulerStopped
+from bitnet.inference.textstream import TextStream
+
+VOCAB = 300
+WAIT_S = 20.0  # bound on any wait for the engine thread
+
+
+_tokenizer = functools.cache(tokenizer)
+
+
+class FakeEngine:
+    """``Engine``'s slot API (configure_slots / step / copy_slot / slot_len) in pure Python."""
+
+    max_positions = 96
+    vocab_size = VOCAB
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.tokenizer = _tokenizer()
+        self.delay = delay  # seconds per step (to keep requests in flight)
+        self.batches: list[list[tuple[int, list[int], int]]] = []
+        self.copies: list[tuple[int, int, int]] = []
+
+    def configure_slots(self, n: int, ctx_size: int) -> None:
+        self.cache = [[] for _ in range(n)]
+        self.ctx = ctx_size
+
+    def slot_len(self, slot: int) -> int:
+        return len(self.cache[slot])
+
+    def copy_slot(self, src: int, dst: int, n: int) -> None:
+        assert 0 <= n <= len(self.cache[src])
+        self.cache[dst] = self.cache[src][:n]
+        self.copies.append((src, dst, n))
+
+    @staticmethod
+    def logits_for(tokens: list[int]) -> np.ndarray:
+        rng = np.random.default_rng(zlib.crc32(np.asarray(tokens, dtype=np.int64).tobytes()))
+        return rng.standard_normal(VOCAB).astype(np.float32) * 3
+
+    def step(self, batch) -> np.ndarray:
+        slots = [s for s, _, _ in batch]
+        assert len(set(slots)) == len(slots), "a slot twice in one step"
+        out = np.empty((len(batch), VOCAB), dtype=np.float32)
+        for i, (s, ids, pos0) in enumerate(batch):
+            assert 0 <= pos0 <= len(self.cache[s]) and len(ids) >= 1
+            self.cache[s] = self.cache[s][:pos0] + [int(t) for t in ids]
+            assert len(self.cache[s]) <= self.ctx
+            out[i] = self.logits_for(self.cache[s])
+        self.batches.append([(s, list(ids), p) for s, ids, p in batch])
+        if self.delay:
+            time.sleep(self.delay)
+        return out
+
+
+def alone(prompt: list[int], max_tokens: int, ctx: int, temperature: float = 0.0, seed: int | None = None,
+          stop_ids: frozenset[int] = frozenset()) -> list[int]:
+    """What one request gets with no scheduler: Engine._token_stream's loop on the fake's logits."""
+    rng = np.random.default_rng(seed)
+    seq, new = list(prompt), []
+    while len(new) < max_tokens:
+        nxt = sample_next(FakeEngine.logits_for(seq), temperature=temperature, rng=rng)
+        if nxt in stop_ids:
+            break
+        new.append(nxt)
+        seq.append(nxt)
+        if len(seq) >= ctx:
+            break
+    return new
+
+
+class Collector:
+    """deliver() target: gathers one request's deltas (called on the engine thread)."""
+
+    def __init__(self) -> None:
+        self.deltas = []
+        self.done = threading.Event()
+
+    def __call__(self, d) -> None:
+        self.deltas.append(d)
+        if d.finish_reason is not None:
+            self.done.set()
+
+    def wait(self):
+        assert self.done.wait(WAIT_S), "request did not finish"
+        return self
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for d in self.deltas for t in d.token_ids]
+
+    @property
+    def text(self) -> str:
+        return "".join(d.text for d in self.deltas)
+
+    @property
+    def last(self):
+        return self.deltas[-1]
+
+
+def run_all(sched: Scheduler, reqs: list[Request]) -> list[Collector]:
+    cols = [Collector() for _ in reqs]
+    for r, c in zip(reqs, cols):
+        sched.submit(r, c)
+    return [c.wait() for c in cols]
+
+
+@pytest.fixture
+def sched_factory():
+    made = []
+
+    def make(engine=None, **kw):
+        s = Scheduler(engine or FakeEngine(), **{"parallel": 3, "ctx_size": 64, "prefill_chunk": 5, **kw})
+        s.start()
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop(timeout=WAIT_S)
+
+
+def test_each_request_gets_what_it_gets_alone(sched_factory):
+    rng = np.random.default_rng(0)
+    shared = rng.integers(0, VOCAB, 12).tolist()
+    prompts = [(shared if i % 2 else []) + rng.integers(0, VOCAB, int(rng.integers(1, 20))).tolist() for i in range(10)]
+    sched = sched_factory()
+    reqs = [Request(p, max_tokens=8 + i, temperature=0.0 if i < 5 else 0.9, seed=i) for i, p in enumerate(prompts)]
+    cols = run_all(sched, reqs)
+    for r, c in zip(reqs, cols):
+        assert c.tokens == alone(r.prompt_ids, r.max_tokens, 64, r.temperature, r.seed)
+        assert c.last.finish_reason == "length" and c.last.completion_tokens == r.max_tokens
+        assert c.text == sched.engine.tokenizer.decode(c.tokens)
+    assert max(len(b) for b in sched.engine.batches) == 3  # the slots ran together
+
+
+def test_chunked_prefill_does_not_stall_decoding(sched_factory):
+    eng = FakeEngine(delay=0.002)
+    sched = sched_factory(eng, parallel=2, ctx_size=96, prefill_chunk=4)
+    short, long = [1, 2, 3], list(range(10, 50))
+    a = Collector()
+    sched.submit(Request(short, max_tokens=80, temperature=0.0), a)
+    while not a.deltas:  # a is decoding
+        time.sleep(0.001)
+    b = Collector()
+    sched.submit(Request(long, max_tokens=2, temperature=0.0), b)
+    a.wait(), b.wait()
+    assert b.tokens == alone(long, 2, 96) and a.tokens == alone(short, 80, 96)
+    slot_a = eng.batches[0][0][0]
+    prefill_steps = [batch for batch in eng.batches
+                     if any(s != slot_a and p + len(ids) <= len(long) for s, ids, p in batch)]
+    assert len(prefill_steps) == len(long) // 4  # 40 prompt tokens in chunks of 4 ...
+    for batch in prefill_steps:  # ... each in a step that also advanced a by one token
+        assert sorted(len(ids) for s, ids, p in batch) == [1, 4]
+
+
+def test_prefix_reuse_from_a_free_slot_and_copy_from_a_busy_one(sched_factory):
+    eng = FakeEngine(delay=0.002)
+    sched = sched_factory(eng, parallel=3)
+    system = list(range(100, 130))
+    (first,) = run_all(sched, [Request(system + [1, 2], max_tokens=3, temperature=0.0)])
+    assert first.last.cached_tokens == 0
+    (second,) = run_all(sched, [Request(system + [7], max_tokens=3, temperature=0.0)])
+    assert second.last.cached_tokens == len(system)  # the free slot that held it was chosen
+    assert second.tokens == alone(system + [7], 3, 64)
+    # a busy slot holds the prefix: the new request copies it into a free slot
+    busy = Collector()
+    sched.submit(Request(system + [9, 9], max_tokens=25, temperature=0.0), busy)
+    while not busy.deltas:
+        time.sleep(0.001)
+    copies = len(eng.copies)
+    other = Collector()
+    sched.submit(Request(system + [9, 9, 5, 6], max_tokens=4, temperature=0.0), other)
+    other.wait(), busy.wait()
+    assert other.last.cached_tokens >= len(system) + 2 and len(eng.copies) == copies + 1
+    assert other.tokens == alone(system + [9, 9, 5, 6], 4, 64)
+    assert busy.tokens == alone(system + [9, 9], 25, 64)
+
+
+def test_cancel_frees_the_slot(sched_factory):
+    sched = sched_factory(FakeEngine(delay=0.002), parallel=1, ctx_size=96)
+    a, b = Collector(), Collector()
+    ha = sched.submit(Request([5, 6, 7], max_tokens=80, temperature=0.0, ignore_eos=True), a)
+    sched.submit(Request([8, 9], max_tokens=3, temperature=0.0), b)
+    while len(a.deltas) < 3:
+        time.sleep(0.001)
+    ha.cancel()
+    a.wait(), b.wait()
+    assert a.last.finish_reason == "cancelled" and a.last.completion_tokens < 80
+    assert b.tokens == alone([8, 9], 3, 96) and b.last.finish_reason == "length"
+    assert sched.status()["slots_busy"] == 0 and sched.status()["cancelled"] == 1
+
+
+def test_end_token_stop_string_and_full_context():
+    eng = FakeEngine()
+    sched = Scheduler(eng, parallel=2, ctx_size=20, prefill_chunk=8)
+    sched.start()
+    try:
+        prompt = [3, 1, 4, 1, 5]
+        ref = alone(prompt, 50, 20)  # greedy until the context (20 positions) is full
+        assert len(ref) == 20 - len(prompt)
+        (full,) = run_all(sched, [Request(prompt, temperature=0.0)])
+        assert full.tokens == ref and full.last.finish_reason == "length"
+        (eos,) = run_all(sched, [Request(prompt, max_tokens=50, temperature=0.0, stop_token_ids=frozenset({ref[3]}))])
+        assert eos.tokens == ref[:ref.index(ref[3])] and eos.last.finish_reason == "stop"
+        text = eng.tokenizer.decode(ref)
+        stop = text[len(text) // 2:len(text) // 2 + 2]
+        (st,) = run_all(sched, [Request(prompt, max_tokens=50, temperature=0.0, stop=[stop])])
+        assert st.text == text[:text.index(stop)] and st.last.finish_reason == "stop"
+        (prompt_fills,) = run_all(sched, [Request(list(range(20)), max_tokens=5, temperature=0.0)])
+        assert prompt_fills.last.completion_tokens == 1 and prompt_fills.last.finish_reason == "length"
+    finally:
+        sched.stop(timeout=WAIT_S)
+
+
+def test_bad_requests_and_a_bounded_queue():
+    sched = Scheduler(FakeEngine(), parallel=1, ctx_size=16, max_queue=1)  # not started: nothing leaves the queue
+    with pytest.raises(PromptTooLong):
+        sched.submit(Request(list(range(17))), Collector())
+    with pytest.raises(ValueError, match="must be in"):
+        sched.submit(Request([VOCAB]), Collector())
+    with pytest.raises(ValueError, match="empty"):
+        sched.submit(Request([]), Collector())
+    with pytest.raises(ValueError, match="max_tokens"):
+        sched.submit(Request([1], max_tokens=0), Collector())
+    sched.submit(Request([1]), Collector())  # takes the slot
+    sched.submit(Request([2]), Collector())  # waits
+    with pytest.raises(QueueFull):
+        sched.submit(Request([3]), Collector())
+    with pytest.raises(ValueError, match="ctx_size"):
+        Scheduler(FakeEngine(), parallel=1, ctx_size=FakeEngine.max_positions + 1)
+
+
+def test_stop_cancels_running_and_queued_requests():
+    sched = Scheduler(FakeEngine(delay=0.002), parallel=1, ctx_size=96)
+    sched.start()
+    a, b = Collector(), Collector()
+    sched.submit(Request([1, 2], max_tokens=90, temperature=0.0), a)
+    sched.submit(Request([3], max_tokens=5), b)
+    while not a.deltas:
+        time.sleep(0.001)
+    sched.stop(cancel=True, timeout=WAIT_S)
+    assert not sched.running
+    assert a.wait().last.finish_reason == "cancelled" and b.wait().last.finish_reason == "cancelled"
+    with pytest.raises(SchedulerStopped):
+        sched.submit(Request([1]), Collector())
+
+
+def test_text_stream_holds_back_partial_stop_strings_and_utf8():
+    tok = _tokenizer()
+    ids = tok.encode("to be or not to be é").ids
+    ts = TextStream(tok, ["not t"])
+    pieces = [ts.push(t) for t in ids]
+    assert "".join(pieces) == "to be or " and ts.stopped and ts.flush() == ""
+    ts = TextStream(tok, ["zz"])
+    pieces = [ts.push(t) for t in ids] + [ts.flush()]
+    assert "".join(pieces) == "to be or not to be é"
+    assert all("\ufffd" not in p for p in pieces)  # é (2 bytes) is never split
+
+
+def test_a_lone_prompt_is_read_in_large_chunks(sched_factory):
+    from bitnet.inference.scheduler import PREFILL_ALONE
+
+    eng = FakeEngine()
+    eng.max_positions = PREFILL_ALONE + 64
+    sched = sched_factory(eng, parallel=2, ctx_size=PREFILL_ALONE + 64, prefill_chunk=4)
+    prompt = list(range(10, 10 + PREFILL_ALONE + 20))
+    (c,) = run_all(sched, [Request(prompt, max_tokens=2, temperature=0.0)])
+    assert c.tokens == alone(prompt, 2, PREFILL_ALONE + 64)
+    # nobody decodes while it reads its prompt: PREFILL_ALONE tokens, then the rest, then 1 per step
+    assert [len(ids) for batch in eng.batches for s, ids, p in batch] == [PREFILL_ALONE, 20, 1]
