@@ -18,7 +18,8 @@ import numpy as np
 from . import _C
 from bitnet.config import BitNetConfig
 
-__all__ = ["random_packed", "random_bf16", "random_model", "time_prefill_decode", "peak_rss_bytes", "transparent_hugepage_mode",
+__all__ = ["random_packed", "random_bf16", "random_model", "time_prefill_decode", "time_pp_tg", "peak_rss_bytes",
+           "transparent_hugepage_mode",
            "PROJECT_SHAPES", "project_table", "measure_read_bandwidth", "last_level_cache_bytes", "cold_decode_s"]
 
 
@@ -36,8 +37,10 @@ def random_bf16(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
 
 
 def random_model(cfg: BitNetConfig, threads: int, head: str = "f16", seed: int = 0,
-                 layers: int | None = None) -> Any:
-    """A ``_C.Model`` of ``cfg``'s shape with random weights (``layers`` overrides the depth)."""
+                 layers: int | None = None, weights: str = "i2", kv_cache: str = "f32") -> Any:
+    """A ``_C.Model`` of ``cfg``'s shape with random weights (``layers`` overrides the depth;
+    ``weights`` is the ternary layout, "i2" or "t5"; ``kv_cache`` the KV cache's element type,
+    "f32" or "f16")."""
     rng = np.random.default_rng(seed)
     n_layers = cfg.num_hidden_layers if layers is None else layers
     C, I, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
@@ -45,6 +48,8 @@ def random_model(cfg: BitNetConfig, threads: int, head: str = "f16", seed: int =
                  kv_heads=cfg.num_key_value_heads, head_dim=hd, max_positions=cfg.max_position_embeddings,
                  eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta, act=cfg.hidden_act, sub_norms=cfg.use_sub_norms,
                  inner_norm=False, threads=threads)
+    m.set_weight_format(weights)
+    m.set_kv_dtype(kv_cache)
     m.set_embedding(random_bf16(rng, cfg.vocab_size, C), "bf16")
     if not cfg.tie_word_embeddings:
         m.set_lm_head(random_bf16(rng, cfg.vocab_size, C), "bf16")
@@ -81,6 +86,65 @@ def time_prefill_decode(model: Any, vocab: int, prompt_len: int = 128, decode_le
     t2 = time.perf_counter()
     return {"prefill_tok_s": prompt_len / (t1 - t0), "decode_tok_s": decode_len / (t2 - t1),
             "prefill_s": t1 - t0, "decode_s": t2 - t1}
+
+
+def time_pp_tg(model: Any, vocab: int, n_prompt: int = 128, n_gen: int = 64, reps: int = 3, depth: int = 0,
+               seed: int = 0) -> dict[str, float]:
+    """Prefill and decode timed the way llama-bench times ``pp<n_prompt>`` and ``tg<n_gen>``.
+
+    Each test runs once untimed (a warm-up, which also grows the KV cache to its final size, as
+    llama.cpp allocates its cache up front), then ``reps`` timed repetitions, each starting from a
+    cache holding exactly ``depth`` tokens (empty at 0; llama-bench's ``-d``, filled once here):
+    pp feeds ``n_prompt`` random tokens in one call and computes the last one's logits; tg feeds
+    ``n_gen`` tokens one call each, every one the argmax of the previous logits. Unlike
+    :func:`time_prefill_decode` (decode after the prompt, one cold run), tg starts from the empty
+    (or depth-filled) cache, as llama-bench's does.
+
+    Args:
+        model: a ``_C.Model``; its cache is reset.
+        vocab: its vocabulary size.
+        n_prompt, n_gen: tokens of each test (0 skips that test).
+        reps: timed repetitions (>= 1).
+        depth: tokens in the cache before each repetition; depth + max(n_prompt, n_gen) must not
+            exceed the model's max_position_embeddings.
+
+    Returns:
+        ``pp_tok_s`` / ``tg_tok_s``: the mean over repetitions of tokens/s (llama-bench's avg_ts),
+        ``pp_std`` / ``tg_std``: their standard deviation, for the tests that ran.
+
+    Raises:
+        ValueError: reps < 1, or negative lengths / depth.
+    """
+    if reps < 1 or n_prompt < 0 or n_gen < 0 or depth < 0:
+        raise ValueError(f"time_pp_tg: need reps >= 1 and lengths, depth >= 0 (got {reps}, {n_prompt}, {n_gen}, {depth})")
+    rng = np.random.default_rng(seed)
+    out = np.empty((1, vocab), np.float32)
+    model.reset()
+    if depth:
+        model.forward(rng.integers(0, vocab, size=depth, dtype=np.int32), 0, depth - 1, out)
+
+    def pp() -> float:
+        ids = rng.integers(0, vocab, size=n_prompt, dtype=np.int32)
+        t0 = time.perf_counter()
+        model.forward(ids, depth, n_prompt - 1, out)  # pos0 = depth drops anything cached past it
+        return n_prompt / (time.perf_counter() - t0)
+
+    def tg() -> float:
+        nxt = int(rng.integers(0, vocab))
+        t0 = time.perf_counter()
+        for i in range(n_gen):
+            model.forward(np.array([nxt], np.int32), depth + i, 0, out)
+            nxt = int(out[0].argmax())
+        return n_gen / (time.perf_counter() - t0)
+
+    res: dict[str, float] = {}
+    for name, n, fn in (("pp", n_prompt, pp), ("tg", n_gen, tg)):
+        if n == 0:
+            continue
+        fn()  # warm-up
+        ts = np.array([fn() for _ in range(reps)])
+        res[f"{name}_tok_s"], res[f"{name}_std"] = float(ts.mean()), float(ts.std(ddof=1) if reps > 1 else 0.0)
+    return res
 
 
 def peak_rss_bytes() -> int:
@@ -161,8 +225,17 @@ def cold_decode_s(model: Any, vocab: int, decode_tokens: int, flush: np.ndarray,
     return float(np.median(times))
 
 
+# Bytes one row of the output head takes in each head mode, by hidden size: int8 one byte per
+# weight (+ a scale), int4 a 68-byte block per 128 columns (+ two 4-byte row values), f16 two bytes.
+HEAD_BYTES_PER_ROW = {
+    "int8": lambda c: c + 8,
+    "int4": lambda c: -(-c // 128) * 68 + 8,
+    "f16": lambda c: 2 * c,
+}
+
+
 def project_table(threads: int, layers: int = 4, decode_tokens: int = 16, head: str = "int8",
-                  measure_vocab: int = 32000) -> list[dict[str, Any]]:
+                  measure_vocab: int = 32000, weights: str = "auto") -> list[dict[str, Any]]:
     """Per-layer decode time at each shape's real matrix sizes, projected to the whole model.
 
     Two random models per shape (1 and 1 + ``layers`` layers, head over ``measure_vocab`` rows) are
@@ -170,6 +243,9 @@ def project_table(threads: int, layers: int = 4, decode_tokens: int = 16, head: 
     the time per layer, the rest the head, which is scaled to the real vocabulary (the head is a
     memory-bound stream, linear in its rows). tokens/s = 1 / (ms_per_layer * n_layers + head_ms).
     """
+    from .loader import auto_weight_format
+
+    weights = auto_weight_format() if weights == "auto" else weights
     flush = np.ones(2 * last_level_cache_bytes() // 8, np.int64)
     rows = []
     for s in PROJECT_SHAPES:
@@ -179,7 +255,7 @@ def project_table(threads: int, layers: int = 4, decode_tokens: int = 16, head: 
                            tie_word_embeddings=True)
         times = {}
         for n in (1, 1 + layers):
-            m = random_model(cfg, threads, head=head, layers=n)
+            m = random_model(cfg, threads, head=head, layers=n, weights=weights)
             time_prefill_decode(m, measure_vocab, prompt_len=4, decode_len=2)  # warm-up: page in, grow caches
             times[n] = cold_decode_s(m, measure_vocab, decode_tokens, flush)
             del m
@@ -188,8 +264,9 @@ def project_table(threads: int, layers: int = 4, decode_tokens: int = 16, head: 
         total = per_layer * s.layers + head_s
         kv = s.hidden * s.kv_heads // s.heads
         params = s.layers * (s.hidden * (2 * s.hidden + 2 * kv) + 3 * s.hidden * s.intermediate)
-        head_bytes = s.vocab * s.hidden * (1 if head == "int8" else 2)
-        rows.append({"model": s.name, "layers": s.layers, "ternary_params_B": params / 1e9,
+        head_bytes = s.vocab * HEAD_BYTES_PER_ROW[head](s.hidden)
+        ternary_bytes = params / (5 if weights == "t5" else 4)  # 1.6 or 2 bits per weight
+        rows.append({"model": s.name, "layers": s.layers, "ternary_params_B": params / 1e9, "weights": weights,
                      "ms_per_layer": per_layer * 1e3, "head_ms": head_s * 1e3, "tok_s": 1.0 / total,
-                     "weight_GB": (params / 4 + head_bytes) / 1e9})
+                     "weight_GB": (ternary_bytes + head_bytes) / 1e9})
     return rows

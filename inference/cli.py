@@ -13,16 +13,31 @@ __all__ = ["generate_main", "chat_main", "bench_main"]
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", type=Path, help="packed export directory (config.json, model.safetensors, tokenizer.json)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: all CPUs of this process)")
-    p.add_argument("--head", choices=["auto", "f16", "int8"], default="auto", help="output head precision")
+    p.add_argument("--head", choices=["auto", "f16", "int8", "int4"], default="auto", help="output head precision")
+    p.add_argument("--weights", choices=["auto", "i2", "t5"], default="auto",
+                   help="ternary weight layout in memory: i2 (2 bits), t5 (1.6 bits), auto (the faster here)")
+    p.add_argument("--kv-cache", choices=["f32", "f16"], default="f32",
+                   help="KV cache element type: f32 (exact) or f16 (half the cache memory and attention reads)")
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=0.0, help=">= 0; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    """One line per bad value, before the model is loaded (same wording as every other command)."""
+    from .engine import check_sampling, check_threads
+
+    check_threads(a.threads, "--threads")
+    if hasattr(a, "temperature"):
+        check_sampling(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.repetition_penalty, cli=True)
+    if getattr(a, "prompt", None) == "":
+        raise ValueError("--prompt is empty: give some text to continue")
 
 
 def _gen_kwargs(a: argparse.Namespace) -> dict:
@@ -38,9 +53,10 @@ def generate_main(argv: list[str]) -> int:
     p.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
     _sampling_args(p, 128)
     a = p.parse_args(argv)
+    _check_args(a)
     from .engine import Engine
 
-    eng = Engine(a.model_dir, threads=a.threads, head=a.head)
+    eng = Engine(a.model_dir, threads=a.threads, head=a.head, weights=a.weights, kv_cache=a.kv_cache)
     t0 = time.perf_counter()
     if a.no_stream:
         print(eng.generate(a.prompt, stop=a.stop, **_gen_kwargs(a)))
@@ -62,9 +78,10 @@ def chat_main(argv: list[str]) -> int:
     p.add_argument("--system", default="You are a helpful assistant.", help="system prompt")
     _sampling_args(p, 256)
     a = p.parse_args(argv)
+    _check_args(a)
     from .engine import Engine
 
-    eng = Engine(a.model_dir, threads=a.threads, head=a.head)
+    eng = Engine(a.model_dir, threads=a.threads, head=a.head, weights=a.weights, kv_cache=a.kv_cache)
     history = [{"role": "system", "content": a.system}] if a.system else []
     while True:
         try:
@@ -99,24 +116,27 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--act", choices=["relu2", "silu"], default=None, help="override the preset's hidden_act")
     p.add_argument("--project", action="store_true", help="print the scaling projection table")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--head", choices=["auto", "f16", "int8"], default="auto")
-    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--head", choices=["auto", "f16", "int8", "int4"], default="auto")
+    p.add_argument("--weights", choices=["auto", "i2", "t5"], default="auto", help="ternary weight layout (see generate)")
+    p.add_argument("--kv-cache", choices=["f32", "f16"], default="f32", help="KV cache element type (see generate)")
+    p.add_argument("--prompt-len", type=int, default=128,
+                   help="tokens prefilled before decode: decode attends to prompt-len .. prompt-len + decode-len positions")
     p.add_argument("--decode-len", type=int, default=64)
     a = p.parse_args(argv)
+    _check_args(a)
     from . import _C
     from .bench import peak_rss_bytes, project_table, random_model, time_prefill_decode, transparent_hugepage_mode
     from .engine import AUTO_HEAD, Engine
-    from .loader import default_threads
+    from .loader import auto_weight_format, default_threads
 
     threads = a.threads if a.threads is not None else default_threads()
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
+    weights = auto_weight_format() if a.weights == "auto" else a.weights
     head = AUTO_HEAD if a.head == "auto" else a.head
     if a.project:
-        print(f"# per-layer decode time at real shapes, random ternary weights, {threads} threads, "
+        print(f"# per-layer decode time at real shapes, random ternary weights ({weights}), {threads} threads, "
               f"{head} head, kernels={_C.current_isa()}")
         print(f"{'model':>12} {'layers':>6} {'ternary B':>9} {'ms/layer':>9} {'head ms':>8} {'weights GB':>10} {'tok/s':>7}")
-        for r in project_table(threads, head=head):
+        for r in project_table(threads, head=head, weights=weights):
             print(f"{r['model']:>12} {r['layers']:>6} {r['ternary_params_B']:>9.2f} {r['ms_per_layer']:>9.3f} "
                   f"{r['head_ms']:>8.2f} {r['weight_GB']:>10.2f} {r['tok_s']:>7.2f}")
         return 0
@@ -128,18 +148,18 @@ def bench_main(argv: list[str]) -> int:
 
         overrides = {"hidden_act": a.act} if a.act else {}
         cfg = BitNetConfig.from_preset(a.shape, **overrides)
-        model, vocab, file_bytes = random_model(cfg, threads, head=head), cfg.vocab_size, None
+        model, vocab, file_bytes = random_model(cfg, threads, head=head, weights=weights, kv_cache=a.kv_cache), cfg.vocab_size, None
         what = f"--shape {a.shape} (random weights, {cfg.hidden_act})"
     else:
-        eng = Engine(a.model_dir, threads=threads, head=head)
+        eng = Engine(a.model_dir, threads=threads, head=head, weights=weights, kv_cache=a.kv_cache)
         model, vocab, file_bytes = eng._model, eng.vocab_size, eng._weights.nbytes
         what = str(a.model_dir)
     load_s = time.perf_counter() - t0
     r = time_prefill_decode(model, vocab, a.prompt_len, a.decode_len)
     rss = peak_rss_bytes()
     print(f"model: {what}")
-    print(f"kernels: {_C.current_isa()}  threads: {threads}  head: {model.head_mode}  "
-          f"huge pages: {transparent_hugepage_mode() or 'n/a'}")
+    print(f"kernels: {_C.current_isa()}  threads: {threads}  head: {model.head_mode}  weights: {model.weight_format}  "
+          f"kv cache: {model.kv_dtype}  huge pages: {transparent_hugepage_mode() or 'n/a'}")
     print(f"load: {load_s:.2f} s")
     print(f"prefill: {r['prefill_tok_s']:.1f} tok/s ({a.prompt_len} tokens)")
     print(f"decode:  {r['decode_tok_s']:.2f} tok/s ({a.decode_len} tokens)")

@@ -13,15 +13,21 @@ from typing import Any
 
 import numpy as np
 
-from .loader import build_model, default_threads
+from .loader import KV_CACHE_DTYPES, WEIGHT_FORMATS, auto_weight_format, build_model, default_threads
 
-__all__ = ["Engine", "HEAD_MODES", "AUTO_HEAD", "sample_next"]
+__all__ = ["Engine", "HEAD_MODES", "AUTO_HEAD", "sample_next", "check_threads", "check_sampling"]
 
-HEAD_MODES = ("auto", "f16", "int8")
+HEAD_MODES = ("auto", "f16", "int8", "int4")
 # "auto" picks this head. Measured with `python benchmarks/bench_engine.py --head-accuracy` (a
 # 4-layer model trained 300 steps on Shakespeare, 10,240 held-out tokens): top-1 agreement with the
 # exact 16-bit head 99.53%, perplexity 111.752 vs 111.719 (+0.03%); it reads half the head bytes per
 # decoded token (the head is 30-55% of them at 2B4T), so int8 is the default.
+# "int4" (4.25 bits per weight, 0.697 instead of 0.850 GB per decoded token at 2B4T) rescores its
+# best candidates exactly, so its top-1 and greedy text follow the 16-bit head (100% top-1 and 8/8
+# greedy prompts identical where int8 gave 99.53% and 6/8), but the logits it leaves coarse move
+# perplexity by more than the 0.1% "auto" allows: +0.26% on that model, +0.035% on the demo model
+# (Shakespeare), -0.93% on WikiText-2 out of domain (`python benchmarks/bench_head.py`). So "auto"
+# stays int8; int4 is for greedy / sampled generation where the bytes matter.
 AUTO_HEAD = "int8"
 
 # 2B4T's chat format (../shared/FORMATS.md section 2), used when tokenizer_config.json has no template.
@@ -33,6 +39,47 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
 )
 END_OF_TURN = "<|eot_id|>"
+
+
+def check_threads(threads: Any, name: str = "threads") -> None:
+    """Raise ``ValueError("<name> must be a positive integer, got <threads>")`` unless ``threads`` is
+    ``None`` (the default count) or an int >= 1; the CLIs pass ``name="--threads"``, so every command
+    words it the same way."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"{name} must be a positive integer, got {threads}")
+
+
+def check_sampling(
+    max_new_tokens: Any = 0,
+    temperature: Any = 0.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    repetition_penalty: Any = 1.0,
+    *,
+    cli: bool = False,
+) -> None:
+    """Raise ``ValueError`` naming the first sampling argument out of range.
+
+    ``max_new_tokens`` >= 0; ``temperature`` >= 0 (0 = greedy); ``top_k`` None or >= 0 (0 = off);
+    ``top_p`` None or in (0, 1]; ``repetition_penalty`` > 0. With ``cli`` the names are the command
+    line's flags (``--top-p``), else the Python parameter names (``top_p``).
+    """
+    def name(n: str) -> str:
+        return "--" + n.replace("_", "-") if cli else n
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+    if not (number(max_new_tokens) and float(max_new_tokens).is_integer() and max_new_tokens >= 0):
+        raise ValueError(f"{name('max_new_tokens')} must be an integer >= 0, got {max_new_tokens}")
+    if not (number(temperature) and temperature >= 0 and np.isfinite(temperature)):
+        raise ValueError(f"{name('temperature')} must be a number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and not (number(top_k) and float(top_k).is_integer() and top_k >= 0):
+        raise ValueError(f"{name('top_k')} must be an integer >= 0 (0 = off), got {top_k}")
+    if top_p is not None and not (number(top_p) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"{name('top_p')} must be in (0, 1], got {top_p}")
+    if not (number(repetition_penalty) and repetition_penalty > 0 and np.isfinite(repetition_penalty)):
+        raise ValueError(f"{name('repetition_penalty')} must be a number > 0 (1 = off), got {repetition_penalty}")
 
 
 def sample_next(
@@ -80,26 +127,42 @@ class Engine:
 
     Args:
         path: export directory (config.json, model.safetensors[.index.json], tokenizer.json).
-        threads: worker threads (None = the CPUs this process may use); must be >= 1.
+        threads: worker threads (None = the CPUs this process may use); a positive integer.
         head: output head precision: "f16" (the stored 16-bit table, exact), "int8" (per-row int8,
-            half the bytes) or "auto" (= :data:`AUTO_HEAD`).
+            half the bytes), "int4" (4.25 bits per weight: int4 groups of 32 with u8 group scales;
+            the best coarse candidates of every token are rescored exactly from the 16-bit rows, so
+            greedy choices follow the exact head) or "auto" (= :data:`AUTO_HEAD`).
+        weights: ternary weight layout in memory: "i2" (2 bits per weight), "t5" (5 trits per byte,
+            1.6 bits: 20% fewer bytes per decoded token) or "auto" (the faster here, see
+            :func:`~bitnet.inference.loader.auto_weight_format`). The logits are identical.
+        kv_cache: KV cache element type: "f32" (exact against the PyTorch reference) or "f16" (K/V
+            rows rounded to fp16 as they are written: half the cache memory per position and half
+            the bytes attention reads; logits move by about fp16's relative precision, 2^-11).
 
     Raises:
         FileNotFoundError: missing directory / config / weights.
-        ValueError: threads < 1, unknown head, or an invalid / inconsistent / unsupported export.
+        ValueError: threads < 1, unknown head, weights or kv_cache, or an invalid / inconsistent /
+            unsupported export.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, head: str = "auto") -> None:
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    def __init__(self, path: str | Path, threads: int | None = None, head: str = "auto", weights: str = "auto",
+                 kv_cache: str = "f32") -> None:
+        check_threads(threads)
         if head not in HEAD_MODES:
             raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
+        if weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
+        if kv_cache not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache must be one of {KV_CACHE_DTYPES}, got {kv_cache!r}")
         self.path = Path(path)
         if not self.path.is_dir():
             raise FileNotFoundError(f"no model directory at {self.path}")
         self.head = AUTO_HEAD if head == "auto" else head
         self.threads = threads if threads is not None else default_threads()
-        self._model, self.config, self.model_config, self._weights = build_model(self.path, self.threads, self.head)
+        self.weights = auto_weight_format() if weights == "auto" else weights
+        self.kv_cache = kv_cache
+        self._model, self.config, self.model_config, self._weights = build_model(
+            self.path, self.threads, self.head, self.weights, kv_cache)
         self.vocab_size: int = self.model_config.vocab_size
         self.max_positions: int = self.model_config.max_position_embeddings
         self.bos_token_id: int | None = self.model_config.bos_token_id
@@ -238,8 +301,12 @@ class Engine:
         """Like :meth:`generate`, but yields the new text piece by piece as it is produced.
 
         Text is held back while it is an incomplete UTF-8 sequence or could be the start of a stop
-        string, so the concatenated pieces equal ``generate``'s result exactly.
+        string, so the concatenated pieces equal ``generate``'s result exactly. Arguments are
+        checked as in :meth:`generate` (when iteration starts: this is a generator).
         """
+        check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+        if isinstance(prompt_or_ids, str) and not prompt_or_ids:
+            raise ValueError("the prompt is empty: give some text to continue")
         if self.tokenizer is None:
             raise ValueError(f"{self.path} has no tokenizer.json: streaming text needs one")
         ids = self._encode(prompt_or_ids) if isinstance(prompt_or_ids, str) else list(prompt_or_ids)
@@ -293,8 +360,13 @@ class Engine:
         The KV cache of the longest prefix shared with the previous call is reused.
 
         Raises:
-            ValueError: text given but no tokenizer; bad ids; negative ``max_new_tokens``.
+            ValueError: text given but no tokenizer; an empty prompt; bad ids; a sampling argument
+            out of range (:func:`check_sampling`: ``max_new_tokens`` >= 0, ``temperature`` >= 0,
+            0 < ``top_p`` <= 1, ``repetition_penalty`` > 0).
         """
+        check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+        if isinstance(prompt_or_ids, str) and not prompt_or_ids:
+            raise ValueError("the prompt is empty: give some text to continue")
         args = (max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
         if isinstance(prompt_or_ids, str):
             return "".join(self.stream(prompt_or_ids, *args, stop=stop, stop_token_ids=stop_token_ids))
@@ -336,3 +408,64 @@ class Engine:
         eot = self.tokenizer.token_to_id(END_OF_TURN) if self.tokenizer is not None else None
         return self.stream(self.chat_ids(messages), stop=[END_OF_TURN], stop_token_ids=[eot] if eot is not None else [],
                            **gen)
+
+    # ------------------------------------------------------------------ batched serving
+    def configure_slots(self, n: int, ctx_size: int) -> None:
+        """Give the engine ``n`` sequence slots (0..n-1) for :meth:`step`, each with its own KV
+        cache of at most ``ctx_size`` positions, grown on demand: KV memory stays below
+        ``n * ctx_size`` positions. The slots are separate from the cache that :meth:`logits` and
+        :meth:`generate` use; calling this again drops what the slots held.
+
+        Raises:
+            ValueError: ``n < 1`` or ``ctx_size`` outside [1, max_position_embeddings].
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"the number of slots must be a positive integer, got {n!r}")
+        if isinstance(ctx_size, bool) or not isinstance(ctx_size, int) or not 1 <= ctx_size <= self.max_positions:
+            raise ValueError(f"ctx_size must be an integer in [1, {self.max_positions}] "
+                             f"(max_position_embeddings), got {ctx_size!r}")
+        self._model.set_slots(n, ctx_size)
+        self.ctx_size = ctx_size
+
+    @property
+    def num_slots(self) -> int:
+        """Slots set by :meth:`configure_slots` (0 before)."""
+        return int(self._model.num_slots)
+
+    def slot_len(self, slot: int) -> int:
+        """Positions the KV cache of ``slot`` holds."""
+        return int(self._model.slot_len(slot))
+
+    def copy_slot(self, src: int, dst: int, n: int) -> None:
+        """Copy the first ``n`` cached positions of slot ``src`` into slot ``dst`` (a shared
+        prompt prefix computed once), replacing what ``dst`` held."""
+        self._model.copy_slot(src, dst, n)
+
+    def step(self, batch: Sequence[tuple[int, Sequence[int] | np.ndarray, int]]) -> np.ndarray:
+        """One batched forward over many sequences with one pass over the weights.
+
+        Each ``(slot, token_ids, pos0)`` runs ``token_ids`` at positions ``pos0..`` in that slot's
+        KV cache, keeping its first ``pos0`` positions (``pos0 <= slot_len(slot)``): a decode step
+        is one token, a prefill chunk several. A slot appears at most once. A sequence's logits do
+        not depend on the rest of the batch. Not thread-safe: one caller at a time.
+
+        Returns:
+            float32 (len(batch), vocab): the next-token logits after each segment's last token.
+
+        Raises:
+            ValueError: an empty batch or segment, bad ids, an unknown or repeated slot, ``pos0``
+                beyond the slot's cache, or positions past its ``ctx_size``.
+        """
+        if not batch:
+            raise ValueError("step needs at least one (slot, token_ids, pos0) segment")
+        slots, pos0, lengths, parts = [], [], [], []
+        for slot, ids, p0 in batch:
+            arr = self._check_ids(ids)
+            slots.append(slot)
+            pos0.append(p0)
+            lengths.append(len(arr))
+            parts.append(arr)
+        out = np.empty((len(parts), self.vocab_size), dtype=np.float32)
+        self._model.forward_batch(np.asarray(slots, dtype=np.int32), np.asarray(pos0, dtype=np.int32),
+                                  np.asarray(lengths, dtype=np.int32), np.concatenate(parts), out)
+        return out

@@ -41,6 +41,8 @@ _DTYPES: dict[str, np.dtype] = {
 }
 HEAD_CHUNK_ROWS = 8192  # rows of the head quantized or copied (and their file pages released) at a time
 _FLOAT16ISH = {"BF16": "bf16", "F16": "f16", "F32": "f32"}
+_INT32_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings")  # passed to _C.Model as C++ int
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
@@ -138,7 +140,8 @@ def load_config(directory: Path) -> tuple[dict[str, Any], BitNetConfig, str, flo
 
     Raises:
         FileNotFoundError: no config.json.
-        ValueError: unsupported architecture / quantization, or inconsistent fields.
+        ValueError: unsupported architecture / quantization, inconsistent fields, or a size the
+        engine cannot hold (2^31 or more), naming config.json.
     """
     path = directory / "config.json"
     raw = read_config_json(path)
@@ -158,6 +161,10 @@ def load_config(directory: Path) -> tuple[dict[str, Any], BitNetConfig, str, flo
         cfg = BitNetConfig.from_hf_dict(raw)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    for field in _INT32_FIELDS:  # the C++ model holds these as int: a larger value would not convert
+        value = getattr(cfg, field)
+        if not 0 < value < 2**31:
+            raise ValueError(f"{path}: {field}={value} is out of range for the engine (1 to 2^31 - 1)")
     inner_eps = qc.get("rms_norm_eps", cfg.rms_norm_eps)
     if cfg.use_rms_norm and not (isinstance(inner_eps, (int, float)) and inner_eps > 0):
         raise ValueError(f"{path}: quantization_config.rms_norm_eps must be a positive number, got {inner_eps!r}")
@@ -193,8 +200,44 @@ def _matrix(ws: WeightSet, name: str, rows: int, cols: int) -> tuple[np.ndarray,
     return ws.array(name), _FLOAT16ISH[t.dtype]
 
 
-def build_model(directory: Path, threads: int, head: str) -> tuple[Any, dict[str, Any], BitNetConfig, WeightSet]:
+WEIGHT_FORMATS = ("auto", "i2", "t5")
+
+
+def auto_weight_format() -> str:
+    """The ternary weight layout ``weights="auto"`` loads on this machine.
+
+    "t5" (5 trits per byte, 1.6 bits per weight) where the kernels in use decode it with AVX-512
+    VBMI byte tables (the avx512 path on Ice Lake / Zen 4 and later), "i2" (2 bits) everywhere else.
+    A rule, not a timing at load: a timing small enough to be quick sits in the cache (it measures
+    arithmetic, not the memory-bound decode), one large enough to stream costs seconds per load, and
+    both are noisy on a shared machine. The rule comes from inference/csrc/selftest/t5_bench.cpp
+    (2B4T's linears, formats alternating in one run; Xeon with AVX-512 VNNI + VBMI, no AMX, 2.3 GHz,
+    shared with other jobs, so 1-thread figures in thread CPU time):
+    avx512: decode i2 42.8 ms / t5 36.3 ms per token (t5 -15%), prefill of 128 tokens 103 / 116
+    tok/s (t5 +13%: a row block is decoded once for all tokens); 2 threads (wall time, loaded
+    machine) decode 101 / 83 ms. The t5 decode kernel computes 14.8 GB/s of weights per core in
+    cache (i2: 32 GB/s): its decode is at least as fast as i2's while one core streams under
+    18.5 GB/s from memory (14.8 x 521 / 417 MB), and t5 keeps its prefill and 20% memory gains.
+    avx2: decode 54 / 84 ms, prefill 36 / 23 tok/s: base-3 arithmetic without byte tables is
+    compute-bound, so i2. NEON: unmeasured on hardware, so i2. AMX: prefill stays on AMX tiles
+    (i2 only), so i2.
+    """
+    isa, feats = _C.current_isa(), _C.cpu_features()
+    return "t5" if isa == "avx512" and feats.get("avx512_vbmi", False) else "i2"
+
+
+# Element types of the engine's KV cache: "f32" (exact against the PyTorch reference) or "f16"
+# (rows rounded to nearest-even fp16 when written: half the memory and attention reads per position).
+KV_CACHE_DTYPES = ("f32", "f16")
+
+
+def build_model(directory: Path, threads: int, head: str,
+                weights: str = "i2", kv_cache: str = "f32") -> tuple[Any, dict[str, Any], BitNetConfig, WeightSet]:
     """Validate the export and build the C++ model (weights repacked once, packed pages released).
+
+    ``weights`` is the ternary layout the linears are repacked into: "i2" or "t5" (see
+    :func:`auto_weight_format`); the logits are the same in both (the integer products are exact).
+    ``kv_cache`` is the KV cache's element type, one of :data:`KV_CACHE_DTYPES`.
 
     Returns ``(model, raw_config, config, weights)``; ``weights`` must stay alive as long as the model
     (the engine borrows the embedding table from its mapping).
@@ -208,6 +251,8 @@ def build_model(directory: Path, threads: int, head: str) -> tuple[Any, dict[str
         max_positions=cfg.max_position_embeddings, eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta,
         act=cfg.hidden_act, sub_norms=cfg.use_sub_norms, inner_norm=cfg.use_rms_norm, inner_eps=inner_eps, threads=threads,
     )
+    model.set_weight_format(weights)
+    model.set_kv_dtype(kv_cache)
     expected: set[str] = set()
 
     def use(name: str) -> str:
@@ -265,9 +310,10 @@ def build_model(directory: Path, threads: int, head: str) -> tuple[Any, dict[str
         )
     model.check_complete()
     # The head is built in chunks, each chunk's file pages dropped at once, so peak memory stays at
-    # the ternary weights + one head: int8 quantizes it (embedding lookups page single rows back in
-    # later); f16 copies it into huge pages the decode streams faster than the page cache.
-    prepare = model.quantize_head_rows if head == "int8" else model.copy_head_rows
+    # the ternary weights + one head: int8 / int4 quantize it (embedding lookups and int4's exact
+    # rescoring page single rows back in later); f16 copies it into huge pages the decode streams
+    # faster than the page cache.
+    prepare = {"int8": model.quantize_head_rows, "int4": model.quantize_head_rows_int4}.get(head, model.copy_head_rows)
     name = "model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"
     row_bytes = (ws.info(name).end - ws.info(name).begin) // cfg.vocab_size
     for r0 in range(0, cfg.vocab_size, HEAD_CHUNK_ROWS):

@@ -43,6 +43,7 @@ CpuFeatures detect() {
     f.avx512bw = (ebx >> 30) & 1;
     f.avx512vl = (ebx >> 31) & 1;
     f.avx512_vnni = (ecx >> 11) & 1;
+    f.avx512_vbmi = (ecx >> 1) & 1;
   }
   const bool tiles_ok = (xcr0 & 0x60000) == 0x60000;  // XTILECFG + XTILEDATA
   if (tiles_ok) {

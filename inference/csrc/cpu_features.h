@@ -12,6 +12,7 @@ struct CpuFeatures {
   bool avx512bw = false;
   bool avx512vl = false;
   bool avx512_vnni = false;
+  bool avx512_vbmi = false;  // vpermb / vpermi2b (the t5 kernel's byte tables)
   bool avx_vnni = false;
   bool amx_tile = false;  // AMX tiles (cpuid) and OS support (XCR0 bits 17-18)
   bool amx_int8 = false;

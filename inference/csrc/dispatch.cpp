@@ -13,6 +13,19 @@
 namespace bitnet {
 namespace {
 
+#if defined(__x86_64__) || defined(_M_X64)
+// The avx512 table as this CPU runs it: its t5 kernel decodes with VBMI byte tables; a VNNI CPU
+// without VBMI (Cascade Lake) takes the AVX2 t5 kernel instead.
+const Kernels& avx512_kernels() {
+  static const Kernels k = [] {
+    Kernels t = kKernelsAvx512;
+    if (!cpu_features().avx512_vbmi) t.ternary5_gemm = kKernelsAvx2.ternary5_gemm;
+    return t;
+  }();
+  return k;
+}
+#endif
+
 #if (defined(__x86_64__) || defined(_M_X64)) && !defined(BITNET_NO_AMX)
 #define BITNET_HAVE_AMX 1
 #endif
@@ -31,7 +44,7 @@ bool request_amx() {
 // The AMX table: AVX-512 VNNI everywhere except the prefill matrix product.
 const Kernels& amx_kernels() {
   static const Kernels k = [] {
-    Kernels t = kKernelsAvx512;
+    Kernels t = avx512_kernels();
     t.name = "amx";
     t.ternary_gemm = ternary_gemm_amx;
     return t;
@@ -83,7 +96,7 @@ const Kernels* find_kernels(const std::string& name) {
   if (name == "ref") return &kKernelsRef;
 #if defined(__x86_64__) || defined(_M_X64)
   if (name == "avx2") return &kKernelsAvx2;
-  if (name == "avx512") return &kKernelsAvx512;
+  if (name == "avx512") return &avx512_kernels();
 #if defined(BITNET_HAVE_AMX)
   if (name == "amx") return &amx_kernels();
 #endif

@@ -39,6 +39,42 @@ static_assert(sizeof(TernaryTile) == 64, "a ternary tile is 16 x 16 weights at 2
 constexpr int kTileRows = 16;
 constexpr int kTileCols = 16;
 
+// ---------------------------------------------------------------------------------------------
+// Dense ternary tile ("t5"): 16 output rows x 20 input columns, 5 trits per byte (1.6 bits per
+// weight), 64 bytes.
+//
+// Byte 4*r + j of a tile (r = row in the tile 0..15, j = 0..3) holds the five codes c_i (i = 0..4,
+// c = q + 1 as above, padding c = 1) of row 16*mb + r, columns 20*kb + 4*i + j, as the base-3
+// number v = sum_i c_i * 3^(4-i) in [0, 242], stored as s = ceil(v * 256 / 243) (TQ1_0's
+// encoding). Digit extraction: t_0 = s, t_{i+1} = 3 * t_i mod 256, c_i = floor(3 * t_i / 256)
+// (exact for all 243 values because the rounding error of s, under 3^i / 256 < 1/3 after i steps,
+// never carries into a digit; tests/inference/test_kernels_t5.py checks every value).
+// Tiles are stored row-block major: tile (mb, kb) at index mb * KB5 + kb (KB5 = ceil(K / 20)).
+//
+// Why this layout: it mirrors TernaryTile. Decoding digit i of every byte of one 64-byte load gives
+// a vector whose 32-bit lane r holds the four codes of row r for columns 20*kb + 4*i + 0..3: again
+// exactly the u8 operand of vpdpbusd / sdot against a broadcast of four activation bytes. Decode
+// streams 20% fewer bytes than the 2-bit tiles for the same work.
+struct TernaryTile5 {
+  uint8_t b[64];
+};
+static_assert(sizeof(TernaryTile5) == 64, "a t5 tile is 16 x 20 weights at 5 trits per byte");
+constexpr int kTile5Cols = 20;
+constexpr int kTile5Digits = 5;
+
+// Code c_i in {0, 1, 2} of digit i (0..4) of a t5 byte s (the definition every path must match).
+inline int t5_code(uint8_t s, int i) {
+  unsigned t = s;
+  for (int k = 0; k < i; ++k) t = (3 * t) & 255;
+  return static_cast<int>((3 * t) >> 8);
+}
+// The stored byte for codes c[0..4] (each in {0, 1, 2}).
+inline uint8_t t5_encode(const int* c) {
+  int v = 0;
+  for (int i = 0; i < kTile5Digits; ++i) v = 3 * v + c[i];
+  return static_cast<uint8_t>((v * 256 + 242) / 243);
+}
+
 // int8 head rows are padded to a multiple of this many columns (zeros), so SIMD loops need no tail.
 constexpr int kHeadColAlign = 64;
 // Row stride (columns) of the int8 activations given to ternary_gemm: a multiple of this.
@@ -48,6 +84,23 @@ constexpr int kXAlign = 64;
 // prefetch brings the decode matrix-vector products to about 95% (measured on 2 threads over a
 // 2B4T-sized arena: 27.7 GB/s without, 33.4 GB/s with, of 34.9 GB/s read bandwidth).
 constexpr int kPrefetchBytes = 4096;
+
+// int4 head block: 128 columns of one row = 4 groups of 32, 68 bytes (4.25 bits per weight).
+// qs[j] (j = 0..63): low nibble = q of column j, high nibble = q of column 64 + j, each stored as
+// q + 8 (q in [-8, 7]; the quantizer writes [-7, 7]). sc[g]: the unsigned integer scale of
+// columns 32g..32g+31; the weight is w ~= d_row * sc[g] * q (d_row: one fp32 per row, outside).
+// Why this layout: one 64-byte load, masked / shifted by 4, gives columns 0..63 and 64..127 as
+// bytes in column order (two whole groups each), and the four scales sit right behind them in the
+// same stream; the integer scales keep the cross-group sum exact (no float order to agree on).
+struct HeadI4Block {
+  uint8_t qs[64];
+  uint8_t sc[4];
+};
+static_assert(sizeof(HeadI4Block) == 68, "an int4 head block is 128 weights at 4 bits + 4 u8 scales");
+constexpr int kHeadI4Cols = 128;   // columns per HeadI4Block (int4 head rows are padded to this)
+constexpr int kHeadI4Group = 32;   // columns per integer group scale
+// Largest padded width the int4 head takes: |sum| <= Cp * 8 * 127 * 255 < 2^31 (exact in int32).
+constexpr int kHeadI4MaxCols = 8192;
 
 struct Kernels {
   const char* name;
@@ -87,26 +140,52 @@ struct Kernels {
   // (hd values each); scratch holds n floats. Every path is attend_with<> over its own dot/axpy.
   void (*attend)(const float* q, const float* K, const float* V, int ld, int n, int hd, float scale,
                  float* scratch, float* out);
+
+  // int4 head (coarse pass of head mode "int4"), exact integers:
+  //   out[t * ldo + r] = sum_g sc[r][g] * sum_{c in group g} q[r][c] * x[t * Cp + c],  r in [r0, r1)
+  // W: Cp / kHeadI4Cols blocks per row, rows one after the other (layout at HeadI4Block); Cp a
+  // multiple of kHeadI4Cols, at most kHeadI4MaxCols (zero padded); x in [-127, 127];
+  // rowbias[r] = 128 * sum_g sc[r][g] * sum_{c in g} q[r][c] (paths that bias x to u8 subtract it).
+  // Integer group scales make the whole sum one exact integer: every path equals ref bit for bit.
+  void (*head_i4)(const HeadI4Block* W, const int32_t* rowbias, int Cp, int r0, int r1, const int8_t* x,
+                  int T, int32_t* out, int ldo);
+
+  // Dense ternary ("t5", TernaryTile5) x int8 matrix product, exact, with ternary_gemm's contract:
+  //   y[t * ldy + m] = sum_k q[m][k] * x[t * ldx + k]        for m in [16*mb0, 16*mb1), t in [0, T)
+  // KB = ceil(K / 20) tiles per row block; ldx a multiple of 64 and >= 20 * KB, zeros in [K, ldx);
+  // xsum[t] = sum_k x[t*ldx + k] (the SIMD paths compute sum c*x with c = q + 1 and subtract it).
+  void (*ternary5_gemm)(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                        const int32_t* xsum, int T, int32_t* y, int ldy);
+
+  // attend over a 16-bit KV cache (kv dtype "f16"): K and V hold IEEE fp16 rows (bit patterns),
+  // widened exactly to fp32 as they are read; q, scores, softmax and out stay fp32. Otherwise
+  // attend's contract (K_j = K + j * ld, V_j = V + j * ld, scratch of n floats).
+  void (*attend_f16)(const float* q, const uint16_t* K, const uint16_t* V, int ld, int n, int hd, float scale,
+                     float* scratch, float* out);
 };
 
 // The cache rows were last read a whole token ago (since evicted by the weights), and each
 // position's work is short: prefetching kAttnAhead rows ahead keeps several misses in flight.
 // Past the last K row the prefetch runs on into the first V rows, never past the last V row.
+// E is the cache element (float, or uint16_t for an fp16 cache): one prefetch per 64-byte line.
 constexpr int kAttnAhead = 8;
-inline void prefetch_row(const float* p, int n) {
-  for (int i = 0; i < n; i += 16) __builtin_prefetch(p + i);
+template <typename E>
+inline void prefetch_row(const E* p, int n) {
+  for (int i = 0; i < n; i += 64 / static_cast<int>(sizeof(E))) __builtin_prefetch(p + i);
 }
-inline void prefetch_kv_ahead(const float* K, const float* V, int ld, int hd, int n, int j) {
+template <typename E>
+inline void prefetch_kv_ahead(const E* K, const E* V, int ld, int hd, int n, int j) {
   const int a = j + kAttnAhead;
   if (a < n) prefetch_row(K + static_cast<size_t>(a) * ld, hd);
   else if (a - n < n) prefetch_row(V + static_cast<size_t>(a - n) * ld, hd);
 }
 
-// The attention loop shared by every path, over that path's fp32 dot(a, b, n) and y += alpha * x
-// (inlined: one call per head instead of two per head and position).
-template <float (*Dot)(const float*, const float*, int), void (*Axpy)(float, const float*, float*, int)>
-void attend_with(const float* q, const float* K, const float* V, int ld, int n, int hd, float scale,
-                 float* sc, float* out) {
+// The attention loop shared by every path, over that path's dot(q, row, n) and out += alpha * row
+// for cache rows of element type E (fp32, or fp16 bits widened inside Dot / Axpy), inlined: one
+// call per head instead of two per head and position.
+template <typename E, float (*Dot)(const float*, const E*, int), void (*Axpy)(float, const E*, float*, int)>
+void attend_with(const float* q, const E* K, const E* V, int ld, int n, int hd, float scale, float* sc,
+                 float* out) {
   for (int j = 0; j < std::min(n, kAttnAhead); ++j) prefetch_row(K + static_cast<size_t>(j) * ld, hd);
   float mx = -std::numeric_limits<float>::infinity();
   for (int j = 0; j < n; ++j) {
@@ -153,6 +232,16 @@ extern const Kernels kKernelsAvx512;
 // AMX-INT8 tiles for prefill (T >= 16 tokens); fewer tokens go to the AVX-512 VNNI path.
 void ternary_gemm_amx(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                       const int32_t* xsum, int T, int32_t* y, int ldy);
+// Register-only loops of the int8 product instruction each path's prefill kernels use: iters x 12
+// instructions of 64 (AVX-512 vpdpbusd zmm) or 32 (AVX2 vpmaddubsw ymm) multiply-accumulates. Timed
+// by bitnet.inference._C.int8_mac_peak: the compute bound prefill is reported against.
+uint32_t int8_mac_loop_avx512(int64_t iters);
+uint32_t int8_mac_loop_avx2(int64_t iters);
+constexpr int kMacLoopInstrs = 12;
+// t5 product with AVX-512 VBMI byte-table decode (kernels_avx512vbmi.cpp); the avx512 table uses it
+// where the CPU has VBMI (Ice Lake, Zen 4 and later) and the AVX2 t5 kernel otherwise (dispatch.cpp).
+void ternary5_gemm_avx512vbmi(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                              const int32_t* xsum, int T, int32_t* y, int ldy);
 #endif
 #if defined(__aarch64__)
 extern const Kernels kKernelsNeon;
@@ -174,6 +263,10 @@ inline float bf16_to_f32(uint16_t v) {
   return c.f;
 }
 float f16_to_f32(uint16_t v);
+// fp32 -> IEEE fp16 bits, round to nearest even (as numpy's float16 and F16C's vcvtps2ph with
+// _MM_FROUND_TO_NEAREST_INT): subnormal results rounded at 2^-24, |x| >= 65520 -> inf, NaN stays
+// a (quiet) NaN. Scalar, for baseline code (model.cpp writes the fp16 KV cache with it).
+uint16_t f32_to_f16(float v);
 // The scalar quantizer (the SIMD-less tables point at it).
 float quantize_row_ref(const float* x, int n, int n_pad, int8_t* q, int32_t* sum);
 constexpr float kActEps = 1e-5f;  // bitnet.quant.ACT_EPS: an all-zero token quantizes to zeros

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <vector>
 
 #include "kernels.h"
 
@@ -180,6 +181,66 @@ void head_i8_avx2(const int8_t* E, const int32_t* /*rowsum: not needed with the 
   }
 }
 
+// int4 head: one row against TT tokens pre-biased to u8 (xu = x + 128). The two 32-byte halves of
+// a block's nibbles give, masked low / shifted high, one whole group each (columns 0..31, 32..63,
+// 64..95, 96..127) as signed bytes q = nibble - 8 in [-8, 7]; vpshufb puts each group's u8 scale in
+// every int16 lane. Invariants: vpmaddubsw(xu, q) pairs are at most 2 * 255 * 8 = 4080 in
+// magnitude (no saturation); vpmaddwd with the scale (<= 255) widens to int32 exactly. The lanes
+// hold sum (x + 128) * q * sc = result + rowbias, modulo 2^32 past Cp = 4096 (int32 addition
+// wraps exactly; result and rowbias lie within int32 for Cp <= kHeadI4MaxCols), so subtracting
+// rowbias gives the result exactly. A single token alternates two accumulators.
+template <int TT>
+inline void head_i4_row_tt(const HeadI4Block* row, int nb, int32_t rowbias, int Cp, const uint8_t* xu, int32_t* out,
+                           int ldo) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f), eight = _mm256_set1_epi8(8);
+  __m256i acc[TT], acc2 = _mm256_setzero_si256();
+  for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
+  for (int b = 0; b < nb; ++b) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + b) + kPrefetchBytes, _MM_HINT_T0);
+    const __m256i p0 = _mm256_loadu_si256((const __m256i*)row[b].qs);
+    const __m256i p1 = _mm256_loadu_si256((const __m256i*)(row[b].qs + 32));
+    const __m256i q[4] = {_mm256_sub_epi8(_mm256_and_si256(p0, m4), eight),
+                          _mm256_sub_epi8(_mm256_and_si256(p1, m4), eight),
+                          _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(p0, 4), m4), eight),
+                          _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(p1, 4), m4), eight)};
+    int32_t s4;
+    std::memcpy(&s4, row[b].sc, 4);
+    const __m256i sb = _mm256_set1_epi32(s4);
+    for (int g = 0; g < 4; ++g) {
+      // int16 lane = (scale byte g, zero byte): 0x80 selects zero.
+      const __m256i sg = _mm256_shuffle_epi8(sb, _mm256_set1_epi16(static_cast<short>(0x8000 | g)));
+      for (int t = 0; t < TT; ++t) {
+        const uint8_t* xt = xu + static_cast<size_t>(t) * Cp + static_cast<size_t>(b) * kHeadI4Cols + 32 * g;
+        const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i*)xt), q[g]), sg);
+        __m256i& a = (TT == 1 && (g & 1)) ? acc2 : acc[t];
+        a = _mm256_add_epi32(a, d);
+      }
+    }
+  }
+  if (TT == 1) acc[0] = _mm256_add_epi32(acc[0], acc2);
+  for (int t = 0; t < TT; ++t) {
+    const uint32_t sum = static_cast<uint32_t>(hsum_epi32(acc[t])) - static_cast<uint32_t>(rowbias);
+    out[static_cast<size_t>(t) * ldo] = static_cast<int32_t>(sum);  // modulo 2^32, see above
+  }
+}
+
+void head_i4_avx2(const HeadI4Block* W, const int32_t* rowbias, int Cp, int r0, int r1, const int8_t* x, int T,
+                  int32_t* out, int ldo) {
+  std::vector<uint8_t> xu(static_cast<size_t>(T) * Cp);  // x + 128, once for every row
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (size_t i = 0; i < xu.size(); i += 32)
+    _mm256_storeu_si256((__m256i*)(xu.data() + i), _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(x + i)), bias));
+  const int nb = Cp / kHeadI4Cols;
+  for (int r = r0; r < r1; ++r) {
+    const HeadI4Block* row = W + static_cast<size_t>(r) * nb;
+    auto group = [&](auto tt, int t) {
+      head_i4_row_tt<decltype(tt)::value>(row, nb, rowbias[r], Cp, xu.data() + static_cast<size_t>(t) * Cp,
+                                          out + static_cast<size_t>(t) * ldo + r, ldo);
+    };
+    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
+  }
+}
+
 float dot_f32_avx2(const float* a, const float* b, int n) {
   __m256 acc = _mm256_setzero_ps();
   int i = 0;
@@ -196,6 +257,125 @@ void axpy_f32_avx2(float alpha, const float* x, float* y, int n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// fp16 KV rows: vcvtph2ps widens 8 halves exactly (every fp16 value is an fp32 value).
+float dot_f16_avx2(const float* a, const uint16_t* b, int n) {
+  __m256 acc = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_f16(b + i), acc);
+  float s = hsum_ps(acc);
+  for (; i < n; ++i) s += a[i] * f16_to_f32(b[i]);
+  return s;
+}
+
+void axpy_f16_avx2(float alpha, const uint16_t* x, float* y, int n) {
+  const __m256 av = _mm256_set1_ps(alpha);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_f16(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * f16_to_f32(x[i]);
+}
+
+// ---- t5 tiles (TernaryTile5): base-3 digits by TQ1_0's byte arithmetic (AVX2 has no byte table
+// wider than 16 entries). Digit i of a byte: t_0 = s, t_{i+1} = 3 t_i mod 256 (two byte adds),
+// c_i = floor(3 t_i / 256), computed as the top two bits of y = avg(u, avg(u, 0)) with
+// u = max(t_i - 1, 0) (saturating): y = ceil((u + ceil(u / 2)) / 2) lies within 1 of 3 t_i / 4
+// and never crosses a multiple of 64 on the wrong side: exact for every byte t (the 243 stored
+// bytes reach all 256 values of t_i across the five digits, and test_kernels_t5.py's
+// test_t5_every_byte_value runs all 243 through this kernel). y & 0xc0 = 64 * c_i in {0, 64, 128}.
+struct T5Digits {
+  __m256i t;
+  const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi8(1);
+  const __m256i top = _mm256_set1_epi8(static_cast<char>(0xc0));
+  explicit T5Digits(__m256i s) : t(s) {}
+  // 64 * c_i for the current digit, then advances t to the next one.
+  __m256i next64() {
+    const __m256i u = _mm256_subs_epu8(t, one);
+    const __m256i y = _mm256_and_si256(_mm256_avg_epu8(u, _mm256_avg_epu8(u, zero)), top);
+    t = _mm256_add_epi8(_mm256_add_epi8(t, t), t);
+    return y;
+  }
+};
+
+// Half a row block (8 rows: bytes 32*half .. 32*half+31 of each t5 tile) against TT tokens; each
+// half tile decoded once into c_i in {0, 1, 2} (64 c_i shifted down by 6 in 16-bit lanes and
+// masked: the bits moved in from the neighbouring byte are dropped).
+// Invariants: vpmaddubsw sums two c * x products, |.| <= 2 * 2 * 128 = 512, never saturating; the
+// five digits' int16 sums add up to at most 2560 in magnitude, exact in int16; vpmaddwd with ones
+// widens to int32 (20 products per lane per tile). sum c*x - xsum = q.x exactly.
+template <int TT>
+inline void t5_half_tt(const TernaryTile5* wrow, int KB, int half, const int8_t* x, int ldx, const int32_t* xsum,
+                       int32_t* y, int ldy) {
+  const __m256i m3 = _mm256_set1_epi8(3);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[TT];
+  for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
+  for (int kb = 0; kb < KB; ++kb) {
+    T5Digits d(_mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32 * half)));
+    __m256i c[kTile5Digits];
+    for (int i = 0; i < kTile5Digits; ++i) c[i] = _mm256_and_si256(_mm256_srli_epi16(d.next64(), 6), m3);
+    for (int t = 0; t < TT; ++t) {
+      const int8_t* xt = x + static_cast<size_t>(t) * ldx + kb * kTile5Cols;
+      __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(c[0], bcast4(xt + 0)), _mm256_maddubs_epi16(c[1], bcast4(xt + 4)));
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[2], bcast4(xt + 8)));
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[3], bcast4(xt + 12)));
+      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[4], bcast4(xt + 16)));
+      acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s, ones));
+    }
+  }
+  for (int t = 0; t < TT; ++t)
+    _mm256_storeu_si256((__m256i*)(y + static_cast<size_t>(t) * ldy + 8 * half),
+                        _mm256_sub_epi32(acc[t], _mm256_set1_epi32(xsum[t])));
+}
+
+template <int TT>
+inline void t5_block_tt(const TernaryTile5* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum, int32_t* y,
+                        int ldy) {
+  t5_half_tt<TT>(wrow, KB, 0, x, ldx, xsum, y, ldy);
+  t5_half_tt<TT>(wrow, KB, 1, x, ldx, xsum, y, ldy);
+}
+
+// Decode (one token): both halves of each tile in one pass over the weight stream, prefetched
+// kPrefetchBytes ahead. The digits stay scaled (64 c_i <= 128, a valid u8 operand): vpmaddubsw
+// gives 64 times the pair sum, within [2 * 128 * -128, 2 * 128 * 127] = [-32768, 32512], which
+// int16 holds (no saturation), and an arithmetic shift by 6 divides it back exactly. The five
+// rescaled digits sum to at most 5 * 2 * 2 * 128 = 2560 in magnitude in int16 before vpmaddwd.
+inline void t5_block_t1(const TernaryTile5* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i a = _mm256_setzero_si256(), b = a;  // rows 0-7, rows 8-15
+  auto half = [&](__m256i p, const __m256i* xv) {
+    T5Digits d(p);
+    __m256i s = _mm256_srai_epi16(_mm256_maddubs_epi16(d.next64(), xv[0]), 6);
+    for (int i = 1; i < kTile5Digits; ++i)
+      s = _mm256_add_epi16(s, _mm256_srai_epi16(_mm256_maddubs_epi16(d.next64(), xv[i]), 6));
+    return _mm256_madd_epi16(s, ones);
+  };
+  for (int kb = 0; kb < KB; ++kb) {
+    _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
+    const int8_t* xt = x + kb * kTile5Cols;
+    const __m256i xv[kTile5Digits] = {bcast4(xt), bcast4(xt + 4), bcast4(xt + 8), bcast4(xt + 12), bcast4(xt + 16)};
+    a = _mm256_add_epi32(a, half(_mm256_loadu_si256((const __m256i*)wrow[kb].b), xv));
+    b = _mm256_add_epi32(b, half(_mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32)), xv));
+  }
+  const __m256i xs = _mm256_set1_epi32(xsum);
+  _mm256_storeu_si256((__m256i*)y, _mm256_sub_epi32(a, xs));
+  _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(b, xs));
+}
+
+void ternary5_gemm_avx2(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                        const int32_t* xsum, int T, int32_t* y, int ldy) {
+  constexpr int TT = 4;  // 4 accumulators + 5 code vectors + constants fit the 16 ymm registers
+  for (int mb = mb0; mb < mb1; ++mb) {
+    const TernaryTile5* wrow = w + static_cast<size_t>(mb) * KB;
+    int32_t* ym = y + mb * kTileRows;
+    for_token_tiles<TT>(
+        T,
+        [&](auto tt, int t) {
+          t5_block_tt<decltype(tt)::value>(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t,
+                                           ym + static_cast<size_t>(t) * ldy, ldy);
+        },
+        [&](int t) { t5_block_t1(wrow, KB, x + static_cast<size_t>(t) * ldx, xsum[t], ym + static_cast<size_t>(t) * ldy); });
+  }
+}
+
 }  // namespace
 
 const Kernels kKernelsAvx2 = {
@@ -206,7 +386,29 @@ const Kernels kKernelsAvx2 = {
     dot_rows_avx2<float, load_f32, f32_id>,
     head_i8_avx2,
     quantize_row_ref,  // scalar: a few percent of prefill time, not worth a twin here
-    attend_with<dot_f32_avx2, axpy_f32_avx2>,
+    attend_with<float, dot_f32_avx2, axpy_f32_avx2>,
+    head_i4_avx2,
+    ternary5_gemm_avx2,
+    attend_with<uint16_t, dot_f16_avx2, axpy_f16_avx2>,
 };
+
+
+// The compute bound prefill is measured against on this path: independent vpmaddubsw ymm (the
+// kernels' u8 x s8 product instruction; AVX2 has no VNNI) on registers only, kPeakAcc chains.
+// Each instruction is 32 multiply-accumulates (pairs summed into int16; the values are
+// meaningless, saturation included: only the throughput counts). Returns a value that depends on
+// every result.
+uint32_t int8_mac_loop_avx2(int64_t iters) {
+  constexpr int kPeakAcc = 12;
+  __m256i acc[kPeakAcc];
+  const __m256i b = _mm256_set1_epi8(1);
+  for (int i = 0; i < kPeakAcc; ++i) acc[i] = _mm256_set1_epi8(static_cast<char>(i));
+  // acc[i] = maddubs(acc[i], b): a dependent chain per accumulator, independent across them.
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < kPeakAcc; ++i) acc[i] = _mm256_maddubs_epi16(acc[i], b);
+  __m256i s = acc[0];
+  for (int i = 1; i < kPeakAcc; ++i) s = _mm256_add_epi16(s, acc[i]);
+  return static_cast<uint32_t>(hsum_epi32(s));
+}
 
 }  // namespace bitnet

@@ -184,6 +184,66 @@ void head_i8_avx512(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int 
   }
 }
 
+// int4 head: one row against TT tokens pre-biased to u8 (xu = x + 128, as head_i8). Per block the
+// 64 nibble bytes give q_lo = columns 0..63 (groups 0, 1) and q_hi = columns 64..127 (groups 2, 3)
+// as signed bytes q = nibble - 8 in [-8, 7]; vpshufb spreads the block's four u8 scales over the
+// int16 lanes of their groups (lanes 0..15 = 128-bit lanes 0-1 = the first group of the pair).
+// Invariants: vpmaddubsw(xu, q) sums two products (x + 128) * q, |.| <= 2 * 255 * 8 = 4080, so it
+// never saturates; vpdpwssd multiplies that by the group scale (<= 255) into int32 lanes. The lanes
+// hold sum (x + 128) * q * sc = result + rowbias; past Cp = 4096 columns a lane may wrap, but int32
+// addition is exact modulo 2^32 and result and rowbias both lie within int32 (Cp <= kHeadI4MaxCols),
+// so the subtraction recovers the result exactly. A single token alternates two accumulators (ILP).
+template <int TT>
+inline void head_i4_row_tt(const HeadI4Block* row, int nb, int32_t rowbias, int Cp, const uint8_t* xu, int32_t* out,
+                           int ldo) {
+  const __m512i m4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
+  // vpshufb controls: int16 lane = (scale byte k, zero byte), k = 0 | 1 (lo) or 2 | 3 (hi).
+  const __m512i ctl_lo = _mm512_set_epi32(
+      0x80018001, 0x80018001, 0x80018001, 0x80018001, 0x80018001, 0x80018001, 0x80018001, 0x80018001,
+      0x80008000, 0x80008000, 0x80008000, 0x80008000, 0x80008000, 0x80008000, 0x80008000, 0x80008000);
+  const __m512i ctl_hi = _mm512_add_epi8(ctl_lo, _mm512_set1_epi16(2));
+  __m512i acc[TT], acc2 = _mm512_setzero_si512();
+  for (int t = 0; t < TT; ++t) acc[t] = _mm512_setzero_si512();
+  for (int b = 0; b < nb; ++b) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + b) + kHeadPrefetch, _MM_HINT_T0);
+    const __m512i p = _mm512_loadu_si512(row[b].qs);
+    const __m512i qlo = _mm512_sub_epi8(_mm512_and_si512(p, m4), eight);
+    const __m512i qhi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(p, 4), m4), eight);
+    int32_t s4;
+    std::memcpy(&s4, row[b].sc, 4);
+    const __m512i sb = _mm512_set1_epi32(s4);
+    const __m512i slo = _mm512_shuffle_epi8(sb, ctl_lo), shi = _mm512_shuffle_epi8(sb, ctl_hi);
+    for (int t = 0; t < TT; ++t) {
+      const uint8_t* xt = xu + static_cast<size_t>(t) * Cp + static_cast<size_t>(b) * kHeadI4Cols;
+      acc[t] = _mm512_dpwssd_epi32(acc[t], _mm512_maddubs_epi16(_mm512_loadu_si512(xt), qlo), slo);
+      __m512i& a = TT == 1 ? acc2 : acc[t];
+      a = _mm512_dpwssd_epi32(a, _mm512_maddubs_epi16(_mm512_loadu_si512(xt + 64), qhi), shi);
+    }
+  }
+  if (TT == 1) acc[0] = _mm512_add_epi32(acc[0], acc2);
+  for (int t = 0; t < TT; ++t) {
+    const uint32_t sum = static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[t])) - static_cast<uint32_t>(rowbias);
+    out[static_cast<size_t>(t) * ldo] = static_cast<int32_t>(sum);  // modulo 2^32, see above
+  }
+}
+
+void head_i4_avx512(const HeadI4Block* W, const int32_t* rowbias, int Cp, int r0, int r1, const int8_t* x, int T,
+                    int32_t* out, int ldo) {
+  std::vector<uint8_t> xu(static_cast<size_t>(T) * Cp);  // x + 128, once for every row
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (size_t i = 0; i < xu.size(); i += 64)
+    _mm512_storeu_si512(xu.data() + i, _mm512_xor_si512(_mm512_loadu_si512(x + i), bias));
+  const int nb = Cp / kHeadI4Cols;
+  for (int r = r0; r < r1; ++r) {
+    const HeadI4Block* row = W + static_cast<size_t>(r) * nb;
+    auto group = [&](auto tt, int t) {
+      head_i4_row_tt<decltype(tt)::value>(row, nb, rowbias[r], Cp, xu.data() + static_cast<size_t>(t) * Cp,
+                                          out + static_cast<size_t>(t) * ldo + r, ldo);
+    };
+    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
+  }
+}
+
 // Same result as quantize_row_ref: vcvtps2dq rounds half to even (the default MXCSR mode), as
 // nearbyint does; |x * s| <= 127 so the saturating narrow to int8 never saturates.
 float quantize_row_avx512(const float* x, int n, int n_pad, int8_t* q, int32_t* sum) {
@@ -230,11 +290,32 @@ void axpy_f32_avx512(float alpha, const float* x, float* y, int n) {
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// One head with hd = 16 * NV: q and the output accumulators live in registers, scores are
-// computed four positions at a time (four independent FMA chains), and the value pass keeps the
-// output in registers instead of a load/store per position (attend_with's axpy).
-template <int NV>
-void attend_regs(const float* q, const float* K, const float* V, int ld, int n, float scale, float* sc, float* out) {
+// fp16 KV rows: vcvtph2ps widens 16 halves exactly (every fp16 value is an fp32 value); the tail
+// is a masked 16-bit load (masked-off lanes read as +0, which adds nothing).
+float dot_f16_avx512(const float* a, const uint16_t* b, int n) {
+  __m512 acc = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load_f16(b + i), acc);
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, b + i)), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+void axpy_f16_avx512(float alpha, const uint16_t* x, float* y, int n) {
+  const __m512 av = _mm512_set1_ps(alpha);
+  int i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, load_f16(x + i), _mm512_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += alpha * f16_to_f32(x[i]);
+}
+
+// One head with hd = 16 * NV over cache rows of E (fp32, or fp16 widened by Load): q and the
+// output accumulators live in registers, scores are computed four positions at a time (four
+// independent FMA chains), and the value pass keeps the output in registers instead of a
+// load/store per position (attend_with's axpy).
+template <int NV, typename E, __m512 (*Load)(const E*)>
+void attend_regs(const float* q, const E* K, const E* V, int ld, int n, float scale, float* sc, float* out) {
   __m512 qv[NV];
   for (int i = 0; i < NV; ++i) qv[i] = _mm512_loadu_ps(q + 16 * i);
   for (int j = 0; j < std::min(n, kAttnAhead); ++j) prefetch_row(K + static_cast<size_t>(j) * ld, 16 * NV);
@@ -242,13 +323,13 @@ void attend_regs(const float* q, const float* K, const float* V, int ld, int n, 
   int j = 0;
   for (; j + 4 <= n; j += 4) {
     for (int r = 0; r < 4; ++r) prefetch_kv_ahead(K, V, ld, 16 * NV, n, j + r);
-    const float* k0 = K + static_cast<size_t>(j) * ld;
+    const E* k0 = K + static_cast<size_t>(j) * ld;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int i = 0; i < NV; ++i) {
-      a0 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + 16 * i), a0);
-      a1 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + ld + 16 * i), a1);
-      a2 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + 2 * static_cast<size_t>(ld) + 16 * i), a2);
-      a3 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + 3 * static_cast<size_t>(ld) + 16 * i), a3);
+      a0 = _mm512_fmadd_ps(qv[i], Load(k0 + 16 * i), a0);
+      a1 = _mm512_fmadd_ps(qv[i], Load(k0 + ld + 16 * i), a1);
+      a2 = _mm512_fmadd_ps(qv[i], Load(k0 + 2 * static_cast<size_t>(ld) + 16 * i), a2);
+      a3 = _mm512_fmadd_ps(qv[i], Load(k0 + 3 * static_cast<size_t>(ld) + 16 * i), a3);
     }
     sc[j] = _mm512_reduce_add_ps(a0) * scale;
     sc[j + 1] = _mm512_reduce_add_ps(a1) * scale;
@@ -257,9 +338,9 @@ void attend_regs(const float* q, const float* K, const float* V, int ld, int n, 
     mx = std::max(mx, std::max(std::max(sc[j], sc[j + 1]), std::max(sc[j + 2], sc[j + 3])));
   }
   for (; j < n; ++j) {
-    const float* kj = K + static_cast<size_t>(j) * ld;
+    const E* kj = K + static_cast<size_t>(j) * ld;
     __m512 a = _mm512_setzero_ps();
-    for (int i = 0; i < NV; ++i) a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kj + 16 * i), a);
+    for (int i = 0; i < NV; ++i) a = _mm512_fmadd_ps(qv[i], Load(kj + 16 * i), a);
     sc[j] = _mm512_reduce_add_ps(a) * scale;
     mx = std::max(mx, sc[j]);
   }
@@ -273,19 +354,22 @@ void attend_regs(const float* q, const float* K, const float* V, int ld, int n, 
   for (j = 0; j < n; ++j) {
     if (j + kAttnAhead < n) prefetch_row(V + static_cast<size_t>(j + kAttnAhead) * ld, 16 * NV);
     const __m512 p = _mm512_set1_ps(sc[j] / denom);
-    const float* vj = V + static_cast<size_t>(j) * ld;
-    for (int i = 0; i < NV; ++i) o[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * i), o[i]);
+    const E* vj = V + static_cast<size_t>(j) * ld;
+    for (int i = 0; i < NV; ++i) o[i] = _mm512_fmadd_ps(p, Load(vj + 16 * i), o[i]);
   }
   for (int i = 0; i < NV; ++i) _mm512_storeu_ps(out + 16 * i, o[i]);
 }
 
-void attend_avx512(const float* q, const float* K, const float* V, int ld, int n, int hd, float scale, float* sc,
+// The register-resident loop for the usual head sizes, attend_with over dot / axpy otherwise.
+template <typename E, __m512 (*Load)(const E*), float (*Dot)(const float*, const E*, int),
+          void (*Axpy)(float, const E*, float*, int)>
+void attend_avx512(const float* q, const E* K, const E* V, int ld, int n, int hd, float scale, float* sc,
                    float* out) {
   switch (hd) {
-    case 64: attend_regs<4>(q, K, V, ld, n, scale, sc, out); return;
-    case 128: attend_regs<8>(q, K, V, ld, n, scale, sc, out); return;
-    case 256: attend_regs<16>(q, K, V, ld, n, scale, sc, out); return;
-    default: attend_with<dot_f32_avx512, axpy_f32_avx512>(q, K, V, ld, n, hd, scale, sc, out);
+    case 64: attend_regs<4, E, Load>(q, K, V, ld, n, scale, sc, out); return;
+    case 128: attend_regs<8, E, Load>(q, K, V, ld, n, scale, sc, out); return;
+    case 256: attend_regs<16, E, Load>(q, K, V, ld, n, scale, sc, out); return;
+    default: attend_with<E, Dot, Axpy>(q, K, V, ld, n, hd, scale, sc, out);
   }
 }
 
@@ -299,7 +383,26 @@ const Kernels kKernelsAvx512 = {
     dot_rows_avx512<float, load_f32, f32_id>,
     head_i8_avx512,
     quantize_row_avx512,
-    attend_avx512,
+    attend_avx512<float, load_f32, dot_f32_avx512, axpy_f32_avx512>,
+    head_i4_avx512,
+    ternary5_gemm_avx512vbmi,  // dispatch.cpp swaps in the AVX2 t5 kernel where the CPU lacks VBMI
+    attend_avx512<uint16_t, load_f16, dot_f16_avx512, axpy_f16_avx512>,
 };
+
+
+// The compute bound prefill is measured against: independent vpdpbusd zmm on registers only (no
+// loads), kPeakAcc chains so latency never limits throughput. Each instruction is 64 u8 x s8
+// multiply-accumulates. Returns a value that depends on every result (not optimised away).
+uint32_t int8_mac_loop_avx512(int64_t iters) {
+  constexpr int kPeakAcc = 12;
+  __m512i acc[kPeakAcc];
+  const __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(1);
+  for (int i = 0; i < kPeakAcc; ++i) acc[i] = _mm512_set1_epi32(i);
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < kPeakAcc; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+  __m512i s = acc[0];
+  for (int i = 1; i < kPeakAcc; ++i) s = _mm512_add_epi32(s, acc[i]);
+  return static_cast<uint32_t>(_mm512_reduce_add_epi32(s));
+}
 
 }  // namespace bitnet

@@ -31,6 +31,33 @@ float f16_to_f32(uint16_t h) {
   return f;
 }
 
+uint16_t f32_to_f16(float v) {
+  uint32_t x;
+  std::memcpy(&x, &v, sizeof x);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return sign | 0x7e00u | ((ax >> 13) & 0x3ffu);  // NaN: quiet, top payload bits kept
+  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // inf, or >= 65520 (half-way past 65504): rounds to inf
+  if (ax >= 0x38800000u) {  // >= 2^-14: a normal half. Rebias the exponent 127 -> 15 (subtract 112 << 23),
+    // drop 13 mantissa bits, round half to even; a carry out of the mantissa correctly bumps the
+    // exponent (at most to 0x7bff here: ax < 65520's pattern).
+    uint32_t h = (ax - 0x38000000u) >> 13;
+    const uint32_t rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+    return static_cast<uint16_t>(sign | h);
+  }
+  if (ax < 0x33000000u) return sign;  // < 2^-25 (half the smallest subnormal, 2^-24): to signed zero
+  // Subnormal half: the value in units of 2^-24 is m * 2^(e - 126) with m the 24-bit significand
+  // (e the biased exponent, 102..112, so the shift is 14..24); round half to even. A carry to
+  // 0x400 is the smallest normal half, which is again right.
+  const uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+  const uint32_t shift = 126u - e;
+  uint32_t h = m >> shift;
+  const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+  if (rem > half || (rem == half && (h & 1u))) ++h;
+  return static_cast<uint16_t>(sign | h);
+}
+
 float quantize_row_ref(const float* x, int n, int n_pad, int8_t* q, int32_t* sum) {
   float amax = 0.f;
   for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
@@ -65,6 +92,27 @@ void ternary_gemm_ref(const TernaryTile* w, int KB, int mb0, int mb1, const int8
           const TernaryTile& tile = w[static_cast<size_t>(mb) * KB + kb];
           for (int i = 0; i < 4; ++i)
             for (int j = 0; j < 4; ++j) acc += tile_q(tile, r, i, j) * xt[kb * kTileCols + 4 * i + j];
+        }
+        y[static_cast<size_t>(t) * ldy + mb * kTileRows + r] = acc;
+      }
+    }
+  }
+}
+
+// The t5 reference: every code decoded by t5_code (kernels.h), multiplied by q = c - 1 directly.
+void ternary5_gemm_ref(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                       const int32_t* /*xsum: not needed when multiplying by q directly*/, int T, int32_t* y,
+                       int ldy) {
+  for (int mb = mb0; mb < mb1; ++mb) {
+    for (int t = 0; t < T; ++t) {
+      const int8_t* xt = x + static_cast<size_t>(t) * ldx;
+      for (int r = 0; r < kTileRows; ++r) {
+        int32_t acc = 0;
+        for (int kb = 0; kb < KB; ++kb) {
+          const TernaryTile5& tile = w[static_cast<size_t>(mb) * KB + kb];
+          for (int i = 0; i < kTile5Digits; ++i)
+            for (int j = 0; j < 4; ++j)
+              acc += (t5_code(tile.b[4 * r + j], i) - 1) * xt[kb * kTile5Cols + 4 * i + j];
         }
         y[static_cast<size_t>(t) * ldy + mb * kTileRows + r] = acc;
       }
@@ -110,6 +158,42 @@ void axpy_f32_ref(float alpha, const float* x, float* y, int n) {
   for (int i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+float dot_f16_ref(const float* a, const uint16_t* b, int n) {
+  float acc = 0.f;
+  for (int i = 0; i < n; ++i) acc += a[i] * f16_to_f32(b[i]);
+  return acc;
+}
+
+void axpy_f16_ref(float alpha, const uint16_t* x, float* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] += alpha * f16_to_f32(x[i]);
+}
+
+// int4 head: the definition, group by group. Each group's dot is exact in int32 (|.| <= 32 * 8 *
+// 127); the weighted sum is taken in int64 and lies within int32 for Cp <= kHeadI4MaxCols.
+void head_i4_ref(const HeadI4Block* W, const int32_t* /*rowbias: x is used signed*/, int Cp, int r0, int r1,
+                 const int8_t* x, int T, int32_t* out, int ldo) {
+  const int nb = Cp / kHeadI4Cols;
+  for (int r = r0; r < r1; ++r) {
+    const HeadI4Block* row = W + static_cast<size_t>(r) * nb;
+    for (int t = 0; t < T; ++t) {
+      const int8_t* xt = x + static_cast<size_t>(t) * Cp;
+      int64_t acc = 0;
+      for (int b = 0; b < nb; ++b) {
+        for (int g = 0; g < kHeadI4Cols / kHeadI4Group; ++g) {
+          int32_t dot = 0;
+          for (int i = 0; i < kHeadI4Group; ++i) {
+            const int c = g * kHeadI4Group + i;  // column inside the block
+            const int nib = c < 64 ? (row[b].qs[c] & 15) : (row[b].qs[c - 64] >> 4);
+            dot += (nib - 8) * xt[b * kHeadI4Cols + c];
+          }
+          acc += static_cast<int64_t>(row[b].sc[g]) * dot;
+        }
+      }
+      out[static_cast<size_t>(t) * ldo + r] = static_cast<int32_t>(acc);
+    }
+  }
+}
+
 }  // namespace
 
 const Kernels kKernelsRef = {
@@ -120,7 +204,10 @@ const Kernels kKernelsRef = {
     dot_rows_generic<float, f32_id>,
     head_i8_ref,
     quantize_row_ref,
-    attend_with<dot_f32_ref, axpy_f32_ref>,
+    attend_with<float, dot_f32_ref, axpy_f32_ref>,
+    head_i4_ref,
+    ternary5_gemm_ref,
+    attend_with<uint16_t, dot_f16_ref, axpy_f16_ref>,
 };
 
 }  // namespace bitnet

@@ -79,24 +79,16 @@ Model::Model(const ModelConfig& cfg, int threads) : cfg_(cfg), pool_(threads) {
     throw std::invalid_argument("model config: attn_sub_norm needs heads * head_dim == hidden_size");
   layers_.resize(cfg.layers);
   const int QD = cfg.heads * cfg.head_dim, KVD = cfg.kv_heads * cfg.head_dim;
-  size_t total = 0;
   for (Layer& l : layers_)
     for (auto [L, out, in] : {std::tuple{&l.q, QD, cfg.hidden}, {&l.k, KVD, cfg.hidden}, {&l.v, KVD, cfg.hidden},
                               {&l.o, cfg.hidden, QD}, {&l.gate, cfg.intermediate, cfg.hidden},
                               {&l.up, cfg.intermediate, cfg.hidden}, {&l.down, cfg.hidden, cfg.intermediate}}) {
       L->out = out;
       L->in = in;
-      L->MB = (out + kTileRows - 1) / kTileRows;
-      L->KB = (in + kTileCols - 1) / kTileCols;
-      total += static_cast<size_t>(L->MB) * L->KB;
     }
-  arena_.reset(total);
-  size_t off = 0;
-  for (Layer& l : layers_)
-    for (Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
-      L->tiles = arena_.data() + off;
-      off += static_cast<size_t>(L->MB) * L->KB;
-    }
+  layout_arena();  // i2 until set_weight_format; pages are committed only when a linear is loaded
+  caches_.resize(1);
+  caches_[0].limit = cfg.max_positions;
   // inv_freq[i] = 1 / theta^(2i / head_dim), in fp32 as bitnet.model.rope_cos_sin computes it.
   for (int i = 0; i < cfg.head_dim / 2; ++i) {
     const float e = static_cast<float>(2 * i) / static_cast<float>(cfg.head_dim);
@@ -117,6 +109,39 @@ Linear& Model::linear_ref(int layer, const std::string& name) {
   throw std::invalid_argument("unknown linear " + name);
 }
 
+void Model::layout_arena() {
+  size_t total = 0;
+  for (Layer& l : layers_)
+    for (Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
+      L->format = weight_format_;
+      L->MB = (L->out + kTileRows - 1) / kTileRows;
+      L->KB = (L->in + L->tile_cols() - 1) / L->tile_cols();
+      total += static_cast<size_t>(L->MB) * L->KB;
+    }
+  arena_.reset(total);
+  size_t off = 0;
+  for (Layer& l : layers_)
+    for (Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
+      // One 64-byte slot per tile in either format; a slot is only ever accessed as one of them.
+      L->tiles = weight_format_ == WeightFormat::I2 ? arena_.data() + off : nullptr;
+      L->tiles5 = weight_format_ == WeightFormat::T5 ? reinterpret_cast<TernaryTile5*>(arena_.data() + off) : nullptr;
+      off += static_cast<size_t>(L->MB) * L->KB;
+    }
+}
+
+void Model::set_weight_format(const std::string& name) {
+  WeightFormat f;
+  if (name == "i2") f = WeightFormat::I2;
+  else if (name == "t5") f = WeightFormat::T5;
+  else throw std::invalid_argument("weight format must be 'i2' or 't5', got '" + name + "'");
+  for (const Layer& l : layers_)
+    for (const Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
+      if (L->loaded()) throw std::invalid_argument("set the weight format before loading any linear");
+  if (f == weight_format_) return;
+  weight_format_ = f;
+  layout_arena();
+}
+
 void Model::set_linear(int layer, const std::string& name, const uint8_t* packed, int64_t rows4, int64_t in,
                        float beta, const float* norm, int64_t norm_len) {
   Linear& L = linear_ref(layer, name);
@@ -134,7 +159,8 @@ void Model::set_linear(int layer, const std::string& name, const uint8_t* packed
     throw std::invalid_argument(where(layer, name) + ".rms_norm.weight given but use_rms_norm is not set");
   }
   L.beta = beta;
-  L.is_loaded = repack_ternary(packed, want_out, want_in, L.tiles, &pool_);
+  L.is_loaded = L.format == WeightFormat::T5 ? repack_ternary5(packed, want_out, want_in, L.tiles5, &pool_)
+                                              : repack_ternary(packed, want_out, want_in, L.tiles, &pool_);
   if (!L.is_loaded) {
     throw std::invalid_argument(where(layer, name) + ".weight: found 2-bit code 3, not a ternary value");
   }
@@ -178,6 +204,61 @@ bool repack_ternary(const uint8_t* packed, int out, int K, TernaryTile* tiles, T
               seen3 |= static_cast<uint8_t>(c == 3);
               dst[j] |= static_cast<uint8_t>(c << (2 * i));
             }
+          }
+        }
+      }
+    }
+    if (seen3) bad.store(true);
+  });
+  return !bad.load();
+}
+
+bool repack_ternary5(const uint8_t* packed, int out, int K, TernaryTile5* tiles, ThreadPool* pool) {
+  const int R = out / 4, MB = (out + kTileRows - 1) / kTileRows, KB = (K + kTile5Cols - 1) / kTile5Cols;
+  // The stored byte of every base-3 value v = sum c_i 3^(4-i) (t5_encode without a division).
+  uint8_t enc[243];
+  for (int v = 0; v < 243; ++v) enc[v] = static_cast<uint8_t>((v * 256 + 242) / 243);
+  std::atomic<bool> bad{false};
+  pool->parallel_for(MB, [&](int mb0, int mb1) {
+    uint8_t seen3 = 0;
+    for (int mb = mb0; mb < mb1; ++mb) {
+      for (int r = 0; r < kTileRows; ++r) {
+        const int m = mb * kTileRows + r;
+        // transformers' layout: row m = i*R + r' lives in packed row r' = m % R, bits 2i = 2*(m / R).
+        const uint8_t* src = m < out ? packed + static_cast<size_t>(m % R) * K : nullptr;
+        const int shift = m < out ? 2 * (m / R) : 0;
+        const int full = src != nullptr ? K / kTile5Cols : 0;  // column blocks with no padding
+        for (int kb = 0; kb < full; ++kb) {
+          // Four source bytes at a time (columns 20kb + 4i + 0..3, one per tile byte j): each byte
+          // of c holds one code (shift <= 6, bits from the next byte masked off), and v = 3v + c
+          // stays within its byte (v <= 80 before the last step: 3 * 80 + 2 = 242), so the four
+          // base-3 numbers build up side by side in one word, exactly as the loop below does.
+          uint32_t v = 0;
+          for (int i = 0; i < kTile5Digits; ++i) {
+            uint32_t w;
+            std::memcpy(&w, src + kb * kTile5Cols + 4 * i, 4);
+            uint32_t c = (w >> shift) & 0x03030303u;
+            const uint32_t three = c & (c >> 1) & 0x01010101u;  // a code 3 (reported; kept as 2)
+            seen3 |= static_cast<uint8_t>(three != 0);
+            c -= three;
+            v = 3 * v + c;
+          }
+          uint8_t* dst = tiles[static_cast<size_t>(mb) * KB + kb].b + 4 * r;
+          for (int j = 0; j < 4; ++j) dst[j] = enc[(v >> (8 * j)) & 0xff];
+        }
+        for (int kb = full; kb < KB; ++kb) {  // padding rows and the last partial column block
+          uint8_t* dst = tiles[static_cast<size_t>(mb) * KB + kb].b + 4 * r;
+          const int k0 = kb * kTile5Cols;
+          for (int j = 0; j < 4; ++j) {
+            int v = 0;
+            for (int i = 0; i < kTile5Digits; ++i) {
+              const int k = k0 + 4 * i + j;
+              int c = 1;  // padding: a zero weight
+              if (src != nullptr && k < K) c = (src[k] >> shift) & 3;
+              seen3 |= static_cast<uint8_t>(c == 3);
+              v = 3 * v + std::min(c, 2);  // c == 3 is reported; keep v in range meanwhile
+            }
+            dst[j] = enc[v];
           }
         }
       }
@@ -236,15 +317,37 @@ void Model::set_head_mode(const std::string& mode) {
     head_scale_.clear();
     head_rowsum_.clear();
     head_rows_done_ = 0;
+    head_int4_ = false;
+    head4_q_.reset(0);
+    head4_scale_.clear();
+    head4_bias_.clear();
+    head4_rows_done_ = 0;
     return;
   }
-  if (mode != "int8") throw std::invalid_argument("head mode must be 'f16' or 'int8', got '" + mode + "'");
-  if (head_rows_done_ < cfg_.vocab) {
+  if (mode != "int8" && mode != "int4")
+    throw std::invalid_argument("head mode must be 'f16', 'int8' or 'int4', got '" + mode + "'");
+  if (mode == "int8") {
+    if (head_rows_done_ < cfg_.vocab) {
+      head_rows_done_ = 0;
+      quantize_head_rows(0, cfg_.vocab);
+    }
+    head4_q_.reset(0);
+    head4_scale_.clear();
+    head4_bias_.clear();
+    head4_rows_done_ = 0;
+  } else {
+    if (head4_rows_done_ < cfg_.vocab) {
+      head4_rows_done_ = 0;
+      quantize_head_rows_int4(0, cfg_.vocab);
+    }
+    head_q_.reset(0);
+    head_scale_.clear();
+    head_rowsum_.clear();
     head_rows_done_ = 0;
-    quantize_head_rows(0, cfg_.vocab);
   }
-  head_int8_ = true;
-  head16_.reset(0);  // the embedding lookups go back to the borrowed table
+  head_int8_ = mode == "int8";
+  head_int4_ = mode == "int4";
+  head16_.reset(0);  // the embedding lookups (and the int4 rescoring) go back to the borrowed table
   head16_rows_done_ = 0;
 }
 
@@ -302,6 +405,95 @@ void Model::quantize_head_rows(int r0, int r1) {
   head_rows_done_ += r1 - r0;
 }
 
+void Model::quantize_head_rows_int4(int r0, int r1) {
+  const Matrix16& src = head_source();
+  if (src.data == nullptr) throw std::invalid_argument("set the embedding before choosing the head mode");
+  const int V = cfg_.vocab, C = cfg_.hidden;
+  if (r0 < 0 || r1 > V || r0 > r1) throw std::invalid_argument("quantize_head_rows_int4: row range out of bounds");
+  const int Cp = (C + kHeadI4Cols - 1) / kHeadI4Cols * kHeadI4Cols;
+  if (Cp > kHeadI4MaxCols)
+    throw std::invalid_argument("head mode 'int4' supports hidden_size up to " + std::to_string(kHeadI4MaxCols) +
+                                ", got " + std::to_string(C));
+  const int nb = Cp / kHeadI4Cols, G = Cp / kHeadI4Group;
+  if (head4_q_.data() == nullptr) {
+    head4_cp_ = Cp;
+    head4_q_.reset(static_cast<size_t>(V) * nb);
+    head4_scale_.assign(V, 0.f);
+    head4_bias_.assign(V, 0);
+  }
+  // Per row: d = max_g(amax_g) / (7 * 255); per group the u8 scale sc and q = round(w / (d * sc))
+  // in [-7, 7], sc chosen among steps amax_g / 7 * f (f in kStepFactors, rounded to the d grid) for
+  // the least squared error (a smaller step clips the group's largest weight but rounds the
+  // others finer; the same search llama.cpp's k-quants make, over fewer candidates).
+  static constexpr float kStepFactors[] = {1.f, 0.95f, 0.9f, 0.85f};
+  HeadI4Block* q = head4_q_.data();
+  pool_.parallel_for(r1 - r0, [&](int b, int e) {
+    std::vector<float> row(Cp);
+    std::vector<int8_t> qv(Cp);
+    std::vector<uint8_t> scv(G);
+    for (int r = r0 + b; r < r0 + e; ++r) {
+      src.row_to_f32(r, row.data());
+      std::fill(row.begin() + C, row.end(), 0.f);
+      float gmax = 0.f;
+      for (int c = 0; c < Cp; ++c) gmax = std::max(gmax, std::fabs(row[c]));
+      float d = gmax / (7.f * 255.f);
+      // A row this small (or empty) stays all zero: 1 / (d * sc) must not overflow.
+      if (!(d >= std::numeric_limits<float>::min() * 256.f)) {
+        std::fill(row.begin(), row.end(), 0.f);
+        d = 0.f;
+      }
+      int64_t bias = 0;
+      for (int g = 0; g < G; ++g) {
+        const float* w = row.data() + g * kHeadI4Group;
+        float amax = 0.f;
+        for (int i = 0; i < kHeadI4Group; ++i) amax = std::max(amax, std::fabs(w[i]));
+        // Each candidate's squared error in fixed-size, branch-free loops the compiler vectorizes
+        // (the sum as a fixed tree: no reassociation needed), then q once for the best scale.
+        auto quantize = [&](int sc, float* qf) {
+          const float step = d * static_cast<float>(sc), inv = 1.f / step;
+          for (int i = 0; i < kHeadI4Group; ++i) qf[i] = std::min(7.f, std::max(-7.f, round_half_even(w[i] * inv)));
+          return step;
+        };
+        int best_sc = 0;
+        float best_err = std::numeric_limits<float>::infinity();
+        if (amax > 0.f) {
+          for (float f : kStepFactors) {
+            const int sc = static_cast<int>(std::min(255.f, std::max(1.f, round_half_even(amax / 7.f * f / d))));
+            float qf[kHeadI4Group], e[kHeadI4Group];
+            const float step = quantize(sc, qf);
+            for (int i = 0; i < kHeadI4Group; ++i) e[i] = (w[i] - step * qf[i]) * (w[i] - step * qf[i]);
+            for (int half = kHeadI4Group / 2; half >= 1; half /= 2)
+              for (int i = 0; i < half; ++i) e[i] += e[i + half];
+            if (e[0] < best_err) {
+              best_err = e[0];
+              best_sc = sc;
+            }
+          }
+        }
+        float qf[kHeadI4Group] = {};
+        if (best_sc > 0) quantize(best_sc, qf);
+        scv[g] = static_cast<uint8_t>(best_sc);
+        int32_t qsum = 0;
+        for (int i = 0; i < kHeadI4Group; ++i) {
+          qv[g * kHeadI4Group + i] = static_cast<int8_t>(qf[i]);
+          qsum += qv[g * kHeadI4Group + i];
+        }
+        bias += static_cast<int64_t>(best_sc) * qsum;
+      }
+      HeadI4Block* blocks = q + static_cast<size_t>(r) * nb;
+      for (int bk = 0; bk < nb; ++bk) {
+        const int8_t* qb = qv.data() + bk * kHeadI4Cols;
+        for (int j = 0; j < 64; ++j)
+          blocks[bk].qs[j] = static_cast<uint8_t>((qb[j] + 8) | ((qb[64 + j] + 8) << 4));
+        for (int g = 0; g < kHeadI4Cols / kHeadI4Group; ++g) blocks[bk].sc[g] = scv[bk * 4 + g];
+      }
+      head4_scale_[r] = d;
+      head4_bias_[r] = static_cast<int32_t>(128 * bias);  // |.| <= 128 * Cp * 7 * 255 < 2^31
+    }
+  });
+  head4_rows_done_ += r1 - r0;
+}
+
 void Model::check_complete() const {
   if (embed_.data == nullptr) throw std::invalid_argument("missing tensor model.embed_tokens.weight");
   if (final_norm_.empty()) throw std::invalid_argument("missing tensor model.norm.weight");
@@ -322,26 +514,94 @@ void Model::check_complete() const {
 }
 
 size_t Model::weight_bytes() const {
-  return head_q_.n + arena_.n * sizeof(TernaryTile);
+  return head_q_.n + head4_q_.n * sizeof(HeadI4Block) + (head4_scale_.size() + head4_bias_.size()) * 4 +
+         arena_.n * sizeof(TernaryTile);
 }
 
-void Model::ensure_cache(int n) {
-  if (n <= cache_cap_) return;
+void Model::ensure_cache(KVCache& c, int n) {
+  if (n <= c.cap) return;
   const int KV = cfg_.kv_heads, hd = cfg_.head_dim;
-  // Grow geometrically (at least 256 positions), never past max_position_embeddings.
-  const int cap = std::max(n, std::min(cfg_.max_positions, std::max(256, 2 * cache_cap_)));
-  for (Layer& l : layers_) {
-    std::vector<float> k(static_cast<size_t>(KV) * cap * hd), v(k.size());
-    for (int g = 0; g < KV; ++g) {
-      const size_t from = static_cast<size_t>(g) * cache_cap_ * hd, to = static_cast<size_t>(g) * cap * hd;
-      const size_t len = static_cast<size_t>(cache_len_) * hd;
-      std::copy(l.kcache.begin() + from, l.kcache.begin() + from + len, k.begin() + to);
-      std::copy(l.vcache.begin() + from, l.vcache.begin() + from + len, v.begin() + to);
+  // Grow geometrically (at least 256 positions), never past the cache's limit.
+  const int cap = std::max(n, std::min(c.limit, std::max(256, 2 * c.cap)));
+  // Per layer, each KV head's first len positions move to the new stride (fp32 or fp16 rows).
+  auto grow = [&](auto& rows) {
+    rows.resize(cfg_.layers);
+    for (auto& old : rows) {
+      std::remove_reference_t<decltype(old)> fresh(static_cast<size_t>(KV) * cap * hd);
+      const size_t len = static_cast<size_t>(c.len) * hd;
+      if (len != 0)
+        for (int g = 0; g < KV; ++g) {
+          const size_t from = static_cast<size_t>(g) * c.cap * hd, to = static_cast<size_t>(g) * cap * hd;
+          std::copy(old.begin() + from, old.begin() + from + len, fresh.begin() + to);
+        }
+      old.swap(fresh);
     }
-    l.kcache.swap(k);
-    l.vcache.swap(v);
+  };
+  if (kv_f16_) {
+    grow(c.k16);
+    grow(c.v16);
+  } else {
+    grow(c.k);
+    grow(c.v);
   }
-  cache_cap_ = cap;
+  c.cap = cap;
+}
+
+size_t Model::slot_index(int slot) const {
+  if (slot < 0 || slot >= num_slots())
+    throw std::invalid_argument("slot " + std::to_string(slot) + " out of range (the model has " +
+                                std::to_string(num_slots()) + " slots)");
+  return static_cast<size_t>(slot) + 1;
+}
+
+void Model::set_slots(int n, int ctx) {
+  if (n < 0) throw std::invalid_argument("set_slots: the number of slots must be >= 0");
+  if (ctx < 1 || ctx > cfg_.max_positions)
+    throw std::invalid_argument("set_slots: ctx_size must be in [1, max_position_embeddings=" +
+                                std::to_string(cfg_.max_positions) + "], got " + std::to_string(ctx));
+  caches_.resize(1);
+  caches_.resize(static_cast<size_t>(n) + 1);
+  for (size_t i = 1; i < caches_.size(); ++i) caches_[i].limit = ctx;  // rows in kv_f16_'s type on first use
+}
+
+void Model::set_kv_dtype(const std::string& name) {
+  if (name != "f32" && name != "f16")
+    throw std::invalid_argument("kv cache dtype must be 'f32' or 'f16', got '" + name + "'");
+  kv_f16_ = name == "f16";
+  for (KVCache& c : caches_) {
+    const int limit = c.limit;
+    c = KVCache();
+    c.limit = limit;
+  }
+}
+
+void Model::copy_slot(int src, int dst, int n) {
+  KVCache& a = caches_[slot_index(src)];
+  KVCache& b = caches_[slot_index(dst)];
+  if (n < 0 || n > a.len) throw std::invalid_argument("copy_slot: n must be in [0, slot_len(src)]");
+  if (n > b.limit) throw std::invalid_argument("copy_slot: n exceeds the destination's ctx_size");
+  if (src == dst) { b.len = n; return; }
+  b.len = 0;  // nothing to carry over when it grows
+  ensure_cache(b, n);
+  const int KV = cfg_.kv_heads, hd = cfg_.head_dim;
+  auto copy = [&](const auto& from_rows, auto& to_rows) {  // fp32 or fp16 rows, layer by layer
+    for (int li = 0; li < cfg_.layers; ++li)
+      for (int g = 0; g < KV; ++g) {
+        const size_t from = static_cast<size_t>(g) * a.cap * hd, to = static_cast<size_t>(g) * b.cap * hd;
+        const size_t len = static_cast<size_t>(n) * hd;
+        std::copy(from_rows[li].begin() + from, from_rows[li].begin() + from + len, to_rows[li].begin() + to);
+      }
+  };
+  if (n > 0) {  // a cache never written holds no rows yet
+    if (kv_f16_) {
+      copy(a.k16, b.k16);
+      copy(a.v16, b.v16);
+    } else {
+      copy(a.k, b.k);
+      copy(a.v, b.v);
+    }
+  }
+  b.len = n;
 }
 
 // y_i (T, out_i) = dequant(ternary(W_i) x int8(x)) for linears W_i sharing the input x (T, in):
@@ -362,7 +622,7 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
   size_t xq_total = 0, acc_total = 0;
   int mb_total = 0, n_inputs = 0;
   for (const auto& [L, y] : group) {
-    Item it{L, y, (L->KB * kTileCols + kXAlign - 1) / kXAlign * kXAlign, L->MB * kTileRows, mb_total, 0, 0, 0, true};
+    Item it{L, y, (L->KB * L->tile_cols() + kXAlign - 1) / kXAlign * kXAlign, L->MB * kTileRows, mb_total, 0, 0, 0, true};
     const bool share = !items.empty() && L->norm.empty() && items[0].L->norm.empty() && it.Kp == items[0].Kp;
     if (share) {
       it.xq_off = items[0].xq_off;
@@ -406,7 +666,11 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
       if (mb0 >= mb1) continue;
       const int32_t* xs = xsum.data() + static_cast<size_t>(it.xs) * T;
       int32_t* acc = scratch_acc_.data() + it.acc_off;
-      kern.ternary_gemm(L.tiles, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
+      // The linear's format picks the kernel once per row-block range (its loops hold no branch).
+      if (L.format == WeightFormat::T5)
+        kern.ternary5_gemm(L.tiles5, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
+      else
+        kern.ternary_gemm(L.tiles, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
       const int m1 = std::min(L.out, mb1 * kTileRows);
       for (int t = 0; t < T; ++t) {
         const float r = L.beta * inv_s[static_cast<size_t>(it.xs) * T + t];
@@ -417,19 +681,26 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
   }, T == 1 ? 1 : 4);  // one token: one sequential stream per thread (the linears are adjacent)
 }
 
-// Causal grouped-query attention over the cache; q (T, heads*hd) already rotated.
-void Model::attention(Layer& ly, const float* q, int T, int pos0, float* out) {
+void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>& cache_of,
+                      const std::vector<int>& pos, float* out) {
   const Kernels& kern = kernels();
   const int H = cfg_.heads, hd = cfg_.head_dim, group = H / cfg_.kv_heads;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  int most = 0;
+  for (int t = 0; t < T; ++t) most = std::max(most, pos[t] + 1);
   pool_.parallel_for(T * H, [&](int b, int e) {
-    std::vector<float> sc(pos0 + T);
+    std::vector<float> sc(most);
     for (int job = b; job < e; ++job) {
       const int t = job / H, h = job % H, g = h / group;
+      const KVCache& c = *cache_of[t];
       const size_t off = static_cast<size_t>(t) * H * hd + h * hd;
-      const size_t kv = static_cast<size_t>(g) * cache_cap_ * hd;
-      kern.attend(q + off, ly.kcache.data() + kv, ly.vcache.data() + kv, hd, pos0 + t + 1, hd, scale, sc.data(),
-                  out + off);
+      const size_t kv = static_cast<size_t>(g) * c.cap * hd;
+      if (kv_f16_)
+        kern.attend_f16(q + off, c.k16[li].data() + kv, c.v16[li].data() + kv, hd, pos[t] + 1, hd, scale,
+                        sc.data(), out + off);
+      else
+        kern.attend(q + off, c.k[li].data() + kv, c.v[li].data() + kv, hd, pos[t] + 1, hd, scale, sc.data(),
+                    out + off);
     }
   });
 }
@@ -456,6 +727,26 @@ void Model::head_forward(const float* h, int T, float* out) {
     }, 1);
     return;
   }
+  if (head_int4_) {  // the coarse int4 pass over every row, then the exact rescoring
+    const int Cp = head4_cp_;
+    std::vector<int8_t> xq(static_cast<size_t>(T) * Cp);
+    std::vector<float> inv_s(T);
+    for (int t = 0; t < T; ++t) {
+      int32_t sum;
+      inv_s[t] = 1.f / kern.quantize_row(h + static_cast<size_t>(t) * C, C, Cp, xq.data() + static_cast<size_t>(t) * Cp, &sum);
+    }
+    if (scratch_acc_.size() < static_cast<size_t>(T) * V) scratch_acc_.resize(static_cast<size_t>(T) * V);
+    int32_t* acc = scratch_acc_.data();
+    pool_.parallel_for(V, [&](int r0, int r1) {
+      kern.head_i4(head4_q_.data(), head4_bias_.data(), Cp, r0, r1, xq.data(), T, acc, V);
+      for (int t = 0; t < T; ++t)
+        for (int r = r0; r < r1; ++r)
+          out[static_cast<size_t>(t) * V + r] =
+              static_cast<float>(acc[static_cast<size_t>(t) * V + r]) * head4_scale_[r] * inv_s[t];
+    }, 1);
+    head_rescore(h, T, out);
+    return;
+  }
   const Matrix16& W = head16();
   pool_.parallel_for(V, [&](int r0, int r1) {
     if (T == 1 || W.dtype == DType::F32) {  // decode: stream the 16-bit rows once
@@ -475,20 +766,130 @@ void Model::head_forward(const float* h, int T, float* out) {
   }, T == 1 ? 1 : 4);
 }
 
-void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, float* out) {
-  if (T <= 0) throw std::invalid_argument("forward: no tokens");
-  if (pos0 < 0 || pos0 > cache_len_) throw std::invalid_argument("forward: pos0 beyond the cached positions");
-  if (pos0 + T > cfg_.max_positions)
-    throw std::invalid_argument("forward: " + std::to_string(pos0 + T) + " positions exceed max_position_embeddings=" +
-                                std::to_string(cfg_.max_positions));
-  if (logits_from < 0 || logits_from > T) throw std::invalid_argument("forward: logits_from out of range");
-  for (int t = 0; t < T; ++t)
-    if (tokens[t] < 0 || tokens[t] >= cfg_.vocab)
-      throw std::invalid_argument("forward: token id " + std::to_string(tokens[t]) + " outside [0, vocab_size=" +
+// The int4 head's exact rescoring. Per token: the head_rescore_max_ best coarse logits (ties to
+// the lower row), then their rows recomputed from the 16-bit table with the kernel the "f16" head
+// uses for one token (dot_rows on that row alone: the same value, bit for bit, as the f16 head's
+// decode), head_rescore_ at a time, in coarse order. After each batch: best = the largest exact
+// logit, err = the largest |coarse - exact| among the rescored rows; the next batch runs while the
+// next coarse logit is >= best - kHeadRescoreMargin * err (a row left out could still beat best
+// only if its coarse error were over kHeadRescoreMargin times the largest one seen). Unless all
+// head_rescore_max_ were used, every logit left coarse is then below best, so the argmax is the
+// exact head's whenever the exact top-1 was rescored. Rescored rows get their exact logits; the others keep the coarse ones. (For T > 1 the
+// f16 head widens rows to fp32 and groups tokens, which can differ from this by fp32 rounding.)
+void Model::set_head_rescore(int k, int k_max) {
+  if (k < 0 || k > k_max) throw std::invalid_argument("head rescoring needs 0 <= k <= k_max");
+  head_rescore_ = k;
+  head_rescore_max_ = k_max;
+}
+
+void Model::head_rescore(const float* h, int T, float* out) {
+  const Kernels& kern = kernels();
+  const int V = cfg_.vocab, C = cfg_.hidden;
+  const Matrix16& W = head_source();
+  const int kmax = std::min(head_rescore_max_, V);
+  if (head_rescore_ == 0 || kmax == 0) return;
+  auto exact = [&](int r, const float* ht) {
+    float v = 0.f;
+    const size_t off = static_cast<size_t>(r) * C;
+    if (W.dtype == DType::BF16) kern.dot_rows_bf16(static_cast<const uint16_t*>(W.data) + off, C, 0, 1, ht, 1, &v, 1);
+    else if (W.dtype == DType::F16) kern.dot_rows_f16(static_cast<const uint16_t*>(W.data) + off, C, 0, 1, ht, 1, &v, 1);
+    else kern.dot_rows_f32(static_cast<const float*>(W.data) + off, C, 0, 1, ht, 1, &v, 1);
+    return v;
+  };
+  auto one = [&](int t) {
+    float* o = out + static_cast<size_t>(t) * V;
+    const float* ht = h + static_cast<size_t>(t) * C;
+    // Top kmax by a threshold scan: (value, row) pairs sorted best first.
+    std::vector<std::pair<float, int>> top;
+    top.reserve(kmax + 1);
+    auto better = [](const std::pair<float, int>& a, const std::pair<float, int>& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
+    for (int r = 0; r < V; ++r) {
+      if (static_cast<int>(top.size()) == kmax && !(o[r] > top.back().first)) continue;
+      const std::pair<float, int> p(o[r], r);
+      top.insert(std::upper_bound(top.begin(), top.end(), p, better), p);
+      if (static_cast<int>(top.size()) > kmax) top.pop_back();
+    }
+    const int n = static_cast<int>(top.size());
+    float best = -std::numeric_limits<float>::infinity(), err = 0.f;
+    int k = 0;
+    do {
+      for (const int end = std::min(n, k + head_rescore_); k < end; ++k) {
+        const int r = top[k].second;
+        const float e = exact(r, ht);
+        err = std::max(err, std::fabs(top[k].first - e));
+        best = std::max(best, e);
+        o[r] = e;
+      }
+    } while (k < n && top[k].first >= best - kHeadRescoreMargin * err);
+  };
+  if (T == 1) {
+    one(0);
+    return;
+  }
+  pool_.parallel_for(T, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) one(t);
+  });
+}
+
+void Model::validate_run(const Run& r, const std::string& what) const {
+  if (r.T <= 0) throw std::invalid_argument(what + ": no tokens");
+  if (r.pos0 < 0 || r.pos0 > r.cache->len) throw std::invalid_argument(what + ": pos0 beyond the cached positions");
+  if (r.pos0 + r.T > r.cache->limit)
+    throw std::invalid_argument(what + ": " + std::to_string(r.pos0 + r.T) + " positions exceed " +
+                                (r.cache == &caches_[0] ? "max_position_embeddings=" : "the slot's ctx_size=") +
+                                std::to_string(r.cache->limit));
+  for (int t = 0; t < r.T; ++t)
+    if (r.tokens[t] < 0 || r.tokens[t] >= cfg_.vocab)
+      throw std::invalid_argument(what + ": token id " + std::to_string(r.tokens[t]) + " outside [0, vocab_size=" +
                                   std::to_string(cfg_.vocab) + ")");
+}
+
+void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, float* out) {
+  const Run r{&caches_[0], tokens, T, pos0};
+  validate_run(r, "forward");
+  if (logits_from < 0 || logits_from > T) throw std::invalid_argument("forward: logits_from out of range");
+  std::vector<int> rows;
+  for (int t = logits_from; t < T; ++t) rows.push_back(t);
+  forward_runs({r}, rows, out);
+}
+
+void Model::forward_batch(const Segment* segs, int n, float* out) {
+  if (n <= 0) throw std::invalid_argument("forward_batch: no segments");
+  std::vector<Run> runs;
+  std::vector<int> rows;
+  std::vector<bool> used(caches_.size(), false);
+  int total = 0;
+  for (int i = 0; i < n; ++i) {
+    const size_t ci = slot_index(segs[i].slot);
+    if (used[ci]) throw std::invalid_argument("forward_batch: slot " + std::to_string(segs[i].slot) + " given twice");
+    used[ci] = true;
+    const Run r{&caches_[ci], segs[i].tokens, segs[i].T, segs[i].pos0};
+    validate_run(r, "forward_batch: slot " + std::to_string(segs[i].slot));
+    runs.push_back(r);
+    total += r.T;
+    rows.push_back(total - 1);
+  }
+  forward_runs(runs, rows, out);
+}
+
+void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& logit_rows, float* out) {
   check_complete();
-  ensure_cache(pos0 + T);
-  cache_len_ = pos0;  // entries past pos0 are overwritten below
+  // Token rows of every run, concatenated: each row's cache and position.
+  std::vector<KVCache*> cache_of;
+  std::vector<int> pos;
+  std::vector<int32_t> tokens;
+  for (const Run& r : runs) {
+    ensure_cache(*r.cache, r.pos0 + r.T);
+    r.cache->len = r.pos0;  // entries past pos0 are overwritten below
+    for (int t = 0; t < r.T; ++t) {
+      cache_of.push_back(r.cache);
+      pos.push_back(r.pos0 + t);
+      tokens.push_back(r.tokens[t]);
+    }
+  }
+  const int T = static_cast<int>(tokens.size());
 
   const int C = cfg_.hidden, I = cfg_.intermediate, H = cfg_.heads, KV = cfg_.kv_heads, hd = cfg_.head_dim;
   const int QD = H * hd, KVD = KV * hd, half = hd / 2;
@@ -500,7 +901,7 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
   std::vector<float> cosv(static_cast<size_t>(T) * half), sinv(cosv.size());
   for (int t = 0; t < T; ++t)
     for (int i = 0; i < half; ++i) {
-      const float a = static_cast<float>(pos0 + t) * rope_inv_freq_[i];
+      const float a = static_cast<float>(pos[t]) * rope_inv_freq_[i];
       cosv[static_cast<size_t>(t) * half + i] = std::cos(a);
       sinv[static_cast<size_t>(t) * half + i] = std::sin(a);
     }
@@ -518,19 +919,31 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
       }
   };
 
-  for (Layer& ly : layers_) {
+  for (int li = 0; li < cfg_.layers; ++li) {
+    Layer& ly = layers_[li];
     for (int t = 0; t < T; ++t)
       rmsnorm(&x[static_cast<size_t>(t) * C], ly.input_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
     linear_forward({{&ly.q, q.data()}, {&ly.k, k.data()}, {&ly.v, v.data()}}, xn.data(), T);
     rope(q.data(), H);
     rope(k.data(), KV);
-    for (int t = 0; t < T; ++t)
+    for (int t = 0; t < T; ++t) {
+      KVCache& c = *cache_of[t];
       for (int g = 0; g < KV; ++g) {
-        const size_t from = static_cast<size_t>(t) * KVD + g * hd, to = (static_cast<size_t>(g) * cache_cap_ + pos0 + t) * hd;
-        std::copy(k.begin() + from, k.begin() + from + hd, ly.kcache.begin() + to);
-        std::copy(v.begin() + from, v.begin() + from + hd, ly.vcache.begin() + to);
+        const size_t from = static_cast<size_t>(t) * KVD + g * hd, to = (static_cast<size_t>(g) * c.cap + pos[t]) * hd;
+        if (kv_f16_) {  // rounded to nearest even once, here; attend_f16 widens exactly
+          uint16_t* kd = c.k16[li].data() + to;
+          uint16_t* vd = c.v16[li].data() + to;
+          for (int i = 0; i < hd; ++i) {
+            kd[i] = f32_to_f16(k[from + i]);
+            vd[i] = f32_to_f16(v[from + i]);
+          }
+        } else {
+          std::copy(k.begin() + from, k.begin() + from + hd, c.k[li].begin() + to);
+          std::copy(v.begin() + from, v.begin() + from + hd, c.v[li].begin() + to);
+        }
       }
-    attention(ly, q.data(), T, pos0, att.data());
+    }
+    attention(li, q.data(), T, cache_of, pos, att.data());
     if (cfg_.sub_norms)
       for (int t = 0; t < T; ++t) {
         float* a = &att[static_cast<size_t>(t) * QD];
@@ -565,13 +978,13 @@ void Model::forward(const int32_t* tokens, int T, int pos0, int logits_from, flo
     linear_forward({{&ly.down, tmp.data()}}, g.data(), T);
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
   }
-  cache_len_ = pos0 + T;
+  for (const Run& r : runs) r.cache->len = r.pos0 + r.T;
 
-  const int n_out = T - logits_from;
+  const int n_out = static_cast<int>(logit_rows.size());
   if (n_out == 0) return;
   std::vector<float> hn(static_cast<size_t>(n_out) * C);
-  for (int t = 0; t < n_out; ++t)
-    rmsnorm(&x[static_cast<size_t>(logits_from + t) * C], final_norm_.data(), C, cfg_.eps, &hn[static_cast<size_t>(t) * C]);
+  for (int i = 0; i < n_out; ++i)
+    rmsnorm(&x[static_cast<size_t>(logit_rows[i]) * C], final_norm_.data(), C, cfg_.eps, &hn[static_cast<size_t>(i) * C]);
   head_forward(hn.data(), n_out, out);
 }
 

@@ -62,9 +62,16 @@ struct AlignedBuf {
   const T* data() const { return ptr; }
 };
 
+// Layout of the ternary linears' weights: TernaryTile (2 bits per weight) or TernaryTile5 (5 trits
+// per byte, 1.6 bits per weight); both are 64-byte tiles of 16 rows (layouts in kernels.h).
+enum class WeightFormat { I2, T5 };
+
 struct Linear {
-  int out = 0, in = 0, MB = 0, KB = 0;  // MB, KB: 16-row / 16-column tile counts (padded)
-  TernaryTile* tiles = nullptr;  // MB * KB tiles inside Model's weight arena (layer order)
+  int out = 0, in = 0, MB = 0, KB = 0;  // MB: 16-row blocks; KB: tiles per row block (padded)
+  WeightFormat format = WeightFormat::I2;  // which of the two pointers below holds the weights
+  TernaryTile* tiles = nullptr;    // i2: MB * KB tiles of 16 columns inside Model's weight arena
+  TernaryTile5* tiles5 = nullptr;  // t5: MB * KB tiles of 20 columns, same place (layer order)
+  int tile_cols() const { return format == WeightFormat::T5 ? kTile5Cols : kTileCols; }
   bool is_loaded = false;
   float beta = 1.f;          // w ~= q * beta (multiply convention; the loader converts "bitlinear")
   std::vector<float> norm;   // inner RMSNorm weight, empty if none
@@ -74,8 +81,28 @@ struct Linear {
 struct Layer {
   std::vector<float> input_norm, post_norm, attn_sub_norm, ffn_sub_norm;
   Linear q, k, v, o, gate, up, down;
-  // [kv_heads][capacity][head_dim]: each KV head's positions are one contiguous stream.
-  std::vector<float> kcache, vcache;
+};
+
+// One sequence's KV cache. Per layer, K and V are [kv_heads][cap][head_dim]: each KV head's
+// positions are one contiguous stream. It grows geometrically on demand up to `limit` positions,
+// so a server's memory is bounded by (slots x limit) positions. The rows live in k/v (kv dtype
+// "f32") or, as IEEE fp16 bit patterns rounded to nearest even, in k16/v16 ("f16": half the
+// bytes per position); the other pair stays empty.
+struct KVCache {
+  std::vector<std::vector<float>> k, v;        // [layer], kv dtype "f32"
+  std::vector<std::vector<uint16_t>> k16, v16; // [layer], kv dtype "f16"
+  int cap = 0;    // positions allocated
+  int len = 0;    // positions holding valid entries
+  int limit = 0;  // most positions it may ever hold (<= max_position_embeddings)
+};
+
+// One sequence's share of a batched step: tokens[0..T) at positions pos0..pos0+T-1 of the KV
+// cache of `slot`, keeping its first pos0 entries.
+struct Segment {
+  int slot = 0;
+  const int32_t* tokens = nullptr;
+  int T = 0;
+  int pos0 = 0;
 };
 
 struct Matrix16 {  // a borrowed row-major (rows, cols) matrix in bf16/f16/f32 (numpy keeps it alive)
@@ -88,6 +115,8 @@ struct Matrix16 {  // a borrowed row-major (rows, cols) matrix in bf16/f16/f32 (
 // Repacks transformers' packed ternary layout (uint8 (out/4, K)) into kernel tiles
 // ((out+15)/16 * (K+15)/16 of them, layout in kernels.h). Returns false if any code is 3.
 bool repack_ternary(const uint8_t* packed, int out, int K, TernaryTile* tiles, ThreadPool* pool);
+// The same into t5 tiles ((out+15)/16 * (K+19)/20 of them). Returns false if any code is 3.
+bool repack_ternary5(const uint8_t* packed, int out, int K, TernaryTile5* tiles, ThreadPool* pool);
 
 class Model {
  public:
@@ -103,8 +132,14 @@ class Model {
   void set_norm(int layer, const std::string& name, const float* w, int64_t n);
   void set_embedding(const Matrix16& m);
   void set_lm_head(const Matrix16& m);
-  // "f16" (the stored 16-bit/fp32 table, exact) or "int8" (per-row absmax int8, built here).
+  // "f16" (the stored 16-bit/fp32 table, exact), "int8" (per-row absmax int8, built here) or
+  // "int4" (4.25 bits per weight: int4 groups of 32 with u8 group scales and one fp32 scale per
+  // row, built here; its coarse logits pick candidates whose rows are then rescored exactly from
+  // the borrowed 16-bit table, see head_forward). Throws std::invalid_argument on another name, or
+  // for "int4" when the hidden size exceeds kHeadI4MaxCols.
   void set_head_mode(const std::string& mode);
+  // Quantizes head rows [r0, r1) to int4 ahead of set_head_mode("int4") (as quantize_head_rows).
+  void quantize_head_rows_int4(int r0, int r1);
   // Quantizes head rows [r0, r1) to int8 ahead of set_head_mode("int8"), so a loader can release
   // the 16-bit pages it has read chunk by chunk (peak memory); set_head_mode does the rest.
   void quantize_head_rows(int r0, int r1);
@@ -113,23 +148,72 @@ class Model {
   // the f16 head streams from huge pages. Once every row is copied, set_head_mode("f16") uses the
   // copy (and a tied model looks its embeddings up there); otherwise it reads the borrowed table.
   void copy_head_rows(int r0, int r1);
-  std::string head_mode() const { return head_int8_ ? "int8" : "f16"; }
+  std::string head_mode() const { return head_int4_ ? "int4" : head_int8_ ? "int8" : "f16"; }
+  // The int4 head's rescoring: k candidates per token first (0 = none: the coarse logits as they
+  // are, for measurements), up to k_max in all. Defaults 16 and 64 (benchmarks/bench_head.py).
+  // Throws std::invalid_argument unless 0 <= k <= k_max.
+  void set_head_rescore(int k, int k_max);
   // Throws std::invalid_argument naming the first missing tensor.
   void check_complete() const;
 
-  // Runs tokens[0..T) at positions pos0..pos0+T-1, keeping the first pos0 cache entries.
-  // Writes logits of rows logits_from..T-1 to out ((T - logits_from) x vocab, row-major).
+  // Runs tokens[0..T) at positions pos0..pos0+T-1 of the single-sequence cache, keeping its first
+  // pos0 entries. Writes logits of rows logits_from..T-1 to out ((T - logits_from) x vocab, row-major).
   void forward(const int32_t* tokens, int T, int pos0, int logits_from, float* out);
-  int cache_len() const { return cache_len_; }
-  void reset() { cache_len_ = 0; }
+  int cache_len() const { return caches_[0].len; }
+  void reset() { caches_[0].len = 0; }
+
+  // Sequence slots for batched serving, separate from the single-sequence cache: n slots
+  // (0..n-1), each holding at most ctx positions (1 <= ctx <= max_position_embeddings). Drops
+  // whatever the slots held before.
+  void set_slots(int n, int ctx);
+  // Element type of every KV cache: "f32" (the default; exact against the PyTorch reference) or
+  // "f16" (rows rounded to fp16 when written, widened exactly when read: half the cache memory
+  // and bytes read per attended position). Drops every cache's contents (the single-sequence
+  // cache and every slot); throws std::invalid_argument on another name.
+  void set_kv_dtype(const std::string& name);
+  std::string kv_dtype() const { return kv_f16_ ? "f16" : "f32"; }
+  int num_slots() const { return static_cast<int>(caches_.size()) - 1; }
+  int slot_len(int slot) const { return caches_.at(slot_index(slot)).len; }
+  // Copies the first n cached positions of slot src into slot dst (a shared prompt prefix).
+  void copy_slot(int src, int dst, int n);
+  // One step over many sequences with one pass over the weights: every segment's tokens go
+  // through each linear together (the multi-token kernels), attention runs per segment on its
+  // own slot. out: (n, vocab), the next-token logits after each segment's last token. A token's
+  // result does not depend on the other segments (the integer products are exact and every
+  // other operation is per token). Throws std::invalid_argument on a bad slot, a slot given
+  // twice, pos0 beyond the slot's cached positions or positions past its limit.
+  void forward_batch(const Segment* segs, int n, float* out);
 
   size_t weight_bytes() const;  // bytes held by repacked ternary weights and the int8 head
 
+  // Weight layout of every ternary linear: "i2" (TernaryTile, the default) or "t5" (TernaryTile5,
+  // 20% fewer bytes per decoded token). Re-lays out the weight arena, so it must come before the
+  // first set_linear; throws std::invalid_argument on another name or once a linear is loaded.
+  void set_weight_format(const std::string& name);
+  std::string weight_format() const { return weight_format_ == WeightFormat::T5 ? "t5" : "i2"; }
+
  private:
+  // A segment resolved to its cache (index 0 is the single-sequence cache, slot s is s + 1).
+  struct Run {
+    KVCache* cache;
+    const int32_t* tokens;
+    int T, pos0;
+  };
   Linear& linear_ref(int layer, const std::string& name);
-  void ensure_cache(int n);
+  // Sizes the weight arena for weight_format_ and points every linear at its tiles.
+  void layout_arena();
+  WeightFormat weight_format_ = WeightFormat::I2;
+  size_t slot_index(int slot) const;
+  void ensure_cache(KVCache& c, int n);
+  void validate_run(const Run& r, const std::string& what) const;
+  // The forward pass over runs whose tokens are concatenated (rows in run order); writes the
+  // logits of rows logit_rows (indices into the concatenation, in order) to out.
+  void forward_runs(const std::vector<Run>& runs, const std::vector<int>& logit_rows, float* out);
   void linear_forward(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int T);
-  void attention(Layer& ly, const float* q, int T, int pos0, float* out);
+  // Causal attention of rows [0, T): row t (its run's cache, at position pos[t]) attends to
+  // positions 0..pos[t] of that cache in layer li; q (T, heads*hd) already rotated.
+  void attention(int li, const float* q, int T, const std::vector<KVCache*>& cache_of,
+                 const std::vector<int>& pos, float* out);
   void head_forward(const float* h, int T, float* out);
 
   ModelConfig cfg_;
@@ -137,6 +221,7 @@ class Model {
   std::vector<Layer> layers_;
   // Every linear's tiles, one after the other in execution order (q k v o gate up down, layer by
   // layer): one huge-page region the decode streams front to back.
+  // t5 tiles live in the same 64-byte slots (TernaryTile5 has TernaryTile's size and alignment).
   AlignedBuf<TernaryTile> arena_;
   std::vector<float> final_norm_;
   Matrix16 embed_, lm_head_;
@@ -153,8 +238,24 @@ class Model {
   std::vector<int32_t> head_rowsum_;
   int head_cp_ = 0;
   int64_t head_rows_done_ = 0;
+  // int4 head: blocks (head4_cp_ / kHeadI4Cols per row), per-row fp32 scale d and the kernels'
+  // rowbias; rescoring reads head_source() (the borrowed 16-bit table: no resident copy).
+  bool head_int4_ = false;
+  AlignedBuf<HeadI4Block> head4_q_;
+  std::vector<float> head4_scale_;
+  std::vector<int32_t> head4_bias_;
+  int head4_cp_ = 0;
+  int64_t head4_rows_done_ = 0;
+  // Exact rescoring of the int4 logits: the head_rescore_ best coarse candidates of each token are
+  // recomputed from the 16-bit rows; further candidates, head_rescore_ at a time up to
+  // head_rescore_max_, while the next coarse logit is within kHeadRescoreMargin times the largest
+  // coarse error seen on this token's rescored rows of the best exact logit (see head_rescore).
+  int head_rescore_ = 16, head_rescore_max_ = 64;
+  static constexpr float kHeadRescoreMargin = 2.f;
+  void head_rescore(const float* h, int T, float* out);
   std::vector<float> rope_inv_freq_;
-  int cache_cap_ = 0, cache_len_ = 0;
+  std::vector<KVCache> caches_;  // [0]: the single-sequence cache; [1..]: serving slots
+  bool kv_f16_ = false;          // every cache holds fp16 rows (k16/v16) instead of fp32 (k/v)
   std::vector<int8_t> scratch_xq_;     // int8 activations of the current linear
   std::vector<int32_t> scratch_acc_;   // its integer outputs
 };

@@ -68,6 +68,7 @@ NB_MODULE(_C, m) {
         d["avx512bw"] = f.avx512bw;
         d["avx512vl"] = f.avx512vl;
         d["avx512_vnni"] = f.avx512_vnni;
+        d["avx512_vbmi"] = f.avx512_vbmi;
         d["avx_vnni"] = f.avx_vnni;
         d["amx_tile"] = f.amx_tile;
         d["amx_int8"] = f.amx_int8;
@@ -111,6 +112,53 @@ NB_MODULE(_C, m) {
       },
       "isa"_a, "packed"_a, "x"_a,
       "Exact q.x for transformers-packed uint8 (out/4, K) weights and int8 x (T, K) -> int32 (T, out).");
+  m.def(
+      "ternary5_matmul",
+      [](const std::string& isa, Arr<const uint8_t, nb::ndim<2>> packed, Arr<const int8_t, nb::ndim<2>> x) {
+        const auto& k = kernels_named(isa);
+        const int out = static_cast<int>(packed.shape(0)) * 4, K = static_cast<int>(packed.shape(1));
+        const int T = static_cast<int>(x.shape(0));
+        if (static_cast<int>(x.shape(1)) != K) throw std::invalid_argument("x columns != packed columns");
+        if (T < 1 || out < 1 || K < 1) throw std::invalid_argument("empty weights or activations");
+        const int MB = (out + 15) / 16, KB = (K + bitnet::kTile5Cols - 1) / bitnet::kTile5Cols, Mp = MB * 16;
+        const int Kp = (KB * bitnet::kTile5Cols + bitnet::kXAlign - 1) / bitnet::kXAlign * bitnet::kXAlign;
+        bitnet::AlignedBuf<bitnet::TernaryTile5> tiles(static_cast<size_t>(MB) * KB);
+        bitnet::ThreadPool pool(1);
+        if (!bitnet::repack_ternary5(packed.data(), out, K, tiles.data(), &pool))
+          throw std::invalid_argument("packed weights contain code 3");
+        std::vector<int8_t> xp(static_cast<size_t>(T) * Kp, 0);
+        std::vector<int32_t> xsum(T, 0);
+        for (int t = 0; t < T; ++t)
+          for (int c = 0; c < K; ++c) {
+            xp[static_cast<size_t>(t) * Kp + c] = x.data()[static_cast<size_t>(t) * K + c];
+            xsum[t] += x.data()[static_cast<size_t>(t) * K + c];
+          }
+        std::vector<int32_t> y(static_cast<size_t>(T) * Mp);
+        k.ternary5_gemm(tiles.data(), KB, 0, MB, xp.data(), Kp, xsum.data(), T, y.data(), Mp);
+        auto* res = new int32_t[static_cast<size_t>(T) * out];
+        for (int t = 0; t < T; ++t)
+          for (int o = 0; o < out; ++o) res[static_cast<size_t>(t) * out + o] = y[static_cast<size_t>(t) * Mp + o];
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<int32_t*>(p); });
+        return nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(out)}, owner);
+      },
+      "isa"_a, "packed"_a, "x"_a,
+      "ternary_matmul through the t5 tiles (5 trits per byte): exact q.x -> int32 (T, out).");
+  m.def(
+      "ternary5_tiles",
+      [](Arr<const uint8_t, nb::ndim<2>> packed) {
+        const int out = static_cast<int>(packed.shape(0)) * 4, K = static_cast<int>(packed.shape(1));
+        const int MB = (out + 15) / 16, KB = (K + bitnet::kTile5Cols - 1) / bitnet::kTile5Cols;
+        const size_t n = static_cast<size_t>(MB) * KB * sizeof(bitnet::TernaryTile5);
+        auto* res = new uint8_t[n];
+        bitnet::ThreadPool pool(1);
+        if (!bitnet::repack_ternary5(packed.data(), out, K, reinterpret_cast<bitnet::TernaryTile5*>(res), &pool)) {
+          delete[] res;
+          throw std::invalid_argument("packed weights contain code 3");
+        }
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<uint8_t*>(p); });
+        return nb::ndarray<nb::numpy, uint8_t, nb::ndim<3>>(res, {static_cast<size_t>(MB) * KB, 16, 4}, owner);
+      },
+      "packed"_a, "The t5 tiles of transformers-packed weights: uint8 (MB * KB, 16 rows, 4 bytes).");
   m.def(
       "quantize_rows",
       [](const std::string& isa, Arr<const float, nb::ndim<2>> x) {
@@ -157,6 +205,51 @@ NB_MODULE(_C, m) {
       },
       "isa"_a, "E"_a, "x"_a, "Exact int8 head dot products: E int8 (V, C), x int8 (T, C) -> int32 (T, V).");
   m.def(
+      "head_i4",
+      [](const std::string& isa, Arr<const int8_t, nb::ndim<2>> q, Arr<const uint8_t, nb::ndim<2>> sc,
+         Arr<const int8_t, nb::ndim<2>> x) {
+        const auto& k = kernels_named(isa);
+        const int V = static_cast<int>(q.shape(0)), C = static_cast<int>(q.shape(1)), T = static_cast<int>(x.shape(0));
+        const int G = (C + bitnet::kHeadI4Group - 1) / bitnet::kHeadI4Group;
+        if (static_cast<int>(x.shape(1)) != C) throw std::invalid_argument("x columns != q columns");
+        if (static_cast<int>(sc.shape(0)) != V || static_cast<int>(sc.shape(1)) != G)
+          throw std::invalid_argument("sc must have shape (V, ceil(C / 32))");
+        const int Cp = (C + bitnet::kHeadI4Cols - 1) / bitnet::kHeadI4Cols * bitnet::kHeadI4Cols;
+        if (Cp > bitnet::kHeadI4MaxCols) throw std::invalid_argument("int4 head: too many columns");
+        const int nb = Cp / bitnet::kHeadI4Cols;
+        std::vector<bitnet::HeadI4Block> W(static_cast<size_t>(V) * nb);
+        std::vector<int32_t> rowbias(V, 0);
+        for (int r = 0; r < V; ++r) {
+          int64_t bias = 0;
+          for (int c = 0; c < Cp; ++c) {
+            const int v = c < C ? q.data()[static_cast<size_t>(r) * C + c] : 0;
+            if (v < -8 || v > 7) throw std::invalid_argument("int4 head values must be in [-8, 7]");
+            const int s = c < C ? sc.data()[static_cast<size_t>(r) * G + c / bitnet::kHeadI4Group] : 0;
+            bitnet::HeadI4Block& b = W[static_cast<size_t>(r) * nb + c / bitnet::kHeadI4Cols];
+            const int j = c % bitnet::kHeadI4Cols;
+            if (j < 64) b.qs[j] = static_cast<uint8_t>((b.qs[j] & 0xf0) | (v + 8));
+            else b.qs[j - 64] = static_cast<uint8_t>((b.qs[j - 64] & 0x0f) | ((v + 8) << 4));
+            if (j % bitnet::kHeadI4Group == 0) b.sc[j / bitnet::kHeadI4Group] = static_cast<uint8_t>(s);
+            bias += static_cast<int64_t>(s) * v;
+          }
+          rowbias[r] = static_cast<int32_t>(128 * bias);
+        }
+        std::vector<int8_t> xp(static_cast<size_t>(T) * Cp, 0);
+        for (int t = 0; t < T; ++t)
+          for (int c = 0; c < C; ++c) {
+            const int8_t v = x.data()[static_cast<size_t>(t) * C + c];
+            if (v == -128) throw std::invalid_argument("activations must be in [-127, 127]");
+            xp[static_cast<size_t>(t) * Cp + c] = v;
+          }
+        auto* res = new int32_t[static_cast<size_t>(T) * V];
+        k.head_i4(W.data(), rowbias.data(), Cp, 0, V, xp.data(), T, res, V);
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<int32_t*>(p); });
+        return nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(V)}, owner);
+      },
+      "isa"_a, "q"_a, "sc"_a, "x"_a,
+      "Exact int4 head dot products: q int8 (V, C) in [-8, 7], u8 group scales sc (V, ceil(C/32)), x int8 (T, C) "
+      "-> int32 (T, V) = sum over groups of sc * (q . x within the group).");
+  m.def(
       "dot_rows",
       [](const std::string& isa, nb::ndarray<nb::ro, nb::ndim<2>, nb::c_contig, nb::device::cpu> E, const std::string& dtype,
          Arr<const float, nb::ndim<2>> h) {
@@ -190,6 +283,77 @@ NB_MODULE(_C, m) {
         return nb::ndarray<nb::numpy, float, nb::ndim<1>>(res, {static_cast<size_t>(hd)}, owner);
       },
       "isa"_a, "q"_a, "K"_a, "V"_a, "scale"_a, "One head's softmax(scale * K q) . V over n positions -> (hd,).");
+  m.def(
+      "attend_f16",
+      [](const std::string& isa, Arr<const float, nb::ndim<1>> q, Arr<const uint16_t, nb::ndim<2>> K,
+         Arr<const uint16_t, nb::ndim<2>> V, float scale) {
+        const auto& k = kernels_named(isa);
+        const int n = static_cast<int>(K.shape(0)), hd = static_cast<int>(K.shape(1));
+        if (n < 1 || static_cast<int>(q.shape(0)) != hd || V.shape(0) != K.shape(0) || V.shape(1) != K.shape(1))
+          throw std::invalid_argument("attend_f16: q (hd,), K and V (n >= 1, hd) must agree");
+        std::vector<float> scratch(n);
+        auto* res = new float[hd];
+        k.attend_f16(q.data(), K.data(), V.data(), hd, n, hd, scale, scratch.data(), res);
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        return nb::ndarray<nb::numpy, float, nb::ndim<1>>(res, {static_cast<size_t>(hd)}, owner);
+      },
+      "isa"_a, "q"_a, "K"_a, "V"_a, "scale"_a,
+      "attend over fp16 K and V (uint16 bit patterns, (n, hd)): softmax(scale * K q) . V in fp32 -> (hd,).");
+  m.def(
+      "f32_to_f16",
+      [](Arr<const float, nb::ndim<1>> x) {
+        const size_t n = x.shape(0);
+        auto* res = new uint16_t[n > 0 ? n : 1];
+        for (size_t i = 0; i < n; ++i) res[i] = bitnet::f32_to_f16(x.data()[i]);
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<uint16_t*>(p); });
+        return nb::ndarray<nb::numpy, uint16_t, nb::ndim<1>>(res, {n}, owner);
+      },
+      "x"_a, "The KV cache's scalar fp32 -> fp16 conversion (round to nearest even) -> uint16 bit patterns.");
+
+#if defined(__x86_64__) || defined(_M_X64)
+  m.def(
+      "int8_mac_peak",
+      [](const std::string& isa, int threads, double seconds) {
+        // The int8 multiply-accumulate bound of prefill on this machine: every thread runs the
+        // path's product instruction on registers only (kernels.h, int8_mac_loop_*) for about
+        // `seconds`; best of three rounds, in MAC/s summed over the threads.
+        if (threads < 1 || !(seconds > 0)) throw std::invalid_argument("bad int8_mac_peak arguments");
+        uint32_t (*loop)(int64_t) = nullptr;
+        double macs_per_iter = 0;
+        if (isa == "avx512") { loop = bitnet::int8_mac_loop_avx512; macs_per_iter = 64.0 * bitnet::kMacLoopInstrs; }
+        else if (isa == "avx2") { loop = bitnet::int8_mac_loop_avx2; macs_per_iter = 32.0 * bitnet::kMacLoopInstrs; }
+        else throw std::invalid_argument("int8_mac_peak: isa must be 'avx512' or 'avx2'");
+        bool can = false;
+        for (const std::string& a : bitnet::available_isas()) can = can || a == isa;
+        if (!can) throw std::invalid_argument("int8_mac_peak: this CPU cannot run " + isa);
+        nb::gil_scoped_release release;
+        // Calibrate one item to about seconds / 100 on one thread, then hand out 100 items per
+        // thread in small chunks claimed dynamically, so a descheduled thread delays nothing.
+        int64_t iters = 1 << 10;
+        for (;;) {
+          const auto t0 = std::chrono::steady_clock::now();
+          volatile uint32_t sink = loop(iters);
+          (void)sink;
+          if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > seconds / 100) break;
+          iters *= 2;
+        }
+        bitnet::ThreadPool pool(threads);
+        const int items = 100 * threads;
+        std::vector<uint32_t> sinks(items);
+        double best = 0;
+        for (int r = 0; r < 3; ++r) {
+          const auto t0 = std::chrono::steady_clock::now();
+          pool.parallel_for(items, [&](int b, int e) {
+            for (int i = b; i < e; ++i) sinks[i] = loop(iters);
+          }, 50);
+          const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          best = std::max(best, macs_per_iter * static_cast<double>(iters) * items / s);
+        }
+        return best;
+      },
+      "isa"_a, "threads"_a = 2, "seconds"_a = 0.5,
+      "Peak int8 multiply-accumulates/s of the path's product instruction (registers only), all threads.");
+#endif
 
   m.def(
       "read_bandwidth",
@@ -297,6 +461,15 @@ NB_MODULE(_C, m) {
           },
           "r0"_a, "r1"_a, "Quantize head rows [r0, r1) to int8 ahead of set_head_mode('int8').")
       .def(
+          "quantize_head_rows_int4",
+          [](bitnet::Model& self, int r0, int r1) {
+            nb::gil_scoped_release release;
+            self.quantize_head_rows_int4(r0, r1);
+          },
+          "r0"_a, "r1"_a, "Quantize head rows [r0, r1) to int4 ahead of set_head_mode('int4').")
+      .def("set_head_rescore", &bitnet::Model::set_head_rescore, "k"_a, "k_max"_a,
+           "int4 head: rescore k candidates per token first, up to k_max (k = 0: coarse logits only).")
+      .def(
           "copy_head_rows",
           [](bitnet::Model& self, int r0, int r1) {
             nb::gil_scoped_release release;
@@ -307,6 +480,9 @@ NB_MODULE(_C, m) {
       .def_prop_ro("threads", &bitnet::Model::threads)
       .def_prop_ro("cache_len", &bitnet::Model::cache_len)
       .def_prop_ro("weight_bytes", &bitnet::Model::weight_bytes)
+      .def("set_weight_format", &bitnet::Model::set_weight_format, "name"_a,
+           "Ternary weight layout, before the first set_linear: 'i2' (2 bits per weight) or 't5' (1.6 bits).")
+      .def_prop_ro("weight_format", &bitnet::Model::weight_format)
       .def("check_complete", &bitnet::Model::check_complete)
       .def("reset", &bitnet::Model::reset)
       .def(
@@ -322,5 +498,47 @@ NB_MODULE(_C, m) {
             self.forward(tokens.data(), T, pos0, logits_from, out.data());
           },
           "tokens"_a, "pos0"_a, "logits_from"_a, "out"_a,
-          "Run tokens at positions pos0.. (keeping pos0 cached entries); logits rows logits_from.. into out.");
+          "Run tokens at positions pos0.. (keeping pos0 cached entries); logits rows logits_from.. into out.")
+      .def(
+          "set_slots",
+          [](bitnet::Model& self, int n, int ctx) { self.set_slots(n, ctx); },
+          "n"_a, "ctx"_a, "Give the model n sequence slots of at most ctx positions each (drops what they held).")
+      .def_prop_ro("num_slots", &bitnet::Model::num_slots)
+      .def("set_kv_dtype", &bitnet::Model::set_kv_dtype, "name"_a,
+           "KV cache element type: 'f32' (default, exact) or 'f16' (half the memory); drops every cache's contents.")
+      .def_prop_ro("kv_dtype", &bitnet::Model::kv_dtype)
+      .def("slot_len", &bitnet::Model::slot_len, "slot"_a, "Positions the slot's KV cache holds.")
+      .def(
+          "copy_slot",
+          [](bitnet::Model& self, int src, int dst, int n) {
+            nb::gil_scoped_release release;
+            self.copy_slot(src, dst, n);
+          },
+          "src"_a, "dst"_a, "n"_a, "Copy the first n cached positions of slot src into slot dst.")
+      .def(
+          "forward_batch",
+          [](bitnet::Model& self, Arr<const int32_t, nb::ndim<1>> slots, Arr<const int32_t, nb::ndim<1>> pos0,
+             Arr<const int32_t, nb::ndim<1>> lengths, Arr<const int32_t, nb::ndim<1>> tokens,
+             Arr<float, nb::ndim<2>> out) {
+            const size_t n = slots.shape(0);
+            if (pos0.shape(0) != n || lengths.shape(0) != n)
+              throw std::invalid_argument("forward_batch: slots, pos0 and lengths must have the same length");
+            if (out.shape(0) != n || static_cast<int>(out.shape(1)) != self.config().vocab)
+              throw std::invalid_argument("forward_batch: out must have shape (len(slots), vocab)");
+            std::vector<bitnet::Segment> segs(n);
+            size_t off = 0;
+            for (size_t i = 0; i < n; ++i) {
+              const int len = lengths.data()[i];
+              if (len < 1 || off + static_cast<size_t>(len) > tokens.shape(0))
+                throw std::invalid_argument("forward_batch: lengths must be >= 1 and sum to len(tokens)");
+              segs[i] = {slots.data()[i], tokens.data() + off, len, pos0.data()[i]};
+              off += static_cast<size_t>(len);
+            }
+            if (off != tokens.shape(0)) throw std::invalid_argument("forward_batch: lengths must sum to len(tokens)");
+            nb::gil_scoped_release release;
+            self.forward_batch(segs.data(), static_cast<int>(n), out.data());
+          },
+          "slots"_a, "pos0"_a, "lengths"_a, "tokens"_a, "out"_a,
+          "One batched step: segment i runs tokens[sum(lengths[:i]):][:lengths[i]] in slot slots[i] at positions "
+          "pos0[i]..; out[i] gets the logits after its last token.");
 }

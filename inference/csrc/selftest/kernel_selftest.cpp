@@ -86,6 +86,40 @@ int check_heads(const Kernels& k) {
   return 0;
 }
 
+// int4 head: random blocks, then the extremes (q = -8 or 7 everywhere, scale 255, x = +-127, at
+// the widest Cp) for every token count 1..11 (single token, groups of 4 and remainders).
+int check_head_i4(const Kernels& k) {
+  for (int pass = 0; pass < 3; ++pass) {
+    const int V = pass == 0 ? 37 : 5, Cp = pass == 0 ? 384 : kHeadI4MaxCols, nb = Cp / kHeadI4Cols;
+    std::vector<HeadI4Block> W(static_cast<size_t>(V) * nb);
+    std::vector<int32_t> bias(V, 0);
+    for (int r = 0; r < V; ++r) {
+      int64_t b = 0;
+      for (int j = 0; j < nb; ++j) {
+        HeadI4Block& blk = W[static_cast<size_t>(r) * nb + j];
+        for (int i = 0; i < 64; ++i)
+          blk.qs[i] = pass == 0 ? static_cast<uint8_t>(rand_int(0, 255)) : pass == 1 ? 0x00 : 0xff;
+        for (int g = 0; g < 4; ++g) blk.sc[g] = pass == 0 ? static_cast<uint8_t>(rand_int(0, 255)) : 255;
+        for (int c = 0; c < kHeadI4Cols; ++c) {
+          const int nib = c < 64 ? (blk.qs[c] & 15) : (blk.qs[c - 64] >> 4);
+          b += static_cast<int64_t>(blk.sc[c / kHeadI4Group]) * (nib - 8);
+        }
+      }
+      bias[r] = static_cast<int32_t>(128 * b);
+    }
+    for (int T = 1; T <= 11; ++T) {
+      std::vector<int8_t> x(static_cast<size_t>(T) * Cp);
+      for (size_t i = 0; i < x.size(); ++i)
+        x[i] = pass == 0 ? static_cast<int8_t>(rand_int(-127, 127)) : static_cast<int8_t>((i / Cp) % 2 ? 127 : -127);
+      std::vector<int32_t> a(static_cast<size_t>(T) * V), b(a.size());
+      kKernelsRef.head_i4(W.data(), bias.data(), Cp, 0, V, x.data(), T, a.data(), V);
+      k.head_i4(W.data(), bias.data(), Cp, 0, V, x.data(), T, b.data(), V);
+      if (a != b) return 1;
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main() {
@@ -95,6 +129,9 @@ int main() {
     int f = check_heads(k);
     const int shapes[][3] = {{16, 16, 1}, {36, 50, 3}, {100, 333, 9}, {64, 2560, 1}, {48, 200, 70}};
     for (const auto& s : shapes) f += check_ternary(k, s[0], s[1], s[2]);
+    const int f4 = check_head_i4(k);
+    std::printf("%s head_i4 %s\n", name.c_str(), f4 ? "MISMATCH" : "ok");
+    f += f4;
     std::printf("%s %s\n", name.c_str(), f ? "MISMATCH" : "ok");
     fails += f;
   }
