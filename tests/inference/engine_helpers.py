@@ -32,6 +32,27 @@ def tiny(seed: int = 0, **overrides) -> BitNetForCausalLM:
     return model
 
 
+REPEATED_TEXT = " ".join(["the quick brown fox jumps over the lazy dog;"] * 12)
+
+
+def trained_tiny(tok, steps: int = 40, **overrides) -> tuple[BitNetForCausalLM, torch.Tensor]:
+    """``tiny(seed=7, vocab_size=304, **overrides)`` after ``steps`` AdamW steps on repetitive text:
+    weights no longer i.i.d. and peaked logits, as in real use (a random tiny model's logits are so
+    flat that near-ties flip under any perturbation). Returns the model in eval mode and the text's ids."""
+    model = tiny(seed=7, **{"vocab_size": 304, **overrides})
+    data = torch.tensor(tok.encode(REPEATED_TEXT).ids)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        s = step % (len(data) - 65)
+        batch = data[s : s + 65][None]
+        loss = model.loss(batch[:, :-1], batch[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), data
+
+
 def export(model: BitNetForCausalLM, out: Path, tok=None) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no tokenizer given"

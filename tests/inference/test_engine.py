@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from engine_helpers import export, reference, rewrite_config, tiny, tokenizer
+from engine_helpers import export, reference, rewrite_config, tiny, tokenizer, trained_tiny
 from safetensors.torch import load_file, save_file
 
 from bitnet.inference import Engine, available_isas, current_isa, set_isa
@@ -159,18 +159,7 @@ def test_text_generation_stream_and_chat(tmp_path):
 def test_trained_tiny_model_matches_pytorch(tmp_path):
     """After a few optimizer steps (weights no longer i.i.d.), logits and greedy text still agree."""
     tok = tokenizer()
-    model = tiny(seed=7, vocab_size=304)
-    data = torch.tensor(tok.encode(" ".join(["the quick brown fox jumps over the lazy dog;"] * 12)).ids)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(40):
-        s = step % (len(data) - 65)
-        batch = data[s : s + 65][None]
-        loss = model.loss(batch[:, :-1], batch[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model, data = trained_tiny(tok)
     out = export(model, tmp_path / "exp", tok)
     ids = data[:48][None]
     with torch.no_grad():

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from engine_helpers import export, tiny, tokenizer
+from engine_helpers import trained_tiny as train_tiny
 
 from bitnet.inference import Engine, _C, available_isas, current_isa, set_isa
 
@@ -126,18 +126,7 @@ def trained_tiny(tmp_path_factory) -> Path:
     """A tiny model (hidden 160: the last 128-column block is padded) after a few optimizer steps
     on repetitive text (peaked, non-random logits), exported once for this module."""
     tok = tokenizer()
-    model = tiny(seed=7, vocab_size=304, hidden_size=160, num_attention_heads=4)
-    data = torch.tensor(tok.encode(" ".join(["the quick brown fox jumps over the lazy dog;"] * 12)).ids)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(40):
-        s = step % (len(data) - 65)
-        batch = data[s : s + 65][None]
-        loss = model.loss(batch[:, :-1], batch[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model, _ = train_tiny(tok, hidden_size=160, num_attention_heads=4)
     return export(model, tmp_path_factory.mktemp("trained") / "exp", tok)
 
 

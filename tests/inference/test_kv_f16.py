@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from bitnet.inference import Engine, _C, available_isas
 
-from engine_helpers import export, tiny, tokenizer
+from engine_helpers import export, tiny, tokenizer, trained_tiny
 
 ISAS = available_isas()
 # attend_f16 vs a float64 softmax over the same fp16 rows: fp32 dots and sums in another order
@@ -128,18 +127,7 @@ def trained_dir(tmp_path_factory) -> Path:
     """A tiny model after a few optimizer steps on repetitive text (peaked logits, as in real use;
     a random tiny model's logits are so flat that near-ties flip under any perturbation)."""
     tok = tokenizer()
-    model = tiny(seed=7, vocab_size=304, max_position_embeddings=1024)
-    data = torch.tensor(tok.encode(" ".join(["the quick brown fox jumps over the lazy dog;"] * 12)).ids)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(40):
-        s = step % (len(data) - 65)
-        batch = data[s : s + 65][None]
-        loss = model.loss(batch[:, :-1], batch[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model, _ = trained_tiny(tok, max_position_embeddings=1024)
     return export(model, tmp_path_factory.mktemp("kvf16") / "m", tok)
 
 
