@@ -78,6 +78,21 @@ def anchors_env() -> dict[str, str]:
     return env
 
 
+def rss_parts(pid: int) -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes of ``pid``: the engine's own memory, and pages of the
+    memory-mapped weight file (the 16-bit embedding table, paged in row by row as token ids are
+    looked up: bounded by the file, and reclaimable by the kernel)."""
+    parts = {"RssAnon:": 0, "RssFile:": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key = line.split(":")[0] + ":"
+            if key in parts:
+                parts[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return parts["RssAnon:"], parts["RssFile:"]
+
+
 def rss_bytes(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -234,13 +249,16 @@ def soak(port: int, server: ServerProc, seconds: float, clients: int, seed: int)
     for t in threads:
         t.start()
     next_print = 0.0
+    parts: list[tuple[float, int, int]] = []  # (seconds, anonymous, file-backed)
     while any(t.is_alive() for t in threads):
         time.sleep(1.0)
         el = time.monotonic() - t0
         if el >= next_print:
+            anon, file_ = rss_parts(server.proc.pid)
+            parts.append((el, anon, file_))
             with lock:
-                print(f"  t={el:5.0f} s  RSS {rss_bytes(server.proc.pid) / 1e9:.3f} GB  requests ok {counts['ok']} "
-                      f"failed {counts['failed']}", flush=True)
+                print(f"  t={el:5.0f} s  RSS {rss_bytes(server.proc.pid) / 1e9:.3f} GB (anonymous {anon / 1e9:.3f}, "
+                      f"file-backed {file_ / 1e9:.3f})  requests ok {counts['ok']} failed {counts['failed']}", flush=True)
             next_print += max(10.0, seconds / 20)
     wall = time.monotonic() - t0
     lost = counts["sent"] - counts["ok"] - counts["failed"]
@@ -255,6 +273,11 @@ def soak(port: int, server: ServerProc, seconds: float, clients: int, seed: int)
         print(f"server RSS: peak {max(samples) / 1e9:.3f} GB; after warm-up min {min(warm) / 1e9:.3f} / max "
               f"{max(warm) / 1e9:.3f} GB, first {warm[0] / 1e9:.3f} -> last {warm[-1] / 1e9:.3f} GB "
               f"({(warm[-1] - warm[0]) / 1e6:+.1f} MB)")
+    warm_parts = [p for p in parts if p[0] >= min(60.0, seconds / 4)] or parts
+    if warm_parts:
+        (_, a0, f0), (_, a1, f1) = warm_parts[0], warm_parts[-1]
+        print(f"  after warm-up: anonymous {a0 / 1e9:.3f} -> {a1 / 1e9:.3f} GB ({(a1 - a0) / 1e6:+.1f} MB), "
+              f"file-backed (the mapped weight file) {f0 / 1e9:.3f} -> {f1 / 1e9:.3f} GB ({(f1 - f0) / 1e6:+.1f} MB)")
 
 
 def main() -> int:
