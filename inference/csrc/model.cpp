@@ -708,8 +708,10 @@ void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>
 void Model::head_forward(const float* h, int T, float* out) {
   const Kernels& kern = kernels();
   const int V = cfg_.vocab, C = cfg_.hidden;
-  if (head_int8_) {
-    const int Cp = head_cp_;
+  // The integer heads: each token's activations quantized to int8 once, the head kernel over row
+  // ranges in parallel (rows(r0, r1, xq, acc) fills acc[t * V + r]), each integer logit scaled by its
+  // row's scale and the token's 1 / s.
+  auto integer_head = [&](int Cp, const float* row_scale, auto&& rows) {
     std::vector<int8_t> xq(static_cast<size_t>(T) * Cp);
     std::vector<float> inv_s(T);
     for (int t = 0; t < T; ++t) {
@@ -719,31 +721,23 @@ void Model::head_forward(const float* h, int T, float* out) {
     if (scratch_acc_.size() < static_cast<size_t>(T) * V) scratch_acc_.resize(static_cast<size_t>(T) * V);
     int32_t* acc = scratch_acc_.data();
     pool_.parallel_for(V, [&](int r0, int r1) {
-      kern.head_i8(head_q_.data(), head_rowsum_.data(), Cp, r0, r1, xq.data(), T, acc, V);
+      rows(r0, r1, xq.data(), acc);
       for (int t = 0; t < T; ++t)
         for (int r = r0; r < r1; ++r)
           out[static_cast<size_t>(t) * V + r] =
-              static_cast<float>(acc[static_cast<size_t>(t) * V + r]) * head_scale_[r] * inv_s[t];
+              static_cast<float>(acc[static_cast<size_t>(t) * V + r]) * row_scale[r] * inv_s[t];
     }, 1);
+  };
+  if (head_int8_) {
+    integer_head(head_cp_, head_scale_.data(), [&](int r0, int r1, const int8_t* xq, int32_t* acc) {
+      kern.head_i8(head_q_.data(), head_rowsum_.data(), head_cp_, r0, r1, xq, T, acc, V);
+    });
     return;
   }
   if (head_int4_) {  // the coarse int4 pass over every row, then the exact rescoring
-    const int Cp = head4_cp_;
-    std::vector<int8_t> xq(static_cast<size_t>(T) * Cp);
-    std::vector<float> inv_s(T);
-    for (int t = 0; t < T; ++t) {
-      int32_t sum;
-      inv_s[t] = 1.f / kern.quantize_row(h + static_cast<size_t>(t) * C, C, Cp, xq.data() + static_cast<size_t>(t) * Cp, &sum);
-    }
-    if (scratch_acc_.size() < static_cast<size_t>(T) * V) scratch_acc_.resize(static_cast<size_t>(T) * V);
-    int32_t* acc = scratch_acc_.data();
-    pool_.parallel_for(V, [&](int r0, int r1) {
-      kern.head_i4(head4_q_.data(), head4_bias_.data(), Cp, r0, r1, xq.data(), T, acc, V);
-      for (int t = 0; t < T; ++t)
-        for (int r = r0; r < r1; ++r)
-          out[static_cast<size_t>(t) * V + r] =
-              static_cast<float>(acc[static_cast<size_t>(t) * V + r]) * head4_scale_[r] * inv_s[t];
-    }, 1);
+    integer_head(head4_cp_, head4_scale_.data(), [&](int r0, int r1, const int8_t* xq, int32_t* acc) {
+      kern.head_i4(head4_q_.data(), head4_bias_.data(), head4_cp_, r0, r1, xq, T, acc, V);
+    });
     head_rescore(h, T, out);
     return;
   }
