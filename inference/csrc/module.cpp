@@ -51,6 +51,38 @@ const bitnet::Kernels& kernels_named(const std::string& isa) {
   return *k;
 }
 
+// Exact q.x through one tile layout (Tile, Cols columns per tile): repack transformers' packed
+// uint8 (out/4, K) weights, pad x (T, K) to the kernels' row stride, run gemm, return int32 (T, out).
+template <typename Tile, int Cols>
+nb::ndarray<nb::numpy, int32_t, nb::ndim<2>> tiled_matmul(
+    Arr<const uint8_t, nb::ndim<2>> packed, Arr<const int8_t, nb::ndim<2>> x,
+    bool (*repack)(const uint8_t*, int, int, Tile*, bitnet::ThreadPool*),
+    void (*gemm)(const Tile*, int, int, int, const int8_t*, int, const int32_t*, int, int32_t*, int)) {
+  const int out = static_cast<int>(packed.shape(0)) * 4, K = static_cast<int>(packed.shape(1));
+  const int T = static_cast<int>(x.shape(0));
+  if (static_cast<int>(x.shape(1)) != K) throw std::invalid_argument("x columns != packed columns");
+  if (T < 1 || out < 1 || K < 1) throw std::invalid_argument("empty weights or activations");
+  const int MB = (out + 15) / 16, KB = (K + Cols - 1) / Cols, Mp = MB * 16;
+  const int Kp = (KB * Cols + bitnet::kXAlign - 1) / bitnet::kXAlign * bitnet::kXAlign;
+  bitnet::AlignedBuf<Tile> tiles(static_cast<size_t>(MB) * KB);
+  bitnet::ThreadPool pool(1);
+  if (!repack(packed.data(), out, K, tiles.data(), &pool)) throw std::invalid_argument("packed weights contain code 3");
+  std::vector<int8_t> xp(static_cast<size_t>(T) * Kp, 0);
+  std::vector<int32_t> xsum(T, 0);
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < K; ++c) {
+      xp[static_cast<size_t>(t) * Kp + c] = x.data()[static_cast<size_t>(t) * K + c];
+      xsum[t] += x.data()[static_cast<size_t>(t) * K + c];
+    }
+  std::vector<int32_t> y(static_cast<size_t>(T) * Mp);
+  gemm(tiles.data(), KB, 0, MB, xp.data(), Kp, xsum.data(), T, y.data(), Mp);
+  auto* res = new int32_t[static_cast<size_t>(T) * out];
+  for (int t = 0; t < T; ++t)
+    for (int o = 0; o < out; ++o) res[static_cast<size_t>(t) * out + o] = y[static_cast<size_t>(t) * Mp + o];
+  nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<int32_t*>(p); });
+  return nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(out)}, owner);
+}
+
 }  // namespace
 
 NB_MODULE(_C, m) {
@@ -85,61 +117,16 @@ NB_MODULE(_C, m) {
   m.def(
       "ternary_matmul",
       [](const std::string& isa, Arr<const uint8_t, nb::ndim<2>> packed, Arr<const int8_t, nb::ndim<2>> x) {
-        const auto& k = kernels_named(isa);
-        const int out = static_cast<int>(packed.shape(0)) * 4, K = static_cast<int>(packed.shape(1));
-        const int T = static_cast<int>(x.shape(0));
-        if (static_cast<int>(x.shape(1)) != K) throw std::invalid_argument("x columns != packed columns");
-        const int MB = (out + 15) / 16, KB = (K + 15) / 16, Mp = MB * 16;
-        const int Kp = (KB * 16 + bitnet::kXAlign - 1) / bitnet::kXAlign * bitnet::kXAlign;
-        bitnet::AlignedBuf<bitnet::TernaryTile> tiles(static_cast<size_t>(MB) * KB);
-        bitnet::ThreadPool pool(1);
-        if (!bitnet::repack_ternary(packed.data(), out, K, tiles.data(), &pool))
-          throw std::invalid_argument("packed weights contain code 3");
-        std::vector<int8_t> xp(static_cast<size_t>(T) * Kp, 0);
-        std::vector<int32_t> xsum(T, 0);
-        for (int t = 0; t < T; ++t)
-          for (int c = 0; c < K; ++c) {
-            xp[static_cast<size_t>(t) * Kp + c] = x.data()[static_cast<size_t>(t) * K + c];
-            xsum[t] += x.data()[static_cast<size_t>(t) * K + c];
-          }
-        std::vector<int32_t> y(static_cast<size_t>(T) * Mp);
-        k.ternary_gemm(tiles.data(), KB, 0, MB, xp.data(), Kp, xsum.data(), T, y.data(), Mp);
-        auto* res = new int32_t[static_cast<size_t>(T) * out];
-        for (int t = 0; t < T; ++t)
-          for (int o = 0; o < out; ++o) res[static_cast<size_t>(t) * out + o] = y[static_cast<size_t>(t) * Mp + o];
-        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<int32_t*>(p); });
-        return nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(out)}, owner);
+        return tiled_matmul<bitnet::TernaryTile, bitnet::kTileCols>(packed, x, bitnet::repack_ternary,
+                                                                    kernels_named(isa).ternary_gemm);
       },
       "isa"_a, "packed"_a, "x"_a,
       "Exact q.x for transformers-packed uint8 (out/4, K) weights and int8 x (T, K) -> int32 (T, out).");
   m.def(
       "ternary5_matmul",
       [](const std::string& isa, Arr<const uint8_t, nb::ndim<2>> packed, Arr<const int8_t, nb::ndim<2>> x) {
-        const auto& k = kernels_named(isa);
-        const int out = static_cast<int>(packed.shape(0)) * 4, K = static_cast<int>(packed.shape(1));
-        const int T = static_cast<int>(x.shape(0));
-        if (static_cast<int>(x.shape(1)) != K) throw std::invalid_argument("x columns != packed columns");
-        if (T < 1 || out < 1 || K < 1) throw std::invalid_argument("empty weights or activations");
-        const int MB = (out + 15) / 16, KB = (K + bitnet::kTile5Cols - 1) / bitnet::kTile5Cols, Mp = MB * 16;
-        const int Kp = (KB * bitnet::kTile5Cols + bitnet::kXAlign - 1) / bitnet::kXAlign * bitnet::kXAlign;
-        bitnet::AlignedBuf<bitnet::TernaryTile5> tiles(static_cast<size_t>(MB) * KB);
-        bitnet::ThreadPool pool(1);
-        if (!bitnet::repack_ternary5(packed.data(), out, K, tiles.data(), &pool))
-          throw std::invalid_argument("packed weights contain code 3");
-        std::vector<int8_t> xp(static_cast<size_t>(T) * Kp, 0);
-        std::vector<int32_t> xsum(T, 0);
-        for (int t = 0; t < T; ++t)
-          for (int c = 0; c < K; ++c) {
-            xp[static_cast<size_t>(t) * Kp + c] = x.data()[static_cast<size_t>(t) * K + c];
-            xsum[t] += x.data()[static_cast<size_t>(t) * K + c];
-          }
-        std::vector<int32_t> y(static_cast<size_t>(T) * Mp);
-        k.ternary5_gemm(tiles.data(), KB, 0, MB, xp.data(), Kp, xsum.data(), T, y.data(), Mp);
-        auto* res = new int32_t[static_cast<size_t>(T) * out];
-        for (int t = 0; t < T; ++t)
-          for (int o = 0; o < out; ++o) res[static_cast<size_t>(t) * out + o] = y[static_cast<size_t>(t) * Mp + o];
-        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<int32_t*>(p); });
-        return nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(out)}, owner);
+        return tiled_matmul<bitnet::TernaryTile5, bitnet::kTile5Cols>(packed, x, bitnet::repack_ternary5,
+                                                                      kernels_named(isa).ternary5_gemm);
       },
       "isa"_a, "packed"_a, "x"_a,
       "ternary_matmul through the t5 tiles (5 trits per byte): exact q.x -> int32 (T, out).");
