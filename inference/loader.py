@@ -219,11 +219,13 @@ def auto_weight_format() -> str:
     cache (i2: 32 GB/s): its decode is at least as fast as i2's while one core streams under
     18.5 GB/s from memory (14.8 x 521 / 417 MB), and t5 keeps its prefill and 20% memory gains.
     avx2: decode 54 / 84 ms, prefill 36 / 23 tok/s: base-3 arithmetic without byte tables is
-    compute-bound, so i2. NEON: unmeasured on hardware, so i2. AMX: prefill stays on AMX tiles
-    (i2 only), so i2.
+    compute-bound, so i2. NEON: unmeasured on hardware, so i2. AMX (whose CPUs all have VBMI): one
+    token runs the avx512 kernels, several tokens the AMX tiles for both formats (kernels_amx.cpp);
+    t5_bench, one core of a Xeon with AMX: decode i2 36.0 / t5 27.5 ms per token, 8 tokens 59 / 54
+    ms, 128 tokens 252 / 254 ms, so t5.
     """
     isa, feats = _C.current_isa(), _C.cpu_features()
-    return "t5" if isa == "avx512" and feats.get("avx512_vbmi", False) else "i2"
+    return "t5" if isa in ("avx512", "amx") and feats.get("avx512_vbmi", False) else "i2"
 
 
 # Element types of the engine's KV cache: "f32" (exact against the PyTorch reference) or "f16"

@@ -41,12 +41,14 @@ bool request_amx() {
 #endif
 }
 
-// The AMX table: AVX-512 VNNI everywhere except the prefill matrix product.
+// The AMX table: AVX-512 VNNI everywhere except the products of several tokens (ternary linears, int8 head).
 const Kernels& amx_kernels() {
   static const Kernels k = [] {
     Kernels t = avx512_kernels();
     t.name = "amx";
     t.ternary_gemm = ternary_gemm_amx;
+    if (cpu_features().avx512_vbmi) t.ternary5_gemm = ternary5_gemm_amx;
+    t.head_i8 = head_i8_amx;
     return t;
   }();
   return k;

@@ -229,9 +229,16 @@ extern const Kernels kKernelsRef;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const Kernels kKernelsAvx2;
 extern const Kernels kKernelsAvx512;
-// AMX-INT8 tiles for prefill (T >= 16 tokens); fewer tokens go to the AVX-512 VNNI path.
+// AMX-INT8 tiles (kernels_amx.cpp) for kAmxMinTokens tokens or more (prefill, and the batched decode
+// steps of a server); fewer go to the streaming AVX-512 VNNI kernels. The t5 one decodes with VBMI
+// (ternary5_unpack_q), which every AMX CPU has; dispatch.cpp checks it all the same.
+constexpr int kAmxMinTokens = 2;
 void ternary_gemm_amx(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                       const int32_t* xsum, int T, int32_t* y, int ldy);
+void ternary5_gemm_amx(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                       const int32_t* xsum, int T, int32_t* y, int ldy);
+void head_i8_amx(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x, int T,
+                 int32_t* out, int ldo);
 // Register-only loops of the int8 product instruction each path's prefill kernels use: iters x 12
 // instructions of 64 (AVX-512 vpdpbusd zmm) or 32 (AVX2 vpmaddubsw ymm) multiply-accumulates. Timed
 // by bitnet.inference._C.int8_mac_peak: the compute bound prefill is reported against.
@@ -242,6 +249,9 @@ constexpr int kMacLoopInstrs = 12;
 // where the CPU has VBMI (Ice Lake, Zen 4 and later) and the AVX2 t5 kernel otherwise (dispatch.cpp).
 void ternary5_gemm_avx512vbmi(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                               const int32_t* xsum, int T, int32_t* y, int ldy);
+// One t5 row block (KB tiles) -> int8 q = c - 1 in AMX B-tile order: 64-byte row g = digit g % 5 of
+// tile g / 5 (16 outputs x columns 4g .. 4g + 3), rows [5 KB, rows) zero. b: rows * 64 bytes.
+void ternary5_unpack_q(const TernaryTile5* wrow, int KB, int rows, int8_t* b);
 #endif
 #if defined(__aarch64__)
 extern const Kernels kKernelsNeon;

@@ -1,14 +1,23 @@
-// AMX-INT8 prefill kernel (compiled with -mamx-tile -mamx-int8 -mavx512f -mavx512bw only).
-// Scalar twin: ternary_gemm_ref in kernels_ref.cpp; tested against it in test_kernels.py.
+// AMX-INT8 kernels for the ternary products (compiled with -mamx-tile -mamx-int8 -mavx512f -mavx512bw
+// only). Scalar twins: ternary_gemm_ref / ternary5_gemm_ref in kernels_ref.cpp; tested against them
+// in tests/inference/test_kernels.py and test_kernels_t5.py.
 //
-// One row block (16 outputs) at a time: its 2-bit codes are unpacked once into int8 q in {-1,0,1}
-// in the tile "VNNI" layout (B tile row g of k-step s = 16 outputs x 4 consecutive columns
-// 64s + 4g .. 64s + 4g + 3: exactly rows 4*i4 + i of our tiles kb = 4s + i4 after the shift by 2i),
-// then reused for every 16-token tile: TDPBSSD (s8 x s8 -> s32) C[t][m] += sum_k x[t][k] * q[m][k].
-// Invariant: |x * q| <= 128, 64 products per step, so int32 cannot overflow for K < 2^24.
-// Tokens past the last full 16-token tile go to the AVX-512 VNNI path.
+// One row block (16 outputs) at a time: its codes are unpacked into int8 q in {-1, 0, 1} in the
+// tile "VNNI" layout, a chunk at a time (gemm_chunked), and used for every token tile: TDPBSSD (s8 x s8 -> s32)
+// C[t][m] += sum_k x[t][k] * q[m][k]. B-tile row g of k-step s holds 16 outputs x the 4 consecutive
+// columns 4g' .. 4g' + 3 (g' = 16 s + g): for the 2-bit tiles that is plane i of tile kb (g' = 4 kb + i,
+// the shift by 2i), for the t5 tiles digit i of tile kb (g' = 5 kb + i), so both layouts unpack in
+// plain order into the same buffer. Invariant: |x * q| <= 128, 64 products per step, so int32 cannot
+// overflow for K < 2^24.
+//
+// Why AMX for a few tokens too: a TDPBSSD does 16 x 16 x 64 products in about as many cycles as it
+// has token rows, so once a chunk is unpacked every further token is almost free: a batched decode
+// step of 8 sequences costs about two one-token passes over the weights, where the VNNI path pays 8
+// vpdpbusd per 64 weights (t5_bench, one core: 8 tokens 55 ms against 27.5 ms for one token).
+// One token stays on the streaming VNNI kernel (kAmxMinTokens). The int8 head takes the same route.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -26,14 +35,19 @@ struct alignas(64) TileConfig {
 };
 static_assert(sizeof(TileConfig) == 64, "LDTILECFG reads 64 bytes");
 
-// tmm0..3: int32 accumulators for 4 token tiles; tmm4: B (weights); tmm5: A (activations).
-void configure_tiles() {
+// tmm0..3: int32 accumulators for 4 full token tiles; tmm4: B (weights); tmm5: A (16 tokens);
+// tmm6 / tmm7: accumulator and A of the last rem (1..15) tokens.
+void configure_tiles(int rem) {  // rem: rows of tmm6 / tmm7 (0: unused)
   TileConfig cfg;
   std::memset(&cfg, 0, sizeof cfg);
   cfg.palette_id = 1;
   for (int i = 0; i < 6; ++i) {
     cfg.rows[i] = 16;
     cfg.colsb[i] = 64;
+  }
+  if (rem > 0) {
+    cfg.rows[6] = cfg.rows[7] = static_cast<uint8_t>(rem);
+    cfg.colsb[6] = cfg.colsb[7] = 64;
   }
   _tile_loadconfig(&cfg);
 }
@@ -55,30 +69,53 @@ void unpack_block(const TernaryTile* wrow, int KB, int nks, int8_t* b) {
   }
 }
 
-}  // namespace
+// The int8 head needs no repacking: a row block of E (16 rows x 64 columns, row stride Cp) is an A
+// tile as stored, and the few tokens become the B tile (x in the VNNI layout: row g of k-step s
+// holds columns 64 s + 4 g .. + 3 of every token), rearranged once per call. C[r][t] = E_r . x_t.
+// tmm0: C (16 rows x nt tokens), tmm1: A (E), tmm2: B (x).
+void configure_head_tiles(int nt) {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof cfg);
+  cfg.palette_id = 1;
+  cfg.rows[0] = cfg.rows[1] = cfg.rows[2] = 16;
+  cfg.colsb[0] = cfg.colsb[2] = static_cast<uint16_t>(4 * nt);
+  cfg.colsb[1] = 64;
+  _tile_loadconfig(&cfg);
+}
 
-void ternary_gemm_amx(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
-                      const int32_t* xsum, int T, int32_t* y, int ldy) {
-  const int T16 = T / 16 * 16;
-  if (T16 > 0) {
-    const int nks = (KB + 3) / 4;  // 64-column steps; ldx >= 64 * nks (kernels.h contract)
-    thread_local std::vector<int8_t> bbuf;
-    if (bbuf.size() < static_cast<size_t>(nks) * 1024) bbuf.resize(static_cast<size_t>(nks) * 1024);
-    configure_tiles();
-    const size_t sx = static_cast<size_t>(ldx), sy = static_cast<size_t>(ldy) * sizeof(int32_t);
+// y[t * ldy + 16 mb + r] for t < T, mb in [mb0, mb1). Tokens go in groups of up to 4 full 16-token
+// tiles (tmm0..3, their A in tmm5) plus, in the last group, the T % 16 left over (tmm6, A in tmm7).
+// For each group, each row block is unpacked 16 packed tiles at a time (S k-steps: 4 for the 2-bit
+// tiles, 5 for t5) into one half of a 2 x 5 KB buffer that stays in L1, while the previous chunk,
+// in the other half, runs through the tiles: each unpacked byte is read back from L1 soon after it
+// was written, and the out-of-order core overlaps the stores of one chunk with the tile work of the
+// previous. (Unpacking a whole row block first, tens of KB spilled to L2, and loading it back cost
+// about three times a one-token pass over the weights at a few tokens.) A group of 64 tokens
+// unpacks each row block once: prefill re-unpacks per 64 tokens, a batched decode step once.
+// unpack(tiles, n, ks, dst): n packed tiles at `tiles` -> ks k-steps (ks * 1024 bytes, zero past n).
+template <typename Unpack>
+void gemm_chunked(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int mb0, int mb1, const int8_t* x,
+                  int ldx, int T, int32_t* y, int ldy) {
+  alignas(64) int8_t buf[2][5 * 1024];
+  const int rem = T % 16, T16 = T - rem, nchunks = (KB + 15) / 16;
+  configure_tiles(rem);
+  const size_t sx = static_cast<size_t>(ldx), sy = static_cast<size_t>(ldy) * sizeof(int32_t);
+  for (int t0 = 0;; t0 += 64) {
+    const int nt = std::min(4, (T16 - t0) / 16);  // full token tiles in this group
+    const bool last = t0 + 64 >= T16, with_rem = last && rem > 0;  // the leftover tokens join the last group
+    const int8_t* xt = x + static_cast<size_t>(t0) * ldx;
+    const int8_t* xr = x + static_cast<size_t>(T16) * ldx;
     for (int mb = mb0; mb < mb1; ++mb) {
-      unpack_block(w + static_cast<size_t>(mb) * KB, KB, nks, bbuf.data());
-      for (int t0 = 0; t0 < T16; t0 += 64) {
-        const int nt = (T16 - t0) / 16 < 4 ? (T16 - t0) / 16 : 4;
-        const int8_t* xt = x + static_cast<size_t>(t0) * ldx;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int ks = 0; ks < nks; ++ks) {
-          _tile_loadd(4, bbuf.data() + static_cast<size_t>(ks) * 1024, 64);
-          _tile_loadd(5, xt + 64 * ks, sx);
-          _tile_dpbssd(0, 5, 4);
+      const uint8_t* wrow = w + static_cast<size_t>(mb) * KB * 64;
+      auto compute = [&](int c) {
+        const int ks0 = c * S, ks1 = std::min(nks, ks0 + S);
+        const int8_t* b = buf[c & 1];
+        for (int ks = ks0; ks < ks1; ++ks) {
+          _tile_loadd(4, b + static_cast<size_t>(ks - ks0) * 1024, 64);
+          if (nt > 0) {
+            _tile_loadd(5, xt + 64 * ks, sx);
+            _tile_dpbssd(0, 5, 4);
+          }
           if (nt > 1) {
             _tile_loadd(5, xt + 16 * sx + 64 * ks, sx);
             _tile_dpbssd(1, 5, 4);
@@ -91,19 +128,96 @@ void ternary_gemm_amx(const TernaryTile* w, int KB, int mb0, int mb1, const int8
             _tile_loadd(5, xt + 48 * sx + 64 * ks, sx);
             _tile_dpbssd(3, 5, 4);
           }
+          if (with_rem) {
+            _tile_loadd(7, xr + 64 * ks, sx);
+            _tile_dpbssd(6, 7, 4);
+          }
         }
-        int32_t* yt = y + static_cast<size_t>(t0) * ldy + mb * kTileRows;
-        _tile_stored(0, yt, sy);
-        if (nt > 1) _tile_stored(1, yt + 16 * static_cast<size_t>(ldy), sy);
-        if (nt > 2) _tile_stored(2, yt + 32 * static_cast<size_t>(ldy), sy);
-        if (nt > 3) _tile_stored(3, yt + 48 * static_cast<size_t>(ldy), sy);
+      };
+      if (nt > 0) _tile_zero(0);
+      if (nt > 1) _tile_zero(1);
+      if (nt > 2) _tile_zero(2);
+      if (nt > 3) _tile_zero(3);
+      if (with_rem) _tile_zero(6);  // tmm6 is configured only when there is a remainder
+      for (int c = 0; c < nchunks; ++c) {
+        const uint8_t* chunk = wrow + static_cast<size_t>(c) * 16 * 64;
+        // Past the last row block this runs ahead into whatever follows; a prefetch never faults.
+        for (int i = 0; i < 16; ++i)
+          _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes + 64 * i, _MM_HINT_T0);
+        unpack(chunk, std::min(16, KB - 16 * c), std::min(S, nks - c * S), buf[c & 1]);
+        if (c > 0) compute(c - 1);
       }
+      compute(nchunks - 1);
+      int32_t* yt = y + static_cast<size_t>(t0) * ldy + mb * kTileRows;
+      if (nt > 0) _tile_stored(0, yt, sy);
+      if (nt > 1) _tile_stored(1, yt + 16 * static_cast<size_t>(ldy), sy);
+      if (nt > 2) _tile_stored(2, yt + 32 * static_cast<size_t>(ldy), sy);
+      if (nt > 3) _tile_stored(3, yt + 48 * static_cast<size_t>(ldy), sy);
+      if (with_rem) _tile_stored(6, y + static_cast<size_t>(T16) * ldy + mb * kTileRows, sy);
+    }
+    if (last) break;
+  }
+  _tile_release();
+}
+
+}  // namespace
+
+void head_i8_amx(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x, int T,
+                 int32_t* out, int ldo) {
+  const int rb1 = r0 + (r1 - r0) / 16 * 16;  // whole row blocks here, the rest on the VNNI kernel
+  if (T < kAmxMinTokens || rb1 == r0) {
+    kKernelsAvx512.head_i8(E, rowsum, Cp, r0, r1, x, T, out, ldo);
+    return;
+  }
+  const int nks = Cp / 64;  // Cp is a multiple of kHeadColAlign = 64
+  thread_local std::vector<int32_t> xb;
+  alignas(64) int32_t c[16 * 16];
+  for (int t0 = 0; t0 < T; t0 += 16) {
+    const int nt = std::min(16, T - t0);
+    if (xb.size() < static_cast<size_t>(Cp / 4) * nt) xb.resize(static_cast<size_t>(Cp / 4) * nt);
+    for (int t = 0; t < nt; ++t)  // word g (columns 4g .. 4g + 3) of token t at xb[g * nt + t]
+      for (int g = 0; g < Cp / 4; ++g)
+        std::memcpy(&xb[static_cast<size_t>(g) * nt + t], x + static_cast<size_t>(t0 + t) * Cp + 4 * g, 4);
+    configure_head_tiles(nt);
+    for (int rb = r0; rb < rb1; rb += 16) {
+      const int8_t* e = E + static_cast<size_t>(rb) * Cp;
+      _tile_zero(0);
+      for (int ks = 0; ks < nks; ++ks) {
+        _tile_loadd(1, e + 64 * ks, Cp);
+        _tile_loadd(2, xb.data() + static_cast<size_t>(ks) * 16 * nt, 4 * nt);
+        _tile_dpbssd(0, 1, 2);
+      }
+      _tile_stored(0, c, 64);
+      for (int t = 0; t < nt; ++t)
+        for (int r = 0; r < 16; ++r) out[static_cast<size_t>(t0 + t) * ldo + rb + r] = c[r * 16 + t];
     }
     _tile_release();
   }
-  if (T16 < T)
-    kKernelsAvx512.ternary_gemm(w, KB, mb0, mb1, x + static_cast<size_t>(T16) * ldx, ldx, xsum + T16, T - T16,
-                                y + static_cast<size_t>(T16) * ldy, ldy);
+  if (rb1 < r1) kKernelsAvx512.head_i8(E, rowsum, Cp, rb1, r1, x, T, out, ldo);
+}
+
+void ternary_gemm_amx(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                      const int32_t* xsum, int T, int32_t* y, int ldy) {
+  if (T < kAmxMinTokens) {
+    kKernelsAvx512.ternary_gemm(w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
+    return;
+  }
+  const int nks = (KB + 3) / 4;  // 64-column steps; ldx >= 64 * nks (kernels.h contract)
+  gemm_chunked([](const uint8_t* t, int n, int ks, int8_t* b) {
+    unpack_block(reinterpret_cast<const TernaryTile*>(t), n, ks, b);
+  }, reinterpret_cast<const uint8_t*>(w), KB, 4, nks, mb0, mb1, x, ldx, T, y, ldy);
+}
+
+void ternary5_gemm_amx(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                       const int32_t* xsum, int T, int32_t* y, int ldy) {
+  if (T < kAmxMinTokens) {
+    ternary5_gemm_avx512vbmi(w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
+    return;
+  }
+  const int nks = (KB * kTile5Digits + 15) / 16;  // 64-column steps; ldx >= 20 * KB rounded up to 64
+  gemm_chunked([](const uint8_t* t, int n, int ks, int8_t* b) {
+    ternary5_unpack_q(reinterpret_cast<const TernaryTile5*>(t), n, 16 * ks, b);
+  }, reinterpret_cast<const uint8_t*>(w), KB, kTile5Digits, nks, mb0, mb1, x, ldx, T, y, ldy);
 }
 
 }  // namespace bitnet

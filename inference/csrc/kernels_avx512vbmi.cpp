@@ -165,6 +165,23 @@ void block_tt(const CodeVec* codes, int KB, const int32_t* xg, const int32_t* xs
 
 }  // namespace
 
+void ternary5_unpack_q(const TernaryTile5* wrow, int KB, int rows, int8_t* b) {
+  const Lut256 la(tables().a.data()), lb(tables().b.data());
+  const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+  for (int kb = 0; kb < KB; ++kb) {
+    const __m512i p = _mm512_loadu_si512(wrow[kb].b);
+    const __mmask64 hi = _mm512_movepi8_mask(p), lo = _knot_mask64(hi);
+    const __m512i a = la(p, hi, lo);
+    int8_t* dst = b + static_cast<size_t>(kb) * kTile5Digits * 64;
+    _mm512_storeu_si512(dst + 0, _mm512_sub_epi8(_mm512_and_si512(a, m3), one));
+    _mm512_storeu_si512(dst + 64, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 2), m3), one));
+    _mm512_storeu_si512(dst + 128, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 4), m3), one));
+    _mm512_storeu_si512(dst + 192, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 6), m3), one));
+    _mm512_storeu_si512(dst + 256, _mm512_sub_epi8(lb(p, hi, lo), one));
+  }
+  std::memset(b + static_cast<size_t>(KB) * kTile5Digits * 64, 0, static_cast<size_t>(rows - KB * kTile5Digits) * 64);
+}
+
 void ternary5_gemm_avx512vbmi(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                               const int32_t* xsum, int T, int32_t* y, int ldy) {
   constexpr int TT = 16;  // 16 accumulators + 1 code vector per step (loaded, not decoded)

@@ -24,7 +24,8 @@ def _packed(q: np.ndarray) -> np.ndarray:
 
 # (out, in, tokens): tile-aligned, odd (padding rows/columns), decode (T=1) and every token-tile remainder
 SHAPES = [(16, 16, 1), (64, 64, 1), (36, 50, 3), (100, 333, 9), (256, 2560, 1), (12, 20, 17), (64, 96, 8),
-          (48, 200, 70), (32, 2560, 128)]  # AMX: several 16-token tiles, a partial group of 4, a remainder
+          (48, 200, 70), (32, 2560, 128),  # AMX: several 16-token tiles, a partial group of 4, a remainder
+          (40, 700, 16), (36, 1000, 80), (20, 330, 64), (64, 2560, 8)]  # one whole tile, 4 + 1, 4, chunks + remainder
 
 
 @pytest.mark.parametrize("out_f,in_f,T", SHAPES)
@@ -64,7 +65,8 @@ def test_code_3_is_rejected():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("V,C,T", [(5, 64, 1), (37, 100, 3), (64, 2560, 2), (9, 130, 4), (11, 64, 11)])
+# AMX: whole 16-row blocks and a tail of rows, a full 16-token tile and a remainder
+@pytest.mark.parametrize("V,C,T", [(5, 64, 1), (37, 100, 3), (64, 2560, 2), (9, 130, 4), (11, 64, 11), (100, 640, 19)])
 def test_int8_head_exact(isa, V, C, T):
     rng = np.random.default_rng(V + C)
     E = rng.integers(-127, 128, size=(V, C)).astype(np.int8)

@@ -64,7 +64,8 @@ def test_tiles_match_the_layout_oracle():
 # (out, in, tokens): tile-aligned, odd (padding rows/columns), decode (T=1), every token-tile
 # remainder, K = 6912 (2B4T's down_proj: pads to 6920), a prefill-sized T.
 SHAPES = [(16, 20, 1), (16, 16, 1), (64, 64, 1), (36, 50, 3), (100, 333, 9), (256, 2560, 1), (12, 21, 17),
-          (64, 100, 8), (48, 200, 70), (32, 6912, 2), (32, 2560, 128)] + [(24, 57, T) for T in range(1, 12)]
+          (64, 100, 8), (48, 200, 70), (32, 6912, 2), (32, 2560, 128)] + [(24, 57, T) for T in range(1, 12)] + [
+    (40, 700, 16), (36, 1000, 80), (20, 330, 64)]  # AMX: one whole token tile, 4 + 1 tiles, 4 tiles exactly
 
 
 @pytest.mark.parametrize("out_f,in_f,T", SHAPES)
