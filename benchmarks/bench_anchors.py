@@ -48,6 +48,7 @@ ANCHORS = (
     ("bitnet.cpp I2_S, Q6_K head", "LLAMA_BENCH_BITNETCPP", "bitnetcpp-I2_S-q6khead", ()),
     ("bitnet.cpp I2_S, F16 head", "LLAMA_BENCH_BITNETCPP", "bitnetcpp-I2_S-f16head", ()),
 )
+MAC_LOOP_INSTRS = 12  # kernels.h kMacLoopInstrs: independent product instructions per loop iteration
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 
 
@@ -224,13 +225,15 @@ def ours_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from bitnet.inference.bench import peak_rss_bytes, time_pp_tg
 
     t1 = time.perf_counter()
+    if spec.get("isa"):
+        _C.set_isa(spec["isa"])
     kw = {"weights": spec["weights"]} if spec.get("weights") else {}
     eng = Engine(spec["model"], threads=spec["threads"], head=spec["head"], **kw)
     t2 = time.perf_counter()
     m, V, C = eng._model, eng.vocab_size, eng.model_config.hidden_size
     res: dict[str, Any] = {"import_s": t1 - t0, "load_s": t2 - t1, "file_bytes": eng._weights.nbytes,
                            "isa": _C.current_isa(), "head_mode": m.head_mode, "weight_bytes": m.weight_bytes,
-                           "vocab": V, "hidden": C}
+                           "vocab": V, "hidden": C, "linear_macs": ternary_macs_per_token(eng.model_config)}
     for obj, attr in ((m, "weight_format"), (eng, "weights")):  # the ternary format, once the engine names it
         if isinstance(getattr(obj, attr, None), str):
             res["weight_format"] = getattr(obj, attr)
@@ -243,6 +246,57 @@ def ours_worker(spec: dict[str, Any]) -> dict[str, Any]:
     res["depth_tg"] = {str(d): time_pp_tg(m, V, 0, spec["n_gen"], spec["depth_reps"], depth=d)["tg_tok_s"]
                        for d in spec.get("depths", ())}
     return res
+
+
+def ternary_macs_per_token(cfg: Any) -> int:
+    """int8 multiply-accumulates of the ternary linears for one token (q, k, v, o, gate, up, down of
+    every layer). Prefill adds attention (under 1% at 128 tokens of 2B4T) and one head row for the
+    last token only; neither is counted, so the share of the bound below is a slight underestimate."""
+    h, f, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    hd = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    return L * (2 * h * q + 2 * h * kv + 3 * h * f)
+
+
+def mac_bound_rows(model: Path, threads: list[int], n_prompt: int, reps: int, rounds: int, logs: Path) -> list[dict]:
+    """Prefill of each SIMD path without AMX (BITNET_ISA forced) against that path's int8
+    multiply-accumulate bound, and AMX's prefill where the CPU has it (no bound: its tiles are not
+    the product instruction the bound loops time)."""
+    from bitnet.inference import _C, available_isas
+
+    isas = [i for i in ("avx2", "avx512", "amx") if i in available_isas()]
+    rows = []
+    for t in threads:
+        for isa in isas:
+            best: dict[str, Any] = {}
+            for rnd in range(rounds):
+                r = run_ours({"model": str(model), "head": "int8", "weights": "", "threads": t, "isa": isa,
+                              "n_prompt": n_prompt, "n_gen": 0, "reps": reps, "depth_reps": 1, "depths": []},
+                             logs / f"macbound-r{rnd}-t{t}-{isa}.log")
+                if r["pp_tok_s"] > best.get("pp_tok_s", 0.0):
+                    best = r
+            row = {"threads": t, "isa": isa, "weights": best.get("weight_format", "?"), "pp_tok_s": best["pp_tok_s"],
+                   "macs_per_s": best["pp_tok_s"] * best["linear_macs"], "linear_macs": best["linear_macs"]}
+            if isa != "amx":
+                row["bound"] = _C.int8_mac_peak(isa, t, 0.5)
+            rows.append(row)
+            print(f"[mac bound, {t} thr] {isa:<6} pp{n_prompt} {row['pp_tok_s']:7.1f} tok/s" +
+                  (f", bound {row['bound'] / 1e9:.0f} G MAC/s" if "bound" in row else ""), flush=True)
+    return rows
+
+
+def print_mac_bound(rows: list[dict], n_prompt: int) -> None:
+    if not rows:
+        return
+    print(f"\n## prefill (pp{n_prompt}) against the int8 multiply-accumulate bound")
+    print(f"bound: every thread runs {MAC_LOOP_INSTRS} independent product instructions on registers only "
+          f"(avx512: vpdpbusd zmm, 64 MACs each; avx2: vpmaddubsw ymm, 32 MACs each), best of 3 timed rounds "
+          f"(bitnet.inference._C.int8_mac_peak); work: {rows[0]['linear_macs'] / 1e9:.3f} G MAC per token in the "
+          f"ternary linears (attention and the head's last row not counted)")
+    print(f"{'threads':>7} {'kernels':<7} {'weights':<7} {'pp tok/s':>9} {'G MAC/s':>8} {'bound':>7} {'share':>6}")
+    for r in rows:
+        bound = f"{r['bound'] / 1e9:7.0f} {r['macs_per_s'] / r['bound'] * 100:5.0f}%" if "bound" in r else f"{'-':>7} {'-':>6}"
+        print(f"{r['threads']:>7} {r['isa']:<7} {r['weights']:<7} {r['pp_tok_s']:9.1f} {r['macs_per_s'] / 1e9:8.0f} {bound}")
 
 
 def run_ours(spec: dict[str, Any], log: Path) -> dict[str, Any]:
@@ -349,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: the engine's own choice)")
     p.add_argument("--depths", default="128,1024,4096", help="decode after a context of these lengths ('' skips)")
     p.add_argument("--depth-reps", type=int, default=2, help="timed repetitions at each depth")
+    p.add_argument("--no-mac-bound", action="store_true",
+                   help="skip prefill of each SIMD path (avx2, avx512, amx) against its int8 multiply-accumulate bound")
     p.add_argument("--no-anchor-depth", action="store_true", help="skip llama-bench -d for the best anchor")
     p.add_argument("--anchors", type=Path, default=ANCHORS_DIR, help="where build.sh put the anchors")
     p.add_argument("--only-anchors", default="", help="comma-separated GGUF stems to run (default: all six; "
@@ -447,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"# the llama-bench of {bt} has neither -d nor -gp: no anchor figures at depth")
         res["threads"][str(t)] = per
+    if not a.no_mac_bound and a.prompt_len:
+        res["mac_bound"] = mac_bound_rows(model, threads, a.prompt_len, a.reps, a.rounds, logs)
     print_report(res)
+    print_mac_bound(res.get("mac_bound", []), a.prompt_len)
     if a.json:
         a.json.write_text(json.dumps(res, indent=1, default=str) + "\n")
         print(f"\nwrote {a.json}")

@@ -98,6 +98,8 @@ def sample_next(
     divides positive and multiplies negative logits of tokens in ``context``. ``top_k`` keeps the k
     largest, ``top_p`` the smallest set whose probability reaches p (at least one token).
     """
+    if temperature <= 0.0 and (repetition_penalty == 1.0 or not len(context)):
+        return int(np.argmax(logits))  # the same argmax as in float64 (widening is exact), without a copy
     z = np.asarray(logits, dtype=np.float64).copy()
     if repetition_penalty != 1.0 and len(context):
         idx = np.unique(np.asarray(context, dtype=np.int64))

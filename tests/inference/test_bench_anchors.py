@@ -89,3 +89,24 @@ def test_bytes_per_token_adds_the_16_bit_head_copy():
     assert ba.bytes_per_token({**base, "head_mode": "f16"}) == (50_000 + 2 * 1000 * 64, 2 * 1000 * 64)
     assert ba.bytes_per_token({**base, "head_mode": "int8"}) == (50_000, None)
     assert ba.bytes_per_token({**base, "head_mode": "int4", "decode_bytes": 7, "head_bytes": 3}) == (7, 3)
+
+
+def test_ternary_macs_per_token_counts_the_2b4t_linears():
+    """q and o (h x h), k and v (h x 640: 5 of 20 heads), gate / up / down (h x 6912), 30 layers."""
+    ba = _bench_anchors()
+    cfg = BitNetConfig.from_preset("bitnet-2b4t")
+    assert ba.ternary_macs_per_token(cfg) == 30 * (2 * 2560 * 2560 + 2 * 2560 * 640 + 3 * 2560 * 6912)
+
+
+def test_mac_bound_report_names_the_bound_and_the_share(capsys):
+    ba = _bench_anchors()
+    rows = [{"threads": 2, "isa": "avx512", "weights": "t5", "pp_tok_s": 100.0, "linear_macs": 2e9,
+             "macs_per_s": 2e11, "bound": 4e11},
+            {"threads": 2, "isa": "amx", "weights": "t5", "pp_tok_s": 500.0, "linear_macs": 2e9, "macs_per_s": 1e12}]
+    ba.print_mac_bound(rows, 128)
+    out = capsys.readouterr().out
+    assert "vpdpbusd zmm, 64 MACs each" in out and "2.000 G MAC per token" in out
+    avx512 = next(line for line in out.splitlines() if " avx512 " in line)
+    assert avx512.split()[-1] == "50%" and avx512.split()[-2] == "400"
+    amx = next(line for line in out.splitlines() if " amx " in line)
+    assert amx.split()[-1] == "-"
