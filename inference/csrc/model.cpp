@@ -899,28 +899,50 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
       cosv[static_cast<size_t>(t) * half + i] = std::cos(a);
       sinv[static_cast<size_t>(t) * half + i] = std::sin(a);
     }
-  auto rope = [&](float* buf, int nh) {
-    for (int t = 0; t < T; ++t)
-      for (int h = 0; h < nh; ++h) {
-        float* p = buf + static_cast<size_t>(t) * nh * hd + h * hd;
-        const float* cs = cosv.data() + static_cast<size_t>(t) * half;
-        const float* sn = sinv.data() + static_cast<size_t>(t) * half;
-        for (int i = 0; i < half; ++i) {
-          const float a = p[i], b = p[i + half];
-          p[i] = a * cs[i] - b * sn[i];
-          p[i + half] = b * cs[i] + a * sn[i];
-        }
+  auto rope = [&](float* buf, int nh, int t) {
+    for (int h = 0; h < nh; ++h) {
+      float* p = buf + static_cast<size_t>(t) * nh * hd + h * hd;
+      const float* cs = cosv.data() + static_cast<size_t>(t) * half;
+      const float* sn = sinv.data() + static_cast<size_t>(t) * half;
+      for (int i = 0; i < half; ++i) {
+        const float a = p[i], b = p[i + half];
+        p[i] = a * cs[i] - b * sn[i];
+        p[i + half] = b * cs[i] + a * sn[i];
       }
+    }
+  };
+  // The per-token work between the matrix products (norms, RoPE, cache writes, residual adds) over
+  // the tokens in parallel: a prefill of 128 tokens spent about a fifth of its time in these loops
+  // on one thread. One token stays on the calling thread (no pool round trip).
+  auto per_token = [&](auto&& fn) {
+    if (T == 1) {
+      fn(0);
+      return;
+    }
+    pool_.parallel_for(T, [&](int t0, int t1) {
+      for (int t = t0; t < t1; ++t) fn(t);
+    });
+  };
+  // x[t] += tmp[t], then xn[t] = rmsnorm(x[t]) with `norm` (or only the add when norm is null).
+  auto residual_norm = [&](const float* norm) {
+    per_token([&](int t) {
+      float* xt = &x[static_cast<size_t>(t) * C];
+      const float* dt = &tmp[static_cast<size_t>(t) * C];
+      for (int i = 0; i < C; ++i) xt[i] += dt[i];
+      if (norm != nullptr) rmsnorm(xt, norm, C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
+    });
   };
 
+  if (cfg_.layers > 0)
+    per_token([&](int t) {
+      rmsnorm(&x[static_cast<size_t>(t) * C], layers_[0].input_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
+    });
   for (int li = 0; li < cfg_.layers; ++li) {
     Layer& ly = layers_[li];
-    for (int t = 0; t < T; ++t)
-      rmsnorm(&x[static_cast<size_t>(t) * C], ly.input_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
     linear_forward({{&ly.q, q.data()}, {&ly.k, k.data()}, {&ly.v, v.data()}}, xn.data(), T);
-    rope(q.data(), H);
-    rope(k.data(), KV);
-    for (int t = 0; t < T; ++t) {
+    per_token([&](int t) {
+      rope(q.data(), H, t);
+      rope(k.data(), KV, t);
       KVCache& c = *cache_of[t];
       for (int g = 0; g < KV; ++g) {
         const size_t from = static_cast<size_t>(t) * KVD + g * hd, to = (static_cast<size_t>(g) * c.cap + pos[t]) * hd;
@@ -936,18 +958,15 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
           std::copy(v.begin() + from, v.begin() + from + hd, c.v[li].begin() + to);
         }
       }
-    }
+    });
     attention(li, q.data(), T, cache_of, pos, att.data());
     if (cfg_.sub_norms)
-      for (int t = 0; t < T; ++t) {
+      per_token([&](int t) {
         float* a = &att[static_cast<size_t>(t) * QD];
         rmsnorm(a, ly.attn_sub_norm.data(), QD, cfg_.eps, a);
-      }
+      });
     linear_forward({{&ly.o, tmp.data()}}, att.data(), T);
-    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
-
-    for (int t = 0; t < T; ++t)
-      rmsnorm(&x[static_cast<size_t>(t) * C], ly.post_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
+    residual_norm(ly.post_norm.data());
     linear_forward({{&ly.gate, g.data()}, {&ly.up, u.data()}}, xn.data(), T);
     // The gated activation elementwise over all T * I values in blocks (one token still uses every
     // thread), then the sub-norm per token.
@@ -970,7 +989,7 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
         }
       });
     linear_forward({{&ly.down, tmp.data()}}, g.data(), T);
-    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+    residual_norm(li + 1 < cfg_.layers ? layers_[li + 1].input_norm.data() : nullptr);
   }
   for (const Run& r : runs) r.cache->len = r.pos0 + r.T;
 
