@@ -19,7 +19,9 @@ Every configuration runs in its own process, in interleaved rounds, at each thre
 The summary keeps each configuration's best round. It prints tok/s, ours against the best anchor for
 each measure, the kernels that ran, bytes read per decoded token against the machine's measured read
 bandwidth, peak RSS against the weight files, load time, and decode at longer contexts (``--depths``;
-the best anchor too where its llama-bench has ``-d``). The machine is shared and noisy: only ratios
+the best anchor too where its llama-bench has ``-d``), and then 128-token prefill of each SIMD path
+(avx2, avx512, amx; ``--no-mac-bound`` skips it) against that path's int8 multiply-accumulate
+bound (``_C.int8_mac_peak``). The machine is shared and noisy: only ratios
 from one run mean anything. This is a measurement script, not a test: it asserts nothing.
 """
 
