@@ -56,8 +56,9 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8
 
 # ------------------------------------------------------------------------------------------ machine
 def cpu_description(path: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
-    """CPU model name, logical CPUs and the flags that decide the kernels (Linux /proc/cpuinfo)."""
-    model, flags, n = "unknown", set(), 0
+    """CPU model name (with its family / model numbers where the name alone is vague, as cloud CPUs'
+    "AMD EPYC" is), logical CPUs and the flags that decide the kernels (Linux /proc/cpuinfo)."""
+    model, flags, n, ids = "unknown", set(), 0, {}
     try:
         for line in path.read_text().splitlines():
             key, _, val = line.partition(":")
@@ -66,10 +67,14 @@ def cpu_description(path: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
                 n += 1
             elif key == "model name" and model == "unknown":
                 model = val.strip()
+            elif key in ("cpu family", "model") and key not in ids:
+                ids[key] = val.strip()
             elif key in ("flags", "Features") and not flags:
                 flags = set(val.split())
     except OSError:
         pass
+    if ids:
+        model += " (" + ", ".join(f"{'family' if k == 'cpu family' else k} {v}" for k, v in ids.items()) + ")"
     return {"model": model, "logical_cpus": n or os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
             "flags": {f: f in flags for f in CPU_FLAGS}}
 

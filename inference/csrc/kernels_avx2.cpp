@@ -2,6 +2,8 @@
 // No VNNI here: u8 x s8 products go through vpmaddubsw (pairs -> int16) and vpmaddwd (-> int32).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -15,6 +17,10 @@ inline __m256i bcast4(const int8_t* p) {
   std::memcpy(&v, p, 4);
   return _mm256_set1_epi32(v);
 }
+
+// Keeps v in a register as computed: stops the compiler from re-associating a chain of integer adds
+// into trees whose temporaries spill (the accumulators already fill the register file).
+inline void pin(__m256i& v) { asm volatile("" : "+x"(v)); }
 
 inline int32_t hsum_epi32(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -30,70 +36,120 @@ inline float hsum_ps(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Half a row block (8 rows: bytes 32*half .. 32*half+31 of each tile) against TT tokens.
-//
-// Invariants: codes c in {0,1,2} (unsigned) times x in [-128,127] (signed): vpmaddubsw sums two
-// products into int16, |sum| <= 2*2*128 = 512, so it never saturates; the four planes' int16 sums
-// add up to at most 2048 in magnitude, still exact in int16; vpmaddwd with ones widens to int32
-// (4 columns x 4 planes = 16 products per lane per tile). sum c*x - xsum = q.x exactly.
-template <int TT>
-inline void half_tt(const TernaryTile* wrow, int KB, int half, const int8_t* x, int ldx,
-                    const int32_t* xsum, int32_t* y, int ldy) {
-  const __m256i m3 = _mm256_set1_epi8(3);
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[TT];
-  for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
-  for (int kb = 0; kb < KB; ++kb) {
-    const __m256i p = _mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32 * half));
-    const __m256i c0 = _mm256_and_si256(p, m3);
-    const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(p, 2), m3);
-    const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(p, 4), m3);
-    const __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(p, 6), m3);
-    for (int t = 0; t < TT; ++t) {
-      const int8_t* xt = x + static_cast<size_t>(t) * ldx + kb * kTileCols;
-      __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(c0, bcast4(xt + 0)), _mm256_maddubs_epi16(c1, bcast4(xt + 4)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c2, bcast4(xt + 8)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c3, bcast4(xt + 12)));
-      acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s, ones));
+// ---- i2 tiles, several tokens (prefill, batched decode). One row block at a time, in chunks of
+// kChunkTiles tiles: the chunk's codes are unpacked once into int8 q = c - 1 in {-1, 0, 1}
+// (unpack_chunk), then every token reuses them. The unpacked q is the signed operand of vpmaddubsw,
+// read straight from L1 as its memory operand; the activation side is x + 128 in [0, 255]
+// (unsigned), four bytes broadcast once and used for both halves of the row block. So each product
+// instruction costs one add and a quarter of a broadcast, with no per-token unpacking.
+// Arithmetic: sum_k q_k (x_k + 128) = q.x + 128 * sum_k q_k, so q.x = that - 128 * qsum (qsum per
+// row, counted while unpacking). Invariants: a vpmaddubsw pair is at most 2 * 255 = 510 in
+// magnitude (no saturation); one tile adds four of them per int16 lane (2040), so the kChunkTiles
+// = 16 tiles of a chunk add at most 32640 < 32767: exact in int16; vpmaddwd with ones widens each
+// chunk's sums into int32 (the running sums live in y itself).
+constexpr int kChunkTiles = 16;
+// Chunk layout: tile j, plane i (columns 4i..4i+3 of the tile), half h (rows 8h..8h+7) at
+// ((4 j + i) * 2 + h) * 32 bytes: 32-bit lane r of a 32-byte vector = row 8h + r, 4 columns.
+constexpr int kChunkBytes = kChunkTiles * 4 * 2 * 32;
+
+// Unpacks tiles [0, n) of wrow into q (layout above) and returns the per-row sums of q for rows
+// 0-7 and 8-15 as int32 lanes (via *qs0, *qs1). A tile adds at most 4 to a byte of the running
+// sum, so 16 tiles stay within int8 (64).
+inline void unpack_chunk(const TernaryTile* wrow, int n, int8_t* q, __m256i* qs0, __m256i* qs1) {
+  const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  __m256i s[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+  for (int j = 0; j < n; ++j) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256i p = _mm256_loadu_si256((const __m256i*)(wrow[j].b + 32 * h));
+      const __m256i c[4] = {_mm256_and_si256(p, m3), _mm256_and_si256(_mm256_srli_epi16(p, 2), m3),
+                            _mm256_and_si256(_mm256_srli_epi16(p, 4), m3), _mm256_and_si256(_mm256_srli_epi16(p, 6), m3)};
+      for (int i = 0; i < 4; ++i) {
+        const __m256i qi = _mm256_sub_epi8(c[i], one);
+        _mm256_store_si256((__m256i*)(q + ((4 * j + i) * 2 + h) * 32), qi);
+        s[h] = _mm256_add_epi8(s[h], qi);
+      }
     }
   }
-  for (int t = 0; t < TT; ++t)
-    _mm256_storeu_si256((__m256i*)(y + static_cast<size_t>(t) * ldy + 8 * half),
-                        _mm256_sub_epi32(acc[t], _mm256_set1_epi32(xsum[t])));
+  // Bytes -> int32 lanes (row sums): vpmaddubsw with u8 ones sums byte pairs, vpmaddwd the rest.
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  *qs0 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, s[0]), ones16);
+  *qs1 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, s[1]), ones16);
 }
 
-template <int TT>
-inline void block_tt(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum,
-                     int32_t* y, int ldy) {
-  half_tt<TT>(wrow, KB, 0, x, ldx, xsum, y, ldy);
-  half_tt<TT>(wrow, KB, 1, x, ldx, xsum, y, ldy);
+// N <= 4 tokens (rows xt[0..N) of xu = x + 128, at column 16 * kb0) against n unpacked tiles of
+// q; adds the int32 sums into yt[t] (rows 0..15), or stores them if first. Eight named accumulators,
+// not an array, pinned to registers: with an array GCC kept them on the stack across the tile
+// loop, and every add waited on a store-to-load round trip (half speed).
+template <int N>
+inline void chunk_n(const int8_t* q, int n, const uint8_t* const* xt, int32_t* const* yt, bool first) {
+  __m256i a0 = _mm256_setzero_si256(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+  const int8_t* x0 = reinterpret_cast<const int8_t*>(xt[0]);
+  const int8_t* x1 = reinterpret_cast<const int8_t*>(xt[N > 1 ? 1 : 0]);
+  const int8_t* x2 = reinterpret_cast<const int8_t*>(xt[N > 2 ? 2 : 0]);
+  const int8_t* x3 = reinterpret_cast<const int8_t*>(xt[N > 3 ? 3 : 0]);
+  auto step = [](const int8_t* x, __m256i q0, __m256i q1, __m256i& a, __m256i& b) {
+    const __m256i xb = bcast4(x);
+    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(xb, q0));
+    b = _mm256_add_epi16(b, _mm256_maddubs_epi16(xb, q1));
+    pin(a);
+    pin(b);
+  };
+  for (int j = 0; j < n; ++j) {
+    for (int i = 0; i < 4; ++i) {
+      const __m256i* qv = (const __m256i*)(q + (4 * j + i) * 64);
+      const __m256i q0 = _mm256_load_si256(qv), q1 = _mm256_load_si256(qv + 1);
+      const int c = j * kTileCols + 4 * i;
+      step(x0 + c, q0, q1, a0, b0);
+      if constexpr (N > 1) step(x1 + c, q0, q1, a1, b1);
+      if constexpr (N > 2) step(x2 + c, q0, q1, a2, b2);
+      if constexpr (N > 3) step(x3 + c, q0, q1, a3, b3);
+    }
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i acc[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
+  for (int t = 0; t < N; ++t) {
+    for (int h = 0; h < 2; ++h) {
+      __m256i* yp = (__m256i*)(yt[t] + 8 * h);
+      const __m256i v = _mm256_madd_epi16(acc[t][h], ones);
+      _mm256_storeu_si256(yp, first ? v : _mm256_add_epi32(_mm256_loadu_si256(yp), v));
+    }
+  }
 }
 
 // Decode (one token), both halves of each tile in one pass over the weight stream (prefetched
-// kPrefetchBytes ahead). The planes are masked in place instead of shifted down: plane i holds
-// c_i * 4^i in {0, 4^i, 2 * 4^i} <= 128, a valid u8 operand; vpmaddubsw gives 4^i times the pair
-// sum, within [2 * 128 * -128, 2 * 128 * 127] = [-32768, 32512], which int16 holds, so it never
-// saturates, and an arithmetic shift by 2i divides it back exactly. The four rescaled planes sum
-// to at most 4 * 2 * 2 * 128 = 2048 in magnitude in int16 before vpmaddwd widens them. Measured on the 2B4T matrices
-// (2 threads): 32 GB/s against 21 GB/s for half_tt<1>, which shifts and reads each tile twice.
+// kPrefetchBytes ahead). One shift gives the high nibbles; masking each nibble with 3 and with 12
+// gives the four planes, two as codes c in {0, 1, 2} and two as 4c (c shifted up by 2 bits, at
+// most 8: a valid u8 operand). vpmaddubsw sums two products: |c pair| <= 2 * 2 * 128 = 512 and
+// |4c pair| <= 2048, never saturating. Per int16 lane a tile adds at most 2 * 512 to the c
+// accumulator and 2 * 2048 to the 4c one, so kWiden16 = 7 tiles stay within 7168 and 28672:
+// exact in int16. Then vpmaddwd with ones widens both into int32, where the 4c sums, multiples of
+// 4, are divided exactly by an arithmetic shift. On CPUs with one vector integer multiplier this
+// path is bound by its multiply instructions; a vpmaddwd per tile would be one in five.
+constexpr int kWiden16 = 7;
 inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
-  const __m256i m0 = _mm256_set1_epi8(0x03), m1 = _mm256_set1_epi8(0x0c);
-  const __m256i m2 = _mm256_set1_epi8(0x30), m3 = _mm256_set1_epi8(static_cast<char>(0xc0));
+  const __m256i m3 = _mm256_set1_epi8(3), m12 = _mm256_set1_epi8(12);
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i a = _mm256_setzero_si256(), b = a;  // rows 0-7, rows 8-15
-  auto planes = [&](__m256i p, __m256i x0, __m256i x1, __m256i x2, __m256i x3) {
-    __m256i s = _mm256_maddubs_epi16(_mm256_and_si256(p, m0), x0);
-    s = _mm256_add_epi16(s, _mm256_srai_epi16(_mm256_maddubs_epi16(_mm256_and_si256(p, m1), x1), 2));
-    s = _mm256_add_epi16(s, _mm256_srai_epi16(_mm256_maddubs_epi16(_mm256_and_si256(p, m2), x2), 4));
-    s = _mm256_add_epi16(s, _mm256_srai_epi16(_mm256_maddubs_epi16(_mm256_and_si256(p, m3), x3), 6));
-    return _mm256_madd_epi16(s, ones);
+  __m256i a = _mm256_setzero_si256(), b = a;  // rows 0-7, rows 8-15 (int32)
+  // acc1 += c products (planes 0 and 2), acc4 += 4c products (planes 1 and 3).
+  auto planes = [&](__m256i p, __m256i& acc1, __m256i& acc4, __m256i x0, __m256i x1, __m256i x2, __m256i x3) {
+    const __m256i h = _mm256_srli_epi16(p, 4);
+    acc1 = _mm256_add_epi16(acc1, _mm256_maddubs_epi16(_mm256_and_si256(p, m3), x0));
+    acc4 = _mm256_add_epi16(acc4, _mm256_maddubs_epi16(_mm256_and_si256(p, m12), x1));
+    acc1 = _mm256_add_epi16(acc1, _mm256_maddubs_epi16(_mm256_and_si256(h, m3), x2));
+    acc4 = _mm256_add_epi16(acc4, _mm256_maddubs_epi16(_mm256_and_si256(h, m12), x3));
   };
-  for (int kb = 0; kb < KB; ++kb) {
-    _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
-    const int8_t* xt = x + kb * kTileCols;
-    const __m256i x0 = bcast4(xt), x1 = bcast4(xt + 4), x2 = bcast4(xt + 8), x3 = bcast4(xt + 12);
-    a = _mm256_add_epi32(a, planes(_mm256_loadu_si256((const __m256i*)wrow[kb].b), x0, x1, x2, x3));
-    b = _mm256_add_epi32(b, planes(_mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32)), x0, x1, x2, x3));
+  for (int kb0 = 0; kb0 < KB; kb0 += kWiden16) {
+    const int kb1 = std::min(KB, kb0 + kWiden16);
+    __m256i a1 = _mm256_setzero_si256(), a4 = a1, b1 = a1, b4 = a1;
+    for (int kb = kb0; kb < kb1; ++kb) {
+      _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
+      const int8_t* xt = x + kb * kTileCols;
+      const __m256i x0 = bcast4(xt), x1 = bcast4(xt + 4), x2 = bcast4(xt + 8), x3 = bcast4(xt + 12);
+      planes(_mm256_loadu_si256((const __m256i*)wrow[kb].b), a1, a4, x0, x1, x2, x3);
+      planes(_mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32)), b1, b4, x0, x1, x2, x3);
+    }
+    a = _mm256_add_epi32(a, _mm256_add_epi32(_mm256_madd_epi16(a1, ones), _mm256_srai_epi32(_mm256_madd_epi16(a4, ones), 2)));
+    b = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_madd_epi16(b1, ones), _mm256_srai_epi32(_mm256_madd_epi16(b4, ones), 2)));
   }
   const __m256i xs = _mm256_set1_epi32(xsum);
   _mm256_storeu_si256((__m256i*)y, _mm256_sub_epi32(a, xs));
@@ -102,17 +158,51 @@ inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t x
 
 void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                        const int32_t* xsum, int T, int32_t* y, int ldy) {
-  constexpr int TT = 4;  // 4 accumulators + 4 code vectors + temporaries fit the 16 ymm registers
+  if (T == 1) {  // decode: stream the weights once, no unpacking
+    for (int mb = mb0; mb < mb1; ++mb) block_t1(w + static_cast<size_t>(mb) * KB, KB, x, xsum[0], y + mb * kTileRows);
+    return;
+  }
+  // x + 128 as u8, once per call (the same for every row block); the chunk buffer in L1.
+  thread_local std::vector<uint8_t> xu_buf;
+  alignas(32) int8_t q[kChunkBytes];
+  const size_t nx = static_cast<size_t>(T) * ldx;
+  if (xu_buf.size() < nx) xu_buf.resize(nx);
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (size_t i = 0; i < nx; i += 32)  // ldx is a multiple of 64
+    _mm256_storeu_si256((__m256i*)(xu_buf.data() + i), _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(x + i)), bias));
+  const uint8_t* xu = xu_buf.data();
   for (int mb = mb0; mb < mb1; ++mb) {
     const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
     int32_t* ym = y + mb * kTileRows;
-    for_token_tiles<TT>(
-        T,
-        [&](auto tt, int t) {
-          block_tt<decltype(tt)::value>(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t,
-                                        ym + static_cast<size_t>(t) * ldy, ldy);
-        },
-        [&](int t) { block_t1(wrow, KB, x + static_cast<size_t>(t) * ldx, xsum[t], ym + static_cast<size_t>(t) * ldy); });
+    __m256i qsum0 = _mm256_setzero_si256(), qsum1 = qsum0;
+    for (int kb0 = 0; kb0 < KB; kb0 += kChunkTiles) {
+      const int n = std::min(kChunkTiles, KB - kb0);
+      __m256i s0, s1;
+      unpack_chunk(wrow + kb0, n, q, &s0, &s1);
+      qsum0 = _mm256_add_epi32(qsum0, s0);
+      qsum1 = _mm256_add_epi32(qsum1, s1);
+      for (int t = 0; t < T; t += 4) {
+        const uint8_t* xt[4];
+        int32_t* yt[4];
+        const int nt = std::min(4, T - t);
+        for (int u = 0; u < nt; ++u) {
+          xt[u] = xu + static_cast<size_t>(t + u) * ldx + kb0 * kTileCols;
+          yt[u] = ym + static_cast<size_t>(t + u) * ldy;
+        }
+        const bool first = kb0 == 0;
+        if (nt == 4) chunk_n<4>(q, n, xt, yt, first);
+        else if (nt == 3) chunk_n<3>(q, n, xt, yt, first);
+        else if (nt == 2) chunk_n<2>(q, n, xt, yt, first);
+        else chunk_n<1>(q, n, xt, yt, first);
+      }
+    }
+    // q.x = sum q (x + 128) - 128 qsum
+    const __m256i c0 = _mm256_slli_epi32(qsum0, 7), c1 = _mm256_slli_epi32(qsum1, 7);
+    for (int t = 0; t < T; ++t) {
+      __m256i* yp = (__m256i*)(ym + static_cast<size_t>(t) * ldy);
+      _mm256_storeu_si256(yp, _mm256_sub_epi32(_mm256_loadu_si256(yp), c0));
+      _mm256_storeu_si256(yp + 1, _mm256_sub_epi32(_mm256_loadu_si256(yp + 1), c1));
+    }
   }
 }
 
@@ -239,6 +329,45 @@ void head_i4_avx2(const HeadI4Block* W, const int32_t* rowbias, int Cp, int r0, 
     };
     for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
   }
+}
+
+// Same result as quantize_row_ref: vcvtps2dq rounds half to even (the default MXCSR mode), as
+// nearbyint does; |x * s| <= 127, so the saturating packs never clamp; s is computed in scalar fp32
+// exactly as the reference computes it.
+float quantize_row_avx2(const float* x, int n, int n_pad, int8_t* q, int32_t* sum) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 mx = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(x + i), absmask));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  float amax = _mm_cvtss_f32(m4);
+  for (int j = i; j < n; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float s = (1.f / std::max(amax, kActEps)) * 127.f;  // torch evaluates 127 / t as (1 / t) * 127
+  const __m256 sv = _mm256_set1_ps(s);
+  // Two packs leave the 4-byte groups of v0..v3 in the order v0a v1a v2a v3a v0b v1b v2b v3b.
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i acc = _mm256_setzero_si256();
+  i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256i v[4];
+    for (int k = 0; k < 4; ++k) {
+      v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * k), sv));
+      acc = _mm256_add_epi32(acc, v[k]);
+    }
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+    _mm256_storeu_si256((__m256i*)(q + i), _mm256_permutevar8x32_epi32(b, order));
+  }
+  int32_t total = hsum_epi32(acc);
+  for (; i < n; ++i) {
+    const float v = std::min(127.f, std::max(-128.f, std::nearbyint(x[i] * s)));
+    q[i] = static_cast<int8_t>(v);
+    total += q[i];
+  }
+  for (; i < n_pad; ++i) q[i] = 0;
+  *sum = total;
+  return s;
 }
 
 float dot_f32_avx2(const float* a, const float* b, int n) {
@@ -385,7 +514,7 @@ const Kernels kKernelsAvx2 = {
     dot_rows_avx2<uint16_t, load_f16, f16_to_f32>,
     dot_rows_avx2<float, load_f32, f32_id>,
     head_i8_avx2,
-    quantize_row_ref,  // scalar: a few percent of prefill time, not worth a twin here
+    quantize_row_avx2,
     attend_with<float, dot_f32_avx2, axpy_f32_avx2>,
     head_i4_avx2,
     ternary5_gemm_avx2,
@@ -394,20 +523,29 @@ const Kernels kKernelsAvx2 = {
 
 
 // The compute bound prefill is measured against on this path: independent vpmaddubsw ymm (the
-// kernels' u8 x s8 product instruction; AVX2 has no VNNI) on registers only, kPeakAcc chains.
+// kernels' u8 x s8 product instruction; AVX2 has no VNNI) on registers only, twelve chains.
 // Each instruction is 32 multiply-accumulates (pairs summed into int16; the values are
 // meaningless, saturation included: only the throughput counts). Returns a value that depends on
 // every result.
 uint32_t int8_mac_loop_avx2(int64_t iters) {
-  constexpr int kPeakAcc = 12;
-  __m256i acc[kPeakAcc];
+  // Twelve named chains (an array was stored to the stack every iteration by GCC, and on AMD Zen 3
+  // those stores, not the products, set the rate: half the true peak). Each iteration is 12
+  // vpmaddubsw, kMacLoopInstrs.
   const __m256i b = _mm256_set1_epi8(1);
-  for (int i = 0; i < kPeakAcc; ++i) acc[i] = _mm256_set1_epi8(static_cast<char>(i));
-  // acc[i] = maddubs(acc[i], b): a dependent chain per accumulator, independent across them.
-  for (int64_t it = 0; it < iters; ++it)
-    for (int i = 0; i < kPeakAcc; ++i) acc[i] = _mm256_maddubs_epi16(acc[i], b);
-  __m256i s = acc[0];
-  for (int i = 1; i < kPeakAcc; ++i) s = _mm256_add_epi16(s, acc[i]);
+  __m256i a0 = _mm256_set1_epi8(0), a1 = _mm256_set1_epi8(1), a2 = _mm256_set1_epi8(2), a3 = _mm256_set1_epi8(3);
+  __m256i a4 = _mm256_set1_epi8(4), a5 = _mm256_set1_epi8(5), a6 = _mm256_set1_epi8(6), a7 = _mm256_set1_epi8(7);
+  __m256i a8 = _mm256_set1_epi8(8), a9 = _mm256_set1_epi8(9), a10 = _mm256_set1_epi8(10), a11 = _mm256_set1_epi8(11);
+  for (int64_t it = 0; it < iters; ++it) {
+    a0 = _mm256_maddubs_epi16(a0, b); a1 = _mm256_maddubs_epi16(a1, b); a2 = _mm256_maddubs_epi16(a2, b);
+    a3 = _mm256_maddubs_epi16(a3, b); a4 = _mm256_maddubs_epi16(a4, b); a5 = _mm256_maddubs_epi16(a5, b);
+    a6 = _mm256_maddubs_epi16(a6, b); a7 = _mm256_maddubs_epi16(a7, b); a8 = _mm256_maddubs_epi16(a8, b);
+    a9 = _mm256_maddubs_epi16(a9, b); a10 = _mm256_maddubs_epi16(a10, b); a11 = _mm256_maddubs_epi16(a11, b);
+    pin(a0); pin(a1); pin(a2); pin(a3); pin(a4); pin(a5); pin(a6); pin(a7); pin(a8); pin(a9); pin(a10); pin(a11);
+  }
+  static_assert(kMacLoopInstrs == 12, "twelve chains above");
+  __m256i s = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(a0, a1), _mm256_add_epi16(a2, a3)),
+                               _mm256_add_epi16(_mm256_add_epi16(a4, a5), _mm256_add_epi16(a6, a7)));
+  s = _mm256_add_epi16(s, _mm256_add_epi16(_mm256_add_epi16(a8, a9), _mm256_add_epi16(a10, a11)));
   return static_cast<uint32_t>(hsum_epi32(s));
 }
 

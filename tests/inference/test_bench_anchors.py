@@ -72,10 +72,10 @@ def test_depth_option_is_read_from_help(tmp_path):
 def test_cpu_description_and_anchor_env(tmp_path):
     ba = _bench_anchors()
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni\n\n"
-                    "processor\t: 1\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    cpu = "cpu family\t: 25\nmodel\t\t: 1\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+    info.write_text(f"processor\t: 0\n{cpu}\nprocessor\t: 1\n{cpu}")
     d = ba.cpu_description(info)
-    assert d["model"] == "Some CPU" and d["logical_cpus"] == 2
+    assert d["model"] == "Some CPU (family 25, model 1)" and d["logical_cpus"] == 2
     assert d["flags"]["avx512_vnni"] and not d["flags"]["amx_int8"]
     (tmp_path / "env.sh").write_text("export LLAMA_BENCH_IK=/a/b/llama-bench\nexport ANCHOR_MODELS=/a/models\n")
     assert ba.read_anchor_env(tmp_path) == {"LLAMA_BENCH_IK": "/a/b/llama-bench", "ANCHOR_MODELS": "/a/models"}

@@ -47,9 +47,12 @@ def test_ternary_matmul_simd_equals_ref(isa, out_f, in_f, T):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("T", [1, 2])  # the one-token kernels rescale per plane; the others do not
+@pytest.mark.parametrize("T", [1, 2])  # the one-token (streaming) kernels and the several-token ones
 def test_ternary_matmul_adversarial_extremes(isa, T):
-    """All +1 / all -1 weights against all -128 / all 127 activations: the largest sums, exact."""
+    """All +1 / all -1 weights against all -128 / all 127 activations: the largest sums, exact.
+
+    K = 4096 spans many of the int16 accumulation runs the AVX2 kernels widen after (kWiden16, kChunkTiles),
+    each at its largest magnitude."""
     K = 4096
     for qv in (1, -1):
         q = np.full((32, K), qv, np.int8)
