@@ -279,6 +279,16 @@ float f16_to_f32(uint16_t v);
 uint16_t f32_to_f16(float v);
 // The scalar quantizer (the SIMD-less tables point at it).
 float quantize_row_ref(const float* x, int n, int n_pad, int8_t* q, int32_t* sum);
+// The scalar part every quantize_row shares: q[i] = round-half-even(x[i] * s) for i in [i0, n), zeros
+// in [n, n_pad); returns total plus the sum of those q (the SIMD paths call it for their tails).
+inline int32_t quantize_tail(const float* x, int i0, int n, int n_pad, float s, int8_t* q, int32_t total) {
+  for (int i = i0; i < n; ++i) {
+    q[i] = static_cast<int8_t>(std::min(127.f, std::max(-128.f, std::nearbyint(x[i] * s))));
+    total += q[i];
+  }
+  for (int i = std::max(i0, n); i < n_pad; ++i) q[i] = 0;
+  return total;
+}
 constexpr float kActEps = 1e-5f;  // bitnet.quant.ACT_EPS: an all-zero token quantizes to zeros
 
 }  // namespace bitnet

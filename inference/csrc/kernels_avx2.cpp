@@ -360,13 +360,7 @@ float quantize_row_avx2(const float* x, int n, int n_pad, int8_t* q, int32_t* su
     _mm256_storeu_si256((__m256i*)(q + i), _mm256_permutevar8x32_epi32(b, order));
   }
   int32_t total = hsum_epi32(acc);
-  for (; i < n; ++i) {
-    const float v = std::min(127.f, std::max(-128.f, std::nearbyint(x[i] * s)));
-    q[i] = static_cast<int8_t>(v);
-    total += q[i];
-  }
-  for (; i < n_pad; ++i) q[i] = 0;
-  *sum = total;
+  *sum = quantize_tail(x, i, n, n_pad, s, q, total);
   return s;
 }
 

@@ -262,13 +262,7 @@ float quantize_row_avx512(const float* x, int n, int n_pad, int8_t* q, int32_t* 
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(v));
   }
   int32_t total = _mm512_reduce_add_epi32(acc);
-  for (; i < n; ++i) {
-    const float v = std::min(127.f, std::max(-128.f, std::nearbyint(x[i] * s)));
-    q[i] = static_cast<int8_t>(v);
-    total += q[i];
-  }
-  for (; i < n_pad; ++i) q[i] = 0;
-  *sum = total;
+  *sum = quantize_tail(x, i, n, n_pad, s, q, total);
   return s;
 }
 

@@ -62,14 +62,7 @@ float quantize_row_ref(const float* x, int n, int n_pad, int8_t* q, int32_t* sum
   float amax = 0.f;
   for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
   const float s = (1.f / std::max(amax, kActEps)) * 127.f;  // torch evaluates 127 / t as (1 / t) * 127
-  int32_t acc = 0;
-  for (int i = 0; i < n; ++i) {
-    const float v = std::min(127.f, std::max(-128.f, std::nearbyint(x[i] * s)));
-    q[i] = static_cast<int8_t>(v);
-    acc += q[i];
-  }
-  for (int i = n; i < n_pad; ++i) q[i] = 0;
-  *sum = acc;
+  *sum = quantize_tail(x, 0, n, n_pad, s, q, 0);
   return s;
 }
 
