@@ -41,7 +41,7 @@ inline float hsum_ps(__m256 v) {
 // (unpack_chunk), then every token reuses them. The unpacked q is the signed operand of vpmaddubsw,
 // read straight from L1 as its memory operand; the activation side is x + 128 in [0, 255]
 // (unsigned), four bytes broadcast once and used for both halves of the row block. So each product
-// instruction costs one add and a quarter of a broadcast, with no per-token unpacking.
+// instruction costs one add and half a broadcast, with no per-token unpacking.
 // Arithmetic: sum_k q_k (x_k + 128) = q.x + 128 * sum_k q_k, so q.x = that - 128 * qsum (qsum per
 // row, counted while unpacking). Invariants: a vpmaddubsw pair is at most 2 * 255 = 510 in
 // magnitude (no saturation); one tile adds four of them per int16 lane (2040), so the kChunkTiles
@@ -162,7 +162,8 @@ void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int
     for (int mb = mb0; mb < mb1; ++mb) block_t1(w + static_cast<size_t>(mb) * KB, KB, x, xsum[0], y + mb * kTileRows);
     return;
   }
-  // x + 128 as u8, once per call (the same for every row block); the chunk buffer in L1.
+  // x + 128 as u8, once per call (the same for every row block), in a buffer each thread keeps at its
+  // largest T * ldx (a 4096-token prefill of 2B4T: 28 MB per thread); the chunk buffer in L1.
   thread_local std::vector<uint8_t> xu_buf;
   alignas(32) int8_t q[kChunkBytes];
   const size_t nx = static_cast<size_t>(T) * ldx;
