@@ -37,72 +37,63 @@ inline float hsum_ps(__m256 v) {
 }
 
 // ---- i2 tiles, several tokens (prefill, batched decode). One row block at a time, in chunks of
-// kChunkTiles tiles: the chunk's codes are unpacked once into int8 q = c - 1 in {-1, 0, 1}
-// (unpack_chunk), then every token reuses them. The unpacked q is the signed operand of vpmaddubsw,
-// read straight from L1 as its memory operand; the activation side is x + 128 in [0, 255]
-// (unsigned), four bytes broadcast once and used for both halves of the row block. So each product
-// instruction costs one add and half a broadcast, with no per-token unpacking.
-// Arithmetic: sum_k q_k (x_k + 128) = q.x + 128 * sum_k q_k, so q.x = that - 128 * qsum (qsum per
-// row, counted while unpacking). Invariants: a vpmaddubsw pair is at most 2 * 255 = 510 in
-// magnitude (no saturation); one tile adds four of them per int16 lane (2040), so the kChunkTiles
-// = 16 tiles of a chunk add at most 32640 < 32767: exact in int16; vpmaddwd with ones widens each
-// chunk's sums into int32 (the running sums live in y itself).
+// kChunkTiles tiles: the chunk's codes are unpacked once into bytes c in {0, 1, 2} (unpack_chunk:
+// a shift and a mask per plane), then every token reuses them. c is the unsigned operand of
+// vpmaddubsw, loaded once per plane for all the tokens of a register tile; the activation side is
+// x itself (signed), four bytes broadcast once and used for both halves of the row block. So each
+// product instruction costs one add and half a broadcast, with no per-token unpacking.
+// Arithmetic: sum_k c_k x_k = q.x + sum_k x_k (c = q + 1), so q.x = that - xsum. Invariants: a
+// vpmaddubsw pair lies in [2 * 2 * -128, 2 * 2 * 127] = [-512, 508] (no saturation); one tile adds
+// four of them per int16 lane, so the kChunkTiles = 16 tiles of a chunk sum to [-32768, 32512],
+// which int16 holds: the wrapping vpaddw chain ends on the exact sum whatever its order. vpmaddwd
+// with ones widens each chunk's sums into int32 (the running sums live in y itself).
 constexpr int kChunkTiles = 16;
 // Chunk layout: tile j, plane i (columns 4i..4i+3 of the tile), half h (rows 8h..8h+7) at
 // ((4 j + i) * 2 + h) * 32 bytes: 32-bit lane r of a 32-byte vector = row 8h + r, 4 columns.
 constexpr int kChunkBytes = kChunkTiles * 4 * 2 * 32;
 
-// Unpacks tiles [0, n) of wrow into q (layout above) and returns the per-row sums of q for rows
-// 0-7 and 8-15 as int32 lanes (via *qs0, *qs1). A tile adds at most 4 to a byte of the running
-// sum, so 16 tiles stay within int8 (64).
-inline void unpack_chunk(const TernaryTile* wrow, int n, int8_t* q, __m256i* qs0, __m256i* qs1) {
-  const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
-  __m256i s[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+// Unpacks tiles [0, n) of wrow into c (layout above).
+inline void unpack_chunk(const TernaryTile* wrow, int n, uint8_t* c) {
+  const __m256i m3 = _mm256_set1_epi8(3);
   for (int j = 0; j < n; ++j) {
     for (int h = 0; h < 2; ++h) {
       const __m256i p = _mm256_loadu_si256((const __m256i*)(wrow[j].b + 32 * h));
-      const __m256i c[4] = {_mm256_and_si256(p, m3), _mm256_and_si256(_mm256_srli_epi16(p, 2), m3),
-                            _mm256_and_si256(_mm256_srli_epi16(p, 4), m3), _mm256_and_si256(_mm256_srli_epi16(p, 6), m3)};
-      for (int i = 0; i < 4; ++i) {
-        const __m256i qi = _mm256_sub_epi8(c[i], one);
-        _mm256_store_si256((__m256i*)(q + ((4 * j + i) * 2 + h) * 32), qi);
-        s[h] = _mm256_add_epi8(s[h], qi);
-      }
+      uint8_t* cj = c + (4 * j * 2 + h) * 32;
+      _mm256_store_si256((__m256i*)cj, _mm256_and_si256(p, m3));
+      _mm256_store_si256((__m256i*)(cj + 64), _mm256_and_si256(_mm256_srli_epi16(p, 2), m3));
+      _mm256_store_si256((__m256i*)(cj + 128), _mm256_and_si256(_mm256_srli_epi16(p, 4), m3));
+      _mm256_store_si256((__m256i*)(cj + 192), _mm256_and_si256(_mm256_srli_epi16(p, 6), m3));
     }
   }
-  // Bytes -> int32 lanes (row sums): vpmaddubsw with u8 ones sums byte pairs, vpmaddwd the rest.
-  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-  *qs0 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, s[0]), ones16);
-  *qs1 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, s[1]), ones16);
 }
 
-// N <= 4 tokens (rows xt[0..N) of xu = x + 128, at column 16 * kb0) against n unpacked tiles of
-// q; adds the int32 sums into yt[t] (rows 0..15), or stores them if first. Eight named accumulators,
-// not an array, pinned to registers: with an array GCC kept them on the stack across the tile
-// loop, and every add waited on a store-to-load round trip (half speed).
+// N <= 4 tokens (rows xt[0..N) of x, at column 16 * kb0) against n unpacked tiles of c; adds the
+// int32 sums into yt[t] (rows 0..15), or stores them if first. Eight named accumulators, not an
+// array, pinned to registers: with an array GCC kept them on the stack across the tile loop, and
+// every add waited on a store-to-load round trip (half speed).
 template <int N>
-inline void chunk_n(const int8_t* q, int n, const uint8_t* const* xt, int32_t* const* yt, bool first) {
+inline void chunk_n(const uint8_t* c, int n, const int8_t* const* xt, int32_t* const* yt, bool first) {
   __m256i a0 = _mm256_setzero_si256(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
-  const int8_t* x0 = reinterpret_cast<const int8_t*>(xt[0]);
-  const int8_t* x1 = reinterpret_cast<const int8_t*>(xt[N > 1 ? 1 : 0]);
-  const int8_t* x2 = reinterpret_cast<const int8_t*>(xt[N > 2 ? 2 : 0]);
-  const int8_t* x3 = reinterpret_cast<const int8_t*>(xt[N > 3 ? 3 : 0]);
-  auto step = [](const int8_t* x, __m256i q0, __m256i q1, __m256i& a, __m256i& b) {
+  const int8_t* x0 = xt[0];
+  const int8_t* x1 = xt[N > 1 ? 1 : 0];
+  const int8_t* x2 = xt[N > 2 ? 2 : 0];
+  const int8_t* x3 = xt[N > 3 ? 3 : 0];
+  auto step = [](const int8_t* x, __m256i c0, __m256i c1, __m256i& a, __m256i& b) {
     const __m256i xb = bcast4(x);
-    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(xb, q0));
-    b = _mm256_add_epi16(b, _mm256_maddubs_epi16(xb, q1));
+    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(c0, xb));
+    b = _mm256_add_epi16(b, _mm256_maddubs_epi16(c1, xb));
     pin(a);
     pin(b);
   };
   for (int j = 0; j < n; ++j) {
     for (int i = 0; i < 4; ++i) {
-      const __m256i* qv = (const __m256i*)(q + (4 * j + i) * 64);
-      const __m256i q0 = _mm256_load_si256(qv), q1 = _mm256_load_si256(qv + 1);
-      const int c = j * kTileCols + 4 * i;
-      step(x0 + c, q0, q1, a0, b0);
-      if constexpr (N > 1) step(x1 + c, q0, q1, a1, b1);
-      if constexpr (N > 2) step(x2 + c, q0, q1, a2, b2);
-      if constexpr (N > 3) step(x3 + c, q0, q1, a3, b3);
+      const __m256i* cv = (const __m256i*)(c + (4 * j + i) * 64);
+      const __m256i c0 = _mm256_load_si256(cv), c1 = _mm256_load_si256(cv + 1);
+      const int col = j * kTileCols + 4 * i;
+      step(x0 + col, c0, c1, a0, b0);
+      if constexpr (N > 1) step(x1 + col, c0, c1, a1, b1);
+      if constexpr (N > 2) step(x2 + col, c0, c1, a2, b2);
+      if constexpr (N > 3) step(x3 + col, c0, c1, a3, b3);
     }
   }
   const __m256i ones = _mm256_set1_epi16(1);
@@ -162,47 +153,34 @@ void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int
     for (int mb = mb0; mb < mb1; ++mb) block_t1(w + static_cast<size_t>(mb) * KB, KB, x, xsum[0], y + mb * kTileRows);
     return;
   }
-  // x + 128 as u8, once per call (the same for every row block), in a buffer each thread keeps at its
-  // largest T * ldx (a 4096-token prefill of 2B4T: 28 MB per thread); the chunk buffer in L1.
-  thread_local std::vector<uint8_t> xu_buf;
-  alignas(32) int8_t q[kChunkBytes];
-  const size_t nx = static_cast<size_t>(T) * ldx;
-  if (xu_buf.size() < nx) xu_buf.resize(nx);
-  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
-  for (size_t i = 0; i < nx; i += 32)  // ldx is a multiple of 64
-    _mm256_storeu_si256((__m256i*)(xu_buf.data() + i), _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(x + i)), bias));
-  const uint8_t* xu = xu_buf.data();
+  alignas(32) uint8_t c[kChunkBytes];  // the chunk buffer, in L1
   for (int mb = mb0; mb < mb1; ++mb) {
     const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
     int32_t* ym = y + mb * kTileRows;
-    __m256i qsum0 = _mm256_setzero_si256(), qsum1 = qsum0;
     for (int kb0 = 0; kb0 < KB; kb0 += kChunkTiles) {
       const int n = std::min(kChunkTiles, KB - kb0);
-      __m256i s0, s1;
-      unpack_chunk(wrow + kb0, n, q, &s0, &s1);
-      qsum0 = _mm256_add_epi32(qsum0, s0);
-      qsum1 = _mm256_add_epi32(qsum1, s1);
+      unpack_chunk(wrow + kb0, n, c);
       for (int t = 0; t < T; t += 4) {
-        const uint8_t* xt[4];
+        const int8_t* xt[4];
         int32_t* yt[4];
         const int nt = std::min(4, T - t);
         for (int u = 0; u < nt; ++u) {
-          xt[u] = xu + static_cast<size_t>(t + u) * ldx + kb0 * kTileCols;
+          xt[u] = x + static_cast<size_t>(t + u) * ldx + kb0 * kTileCols;
           yt[u] = ym + static_cast<size_t>(t + u) * ldy;
         }
         const bool first = kb0 == 0;
-        if (nt == 4) chunk_n<4>(q, n, xt, yt, first);
-        else if (nt == 3) chunk_n<3>(q, n, xt, yt, first);
-        else if (nt == 2) chunk_n<2>(q, n, xt, yt, first);
-        else chunk_n<1>(q, n, xt, yt, first);
+        if (nt == 4) chunk_n<4>(c, n, xt, yt, first);
+        else if (nt == 3) chunk_n<3>(c, n, xt, yt, first);
+        else if (nt == 2) chunk_n<2>(c, n, xt, yt, first);
+        else chunk_n<1>(c, n, xt, yt, first);
       }
     }
-    // q.x = sum q (x + 128) - 128 qsum
-    const __m256i c0 = _mm256_slli_epi32(qsum0, 7), c1 = _mm256_slli_epi32(qsum1, 7);
+    // q.x = sum c x - xsum
     for (int t = 0; t < T; ++t) {
+      const __m256i xs = _mm256_set1_epi32(xsum[t]);
       __m256i* yp = (__m256i*)(ym + static_cast<size_t>(t) * ldy);
-      _mm256_storeu_si256(yp, _mm256_sub_epi32(_mm256_loadu_si256(yp), c0));
-      _mm256_storeu_si256(yp + 1, _mm256_sub_epi32(_mm256_loadu_si256(yp + 1), c1));
+      _mm256_storeu_si256(yp, _mm256_sub_epi32(_mm256_loadu_si256(yp), xs));
+      _mm256_storeu_si256(yp + 1, _mm256_sub_epi32(_mm256_loadu_si256(yp + 1), xs));
     }
   }
 }
