@@ -160,20 +160,17 @@ void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int
     for (int kb0 = 0; kb0 < KB; kb0 += kChunkTiles) {
       const int n = std::min(kChunkTiles, KB - kb0);
       unpack_chunk(wrow + kb0, n, c);
-      for (int t = 0; t < T; t += 4) {
-        const int8_t* xt[4];
-        int32_t* yt[4];
-        const int nt = std::min(4, T - t);
-        for (int u = 0; u < nt; ++u) {
+      auto tile = [&](auto tt, int t) {
+        constexpr int N = decltype(tt)::value;
+        const int8_t* xt[N];
+        int32_t* yt[N];
+        for (int u = 0; u < N; ++u) {
           xt[u] = x + static_cast<size_t>(t + u) * ldx + kb0 * kTileCols;
           yt[u] = ym + static_cast<size_t>(t + u) * ldy;
         }
-        const bool first = kb0 == 0;
-        if (nt == 4) chunk_n<4>(c, n, xt, yt, first);
-        else if (nt == 3) chunk_n<3>(c, n, xt, yt, first);
-        else if (nt == 2) chunk_n<2>(c, n, xt, yt, first);
-        else chunk_n<1>(c, n, xt, yt, first);
-      }
+        chunk_n<N>(c, n, xt, yt, kb0 == 0);
+      };
+      for_token_tiles<4>(T, tile, [&](int t) { tile(std::integral_constant<int, 1>{}, t); });
     }
     // q.x = sum c x - xsum
     for (int t = 0; t < T; ++t) {
