@@ -245,6 +245,10 @@ void head_i8_amx(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1,
 uint32_t int8_mac_loop_avx512(int64_t iters);
 uint32_t int8_mac_loop_avx2(int64_t iters);
 constexpr int kMacLoopInstrs = 12;
+// AVX2 only: iters x kMacAccLoopInstrs vpmaddubsw, each added into an int16 accumulator (vpaddw),
+// the instruction pair every AVX2 product kernel issues (VNNI's vpdpbusd accumulates by itself).
+uint32_t int8_mac_acc_loop_avx2(int64_t iters);
+constexpr int kMacAccLoopInstrs = 8;
 // t5 product with AVX-512 VBMI byte-table decode (kernels_avx512vbmi.cpp); the avx512 table uses it
 // where the CPU has VBMI (Ice Lake, Zen 4 and later) and the AVX2 t5 kernel otherwise (dispatch.cpp).
 void ternary5_gemm_avx512vbmi(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,

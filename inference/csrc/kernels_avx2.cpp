@@ -536,4 +536,26 @@ uint32_t int8_mac_loop_avx2(int64_t iters) {
   return static_cast<uint32_t>(hsum_epi32(s));
 }
 
+// The same product with the accumulate AVX2 cannot fuse into it (no VNNI): every kernel here adds
+// each vpmaddubsw result into an int16 accumulator with a vpaddw, one add per product. Eight
+// accumulator chains, the four operands pinned each iteration (nothing loop-invariant to hoist),
+// registers only: the most a product-and-accumulate kernel can reach before it loads anything.
+// Each iteration is kMacAccLoopInstrs vpmaddubsw and as many vpaddw.
+uint32_t int8_mac_acc_loop_avx2(int64_t iters) {
+  __m256i c0 = _mm256_set1_epi8(1), c1 = _mm256_set1_epi8(2), x0 = _mm256_set1_epi8(3), x1 = _mm256_set1_epi8(4);
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  for (int64_t it = 0; it < iters; ++it) {
+    pin(c0); pin(c1); pin(x0); pin(x1);
+    a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(c0, x0)); a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(c1, x0));
+    a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(c0, x1)); a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(c1, x1));
+    a4 = _mm256_add_epi16(a4, _mm256_maddubs_epi16(x0, c0)); a5 = _mm256_add_epi16(a5, _mm256_maddubs_epi16(x0, c1));
+    a6 = _mm256_add_epi16(a6, _mm256_maddubs_epi16(x1, c0)); a7 = _mm256_add_epi16(a7, _mm256_maddubs_epi16(x1, c1));
+    pin(a0); pin(a1); pin(a2); pin(a3); pin(a4); pin(a5); pin(a6); pin(a7);
+  }
+  static_assert(kMacAccLoopInstrs == 8, "eight chains above");
+  const __m256i s = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(a0, a1), _mm256_add_epi16(a2, a3)),
+                                     _mm256_add_epi16(_mm256_add_epi16(a4, a5), _mm256_add_epi16(a6, a7)));
+  return static_cast<uint32_t>(hsum_epi32(s));
+}
+
 }  // namespace bitnet

@@ -300,14 +300,16 @@ NB_MODULE(_C, m) {
 #if defined(__x86_64__) || defined(_M_X64)
   m.def(
       "int8_mac_peak",
-      [](const std::string& isa, int threads, double seconds) {
+      [](const std::string& isa, int threads, double seconds, bool accumulate) {
         // The int8 multiply-accumulate bound of prefill on this machine: every thread runs the
         // path's product instruction on registers only (kernels.h, int8_mac_loop_*) for about
-        // `seconds`; best of three rounds, in MAC/s summed over the threads.
+        // `seconds`; best of three rounds, in MAC/s summed over the threads. accumulate (avx2):
+        // each product also added into an accumulator, as AVX2 kernels must (int8_mac_acc_loop_avx2).
         if (threads < 1 || !(seconds > 0)) throw std::invalid_argument("bad int8_mac_peak arguments");
         uint32_t (*loop)(int64_t) = nullptr;
         double macs_per_iter = 0;
         if (isa == "avx512") { loop = bitnet::int8_mac_loop_avx512; macs_per_iter = 64.0 * bitnet::kMacLoopInstrs; }
+        else if (isa == "avx2" && accumulate) { loop = bitnet::int8_mac_acc_loop_avx2; macs_per_iter = 32.0 * bitnet::kMacAccLoopInstrs; }
         else if (isa == "avx2") { loop = bitnet::int8_mac_loop_avx2; macs_per_iter = 32.0 * bitnet::kMacLoopInstrs; }
         else throw std::invalid_argument("int8_mac_peak: isa must be 'avx512' or 'avx2'");
         bool can = false;
@@ -338,8 +340,10 @@ NB_MODULE(_C, m) {
         }
         return best;
       },
-      "isa"_a, "threads"_a = 2, "seconds"_a = 0.5,
-      "Peak int8 multiply-accumulates/s of the path's product instruction (registers only), all threads.");
+      "isa"_a, "threads"_a = 2, "seconds"_a = 0.5, "accumulate"_a = false,
+      "Peak int8 multiply-accumulates/s of the path's product instruction (registers only), all threads; "
+      "accumulate=True (avx2) adds each product into an accumulator as the AVX2 kernels must (vpmaddubsw + "
+      "vpaddw; vpdpbusd accumulates by itself, so avx512 ignores it).");
 #endif
 
   m.def(

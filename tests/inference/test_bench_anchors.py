@@ -102,11 +102,16 @@ def test_mac_bound_report_names_the_bound_and_the_share(capsys):
     ba = _bench_anchors()
     rows = [{"threads": 2, "isa": "avx512", "weights": "t5", "pp_tok_s": 100.0, "linear_macs": 2e9,
              "macs_per_s": 2e11, "bound": 4e11},
-            {"threads": 2, "isa": "amx", "weights": "t5", "pp_tok_s": 500.0, "linear_macs": 2e9, "macs_per_s": 1e12}]
+            {"threads": 2, "isa": "amx", "weights": "t5", "pp_tok_s": 500.0, "linear_macs": 2e9, "macs_per_s": 1e12},
+            {"threads": 2, "isa": "avx2", "weights": "i2", "pp_tok_s": 90.0, "linear_macs": 2e9, "macs_per_s": 1.8e11,
+             "bound": 4e11, "acc_ceiling": 3.2e11}]
     ba.print_mac_bound(rows, 128)
     out = capsys.readouterr().out
     assert "vpdpbusd zmm, 64 MACs each" in out and "2.000 G MAC per token" in out
-    avx512 = next(line for line in out.splitlines() if " avx512 " in line)
-    assert avx512.split()[-1] == "50%" and avx512.split()[-2] == "400"
-    amx = next(line for line in out.splitlines() if " amx " in line)
-    assert amx.split()[-1] == "-"
+    avx512 = next(line for line in out.splitlines() if " avx512 " in line).split()
+    assert avx512[5:] == ["400", "50%", "-", "-"]
+    amx = next(line for line in out.splitlines() if " amx " in line).split()
+    assert amx[5:] == ["-"] * 4
+    avx2 = next(line for line in out.splitlines() if " avx2 " in line).split()
+    assert avx2[4:] == ["180", "400", "45%", "320", "80%"]
+    assert "no VNNI" in out

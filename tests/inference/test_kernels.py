@@ -158,3 +158,15 @@ def test_neon_path_matches_ref_under_emulation(tmp_path):
     run = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "neon ok" in run.stdout
+
+
+@pytest.mark.skipif("avx2" not in ISAS, reason="the AVX2 bound loops need an AVX2 CPU")
+def test_mac_peak_loops_run_and_reject_bad_arguments():
+    # Only that the loops run and count something: how fast they are is the benchmark's business.
+    for acc in (False, True):
+        rate = _C.int8_mac_peak("avx2", 1, 0.01, accumulate=acc)
+        assert np.isfinite(rate) and rate > 0
+    with pytest.raises(ValueError, match="isa must be"):
+        _C.int8_mac_peak("neon", 1, 0.01)
+    with pytest.raises(ValueError, match="bad int8_mac_peak arguments"):
+        _C.int8_mac_peak("avx2", 0, 0.01)
