@@ -22,8 +22,8 @@ bandwidth, peak RSS against the weight files, load time, and decode at longer co
 the best anchor too where its llama-bench has ``-d``), and then 128-token prefill of each SIMD path
 (avx2, avx512, amx; ``--no-mac-bound`` skips it) against that path's int8 multiply-accumulate
 bound (``_C.int8_mac_peak``); for avx2, which has no VNNI, also against the ceiling of its product
-and accumulate pair (vpmaddubsw + vpaddw, ``accumulate=True``). The machine is shared and noisy: only ratios
-from one run mean anything. This is a measurement script, not a test: it asserts nothing.
+and accumulate pair (vpmaddubsw + vpaddw, ``accumulate=True``). The machine is shared and noisy:
+only ratios from one run mean anything. This is a measurement script, not a test: it asserts nothing.
 """
 
 from __future__ import annotations
