@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .sampling import SamplingParams, sample
 from .loader import KV_CACHE_DTYPES, WEIGHT_FORMATS, auto_weight_format, build_model, default_threads
 
 __all__ = ["Engine", "HEAD_MODES", "AUTO_HEAD", "sample_next", "check_threads", "check_sampling"]
@@ -58,28 +59,26 @@ def check_sampling(
     *,
     cli: bool = False,
 ) -> None:
-    """Raise ``ValueError`` naming the first sampling argument out of range.
+    """Raise ``ValueError`` naming the first sampling argument out of range (:class:`SamplingParams`'
+    rules: ``max_new_tokens`` >= 0; ``temperature`` finite >= 0 (0 = greedy); ``top_k`` None or >= 0
+    (0 = off); ``top_p`` None or in (0, 1]; ``repetition_penalty`` finite > 0). With ``cli`` the names
+    are the command line's flags (``--top-p``), else the Python parameter names (``top_p``)."""
+    engine_params(max_new_tokens, temperature, top_k, top_p, repetition_penalty, cli=cli)
 
-    ``max_new_tokens`` >= 0; ``temperature`` >= 0 (0 = greedy); ``top_k`` None or >= 0 (0 = off);
-    ``top_p`` None or in (0, 1]; ``repetition_penalty`` > 0. With ``cli`` the names are the command
-    line's flags (``--top-p``), else the Python parameter names (``top_p``).
-    """
+
+def engine_params(max_new_tokens: Any = 128, temperature: Any = 0.0, top_k: Any = None, top_p: Any = None,
+                  repetition_penalty: Any = 1.0, seed: Any = None, stop: Any = None, stop_token_ids: Any = (),
+                  *, cli: bool = False) -> SamplingParams:
+    """The :class:`SamplingParams` of :meth:`Engine.generate`'s arguments (errors name them, or the CLI's flags)."""
+    renamed = {"max_tokens": "max_new_tokens"}
+
     def name(n: str) -> str:
+        n = renamed.get(n, n)
         return "--" + n.replace("_", "-") if cli else n
 
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-    if not (number(max_new_tokens) and float(max_new_tokens).is_integer() and max_new_tokens >= 0):
-        raise ValueError(f"{name('max_new_tokens')} must be an integer >= 0, got {max_new_tokens}")
-    if not (number(temperature) and temperature >= 0 and np.isfinite(temperature)):
-        raise ValueError(f"{name('temperature')} must be a number >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and not (number(top_k) and float(top_k).is_integer() and top_k >= 0):
-        raise ValueError(f"{name('top_k')} must be an integer >= 0 (0 = off), got {top_k}")
-    if top_p is not None and not (number(top_p) and 0.0 < top_p <= 1.0):
-        raise ValueError(f"{name('top_p')} must be in (0, 1], got {top_p}")
-    if not (number(repetition_penalty) and repetition_penalty > 0 and np.isfinite(repetition_penalty)):
-        raise ValueError(f"{name('repetition_penalty')} must be a number > 0 (1 = off), got {repetition_penalty}")
+    return SamplingParams.named(name, max_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                repetition_penalty=repetition_penalty, seed=seed, stop=stop or (),
+                                stop_token_ids=tuple(stop_token_ids))
 
 
 def sample_next(
@@ -92,36 +91,10 @@ def sample_next(
     context: Sequence[int] = (),
     rng: np.random.Generator | None = None,
 ) -> int:
-    """Pick the next token from one row of logits (vocab,).
-
-    ``temperature <= 0`` is greedy (argmax). ``repetition_penalty`` (CTRL / transformers rule)
-    divides positive and multiplies negative logits of tokens in ``context``. ``top_k`` keeps the k
-    largest, ``top_p`` the smallest set whose probability reaches p (at least one token).
-    """
-    if temperature <= 0.0 and (repetition_penalty == 1.0 or not len(context)):
-        return int(np.argmax(logits))  # the same argmax as in float64 (widening is exact), without a copy
-    z = np.asarray(logits, dtype=np.float64).copy()
-    if repetition_penalty != 1.0 and len(context):
-        idx = np.unique(np.asarray(context, dtype=np.int64))
-        v = z[idx]
-        z[idx] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
-    if temperature <= 0.0:
-        return int(np.argmax(z))
-    z = z / temperature
-    if top_k is not None and 0 < top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z = np.where(z < kth, -np.inf, z)
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if top_p is not None and 0.0 < top_p < 1.0:
-        order = np.argsort(-p)
-        cum = np.cumsum(p[order])
-        keep = order[: int(np.searchsorted(cum, top_p)) + 1]
-        mask = np.zeros_like(p)
-        mask[keep] = p[keep]
-        p = mask / mask.sum()
-    rng = rng if rng is not None else np.random.default_rng()
-    return int(rng.choice(p.size, p=p))
+    """Pick the next token from one row of logits (vocab,): :func:`bitnet.inference.sampling.sample`
+    with these settings (checked: ``ValueError`` when out of range)."""
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+    return sample(logits, params, rng, context)
 
 
 class Engine:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -39,10 +40,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .engine import sample_next
+from .sampling import SamplingParams, sample
 from .textstream import TextStream
 
 __all__ = ["Request", "Delta", "Handle", "AsyncStream", "Scheduler", "QueueFull", "PromptTooLong", "SchedulerStopped"]
+
+log = logging.getLogger("bitnet.serve")
 
 # A busy slot's prefix is copied only when it saves at least this many positions over the best free
 # slot (a copy moves n_layers * 2 * kv_dim values per position; below this it is not worth it).
@@ -114,8 +117,9 @@ class Delta:
 class Handle:
     """A submitted request. ``cancel()`` is thread-safe; the slot is freed at the next step."""
 
-    def __init__(self, request: Request, deliver: Callable[[Delta], None]) -> None:
+    def __init__(self, request: Request, deliver: Callable[[Delta], None], params: SamplingParams) -> None:
         self.request = request
+        self.params = params
         self._deliver = deliver
         self._cancelled = threading.Event()
         self.done = threading.Event()  # set after the last delta was delivered
@@ -175,7 +179,8 @@ class _Seq:
         self.n_prompt = len(self.ids)
         self.cached_tokens = cached
         self.n_gen = 0
-        self.rng = np.random.default_rng(r.seed)
+        self.params = handle.params
+        self.rng = self.params.rng()
         self.text = TextStream(tokenizer, r.stop)
         self.stop_ids = frozenset() if r.ignore_eos else r.stop_token_ids
 
@@ -263,7 +268,9 @@ class Scheduler:
             raise PromptTooLong(f"the prompt has {len(ids)} tokens; a request's context holds {self.ctx_size}")
         if request.max_tokens is not None and request.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
-        handle = Handle(request, deliver)
+        params = SamplingParams(temperature=request.temperature, top_k=request.top_k, top_p=request.top_p,
+                                seed=request.seed)  # checked here: the engine thread never meets a bad value
+        handle = Handle(request, deliver, params)
         with self._cv:
             if self._stopping or self.error is not None:
                 raise SchedulerStopped(self.error or "the server is shutting down")
@@ -324,27 +331,10 @@ class Scheduler:
                         self._cv.wait()
                     if self._stopping and not self._active and not self._pending:
                         return
-                    if self._cancel_all:
-                        for h in self._pending:
-                            h.cancel()
-                        for seq in self._active:
-                            seq.handle.cancel()
-                    pending = [h for h in self._pending if h.cancelled]
-                    for h in pending:
-                        self._pending.remove(h)
-                    free = sum(not s.busy for s in self._slots)
-                    admit = [self._pending.popleft() for _ in range(min(free, len(self._pending)))]
-                for h in pending:
-                    self.stats["cancelled"] += 1
-                    self._send(h, Delta("", 0, len(h.request.prompt_ids), 0, "cancelled"))
-                for seq in [s for s in self._active if s.handle.cancelled]:
-                    self._finish(seq, seq.delta("", "cancelled"))
-                for h in admit:
-                    self._admit(h)
-                if self._active:
-                    self._step()
+                self.run_once()
         except BaseException as e:  # the engine failed: fail everything rather than hang the clients
             msg = f"engine thread failed: {type(e).__name__}: {e}"
+            log.exception("engine thread failed; the server stops taking requests")
             with self._cv:
                 self.error = msg
                 pending, self._pending = list(self._pending), deque()
@@ -354,25 +344,65 @@ class Scheduler:
                 self._send(h, Delta("", 0, len(h.request.prompt_ids), 0, "error", msg))
             raise
 
+    def run_once(self) -> None:
+        """One iteration of the engine thread: drop cancelled requests, admit queued ones, run one step.
+
+        The engine thread calls it in a loop; tests call it directly on a scheduler that was never
+        started, to arrange "who is in which slot when" step by step instead of racing a thread.
+        An error while admitting or sampling one request ends that request; an error of the engine's
+        own step propagates (the thread then fails every request and ``error`` says why).
+        """
+        with self._cv:
+            if self._cancel_all:
+                for h in self._pending:
+                    h.cancel()
+                for seq in self._active:
+                    seq.handle.cancel()
+            pending = [h for h in self._pending if h.cancelled]
+            for h in pending:
+                self._pending.remove(h)
+            free = sum(not s.busy for s in self._slots)
+            admit = [self._pending.popleft() for _ in range(min(free, len(self._pending)))]
+        for h in pending:
+            self.stats["cancelled"] += 1
+            self._send(h, Delta("", 0, len(h.request.prompt_ids), 0, "cancelled"))
+        for seq in [s for s in self._active if s.handle.cancelled]:
+            self._finish(seq, seq.delta("", "cancelled"))
+        for h in admit:
+            try:
+                self._admit(h)
+            except Exception as e:  # this request fails, the others go on
+                self._fail_admission(h, e)
+        if self._active:
+            self._step()
+
+    def _fail_admission(self, handle: Handle, e: Exception) -> None:
+        """An error while admitting ``handle`` ends it alone (its slot was not taken)."""
+        log.exception("request failed while being admitted")
+        self.stats["failed"] += 1
+        self._send(handle, Delta("", 0, len(handle.request.prompt_ids), 0, "error", f"{type(e).__name__}: {e}"))
+
     def _admit(self, handle: Handle) -> None:
-        """Put a request into the free slot with the longest cached prefix (or copy one from a busy slot)."""
+        """Put a request into the free slot with the longest cached prefix (or copy one from a busy slot).
+        The slot is marked busy last, so an exception on the way leaves it free."""
         ids = handle.request.prompt_ids
         free = [s for s in self._slots if not s.busy]
         slot = max(free, key=lambda s: (_lcp(ids, s.tokens), -s.last_used))
         # the last prompt token is always computed: its logits give the first new token
         keep = min(_lcp(ids, slot.tokens), len(ids) - 1)
+        seq = _Seq(handle, slot, keep, self.engine.tokenizer)
         busy = [s for s in self._slots if s.busy]
         if busy:
             src = max(busy, key=lambda s: _lcp(ids, s.tokens))
             n = min(_lcp(ids, src.tokens), len(ids) - 1)
             if n >= keep + MIN_COPY:
+                slot.tokens = []  # unknown until the copy returns
                 self.engine.copy_slot(src.index, slot.index, n)
                 slot.tokens = src.tokens[:n]
-                keep = n
+                keep = seq.cached_tokens = n
                 self.stats["copies"] += 1
         del slot.tokens[keep:]
         slot.busy = True
-        seq = _Seq(handle, slot, keep, self.engine.tokenizer)
         self._active.append(seq)
         self.stats["prompt_tokens"] += len(ids)
         self.stats["cached_tokens"] += keep
@@ -400,12 +430,17 @@ class Scheduler:
         for (slot_index, seg, pos), (seq, sample), row in zip(batch, owners, logits):
             seq.slot.tokens.extend(seg)
             if sample:
-                self._advance(seq, row)
+                try:
+                    self._advance(seq, row)
+                except Exception as e:  # sampling / detokenizing this sequence failed: end it alone
+                    log.exception("request failed while sampling")
+                    if seq in self._active:
+                        self._finish(seq, seq.delta("", "error", f"{type(e).__name__}: {e}"))
 
     def _advance(self, seq: _Seq, row: np.ndarray) -> None:
         """Sample the next token from ``row`` and deliver its text (or finish the sequence)."""
         r = seq.req
-        nxt = sample_next(row, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, rng=seq.rng)
+        nxt = sample(row, seq.params, seq.rng)
         if nxt in seq.stop_ids:
             self._finish(seq, seq.delta(seq.text.flush(), "stop"))
             return

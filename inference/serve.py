@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from .engine import END_OF_TURN
+from .sampling import SamplingError, SamplingParams
 from .scheduler import (DEFAULT_PREFILL_CHUNK, PREFILL_ALONE, AsyncStream, Delta, PromptTooLong, QueueFull, Request,
                         Scheduler, SchedulerStopped)
 
@@ -99,9 +100,14 @@ def _sampling(body: dict) -> dict:
     if _field(body, "logprobs", (int, bool), False):
         raise APIError(400, "logprobs are not supported by this server.", param="logprobs", code="unsupported_value")
     top_k = _field(body, "top_k", (int,), 0, lo=0)
-    return dict(max_tokens=max_tokens, temperature=float(_field(body, "temperature", (float, int), 1.0, lo=0, hi=2)),
-                top_p=_field(body, "top_p", (float, int), None, lo=0, hi=1), top_k=top_k or None,
-                seed=_field(body, "seed", (int,)), stop=stops, ignore_eos=_field(body, "ignore_eos", (bool,), False))
+    gen = dict(max_tokens=max_tokens, temperature=float(_field(body, "temperature", (float, int), 1.0, lo=0, hi=2)),
+               top_p=_field(body, "top_p", (float, int), None, lo=0, hi=1), top_k=top_k or None,
+               seed=_field(body, "seed", (int,)), stop=stops, ignore_eos=_field(body, "ignore_eos", (bool,), False))
+    try:  # finite values and the engine's ranges (NaN passes the comparisons above)
+        SamplingParams(temperature=gen["temperature"], top_k=gen["top_k"], top_p=gen["top_p"], seed=gen["seed"])
+    except SamplingError as e:
+        raise APIError(400, str(e), param=e.field, code="invalid_value") from None
+    return gen
 
 
 def _content(msg: dict, i: int) -> str:

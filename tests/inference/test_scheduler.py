@@ -116,6 +116,13 @@ class Collector:
         return self.deltas[-1]
 
 
+def wait_for(condition, what: str = "condition") -> None:
+    t0 = time.monotonic()
+    while not condition():
+        assert time.monotonic() - t0 < WAIT_S, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
 def run_all(sched: Scheduler, reqs: list[Request]) -> list[Collector]:
     cols = [Collector() for _ in reqs]
     for r, c in zip(reqs, cols):
@@ -287,3 +294,63 @@ def test_a_lone_prompt_is_read_in_large_chunks(sched_factory):
     assert c.tokens == alone(prompt, 2, PREFILL_ALONE + 64)
     # nobody decodes while it reads its prompt: PREFILL_ALONE tokens, then the rest, then 1 per step
     assert [len(ids) for batch in eng.batches for s, ids, p in batch] == [PREFILL_ALONE, 20, 1]
+
+
+class FaultyEngine(FakeEngine):
+    """NaN logits for one slot's rows; copy_slot raises when ``copy_fails``."""
+
+    def __init__(self, nan_slot: int | None = None, copy_fails: bool = False) -> None:
+        super().__init__()
+        self.nan_slot, self.copy_fails = nan_slot, copy_fails
+
+    def step(self, batch) -> np.ndarray:
+        out = super().step(batch)
+        for i, (s, _, _) in enumerate(batch):
+            if s == self.nan_slot:
+                out[i] = np.nan
+        return out
+
+    def copy_slot(self, src: int, dst: int, n: int) -> None:
+        if self.copy_fails:
+            raise RuntimeError("copy failed")
+        super().copy_slot(src, dst, n)
+
+
+def test_a_failure_while_sampling_ends_that_request_only(sched_factory):
+    sched = sched_factory(FaultyEngine(nan_slot=0), parallel=2)
+    bad, good = Collector(), Collector()
+    sched.submit(Request([1, 2, 3], max_tokens=5, temperature=0.7, seed=1), bad)  # admitted first: slot 0
+    sched.submit(Request([4, 5], max_tokens=5, temperature=0.0), good)
+    bad.wait(), good.wait()
+    assert bad.last.finish_reason == "error" and "not finite" in bad.last.error
+    assert good.tokens == alone([4, 5], 5, 64) and good.last.finish_reason == "length"
+    (after,) = run_all(sched, [Request([7, 8], max_tokens=3, temperature=0.0)])  # the engine thread lives on
+    assert after.last.finish_reason == "length" and sched.running and sched.error is None
+    assert sched.status()["failed"] == 1 and sched.status()["slots_busy"] == 0
+
+
+def test_a_failure_while_admitting_ends_that_request_only():
+    eng = FaultyEngine(copy_fails=True)
+    sched = Scheduler(eng, parallel=2, ctx_size=64, prefill_chunk=64)  # driven step by step, never started
+    system = list(range(100, 130))
+    busy, copier, after = Collector(), Collector(), Collector()
+    sched.submit(Request(system + [1], max_tokens=5, temperature=0.0), busy)
+    sched.run_once()  # busy reads its prompt and samples its first token
+    assert len(busy.deltas) == 1
+    sched.submit(Request(system + [1, 2], max_tokens=3, temperature=0.0), copier)  # would copy busy's prefix
+    sched.run_once()
+    assert copier.last.finish_reason == "error" and "copy failed" in copier.last.error
+    eng.copy_fails = False
+    sched.submit(Request([7, 8], max_tokens=3, temperature=0.0), after)
+    for _ in range(10):
+        sched.run_once()
+    assert busy.tokens == alone(system + [1], 5, 64) and after.tokens == alone([7, 8], 3, 64)
+    assert sched.error is None and sched.status()["slots_busy"] == 0 and sched.status()["failed"] == 1
+
+
+def test_out_of_range_sampling_values_are_refused_at_submit():
+    sched = Scheduler(FakeEngine(), parallel=1, ctx_size=16)
+    for kw in ({"temperature": float("nan")}, {"top_p": 0.0}, {"top_p": float("nan")}, {"seed": -1},
+               {"seed": 2**70}, {"temperature": float("inf")}):
+        with pytest.raises(ValueError):
+            sched.submit(Request([1], **kw), Collector())
