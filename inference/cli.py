@@ -26,23 +26,26 @@ def _sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
     p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="in [0, 2**63 - 1] (default: a fresh random seed)")
 
 
 def _check_args(a: argparse.Namespace) -> None:
     """One line per bad value, before the model is loaded (same wording as every other command)."""
-    from .engine import check_sampling, check_threads
+    from .engine import check_threads
 
     check_threads(a.threads, "--threads")
     if hasattr(a, "temperature"):
-        check_sampling(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.repetition_penalty, cli=True)
+        _sampling(a)
     if getattr(a, "prompt", None) == "":
         raise ValueError("--prompt is empty: give some text to continue")
 
 
-def _gen_kwargs(a: argparse.Namespace) -> dict:
-    return dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                repetition_penalty=a.repetition_penalty, seed=a.seed)
+def _sampling(a: argparse.Namespace):
+    """The flags' :class:`~bitnet.inference.sampling.SamplingParams` (errors name the flags)."""
+    from .engine import engine_params
+
+    return engine_params(a.max_new_tokens, a.temperature, a.top_k, a.top_p, a.repetition_penalty, a.seed,
+                         getattr(a, "stop", None), cli=True)
 
 
 def generate_main(argv: list[str]) -> int:
@@ -59,10 +62,10 @@ def generate_main(argv: list[str]) -> int:
     eng = Engine(a.model_dir, threads=a.threads, head=a.head, weights=a.weights, kv_cache=a.kv_cache)
     t0 = time.perf_counter()
     if a.no_stream:
-        print(eng.generate(a.prompt, stop=a.stop, **_gen_kwargs(a)))
+        print(eng.generate(a.prompt, sampling=_sampling(a)))
     else:
         sys.stdout.write(a.prompt)
-        for piece in eng.stream(a.prompt, stop=a.stop, **_gen_kwargs(a)):
+        for piece in eng.stream(a.prompt, sampling=_sampling(a)):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -97,7 +100,7 @@ def chat_main(argv: list[str]) -> int:
         history.append({"role": "user", "content": user})
         sys.stdout.write("assistant> ")
         reply = []
-        for piece in eng.chat_stream(history, **_gen_kwargs(a)):
+        for piece in eng.chat_stream(history, sampling=_sampling(a)):
             reply.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()

@@ -6,13 +6,16 @@ bookkeeping (which tokens the C++ cache holds), sampling and text streaming.
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import replace
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .generation import Generation, StepOutput, common_prefix
 from .sampling import SamplingParams, sample
 from .loader import KV_CACHE_DTYPES, WEIGHT_FORMATS, auto_weight_format, build_model, default_threads
 
@@ -174,11 +177,7 @@ class Engine:
         return ids.astype(np.int32)
 
     def _lcp(self, ids: np.ndarray) -> int:
-        n = min(len(ids), len(self._cached))
-        if n == 0:
-            return 0
-        diff = np.nonzero(ids[:n] != np.asarray(self._cached[:n], dtype=np.int32))[0]
-        return int(diff[0]) if diff.size else n
+        return common_prefix(ids, self._cached)
 
     def _run(self, ids: np.ndarray, keep: int, logits_from: int) -> np.ndarray:
         """Run ids[keep:] at positions keep.. (cache entries < keep reused); logits rows logits_from..T-1."""
@@ -217,48 +216,54 @@ class Engine:
     def _encode(self, prompt: str) -> list[int]:
         if self.tokenizer is None:
             raise ValueError(f"{self.path} has no tokenizer.json: pass token ids instead of text")
-        return self.tokenizer.encode(prompt).ids
+        return self.encode(prompt)
 
-    def _token_stream(
-        self,
-        ids: list[int],
-        max_new_tokens: int,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        repetition_penalty: float,
-        seed: int | None,
-        stop_ids: set[int],
-    ) -> Iterator[int]:
-        """Yield new token ids; stops at max_new_tokens, a stop/eos id (not yielded) or the context end."""
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``. Tokenized with the GIL released (``encode_batch``; ``encode`` holds
+        it), so a long text does not stall the other threads of a server."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path} has no tokenizer.json")
+        return self.tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
+    def with_stops(self, params: SamplingParams, chat: bool = False) -> SamplingParams:
+        """``params`` plus this model's end tokens: eos, and for a chat reply the end-of-turn token
+        (and its text as a stop string, for tokenizers that split it)."""
+        ids = set(params.stop_token_ids)
+        if self.eos_token_id is not None:
+            ids.add(self.eos_token_id)
+        stop = params.stop
+        if chat:
+            eot = self.tokenizer.token_to_id(END_OF_TURN) if self.tokenizer is not None else None
+            if eot is not None:
+                ids.add(eot)
+            stop = (END_OF_TURN,) + tuple(s for s in stop if s != END_OF_TURN)
+        return replace(params, stop_token_ids=frozenset(ids), stop=stop)
+
+    def _params(self, sampling: SamplingParams | None, args: tuple, stop: Any, stop_token_ids: Sequence[int]
+                ) -> SamplingParams:
+        """The request's SamplingParams (``sampling`` as given, else built from the loose arguments), with eos."""
+        p = sampling if sampling is not None else engine_params(*args, stop=stop, stop_token_ids=stop_token_ids)
+        return self.with_stops(p)
+
+    def _steps(self, ids: Sequence[int], params: SamplingParams, tokenizer: Any) -> Iterator[StepOutput]:
+        """One sequence through :meth:`Generation.step` until it finishes (the cached prefix reused)."""
         arr = self._check_ids(ids)
-        rng = np.random.default_rng(seed)
-        seq = [int(t) for t in arr]
+        gen = Generation(params, arr.tolist(), tokenizer, self.max_positions)
+        if params.max_tokens == 0:
+            return
         # Reuse the cached prefix (e.g. a shared system prompt or the previous chat turns); the last
         # prompt token is always recomputed because its logits are needed.
-        keep = min(self._lcp(arr), len(seq) - 1)
-        logits = self._run(arr, keep, len(seq) - 1)[-1]
-        for _ in range(max_new_tokens):
-            nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=repetition_penalty, context=seq, rng=rng)
-            if nxt in stop_ids:
+        keep = min(self._lcp(arr), len(arr) - 1)
+        logits = self._run(arr, keep, len(arr) - 1)[-1]  # (V,)
+        out = np.empty((1, self.vocab_size), dtype=np.float32)
+        while True:
+            step = gen.step(logits)
+            yield step
+            if step.finish_reason is not None:
                 return
-            yield nxt
-            seq.append(nxt)
-            if len(seq) >= self.max_positions:
-                return
-            out = np.empty((1, self.vocab_size), dtype=np.float32)
-            self._model.forward(np.array([nxt], dtype=np.int32), len(seq) - 1, 0, out)
-            self._cached.append(nxt)
+            self._model.forward(np.array([step.token], dtype=np.int32), len(gen.ids) - 1, 0, out)
+            self._cached.append(step.token)
             logits = out[0]
-
-    def _stop_ids(self, extra: Sequence[int] = ()) -> set[int]:
-        s = set(extra)
-        if self.eos_token_id is not None:
-            s.add(self.eos_token_id)
-        return s
 
     def stream(
         self,
@@ -272,6 +277,7 @@ class Engine:
         stop: str | Sequence[str] | None = None,
         *,
         stop_token_ids: Sequence[int] = (),
+        sampling: SamplingParams | None = None,
     ) -> Iterator[str]:
         """Like :meth:`generate`, but yields the new text piece by piece as it is produced.
 
@@ -279,39 +285,16 @@ class Engine:
         string, so the concatenated pieces equal ``generate``'s result exactly. Arguments are
         checked as in :meth:`generate` (when iteration starts: this is a generator).
         """
-        check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+        params = self._params(sampling, (max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed),
+                              stop, stop_token_ids)
         if isinstance(prompt_or_ids, str) and not prompt_or_ids:
             raise ValueError("the prompt is empty: give some text to continue")
         if self.tokenizer is None:
             raise ValueError(f"{self.path} has no tokenizer.json: streaming text needs one")
         ids = self._encode(prompt_or_ids) if isinstance(prompt_or_ids, str) else list(prompt_or_ids)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        new: list[int] = []
-        emitted = 0
-        text = ""
-        for tok in self._token_stream(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                                      seed, self._stop_ids(stop_token_ids)):
-            new.append(tok)
-            text = self.tokenizer.decode(new)
-            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
-                continue
-            hits = [text.find(s) for s in stops if s and s in text]
-            if hits:
-                cut = min(hits)
-                if cut > emitted:
-                    yield text[emitted:cut]
-                return
-            safe = len(text)
-            for s in stops:  # hold back a tail that may grow into a stop string
-                for n in range(min(len(s) - 1, len(text)), 0, -1):
-                    if text.endswith(s[:n]):
-                        safe = min(safe, len(text) - n)
-                        break
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
-        if len(text) > emitted:
-            yield text[emitted:]
+        for step in self._steps(ids, params, self.tokenizer):
+            if step.text:
+                yield step.text
 
     def generate(
         self,
@@ -325,64 +308,64 @@ class Engine:
         stop: str | Sequence[str] | None = None,
         *,
         stop_token_ids: Sequence[int] = (),
+        sampling: SamplingParams | None = None,
     ) -> str | list[int]:
         """Generate a continuation (greedy when ``temperature == 0``).
 
         Returns the new text (without the prompt and without the stop string) for a ``str`` prompt,
         or the list of new token ids for a list of ids (eos / stop tokens are never included; with
-        ``stop`` strings, the ids produced before the stop string completed).
+        ``stop`` strings, the ids produced before the stop string completed). ``sampling`` (a
+        :class:`SamplingParams`) replaces the loose sampling arguments when given.
 
         The KV cache of the longest prefix shared with the previous call is reused.
 
         Raises:
             ValueError: text given but no tokenizer; an empty prompt; bad ids; a sampling argument
-            out of range (:func:`check_sampling`: ``max_new_tokens`` >= 0, ``temperature`` >= 0,
-            0 < ``top_p`` <= 1, ``repetition_penalty`` > 0).
+            out of range (:class:`SamplingParams`: ``max_new_tokens`` >= 0, ``temperature`` finite
+            >= 0, 0 < ``top_p`` <= 1, ``repetition_penalty`` > 0, ``seed`` in [0, 2**63 - 1]).
         """
-        check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-        if isinstance(prompt_or_ids, str) and not prompt_or_ids:
-            raise ValueError("the prompt is empty: give some text to continue")
         args = (max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        params = self._params(sampling, args, stop, stop_token_ids)
         if isinstance(prompt_or_ids, str):
-            return "".join(self.stream(prompt_or_ids, *args, stop=stop, stop_token_ids=stop_token_ids))
-        ids = list(prompt_or_ids)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if stops and self.tokenizer is None:
-            raise ValueError("stop strings need a tokenizer; this export has no tokenizer.json")
-        new: list[int] = []
-        for tok in self._token_stream(ids, *args, self._stop_ids(stop_token_ids)):
-            if stops and any(s in self.tokenizer.decode(new + [tok]) for s in stops):
-                break
-            new.append(tok)
-        return new
+            return "".join(self.stream(prompt_or_ids, sampling=params))
+        tokenizer = self.tokenizer if params.stop else None
+        return [s.token for s in self._steps(list(prompt_or_ids), params, tokenizer)
+                if s.token is not None and s.finish_reason != "stop"]
 
     # ------------------------------------------------------------------ chat
     def apply_chat_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """Render ``[{"role": "system"|"user"|"assistant", "content": ...}]`` with the export's
         ``chat_template`` (tokenizer_config.json) or 2B4T's format (FORMATS.md section 2)."""
-        import jinja2
+        template, bos = self._chat_template
+        return template.render(messages=list(messages), bos_token=bos, eos_token="",
+                               add_generation_prompt=add_generation_prompt)
 
-        template = self._tokenizer_config.get("chat_template") or DEFAULT_CHAT_TEMPLATE
+    @functools.cached_property
+    def _chat_template(self) -> tuple[Any, str]:
+        """(the compiled template, the bos text): compiled once, in jinja2's immutable sandbox (the
+        template comes from the export's files, as transformers renders it)."""
+        from jinja2 import StrictUndefined
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        source = self._tokenizer_config.get("chat_template") or DEFAULT_CHAT_TEMPLATE
         bos = self._tokenizer_config.get("bos_token")
         if isinstance(bos, dict):
             bos = bos.get("content")
         if bos is None and self.bos_token_id is not None and self.tokenizer is not None:
             bos = self.tokenizer.id_to_token(self.bos_token_id)
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-        return env.from_string(template).render(messages=list(messages), bos_token=bos or "",
-                                                eos_token="", add_generation_prompt=add_generation_prompt)
+        env = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
+        return env.from_string(source), bos or ""
 
     def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Token ids of the rendered conversation, ready for the assistant's reply."""
         if self.tokenizer is None:
             raise ValueError(f"{self.path} has no tokenizer.json: chat needs one")
-        return self.tokenizer.encode(self.apply_chat_template(messages), add_special_tokens=False).ids
+        return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
 
     def chat_stream(self, messages: Sequence[dict[str, str]], **gen: Any) -> Iterator[str]:
-        """Stream the assistant's reply; stops at the end-of-turn marker."""
-        eot = self.tokenizer.token_to_id(END_OF_TURN) if self.tokenizer is not None else None
-        return self.stream(self.chat_ids(messages), stop=[END_OF_TURN], stop_token_ids=[eot] if eot is not None else [],
-                           **gen)
+        """Stream the assistant's reply (the :meth:`stream` arguments); stops at the end-of-turn marker."""
+        params = gen.pop("sampling", None) or engine_params(**gen)
+        return self.stream(self.chat_ids(messages), sampling=self.with_stops(params, chat=True))
 
     # ------------------------------------------------------------------ batched serving
     def configure_slots(self, n: int, ctx_size: int) -> None:

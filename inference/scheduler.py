@@ -2,9 +2,12 @@
 
     sched = Scheduler(engine, parallel=8, ctx_size=2048)      # engine: bitnet.inference.Engine
     sched.start()
-    h = sched.submit(Request(prompt_ids=ids, max_tokens=64), deliver=print)   # deliver(Delta) on the engine thread
+    req = sched.submit(Request(ids, SamplingParams(max_tokens=64)), deliver=print)  # deliver(Delta), engine thread
     ...                                                       # or, from asyncio: async for d in sched.submit_async(req)
     sched.stop()
+
+A :class:`Request` carries one request from admission to its last delta; its ``status``
+(:class:`RequestStatus`) says where it is: waiting, running, or how it finished.
 
 The engine thread repeats one *step*:
 1. drop cancelled requests (their slot is free again) and admit queued ones into free slots. A new
@@ -18,10 +21,16 @@ The engine thread repeats one *step*:
    stream's inter-token latency near the batch's own). When no sequence is decoding there is
    nobody to stall, and prompts are read :data:`PREFILL_ALONE` tokens at a time;
 3. runs it with ``Engine.step`` (one read of the weights, GIL released);
-4. samples each finished segment's next token (``sample_next``, a numpy Generator per request),
-   detokenizes it through :class:`TextStream` (held back like ``Engine.stream``) and delivers the
-   new text. A sequence ends at ``max_tokens``, an end token (eos / end of turn), a stop string, or
-   when its slot's context is full; its slot keeps the cached tokens for later prefix reuse.
+4. advances each sequence whose segment ended at a token to sample after through
+   :meth:`Generation.step` (sample, stop check, incremental detokenize: the same step
+   ``Engine.generate`` takes) and delivers the new text. A sequence ends at ``max_tokens``, an end
+   token (eos / end of turn), a stop string, when its slot's context is full, or at its deadline;
+   its slot keeps the cached tokens for later prefix reuse.
+
+A failure while admitting or advancing one request (a copy that fails, logits that are not
+finite, a tokenizer error) ends that request with an error delta; the engine thread goes on. Only
+an exception from ``Engine.step`` itself stops it; then ``error`` says why and every held request
+gets an error delta.
 
 A sequence's tokens do not depend on what else is in the batch (``Engine.step``'s guarantee), so
 each request gets what it would get alone, and ``Engine.generate``'s result for the same prompt and
@@ -31,19 +40,23 @@ sampling settings.
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import logging
 import threading
+import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .sampling import SamplingParams, sample
-from .textstream import TextStream
+from .generation import Generation, common_prefix
+from .sampling import SamplingParams
 
-__all__ = ["Request", "Delta", "Handle", "AsyncStream", "Scheduler", "QueueFull", "PromptTooLong", "SchedulerStopped"]
+__all__ = ["Request", "RequestStatus", "Delta", "AsyncStream", "Scheduler", "SchedulerObserver", "QueueFull",
+           "PromptTooLong", "SchedulerStopped"]
 
 log = logging.getLogger("bitnet.serve")
 
@@ -71,29 +84,72 @@ class SchedulerStopped(RuntimeError):
     """The scheduler is stopping or stopped and takes no new requests (HTTP 503)."""
 
 
-@dataclass
-class Request:
-    """One generation request.
+class RequestStatus(enum.Enum):
+    """Where a request is. The finished states' values are the last delta's ``finish_reason``."""
 
-    Attributes:
+    WAITING = "waiting"  # queued for a slot
+    RUNNING = "running"  # in a slot: reading its prompt or decoding
+    FINISHED_STOPPED = "stop"  # an end token or a stop string
+    FINISHED_LENGTH = "length"  # max_tokens or a full context
+    FINISHED_CANCELLED = "cancelled"  # the client went away (or stopped reading), or the server stops
+    FINISHED_TIMEOUT = "timeout"  # past its deadline
+    FINISHED_ERROR = "error"  # a failure while handling it (``Request.error`` says which)
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RequestStatus.WAITING, RequestStatus.RUNNING)
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation request, from admission to its last delta.
+
+    Args:
         prompt_ids: the prompt's token ids (non-empty, each in [0, vocab)).
-        max_tokens: most tokens to generate (None = until the slot's context is full); >= 1.
-        temperature: 0 = greedy. top_p / top_k: as :func:`sample_next`. seed: of the request's own
-            numpy Generator (None = fresh entropy).
-        stop: stop strings; the text ends before the first one (not included).
-        stop_token_ids: tokens that end generation and are not part of the output (eos, end of turn).
-        ignore_eos: keep going through ``stop_token_ids`` (benchmarks: exactly ``max_tokens`` tokens).
+        params: sampling and stopping (``max_tokens`` None = until the slot's context is full).
+        id: shown in logs and responses.
+        timeout: seconds from submission after which the request ends with status
+            ``FINISHED_TIMEOUT`` (None = no limit).
+
+    The scheduler fills in the rest: ``status``, the timing fields (scheduler clock seconds) and,
+    once finished, ``error``. ``cancel()`` is thread-safe; the slot is freed at the next step.
     """
 
     prompt_ids: list[int]
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: frozenset[int] = frozenset()
-    ignore_eos: bool = False
+    params: SamplingParams = field(default_factory=SamplingParams)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    timeout: float | None = None
+    status: RequestStatus = field(default=RequestStatus.WAITING, init=False)
+    error: str | None = field(default=None, init=False)
+    cached_tokens: int = field(default=0, init=False)  # prompt positions taken from a cache
+    arrival_time: float | None = field(default=None, init=False)
+    first_token_time: float | None = field(default=None, init=False)
+    last_token_time: float | None = field(default=None, init=False)
+    finished_time: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.prompt_ids = list(self.prompt_ids)
+        self._cancel_reason: str | None = None
+        self._cancelled = threading.Event()
+        self.done = threading.Event()  # set after the last delta was delivered
+        self._deliver: Callable[[Delta], None] | None = None
+        self._gen: Generation | None = None
+        self._slot: _Slot | None = None
+        self._deadline: float | None = None
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Ask the engine thread to end this request (``reason`` goes to its last delta and the log)."""
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._gen.n_gen if self._gen is not None else 0
 
 
 @dataclass
@@ -101,8 +157,8 @@ class Delta:
     """What a request produced in one step (or at its end).
 
     ``text`` is the new text that is safe to show (may be ""). ``finish_reason`` is None while the
-    request runs; on its last delta: "stop" (end token or stop string), "length" (max_tokens or a
-    full context), "cancelled" (client gone or scheduler stopped) or "error" (``error`` says why).
+    request runs; on its last delta the value of its finished :class:`RequestStatus` ("stop",
+    "length", "cancelled", "timeout" or "error"; ``error`` then says why).
     """
 
     text: str
@@ -114,41 +170,45 @@ class Delta:
     token_ids: tuple[int, ...] = ()  # the token generated in this step (none on an end token or cancel)
 
 
-class Handle:
-    """A submitted request. ``cancel()`` is thread-safe; the slot is freed at the next step."""
+class SchedulerObserver:
+    """Hooks the engine thread calls (metrics); the default does nothing. Keep them cheap."""
 
-    def __init__(self, request: Request, deliver: Callable[[Delta], None], params: SamplingParams) -> None:
-        self.request = request
-        self.params = params
-        self._deliver = deliver
-        self._cancelled = threading.Event()
-        self.done = threading.Event()  # set after the last delta was delivered
+    def on_step(self, seconds: float, segments: int, tokens: int) -> None:
+        """One ``Engine.step`` of ``segments`` sequences and ``tokens`` tokens took ``seconds``."""
 
-    def cancel(self) -> None:
-        self._cancelled.set()
+    def on_token(self, request: Request, seconds_since_last: float, first: bool) -> None:
+        """``request`` got a token: ``first`` (then the seconds since arrival) or the inter-token gap."""
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+    def on_finish(self, request: Request) -> None:
+        """``request`` finished (any status)."""
 
 
 class AsyncStream:
     """A request seen from asyncio: ``async for delta in stream`` until the delta with a finish_reason.
 
     Deltas are handed to the event loop with ``loop.call_soon_threadsafe``; the engine thread never
-    waits for the loop.
+    waits for the loop. A consumer that takes nothing for ``stall_timeout`` seconds while deltas
+    wait (a client that stopped reading its socket) has its request cancelled, so it gives its slot back.
     """
 
-    def __init__(self, scheduler: "Scheduler", request: Request, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, scheduler: "Scheduler", request: Request, loop: asyncio.AbstractEventLoop,
+                 stall_timeout: float | None = None) -> None:
         self._queue: asyncio.Queue[Delta] = asyncio.Queue()
         self._loop = loop
-        self.handle = scheduler.submit(request, self._deliver)
+        self._stall_timeout = stall_timeout
+        self._unread = 0  # deltas delivered and not yet taken (engine thread increments, loop decrements)
+        self._last_take = time.monotonic()
+        self.request = scheduler.submit(request, self._deliver)
 
     def _deliver(self, delta: Delta) -> None:
+        if (self._stall_timeout is not None and self._unread > 0 and delta.finish_reason is None
+                and time.monotonic() - self._last_take > self._stall_timeout):
+            self.request.cancel(f"the client read nothing for {self._stall_timeout:g} s")
+        self._unread += 1
         self._loop.call_soon_threadsafe(self._queue.put_nowait, delta)
 
-    def cancel(self) -> None:
-        self.handle.cancel()
+    def cancel(self, reason: str | None = None) -> None:
+        self.request.cancel(reason)
 
     def __aiter__(self) -> AsyncIterator[Delta]:
         return self._iter()
@@ -156,6 +216,8 @@ class AsyncStream:
     async def _iter(self) -> AsyncIterator[Delta]:
         while True:
             delta = await self._queue.get()
+            self._unread -= 1
+            self._last_take = time.monotonic()
             yield delta
             if delta.finish_reason is not None:
                 return
@@ -169,32 +231,9 @@ class _Slot:
     last_used: int = 0
 
 
-class _Seq:
-    """A running request: its slot, all its ids (prompt + generated), sampling and text state."""
-
-    def __init__(self, handle: Handle, slot: _Slot, cached: int, tokenizer) -> None:
-        r = handle.request
-        self.handle, self.req, self.slot = handle, r, slot
-        self.ids = list(r.prompt_ids)
-        self.n_prompt = len(self.ids)
-        self.cached_tokens = cached
-        self.n_gen = 0
-        self.params = handle.params
-        self.rng = self.params.rng()
-        self.text = TextStream(tokenizer, r.stop)
-        self.stop_ids = frozenset() if r.ignore_eos else r.stop_token_ids
-
-    def delta(self, text: str, finish: str | None = None, error: str | None = None,
-              tokens: tuple[int, ...] = ()) -> Delta:
-        return Delta(text, self.n_gen, self.n_prompt, self.cached_tokens, finish, error, tokens)
-
-
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.nonzero(np.asarray(a[:n]) != np.asarray(b[:n]))[0]
-    return int(diff[0]) if diff.size else n
+def _delta(req: Request, text: str = "", tokens: tuple[int, ...] = ()) -> Delta:
+    return Delta(text, req.completion_tokens, len(req.prompt_ids), req.cached_tokens,
+                 req.status.value if req.status.finished else None, req.error, tokens)
 
 
 class Scheduler:
@@ -209,13 +248,16 @@ class Scheduler:
         max_queue: requests that may wait for a slot; one more is refused with :class:`QueueFull`.
         prefill_chunk: most prompt tokens read per step, over all requests reading their prompt,
             while other requests decode (:data:`PREFILL_ALONE` when none does).
+        observer: hooks for metrics (:class:`SchedulerObserver`).
+        clock: seconds, monotonic (tests pass a controllable one).
 
     Raises:
         ValueError: a size out of range (also from ``engine.configure_slots``).
     """
 
     def __init__(self, engine, *, parallel: int, ctx_size: int, max_queue: int = 64,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, observer: SchedulerObserver | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         for name, v, lo in (("parallel", parallel, 1), ("ctx_size", ctx_size, 1), ("max_queue", max_queue, 0),
                             ("prefill_chunk", prefill_chunk, 1)):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -227,18 +269,20 @@ class Scheduler:
             raise ValueError("the scheduler streams text and needs a tokenizer (tokenizer.json in the export)")
         self.engine = engine
         self.parallel, self.ctx_size, self.max_queue, self.prefill_chunk = parallel, ctx_size, max_queue, prefill_chunk
+        self.observer = observer or SchedulerObserver()
+        self.clock = clock
         engine.configure_slots(parallel, ctx_size)
         self._slots = [_Slot(i) for i in range(parallel)]
-        self._active: list[_Seq] = []  # admission order (= prefill order)
-        self._pending: deque[Handle] = deque()
+        self._active: list[Request] = []  # admission order (= prefill order)
+        self._pending: deque[Request] = deque()
         self._n_active = 0  # len(_active), readable under the lock from other threads
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._cancel_all = False  # stop(cancel=True): the engine thread cancels everything it holds
-        self._clock = itertools.count(1)
+        self._lru = itertools.count(1)
         self.error: str | None = None  # set if the engine thread died
-        self.stats = {"steps": 0, "completed": 0, "cancelled": 0, "failed": 0, "prompt_tokens": 0,
+        self.stats = {"steps": 0, "completed": 0, "cancelled": 0, "failed": 0, "timeouts": 0, "prompt_tokens": 0,
                       "cached_tokens": 0, "generated_tokens": 0, "copies": 0}
 
     # ------------------------------------------------------------------ any thread
@@ -249,16 +293,19 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="bitnet-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, request: Request, deliver: Callable[[Delta], None]) -> Handle:
+    def submit(self, request: Request, deliver: Callable[[Delta], None]) -> Request:
         """Queue a request; ``deliver(delta)`` is called on the engine thread for each step's output.
+        Returns ``request`` (now WAITING).
 
         Raises:
-            ValueError: empty prompt, ids outside the vocabulary, max_tokens < 1.
+            ValueError: empty prompt, ids outside the vocabulary, max_tokens < 1, a request submitted twice.
             PromptTooLong: more prompt tokens than ``ctx_size``.
             QueueFull: all slots busy and ``max_queue`` requests already waiting.
             SchedulerStopped: after :meth:`stop` (or if the engine thread died).
         """
         ids = request.prompt_ids
+        if request._deliver is not None:
+            raise ValueError(f"request {request.id} was already submitted")
         if len(ids) == 0:
             raise ValueError("the prompt is empty")
         vocab = self.engine.vocab_size
@@ -266,23 +313,27 @@ class Scheduler:
             raise ValueError(f"prompt token ids must be in [0, {vocab}), got range [{min(ids)}, {max(ids)}]")
         if len(ids) > self.ctx_size:
             raise PromptTooLong(f"the prompt has {len(ids)} tokens; a request's context holds {self.ctx_size}")
-        if request.max_tokens is not None and request.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
-        params = SamplingParams(temperature=request.temperature, top_k=request.top_k, top_p=request.top_p,
-                                seed=request.seed)  # checked here: the engine thread never meets a bad value
-        handle = Handle(request, deliver, params)
+        if request.params.max_tokens is not None and request.params.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {request.params.max_tokens}")
+        if request.timeout is not None and not request.timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {request.timeout}")
         with self._cv:
             if self._stopping or self.error is not None:
                 raise SchedulerStopped(self.error or "the server is shutting down")
             if self._n_active + len(self._pending) >= self.parallel + self.max_queue:
                 raise QueueFull(f"all {self.parallel} slots are busy and {len(self._pending)} requests are waiting")
-            self._pending.append(handle)
+            request._deliver = deliver
+            request.arrival_time = self.clock()
+            if request.timeout is not None:
+                request._deadline = request.arrival_time + request.timeout
+            self._pending.append(request)
             self._cv.notify()
-        return handle
+        return request
 
-    def submit_async(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> AsyncStream:
+    def submit_async(self, request: Request, loop: asyncio.AbstractEventLoop | None = None,
+                     stall_timeout: float | None = None) -> AsyncStream:
         """:meth:`submit` for asyncio code (call it on the loop's thread); same errors."""
-        return AsyncStream(self, request, loop or asyncio.get_running_loop())
+        return AsyncStream(self, request, loop or asyncio.get_running_loop(), stall_timeout)
 
     def stop(self, cancel: bool = True, timeout: float | None = None) -> None:
         """Take no new requests; cancel running and queued ones (``cancel=True``) or let them finish;
@@ -305,23 +356,41 @@ class Scheduler:
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ engine thread
-    def _send(self, handle: Handle, delta: Delta) -> None:
+    def _send(self, req: Request, delta: Delta) -> None:
         try:
-            handle._deliver(delta)
+            req._deliver(delta)
         except Exception:  # the receiver is gone (e.g. its event loop closed): nobody is listening
-            handle.cancel()
+            req.cancel("the receiver failed")
         if delta.finish_reason is not None:
-            handle.done.set()
+            req.done.set()
 
-    def _finish(self, seq: _Seq, delta: Delta) -> None:
-        seq.slot.busy = False
-        seq.slot.last_used = next(self._clock)
-        self._active.remove(seq)
-        key = {"stop": "completed", "length": "completed", "cancelled": "cancelled"}.get(delta.finish_reason, "failed")
-        self.stats[key] += 1
-        with self._cv:
-            self._n_active = len(self._active)
-        self._send(seq.handle, delta)
+    def _finish(self, req: Request, status: RequestStatus, text: str = "", error: str | None = None,
+                tokens: tuple[int, ...] = ()) -> None:
+        """End ``req`` with ``status``: free its slot (keeping its cached tokens), count, deliver the last delta."""
+        req.status, req.error, req.finished_time = status, error, self.clock()
+        if req._slot is not None:
+            req._slot.busy = False
+            req._slot.last_used = next(self._lru)
+        if req in self._active:
+            self._active.remove(req)
+            with self._cv:
+                self._n_active = len(self._active)
+        key = {RequestStatus.FINISHED_STOPPED: "completed", RequestStatus.FINISHED_LENGTH: "completed",
+               RequestStatus.FINISHED_CANCELLED: "cancelled", RequestStatus.FINISHED_TIMEOUT: "timeouts"}
+        self.stats[key.get(status, "failed")] += 1
+        if status in (RequestStatus.FINISHED_CANCELLED, RequestStatus.FINISHED_TIMEOUT, RequestStatus.FINISHED_ERROR):
+            log.info("request %s %s after %d tokens%s", req.id, status.value, req.completion_tokens,
+                     f": {error}" if error else "")
+        try:
+            self.observer.on_finish(req)
+        finally:
+            self._send(req, _delta(req, text, tokens))
+
+    def _fail(self, req: Request, what: str, e: Exception) -> None:
+        log.error("request %s failed while %s", req.id, what, exc_info=e)
+        if req._slot is not None and not req._slot.busy:
+            req._slot.tokens = []  # a failed admission: what the slot holds is unknown
+        self._finish(req, RequestStatus.FINISHED_ERROR, error=f"{type(e).__name__}: {e}")
 
     def _run(self) -> None:
         try:
@@ -338,72 +407,68 @@ class Scheduler:
             with self._cv:
                 self.error = msg
                 pending, self._pending = list(self._pending), deque()
-            for seq in list(self._active):
-                self._finish(seq, seq.delta("", "error", msg))
-            for h in pending:
-                self._send(h, Delta("", 0, len(h.request.prompt_ids), 0, "error", msg))
+            for req in list(self._active) + pending:
+                self._finish(req, RequestStatus.FINISHED_ERROR, error=msg)
             raise
 
     def run_once(self) -> None:
-        """One iteration of the engine thread: drop cancelled requests, admit queued ones, run one step.
+        """One iteration of the engine thread: end cancelled and timed-out requests, admit queued
+        ones, run one step.
 
         The engine thread calls it in a loop; tests call it directly on a scheduler that was never
         started, to arrange "who is in which slot when" step by step instead of racing a thread.
-        An error while admitting or sampling one request ends that request; an error of the engine's
-        own step propagates (the thread then fails every request and ``error`` says why).
+        An error while admitting or advancing one request ends that request; an error of the
+        engine's own step propagates (the thread then fails every request and ``error`` says why).
         """
+        now = self.clock()
         with self._cv:
             if self._cancel_all:
-                for h in self._pending:
-                    h.cancel()
-                for seq in self._active:
-                    seq.handle.cancel()
-            pending = [h for h in self._pending if h.cancelled]
-            for h in pending:
-                self._pending.remove(h)
+                for req in list(self._pending) + self._active:
+                    req.cancel("the server is shutting down")
+            ended = [r for r in self._pending if r.cancelled or (r._deadline is not None and now > r._deadline)]
+            for req in ended:
+                self._pending.remove(req)
             free = sum(not s.busy for s in self._slots)
             admit = [self._pending.popleft() for _ in range(min(free, len(self._pending)))]
-        for h in pending:
-            self.stats["cancelled"] += 1
-            self._send(h, Delta("", 0, len(h.request.prompt_ids), 0, "cancelled"))
-        for seq in [s for s in self._active if s.handle.cancelled]:
-            self._finish(seq, seq.delta("", "cancelled"))
-        for h in admit:
+        for req in ended + [r for r in self._active if r.cancelled or (r._deadline is not None and now > r._deadline)]:
+            if req.cancelled:
+                self._finish(req, RequestStatus.FINISHED_CANCELLED, error=req._cancel_reason)
+            else:
+                self._finish(req, RequestStatus.FINISHED_TIMEOUT, req._gen.text.flush() if req._gen else "",
+                             error=f"the request ran past its timeout of {req.timeout:g} s")
+        for req in admit:
             try:
-                self._admit(h)
+                self._admit(req)
             except Exception as e:  # this request fails, the others go on
-                self._fail_admission(h, e)
+                self._fail(req, "being admitted", e)
         if self._active:
             self._step()
 
-    def _fail_admission(self, handle: Handle, e: Exception) -> None:
-        """An error while admitting ``handle`` ends it alone (its slot was not taken)."""
-        log.exception("request failed while being admitted")
-        self.stats["failed"] += 1
-        self._send(handle, Delta("", 0, len(handle.request.prompt_ids), 0, "error", f"{type(e).__name__}: {e}"))
-
-    def _admit(self, handle: Handle) -> None:
+    def _admit(self, req: Request) -> None:
         """Put a request into the free slot with the longest cached prefix (or copy one from a busy slot).
         The slot is marked busy last, so an exception on the way leaves it free."""
-        ids = handle.request.prompt_ids
+        ids = req.prompt_ids
         free = [s for s in self._slots if not s.busy]
-        slot = max(free, key=lambda s: (_lcp(ids, s.tokens), -s.last_used))
+        slot = max(free, key=lambda s: (common_prefix(ids, s.tokens), -s.last_used))
+        req._slot = slot
         # the last prompt token is always computed: its logits give the first new token
-        keep = min(_lcp(ids, slot.tokens), len(ids) - 1)
-        seq = _Seq(handle, slot, keep, self.engine.tokenizer)
+        keep = min(common_prefix(ids, slot.tokens), len(ids) - 1)
+        req._gen = Generation(req.params, ids, self.engine.tokenizer, self.ctx_size)
         busy = [s for s in self._slots if s.busy]
         if busy:
-            src = max(busy, key=lambda s: _lcp(ids, s.tokens))
-            n = min(_lcp(ids, src.tokens), len(ids) - 1)
+            src = max(busy, key=lambda s: common_prefix(ids, s.tokens))
+            n = min(common_prefix(ids, src.tokens), len(ids) - 1)
             if n >= keep + MIN_COPY:
                 slot.tokens = []  # unknown until the copy returns
                 self.engine.copy_slot(src.index, slot.index, n)
                 slot.tokens = src.tokens[:n]
-                keep = seq.cached_tokens = n
+                keep = n
                 self.stats["copies"] += 1
         del slot.tokens[keep:]
+        req.cached_tokens = keep
         slot.busy = True
-        self._active.append(seq)
+        req.status = RequestStatus.RUNNING
+        self._active.append(req)
         self.stats["prompt_tokens"] += len(ids)
         self.stats["cached_tokens"] += keep
         with self._cv:
@@ -412,45 +477,46 @@ class Scheduler:
     def _step(self) -> None:
         """One batched forward: each decoding sequence +1 token, prompts share the prefill budget."""
         batch: list[tuple[int, list[int], int]] = []
-        owners: list[tuple[_Seq, bool]] = []  # (sequence, whether its segment ends at a token to sample after)
-        decoding = any(len(seq.slot.tokens) >= seq.n_prompt for seq in self._active)
+        owners: list[tuple[Request, bool]] = []  # (request, whether its segment ends at a token to sample after)
+        decoding = any(len(r._slot.tokens) >= r._gen.n_prompt for r in self._active)
         budget = self.prefill_chunk if decoding else max(self.prefill_chunk, PREFILL_ALONE)
-        for seq in self._active:
-            pos = len(seq.slot.tokens)
-            if pos >= seq.n_prompt:  # decoding: feed the last sampled token
-                batch.append((seq.slot.index, [seq.ids[-1]], pos))
-                owners.append((seq, True))
+        for req in self._active:
+            slot, gen = req._slot, req._gen
+            pos = len(slot.tokens)
+            if pos >= gen.n_prompt:  # decoding: feed the last sampled token
+                batch.append((slot.index, [gen.ids[-1]], pos))
+                owners.append((req, True))
             elif budget > 0:
-                n = min(seq.n_prompt - pos, budget)
+                n = min(gen.n_prompt - pos, budget)
                 budget -= n
-                batch.append((seq.slot.index, seq.ids[pos:pos + n], pos))
-                owners.append((seq, pos + n == seq.n_prompt))
-        logits = self.engine.step(batch)  # (len(batch), vocab) float32
+                batch.append((slot.index, gen.ids[pos:pos + n], pos))
+                owners.append((req, pos + n == gen.n_prompt))
+        t0 = self.clock()
+        logits = self.engine.step(batch)  # (len(batch), vocab) float32; an exception here is the engine's
+        now = self.clock()
         self.stats["steps"] += 1
-        for (slot_index, seg, pos), (seq, sample), row in zip(batch, owners, logits):
-            seq.slot.tokens.extend(seg)
-            if sample:
+        self.observer.on_step(now - t0, len(batch), sum(len(seg) for _, seg, _ in batch))
+        for (slot_index, seg, pos), (req, to_sample), row in zip(batch, owners, logits):
+            req._slot.tokens.extend(seg)
+            if to_sample:
                 try:
-                    self._advance(seq, row)
-                except Exception as e:  # sampling / detokenizing this sequence failed: end it alone
-                    log.exception("request failed while sampling")
-                    if seq in self._active:
-                        self._finish(seq, seq.delta("", "error", f"{type(e).__name__}: {e}"))
+                    self._advance(req, row, now)
+                except Exception as e:  # sampling / detokenizing this request failed: end it alone
+                    if req in self._active:
+                        self._fail(req, "sampling", e)
 
-    def _advance(self, seq: _Seq, row: np.ndarray) -> None:
-        """Sample the next token from ``row`` and deliver its text (or finish the sequence)."""
-        r = seq.req
-        nxt = sample(row, seq.params, seq.rng)
-        if nxt in seq.stop_ids:
-            self._finish(seq, seq.delta(seq.text.flush(), "stop"))
-            return
-        seq.n_gen += 1
-        self.stats["generated_tokens"] += 1
-        seq.ids.append(nxt)
-        piece = seq.text.push(nxt)
-        if seq.text.stopped:
-            self._finish(seq, seq.delta(piece, "stop", tokens=(nxt,)))
-        elif (r.max_tokens is not None and seq.n_gen >= r.max_tokens) or len(seq.ids) >= self.ctx_size:
-            self._finish(seq, seq.delta(piece + seq.text.flush(), "length", tokens=(nxt,)))
+    def _advance(self, req: Request, row: np.ndarray, now: float) -> None:
+        """One :meth:`Generation.step` on ``row``; deliver its text or finish the request."""
+        out = req._gen.step(row)
+        if out.token is not None:
+            self.stats["generated_tokens"] += 1
+            first = req.first_token_time is None
+            self.observer.on_token(req, now - (req.arrival_time if first else req.last_token_time), first)
+            if first:
+                req.first_token_time = now
+            req.last_token_time = now
+        tokens = (out.token,) if out.token is not None else ()
+        if out.finish_reason is not None:
+            self._finish(req, RequestStatus(out.finish_reason), out.text, tokens=tokens)
         else:
-            self._send(seq.handle, seq.delta(piece, tokens=(nxt,)))
+            self._send(req, _delta(req, out.text, tokens))

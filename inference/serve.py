@@ -1,223 +1,249 @@
 """``bitnet serve``: an OpenAI-compatible HTTP server on the C++ engine, with continuous batching.
 
-    bitnet serve out/export --port 8000 --parallel 8 --ctx-size 2048 --threads 2
+    bitnet serve out/export --port 8000 --parallel 8 --ctx-size 2048 --threads 2 --api-key-file keys.txt
 
 Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (streamed as server-sent
-events in OpenAI's chunk format, ending with ``data: [DONE]``, or whole), ``GET /v1/models`` and
-``GET /health``. Chat prompts use the export's chat template (``Engine.apply_chat_template``).
-Generation runs on the :class:`~bitnet.inference.scheduler.Scheduler`'s engine thread; the event
-loop only parses, queues and forwards text, so it never waits for the engine.
+events in OpenAI's chunk format, ending with ``data: [DONE]``, or whole), ``GET /v1/models``,
+``GET /health`` and ``GET /metrics`` (Prometheus). Chat prompts use the export's chat template.
+
+A request's path:
+1. :class:`Guard` (an ASGI middleware, on the event loop, moving bytes only): the API key of
+   ``/v1/*`` routes (401), then the body, refused with 413 from its ``Content-Length`` or as soon
+   as more than ``--max-body`` bytes have streamed in, before the rest is read;
+2. a worker thread (:meth:`OpenAIServer.prepare`): the JSON parsed into the pydantic models of
+   :mod:`~bitnet.inference.protocol` (OpenAI's error body on any failure, nesting bounded by the
+   parser), the prompt's length capped in characters before tokenizing, the chat template,
+   tokenizing, one :class:`SamplingParams`;
+3. the :class:`~bitnet.inference.scheduler.Scheduler`'s engine thread generates; the event loop
+   forwards its deltas (:meth:`OpenAIServer.stream_events` / :meth:`OpenAIServer.whole`);
+4. one access-log line per request (id, status, tokens in/out, TTFT, total time).
 
 Request fields: ``model`` (optional; when given it must be the served name), ``messages`` /
 ``prompt`` (a string or a list of token ids), ``max_tokens`` (or ``max_completion_tokens``;
 default: until the slot's context is full), ``temperature`` (default 1, 0 = greedy), ``top_p``,
-``seed``, ``stop`` (a string or a list), ``stream``, ``stream_options.include_usage``; extensions
-``top_k`` and ``ignore_eos`` (generate exactly ``max_tokens``, for benchmarks). Errors are 4xx with
-OpenAI's body ``{"error": {"message", "type", "param", "code"}}``; a full queue is 429.
+``seed``, ``stop``, ``stream``, ``stream_options.include_usage``; extensions ``top_k``,
+``repetition_penalty`` and ``ignore_eos`` (generate exactly ``max_tokens``, for benchmarks).
+Unknown fields are logged and ignored. Errors are 4xx with OpenAI's body
+``{"error": {"message", "type", "param", "code"}}``; a full queue is 429.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
+import ipaddress
 import json
+import logging
+import os
 import signal
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from .engine import END_OF_TURN
-from .sampling import SamplingError, SamplingParams
+from .metrics import CONTENT_TYPE_LATEST, ServeMetrics
+from .protocol import (APIError, AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk,
+                       ChatCompletionRequest, ChatCompletionResponse, CompletionChoice, CompletionChunk,
+                       CompletionRequest, CompletionResponse, DeltaMessage, GenerationRequest, ModelCard, ModelList,
+                       PromptTokensDetails, Usage, parse_request, validation_error)
 from .scheduler import (DEFAULT_PREFILL_CHUNK, PREFILL_ALONE, AsyncStream, Delta, PromptTooLong, QueueFull, Request,
-                        Scheduler, SchedulerStopped)
+                        Scheduler, SchedulerObserver, SchedulerStopped)
 
-__all__ = ["create_app", "main", "APIError"]
+__all__ = ["create_app", "main", "APIError", "ServeConfig", "serve_limits"]
+
+log = logging.getLogger("bitnet.serve")
+access_log = logging.getLogger("bitnet.serve.access")
 
 DEFAULT_CTX = 2048  # --ctx-size default (capped at the model's max_position_embeddings)
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+DEFAULT_STALL_TIMEOUT = 30.0  # --stall-timeout: seconds a stream may go unread before it loses its slot
+# A prompt's characters are capped at ctx_size x (the longest token's characters) x this margin before
+# tokenizing: no token covers more characters than its own string has, so a longer text cannot fit;
+# the margin covers normalizers that shrink text (NFC composition).
+CHARS_MARGIN = 2
+JSON_BYTES_PER_CHAR = 6  # the most a character takes in a JSON string (\uXXXX)
+MIN_MAX_BODY = 1 << 20  # --max-body is never below 1 MiB (token-id prompts, long stop lists)
 
 
-class APIError(Exception):
-    """An error returned to the client as ``{"error": {...}}`` with an HTTP status."""
+@dataclass(frozen=True)
+class ServeConfig:
+    """The server's limits and policies (the CLI's flags; defaults from :func:`serve_limits`)."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-# ---------------------------------------------------------------------- request parsing
-_KIND_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string", dict: "an object"}
+    model_name: str
+    max_body: int  # bytes of a request body (413 beyond)
+    max_prompt_chars: int  # characters of a prompt / all messages together (400 beyond, before tokenizing)
+    api_keys: tuple[str, ...] = ()  # empty: no key required
+    request_timeout: float | None = None  # seconds a request may run (queue + generation)
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT  # seconds a stream may go unread
+    log_format: str = "plain"  # access log: "plain" or "json"
+    prepare_threads: int = 2  # worker threads that parse, template and tokenize
 
 
-def _field(body: dict, name: str, kinds: tuple[type, ...], default: Any = None, *, lo: float | None = None,
-           hi: float | None = None) -> Any:
-    """body[name] checked for type and range (null = absent = ``default``); raises APIError 400."""
-    v = body.get(name)
-    if v is None:
-        return default
-    if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
-        raise APIError(400, f"Invalid type for '{name}': expected {_KIND_NAMES[kinds[0]]}, got "
-                            f"{json.dumps(v)[:50]}.", param=name, code="invalid_type")
-    if lo is not None and v < lo:
-        raise APIError(400, f"Invalid '{name}': {v} is below the minimum value {lo}.", param=name,
-                       code="integer_below_min_value" if isinstance(v, int) else "decimal_below_min_value")
-    if hi is not None and v > hi:
-        raise APIError(400, f"Invalid '{name}': {v} is above the maximum value {hi}.", param=name,
-                       code="integer_above_max_value" if isinstance(v, int) else "decimal_above_max_value")
-    return v
+def serve_limits(ctx_size: int, tokenizer: Any) -> tuple[int, int]:
+    """(max_prompt_chars, max_body) for a context of ``ctx_size`` tokens with this tokenizer."""
+    longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+    chars = ctx_size * max(longest, 1) * CHARS_MARGIN
+    return chars, max(MIN_MAX_BODY, chars * JSON_BYTES_PER_CHAR + (64 << 10))
 
 
-def _sampling(body: dict) -> dict:
-    """The generation fields common to both endpoints, checked."""
-    max_tokens = _field(body, "max_tokens", (int,), lo=1)
-    if max_tokens is None:
-        max_tokens = _field(body, "max_completion_tokens", (int,), lo=1)
-    stop = body.get("stop")
-    if stop is None:
-        stops: list[str] = []
-    elif isinstance(stop, str):
-        stops = [stop]
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        stops = list(stop)
-    else:
-        raise APIError(400, "Invalid 'stop': expected a string or an array of strings.", param="stop",
-                       code="invalid_type")
-    if _field(body, "n", (int,), 1) != 1:
-        raise APIError(400, "Only n=1 is supported.", param="n", code="unsupported_value")
-    if _field(body, "logprobs", (int, bool), False):
-        raise APIError(400, "logprobs are not supported by this server.", param="logprobs", code="unsupported_value")
-    top_k = _field(body, "top_k", (int,), 0, lo=0)
-    gen = dict(max_tokens=max_tokens, temperature=float(_field(body, "temperature", (float, int), 1.0, lo=0, hi=2)),
-               top_p=_field(body, "top_p", (float, int), None, lo=0, hi=1), top_k=top_k or None,
-               seed=_field(body, "seed", (int,)), stop=stops, ignore_eos=_field(body, "ignore_eos", (bool,), False))
-    try:  # finite values and the engine's ranges (NaN passes the comparisons above)
-        SamplingParams(temperature=gen["temperature"], top_k=gen["top_k"], top_p=gen["top_p"], seed=gen["seed"])
-    except SamplingError as e:
-        raise APIError(400, str(e), param=e.field, code="invalid_value") from None
-    return gen
+def _error_response(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
-def _content(msg: dict, i: int) -> str:
-    c = msg.get("content")
-    if isinstance(c, str):
-        return c
-    if isinstance(c, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                                   for p in c):
-        return "".join(p["text"] for p in c)
-    raise APIError(400, f"Invalid 'messages[{i}].content': expected a string or an array of text parts.",
-                   param=f"messages[{i}].content", code="invalid_type")
+# ---------------------------------------------------------------------- the guard: keys and body size
+class Guard:
+    """ASGI middleware: API keys on ``/v1/*`` (401) and the body limit (413), before the app reads
+    anything; counts every HTTP answer for ``/metrics``. Only moves bytes."""
 
+    OPEN_PATHS = ("/health", "/metrics")
 
-def _messages(body: dict) -> list[dict[str, str]]:
-    msgs = body.get("messages")
-    if msgs is None:
-        raise APIError(400, "Missing required parameter: 'messages'.", param="messages",
-                       code="missing_required_parameter")
-    if not isinstance(msgs, list) or not msgs:
-        raise APIError(400, "Invalid 'messages': expected a non-empty array of messages.", param="messages",
-                       code="invalid_type" if not isinstance(msgs, list) else "empty_array")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise APIError(400, f"Invalid 'messages[{i}]': expected an object with a role of "
-                                f"{sorted(ROLES)} and a content.", param=f"messages[{i}]", code="invalid_value")
-        out.append({"role": ROLES[m["role"]], "content": _content(m, i)})
-    return out
+    def __init__(self, app: Callable, config: ServeConfig, metrics: ServeMetrics) -> None:
+        self.app, self.config, self.metrics = app, config, metrics
+        self.keys = [k.encode() for k in config.api_keys]
 
+    def _authorized(self, headers: dict[bytes, bytes]) -> APIError | None:
+        auth = headers.get(b"authorization", b"")
+        scheme, _, token = auth.partition(b" ")
+        if not auth:
+            return APIError(401, "You didn't provide an API key. Send it in the Authorization header as "
+                                 "'Authorization: Bearer YOUR_KEY'.", code="invalid_api_key",
+                            headers={"WWW-Authenticate": "Bearer"})
+        ok = scheme.lower() == b"bearer" and any(hmac.compare_digest(token.strip(), k) for k in self.keys)
+        if not ok:  # the key is never echoed or logged
+            return APIError(401, "Incorrect API key provided.", code="invalid_api_key",
+                            headers={"WWW-Authenticate": "Bearer"})
+        return None
 
-# ---------------------------------------------------------------------- responses
-def _sse(obj: dict | str) -> str:
-    return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        endpoint = path if path in ("/v1/chat/completions", "/v1/completions", "/v1/models", *self.OPEN_PATHS) \
+            else "other"
 
+        async def counted_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.http.labels(endpoint=endpoint, status=str(message["status"])).inc()
+            await send(message)
 
-def _usage(d: Delta) -> dict:
-    return {"prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
-            "total_tokens": d.prompt_tokens + d.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": d.cached_tokens}}
-
-
-def _stream_error(d: Delta) -> APIError:
-    if d.finish_reason == "error":
-        return APIError(503, d.error or "the engine failed", type="server_error", code="engine_error")
-    return APIError(503, "The request was cancelled: the server is shutting down.", type="server_error",
-                    code="cancelled")
-
-
-def create_app(engine, scheduler: Scheduler, model_name: str):
-    """The FastAPI app serving ``engine`` through ``scheduler`` (started and stopped by the app's lifespan).
-
-    ``engine`` supplies the tokenizer, chat template and eos id; ``scheduler`` runs the generation
-    (it may wrap the same engine).
-    """
-    tok = engine.tokenizer
-    eos = {engine.eos_token_id} if engine.eos_token_id is not None else set()
-    eot = tok.token_to_id(END_OF_TURN)
-    chat_stop_ids = frozenset(eos | ({eot} if eot is not None else set()))
-    created = int(time.time())
-
-    @asynccontextmanager
-    async def lifespan(app):
-        if not scheduler.running:
-            scheduler.start()
-        yield
-        await asyncio.to_thread(scheduler.stop, True, 60.0)
-
-    app = FastAPI(title="bitnet serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.scheduler = scheduler
-
-    @app.exception_handler(APIError)
-    async def _api_error(request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(request, e: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        return JSONResponse(APIError(e.status_code, str(e.detail), code=code).body(), status_code=e.status_code,
-                            headers=getattr(e, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request, e: RequestValidationError):
-        return JSONResponse(APIError(400, str(e)).body(), status_code=400)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(request, e: Exception):
-        return JSONResponse(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error").body(),
-                            status_code=500)
-
-    async def read_body(request: HTTPRequest) -> dict:
-        raw = await request.body()
+        headers = dict(scope.get("headers") or [])
+        if self.keys and path not in self.OPEN_PATHS:
+            refused = self._authorized(headers)
+            if refused is not None:
+                return await _error_response(refused)(scope, receive, counted_send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, counted_send)
+        limit = self.config.max_body
+        too_big = APIError(413, f"The request body is larger than this server's limit of {limit} bytes "
+                                "(--max-body).", code="request_too_large", headers={"Connection": "close"})
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"We could not parse the JSON body of your request ({e}).", code="invalid_json") \
-                from None
-        if not isinstance(body, dict):
-            raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
-        model = body.get("model")
-        if model is not None and model != model_name:
-            raise APIError(404, f"The model '{model}' does not exist; this server serves '{model_name}'.",
-                           param="model", code="model_not_found")
-        return body
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            return await _error_response(APIError(400, "Invalid Content-Length header.", code="invalid_request"))(
+                scope, receive, counted_send)
+        if declared > limit:
+            return await _error_response(too_big)(scope, receive, counted_send)
+        chunks, size = [], 0
+        while True:  # read the body here (bounded), then hand it to the app in one piece
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                return await _error_response(too_big)(scope, receive, counted_send)
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-    def submit(req: Request, param: str) -> AsyncStream:
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # then http.disconnect when the client goes
+
+        await self.app(scope, replay, counted_send)
+
+
+# ---------------------------------------------------------------------- the OpenAI front
+@dataclass
+class Prepared:
+    """A parsed and tokenized request, ready to submit."""
+
+    body: GenerationRequest
+    request: Request
+    param: str  # "messages" or "prompt": the field errors about the prompt name
+
+
+class OpenAIServer:
+    """Turns HTTP bodies into scheduler :class:`Request`\\ s and deltas into OpenAI bodies."""
+
+    def __init__(self, engine, scheduler: Scheduler, config: ServeConfig, metrics: ServeMetrics) -> None:
+        self.engine, self.scheduler, self.config, self.metrics = engine, scheduler, config, metrics
+        self.created = int(time.time())
+        self.pool = ThreadPoolExecutor(config.prepare_threads, thread_name_prefix="bitnet-prepare")
+
+    # -------------------------------------------------------------- worker thread
+    def _check_body(self, body: GenerationRequest, rid: str) -> None:
+        if body.model is not None and body.model != self.config.model_name:
+            raise APIError(404, f"The model '{body.model}' does not exist; this server serves "
+                                f"'{self.config.model_name}'.", param="model", code="model_not_found")
+        unknown = sorted(body.model_extra or {})
+        if unknown:
+            log.warning("request %s: ignored unknown fields %s", rid, ", ".join(f"'{k[:64]}'" for k in unknown[:20]))
+
+    def _check_chars(self, n: int, param: str) -> None:
+        if n > self.config.max_prompt_chars:
+            raise APIError(400, f"Prompt too long: {n} characters; at most {self.config.max_prompt_chars} can fit in "
+                                f"a request's context of {self.scheduler.ctx_size} tokens.", param=param,
+                           code="context_length_exceeded")
+
+    def prepare(self, raw: bytes, chat: bool, rid: str) -> Prepared:
+        """Parse, check, template and tokenize one body (runs on a worker thread). Raises APIError."""
+        if chat:
+            body = parse_request(ChatCompletionRequest, raw)
+            self._check_body(body, rid)
+            msgs = body.conversation()
+            self._check_chars(sum(len(m["content"]) for m in msgs), "messages")
+            params = self.engine.with_stops(body.sampling_params(), chat=True)
+            try:
+                ids = self.engine.chat_ids(msgs)
+            except Exception as e:  # jinja2's errors (a template that rejects this conversation)
+                raise APIError(400, f"The chat template rejected the messages: {e}", param="messages",
+                               code="invalid_value") from None
+            param = "messages"
+        else:
+            body = parse_request(CompletionRequest, raw)
+            self._check_body(body, rid)
+            prompt = body.prompt_value()
+            params = self.engine.with_stops(body.sampling_params())
+            if isinstance(prompt, str):
+                self._check_chars(len(prompt), "prompt")
+                ids = self.engine.encode(prompt)
+            else:
+                ids = prompt
+            param = "prompt"
+        return Prepared(body, Request(ids, params, id=rid, timeout=self.config.request_timeout), param)
+
+    # -------------------------------------------------------------- event loop
+    def submit(self, p: Prepared) -> AsyncStream:
         try:
-            return scheduler.submit_async(req)
+            return self.scheduler.submit_async(p.request, stall_timeout=self.config.stall_timeout)
         except PromptTooLong as e:
             raise APIError(400, f"Prompt too long: {e} (prompt and reply together).",
-                           param=param, code="context_length_exceeded") from None
+                           param=p.param, code="context_length_exceeded") from None
         except QueueFull as e:
             raise APIError(429, f"The server is busy ({e}); retry later.", type="rate_limit_error",
                            code="queue_full") from None
@@ -225,56 +251,86 @@ def create_app(engine, scheduler: Scheduler, model_name: str):
             raise APIError(503, f"The server is not taking requests ({e}).", type="server_error",
                            code="unavailable") from None
         except ValueError as e:
-            raise APIError(400, str(e), param=param, code="invalid_value") from None
+            raise APIError(400, str(e), param=p.param, code="invalid_value") from None
 
-    def streaming(body: dict) -> tuple[bool, bool]:
-        """(stream, stream_options.include_usage), checked before anything is queued."""
-        return (_field(body, "stream", (bool,), False),
-                bool(_field(body, "stream_options", (dict,), {}).get("include_usage")))
-
-    async def run(request: HTTPRequest, stream: AsyncStream, chat: bool, sse: tuple[bool, bool]):
+    async def handle(self, http: HTTPRequest, chat: bool) -> Response:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        obj = "chat.completion" if chat else "text_completion"
-        now = int(time.time())
-        if sse[0]:
-            include_usage = sse[1]
-
-            def chunk(piece: str | None, finish: str | None = None, role: bool = False) -> dict:
-                if chat:
-                    delta = ({"role": "assistant", "content": ""} if role else
-                             {} if piece is None else {"content": piece})
-                    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                else:
-                    choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
-                return {"id": rid, "object": obj + ".chunk" if chat else obj, "created": now, "model": model_name,
-                        "choices": [choice]}
-
-            async def events() -> AsyncIterator[str]:
-                try:
-                    if chat:
-                        yield _sse(chunk(None, role=True))
-                    async for d in stream:
-                        if d.finish_reason in ("cancelled", "error"):
-                            yield _sse(_stream_error(d).body())
-                            break
-                        if d.text:
-                            yield _sse(chunk(d.text))
-                        if d.finish_reason is not None:
-                            yield _sse(chunk(None, d.finish_reason))
-                            if include_usage:
-                                yield _sse({"id": rid, "object": obj + ".chunk" if chat else obj, "created": now,
-                                            "model": model_name, "choices": [], "usage": _usage(d)})
-                    yield _sse("[DONE]")
-                finally:  # also when the client went away (Starlette cancels this generator)
-                    stream.cancel()
-
-            return StreamingResponse(events(), media_type="text/event-stream",
+        t0 = time.monotonic()
+        try:
+            raw = await http.body()  # already read and bounded by the Guard
+            prepared = await asyncio.get_running_loop().run_in_executor(self.pool, self.prepare, raw, chat, rid)
+            stream = self.submit(prepared)
+        except APIError as e:
+            self.access(rid, http, e.status, t0, error=e.code)
+            raise
+        if prepared.body.stream:
+            return StreamingResponse(self.stream_events(stream, prepared, chat, http, t0), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            out = await self.whole(stream, prepared, chat, http)
+        except APIError as e:
+            self.access(rid, http, e.status, t0, stream.request, error=e.code)
+            raise
+        self.access(rid, http, 200, t0, stream.request)
+        return JSONResponse(out.model_dump())
 
+    def _usage(self, d: Delta) -> Usage:
+        return Usage(prompt_tokens=d.prompt_tokens, completion_tokens=d.completion_tokens,
+                     total_tokens=d.prompt_tokens + d.completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=d.cached_tokens))
+
+    @staticmethod
+    def _stream_error(d: Delta) -> APIError:
+        if d.finish_reason == "timeout":
+            return APIError(504, d.error or "the request timed out", type="server_error", code="request_timeout")
+        if d.finish_reason == "error":
+            return APIError(503, d.error or "the engine failed", type="server_error", code="engine_error")
+        return APIError(503, f"The request was cancelled ({d.error or 'the server is shutting down'}).",
+                        type="server_error", code="cancelled")
+
+    async def stream_events(self, stream: AsyncStream, p: Prepared, chat: bool, http: HTTPRequest,
+                            t0: float) -> AsyncIterator[str]:
+        req, name, now = stream.request, self.config.model_name, int(time.time())
+        status = 200
+
+        def chunk(piece: str | None, finish: str | None = None, role: bool = False) -> str:
+            if chat:
+                delta = DeltaMessage(role="assistant", content="") if role else DeltaMessage(content=piece)
+                c = ChatCompletionChunk(id=req.id, created=now, model=name,
+                                        choices=[ChatChunkChoice(delta=delta, finish_reason=finish)])
+            else:
+                c = CompletionChunk(id=req.id, created=now, model=name,
+                                    choices=[CompletionChoice(text=piece or "", finish_reason=finish)])
+            return _sse(c.model_dump_json())
+
+        try:
+            if chat:
+                yield chunk(None, role=True)
+            async for d in stream:
+                if d.finish_reason in ("cancelled", "error", "timeout"):
+                    err = self._stream_error(d)
+                    status = err.status
+                    yield _sse(json.dumps(err.body()))
+                    break
+                if d.text:
+                    yield chunk(d.text)
+                if d.finish_reason is not None:
+                    yield chunk(None, d.finish_reason)
+                    if p.body.include_usage:
+                        cls = ChatCompletionChunk if chat else CompletionChunk
+                        yield _sse(cls(id=req.id, created=now, model=name, choices=[],
+                                       usage=self._usage(d)).model_dump_json())
+            yield _sse("[DONE]")
+        finally:  # also when the client went away (Starlette cancels this generator)
+            stream.cancel("the client went away")
+            self.access(req.id, http, status, t0, req)
+
+    async def whole(self, stream: AsyncStream, p: Prepared, chat: bool, http: HTTPRequest
+                    ) -> ChatCompletionResponse | CompletionResponse:
         async def watch_disconnect() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
+            while (await http.receive())["type"] != "http.disconnect":
                 pass
-            stream.cancel()
+            stream.cancel("the client went away")
 
         watcher = asyncio.create_task(watch_disconnect())
         parts, last = [], None
@@ -285,55 +341,70 @@ def create_app(engine, scheduler: Scheduler, model_name: str):
         finally:
             watcher.cancel()
             stream.cancel()
-        if last.finish_reason in ("cancelled", "error"):
-            raise _stream_error(last)
-        text = "".join(parts)
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                   "finish_reason": last.finish_reason} if chat else
-                  {"index": 0, "text": text, "logprobs": None, "finish_reason": last.finish_reason})
-        return {"id": rid, "object": obj, "created": now, "model": model_name, "choices": [choice],
-                "usage": _usage(last)}
+        if last.finish_reason in ("cancelled", "error", "timeout"):
+            raise self._stream_error(last)
+        text, req, name = "".join(parts), stream.request, self.config.model_name
+        if chat:
+            return ChatCompletionResponse(id=req.id, created=int(time.time()), model=name, usage=self._usage(last),
+                                          choices=[ChatChoice(message=AssistantMessage(content=text),
+                                                              finish_reason=last.finish_reason)])
+        return CompletionResponse(id=req.id, created=int(time.time()), model=name, usage=self._usage(last),
+                                  choices=[CompletionChoice(text=text, finish_reason=last.finish_reason)])
 
+    def access(self, rid: str, http: HTTPRequest, status: int, t0: float, req: Request | None = None,
+               error: str | None = None) -> None:
+        """One access-log line per request: id, status, tokens in/out, TTFT, total time."""
+        ttft = (req.first_token_time - req.arrival_time) if req is not None and req.first_token_time else None
+        rec = {"id": rid, "endpoint": http.url.path, "status": status,
+               "prompt_tokens": len(req.prompt_ids) if req is not None else 0,
+               "completion_tokens": req.completion_tokens if req is not None else 0,
+               "ttft_ms": round(ttft * 1e3, 1) if ttft is not None else None,
+               "total_ms": round((time.monotonic() - t0) * 1e3, 1),
+               "finish_reason": req.status.value if req is not None and req.status.finished else None,
+               "error": error}
+        if self.config.log_format == "json":
+            access_log.info(json.dumps(rec, separators=(",", ":")))
+        else:
+            access_log.info(" ".join(f"{k}={v}" for k, v in rec.items() if v is not None))
+
+
+def _sse(data: str) -> str:
+    return f"data: {data}\n\n"
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request, e: APIError):
+        return _error_response(e)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, e: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return _error_response(APIError(e.status_code, str(e.detail), code=code,
+                                        headers=getattr(e, "headers", None)))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, e: RequestValidationError):
+        return _error_response(validation_error(list(e.errors())))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request, e: Exception):
+        log.error("internal error on %s", request.url.path, exc_info=e)
+        return _error_response(APIError(500, f"internal error: {type(e).__name__}", type="server_error"))
+
+
+def _add_routes(app: FastAPI, server: OpenAIServer, scheduler: Scheduler, metrics: ServeMetrics) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HTTPRequest):
-        body = await read_body(request)
-        msgs = _messages(body)
-        gen, sse = _sampling(body), streaming(body)
-        try:
-            ids = tok.encode(engine.apply_chat_template(msgs), add_special_tokens=False).ids
-        except Exception as e:  # jinja2's errors (a template that rejects this conversation)
-            raise APIError(400, f"The chat template rejected the messages: {e}", param="messages",
-                           code="invalid_value") from None
-        req = Request(prompt_ids=ids, stop_token_ids=chat_stop_ids, **{**gen, "stop": [END_OF_TURN] + gen["stop"]})
-        return await run(request, submit(req, "messages"), True, sse)
+        return await server.handle(request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
-        body = await read_body(request)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]  # a batch of one prompt
-        if isinstance(prompt, str):
-            ids = tok.encode(prompt).ids
-        elif (isinstance(prompt, list) and prompt
-              and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)):
-            ids = list(prompt)
-        elif prompt is None:
-            raise APIError(400, "Missing required parameter: 'prompt'.", param="prompt",
-                           code="missing_required_parameter")
-        else:
-            raise APIError(400, "Invalid 'prompt': expected a string or a non-empty array of token ids "
-                                "(one prompt per request).", param="prompt", code="invalid_type")
-        if _field(body, "echo", (bool,), False):
-            raise APIError(400, "echo is not supported by this server.", param="echo", code="unsupported_value")
-        gen, sse = _sampling(body), streaming(body)
-        req = Request(prompt_ids=ids, stop_token_ids=frozenset(eos), **gen)
-        return await run(request, submit(req, "prompt"), False, sse)
+        return await server.handle(request, chat=False)
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "bitnet"}]}
+        return ModelList(data=[ModelCard(id=server.config.model_name, created=server.created)]).model_dump()
 
     @app.get("/health")
     async def health():
@@ -344,7 +415,88 @@ def create_app(engine, scheduler: Scheduler, model_name: str):
             st["error"] = scheduler.error
         return JSONResponse(st, status_code=200 if ok else 503)
 
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(engine, scheduler: Scheduler, model_name: str | None = None, *, config: ServeConfig | None = None,
+               metrics: ServeMetrics | None = None) -> Callable[..., Awaitable[None]]:
+    """The ASGI app serving ``engine`` through ``scheduler`` (started and stopped by the app's lifespan).
+
+    ``engine`` tokenizes, renders chat templates and says which tokens end a reply; ``scheduler``
+    generates (it may wrap the same engine). ``config`` defaults to :func:`serve_limits` for the
+    scheduler's context and no API key. If ``metrics`` is given it must be the scheduler's observer.
+    """
+    if config is None:
+        chars, body = serve_limits(scheduler.ctx_size, engine.tokenizer)
+        config = ServeConfig(model_name=model_name or "model", max_body=body, max_prompt_chars=chars)
+    if metrics is None:
+        metrics = scheduler.observer if isinstance(scheduler.observer, ServeMetrics) else ServeMetrics(
+            config.model_name)
+    if type(scheduler.observer) is SchedulerObserver:  # the scheduler's default, which records nothing
+        scheduler.observer = metrics
+    metrics.watch(scheduler)
+    server = OpenAIServer(engine, scheduler, config, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if not scheduler.running:
+            scheduler.start()
+        yield
+        await asyncio.to_thread(scheduler.stop, True, 60.0)
+        server.pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="bitnet serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler, app.state.server = scheduler, server
+    _add_error_handlers(app)
+    _add_routes(app, server, scheduler, metrics)
+    app.add_middleware(Guard, config=config, metrics=metrics)
     return app
+
+
+# ---------------------------------------------------------------------- command line
+def _api_keys(flags: list[str], key_file: Path | None) -> tuple[str, ...]:
+    keys = [k for k in flags if k]
+    if key_file is not None:
+        try:
+            lines = key_file.read_text().splitlines()
+        except OSError as e:
+            raise ValueError(f"--api-key-file {key_file}: {e.strerror}") from None
+        keys += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    env = os.environ.get("BITNET_API_KEY", "")
+    keys += [k.strip() for k in env.split(",") if k.strip()]
+    return tuple(dict.fromkeys(keys))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.name == access_log.name and msg.startswith("{"):
+            return msg
+        out = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name, "message": msg}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JSONFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("bitnet.serve")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
 
 
 def main(argv: list[str]) -> int:
@@ -372,14 +524,33 @@ def main(argv: list[str]) -> int:
                         f"do not stall running streams (default {DEFAULT_PREFILL_CHUNK}; "
                         f"{PREFILL_ALONE} when none decodes)")
     p.add_argument("--model-name", default=None, help="the name clients use (default: the directory's name)")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/* (repeatable; also --api-key-file and the "
+                        "BITNET_API_KEY environment variable, comma-separated); /health and /metrics stay open")
+    p.add_argument("--api-key-file", type=Path, default=None, help="a file of API keys, one per line (# comments)")
+    p.add_argument("--max-body", type=int, default=None,
+                   help="most bytes in a request body, refused with 413 before the rest is read (default: "
+                        "sized from --ctx-size: what the longest prompt that can fit takes as JSON, at least 1 MiB)")
+    p.add_argument("--request-timeout", type=float, default=None,
+                   help="seconds a request may take, queue and generation together (default: no limit)")
+    p.add_argument("--stall-timeout", type=float, default=DEFAULT_STALL_TIMEOUT,
+                   help="seconds a streaming client may leave its stream unread before its request is cancelled "
+                        f"and its slot freed (default {DEFAULT_STALL_TIMEOUT:g})")
+    p.add_argument("--log-format", choices=["plain", "json"], default="plain",
+                   help="server and access log lines as text or one JSON object per line")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on SIGTERM/SIGINT, seconds to let running streams finish before cancelling them")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     a = p.parse_args(argv)
     for flag, v, lo in (("--parallel", a.parallel, 1), ("--ctx-size", a.ctx_size, 1), ("--queue", a.queue, 0),
-                        ("--prefill-chunk", a.prefill_chunk, 1), ("--port", a.port, 0)):
+                        ("--prefill-chunk", a.prefill_chunk, 1), ("--port", a.port, 0), ("--max-body", a.max_body, 1)):
         if v is not None and v < lo:
             p.error(f"{flag} must be >= {lo}, got {v}")
+    for flag, v in (("--request-timeout", a.request_timeout), ("--stall-timeout", a.stall_timeout)):
+        if v is not None and not v > 0:
+            p.error(f"{flag} must be > 0 seconds, got {v}")
+    keys = _api_keys(a.api_key, a.api_key_file)
+    _setup_logging(a.log_level, a.log_format)
     from .engine import Engine, check_threads
 
     check_threads(a.threads, "--threads")
@@ -387,14 +558,22 @@ def main(argv: list[str]) -> int:
     if eng.tokenizer is None:
         raise ValueError(f"{a.model_dir} has no tokenizer.json: bitnet serve needs one")
     ctx = a.ctx_size if a.ctx_size is not None else min(DEFAULT_CTX, eng.max_positions)
-    sched = Scheduler(eng, parallel=a.parallel, ctx_size=ctx, max_queue=a.queue, prefill_chunk=a.prefill_chunk)
     name = a.model_name or eng.path.resolve().name
-    app = create_app(eng, sched, name)
+    chars, body = serve_limits(ctx, eng.tokenizer)
+    config = ServeConfig(model_name=name, max_body=a.max_body or body, max_prompt_chars=chars, api_keys=keys,
+                         request_timeout=a.request_timeout, stall_timeout=a.stall_timeout, log_format=a.log_format)
+    metrics = ServeMetrics(name)
+    sched = Scheduler(eng, parallel=a.parallel, ctx_size=ctx, max_queue=a.queue, prefill_chunk=a.prefill_chunk,
+                      observer=metrics)
+    app = create_app(eng, sched, config=config, metrics=metrics)
     import uvicorn
 
     print(f"bitnet serve: {name} ({a.parallel} slots x {ctx} positions, {eng.threads} threads, {eng.head} head, "
-          f"{eng.weights} weights, {a.kv_cache} KV cache) "
-          f"on http://{a.host}:{a.port}/v1", flush=True)
+          f"{eng.weights} weights, {a.kv_cache} KV cache, bodies up to {config.max_body} bytes, "
+          f"{len(keys)} API key{'s' if len(keys) != 1 else ''}) on http://{a.host}:{a.port}/v1", flush=True)
+    if not keys and not _loopback(a.host):
+        log.warning("serving on %s without an API key: anyone who reaches the port can use it "
+                    "(--api-key / --api-key-file / BITNET_API_KEY)", a.host)
     server = uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level,
                                            timeout_graceful_shutdown=a.shutdown_timeout))
     # uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-sends the signal to the handler it

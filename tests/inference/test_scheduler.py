@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from engine_helpers import tokenizer
 
-from bitnet.inference.engine import sample_next
-from bitnet.inference.scheduler import PromptTooLong, QueueFull, Request, Scheduler, SchedulerStopped
+from bitnet.inference.sampling import SamplingParams
+from bitnet.inference.scheduler import PromptTooLong, QueueFull, Request, RequestStatus, Scheduler, SchedulerStopped
 from bitnet.inference.textstream import TextStream
 
 VOCAB = 300
@@ -71,13 +71,28 @@ class FakeEngine:
         return out
 
 
+def req(prompt: list[int], **params) -> Request:
+    return Request(prompt, SamplingParams(**params))
+
+
+def reference_sample(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    """Written out here, not the implementation's sampler: argmax, or the softmax at ``temperature``
+    drawn by inverse CDF with one uniform (the documented draw of bitnet.inference.sampling.sample)."""
+    z = logits.astype(np.float64)
+    if temperature == 0:
+        return int(np.argmax(z))
+    p = np.exp((z - z.max()) / temperature)
+    cum = np.cumsum(p / p.sum())
+    return int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+
+
 def alone(prompt: list[int], max_tokens: int, ctx: int, temperature: float = 0.0, seed: int | None = None,
           stop_ids: frozenset[int] = frozenset()) -> list[int]:
-    """What one request gets with no scheduler: Engine._token_stream's loop on the fake's logits."""
+    """What one request gets with no scheduler: a plain one-sequence loop on the fake's logits."""
     rng = np.random.default_rng(seed)
     seq, new = list(prompt), []
     while len(new) < max_tokens:
-        nxt = sample_next(FakeEngine.logits_for(seq), temperature=temperature, rng=rng)
+        nxt = reference_sample(FakeEngine.logits_for(seq), temperature, rng)
         if nxt in stop_ids:
             break
         new.append(nxt)
@@ -150,26 +165,34 @@ def test_each_request_gets_what_it_gets_alone(sched_factory):
     shared = rng.integers(0, VOCAB, 12).tolist()
     prompts = [(shared if i % 2 else []) + rng.integers(0, VOCAB, int(rng.integers(1, 20))).tolist() for i in range(10)]
     sched = sched_factory()
-    reqs = [Request(p, max_tokens=8 + i, temperature=0.0 if i < 5 else 0.9, seed=i) for i, p in enumerate(prompts)]
+    reqs = [req(p, max_tokens=8 + i, temperature=0.0 if i < 5 else 0.9, seed=i) for i, p in enumerate(prompts)]
     cols = run_all(sched, reqs)
     for r, c in zip(reqs, cols):
-        assert c.tokens == alone(r.prompt_ids, r.max_tokens, 64, r.temperature, r.seed)
-        assert c.last.finish_reason == "length" and c.last.completion_tokens == r.max_tokens
+        p = r.params
+        assert c.tokens == alone(r.prompt_ids, p.max_tokens, 64, p.temperature, p.seed)
+        assert c.last.finish_reason == "length" and c.last.completion_tokens == p.max_tokens
         assert c.text == sched.engine.tokenizer.decode(c.tokens)
     assert max(len(b) for b in sched.engine.batches) == 3  # the slots ran together
 
 
-def test_chunked_prefill_does_not_stall_decoding(sched_factory):
-    eng = FakeEngine(delay=0.002)
-    sched = sched_factory(eng, parallel=2, ctx_size=96, prefill_chunk=4)
+def drive(sched: Scheduler, until, max_steps: int = 1000) -> None:
+    """Run the (never started) scheduler's iterations until ``until()`` holds."""
+    for _ in range(max_steps):
+        if until():
+            return
+        sched.run_once()
+    raise AssertionError(f"not reached in {max_steps} scheduler iterations")
+
+
+def test_chunked_prefill_does_not_stall_decoding():
+    eng = FakeEngine()
+    sched = Scheduler(eng, parallel=2, ctx_size=96, prefill_chunk=4)  # driven step by step
     short, long = [1, 2, 3], list(range(10, 50))
-    a = Collector()
-    sched.submit(Request(short, max_tokens=80, temperature=0.0), a)
-    while not a.deltas:  # a is decoding
-        time.sleep(0.001)
-    b = Collector()
-    sched.submit(Request(long, max_tokens=2, temperature=0.0), b)
-    a.wait(), b.wait()
+    a, b = Collector(), Collector()
+    sched.submit(req(short, max_tokens=80, temperature=0.0), a)
+    drive(sched, lambda: a.deltas)  # a is decoding
+    sched.submit(req(long, max_tokens=2, temperature=0.0), b)
+    drive(sched, lambda: a.done.is_set() and b.done.is_set())
     assert b.tokens == alone(long, 2, 96) and a.tokens == alone(short, 80, 96)
     slot_a = eng.batches[0][0][0]
     prefill_steps = [batch for batch in eng.batches
@@ -179,39 +202,42 @@ def test_chunked_prefill_does_not_stall_decoding(sched_factory):
         assert sorted(len(ids) for s, ids, p in batch) == [1, 4]
 
 
-def test_prefix_reuse_from_a_free_slot_and_copy_from_a_busy_one(sched_factory):
-    eng = FakeEngine(delay=0.002)
-    sched = sched_factory(eng, parallel=3)
+def test_prefix_reuse_from_a_free_slot_and_copy_from_a_busy_one():
+    eng = FakeEngine()
+    sched = Scheduler(eng, parallel=3, ctx_size=64, prefill_chunk=5)  # driven step by step
     system = list(range(100, 130))
-    (first,) = run_all(sched, [Request(system + [1, 2], max_tokens=3, temperature=0.0)])
+    first, second, busy, other = Collector(), Collector(), Collector(), Collector()
+    sched.submit(req(system + [1, 2], max_tokens=3, temperature=0.0), first)
+    drive(sched, first.done.is_set)
     assert first.last.cached_tokens == 0
-    (second,) = run_all(sched, [Request(system + [7], max_tokens=3, temperature=0.0)])
+    sched.submit(req(system + [7], max_tokens=3, temperature=0.0), second)
+    drive(sched, second.done.is_set)
     assert second.last.cached_tokens == len(system)  # the free slot that held it was chosen
     assert second.tokens == alone(system + [7], 3, 64)
     # a busy slot holds the prefix: the new request copies it into a free slot
-    busy = Collector()
-    sched.submit(Request(system + [9, 9], max_tokens=25, temperature=0.0), busy)
-    while not busy.deltas:
-        time.sleep(0.001)
-    copies = len(eng.copies)
-    other = Collector()
-    sched.submit(Request(system + [9, 9, 5, 6], max_tokens=4, temperature=0.0), other)
-    other.wait(), busy.wait()
-    assert other.last.cached_tokens >= len(system) + 2 and len(eng.copies) == copies + 1
+    sched.submit(req(system + [9, 9], max_tokens=25, temperature=0.0), busy)
+    drive(sched, lambda: busy.deltas)  # busy has read its whole prompt and is decoding
+    assert not busy.done.is_set()
+    sched.submit(req(system + [9, 9, 5, 6], max_tokens=4, temperature=0.0), other)
+    sched.run_once()  # other is admitted while busy is still running
+    assert [n for _, _, n in eng.copies] == [len(system) + 2] and not busy.done.is_set()
+    drive(sched, lambda: other.done.is_set() and busy.done.is_set())
+    assert other.last.cached_tokens == len(system) + 2
     assert other.tokens == alone(system + [9, 9, 5, 6], 4, 64)
     assert busy.tokens == alone(system + [9, 9], 25, 64)
 
 
-def test_cancel_frees_the_slot(sched_factory):
-    sched = sched_factory(FakeEngine(delay=0.002), parallel=1, ctx_size=96)
+def test_cancel_frees_the_slot():
+    sched = Scheduler(FakeEngine(), parallel=1, ctx_size=96)  # driven step by step
     a, b = Collector(), Collector()
-    ha = sched.submit(Request([5, 6, 7], max_tokens=80, temperature=0.0, ignore_eos=True), a)
-    sched.submit(Request([8, 9], max_tokens=3, temperature=0.0), b)
-    while len(a.deltas) < 3:
-        time.sleep(0.001)
+    ha = sched.submit(req([5, 6, 7], max_tokens=80, temperature=0.0, ignore_eos=True), a)
+    sched.submit(req([8, 9], max_tokens=3, temperature=0.0), b)
+    drive(sched, lambda: len(a.deltas) >= 3)
+    assert ha.status is RequestStatus.RUNNING
     ha.cancel()
-    a.wait(), b.wait()
-    assert a.last.finish_reason == "cancelled" and a.last.completion_tokens < 80
+    drive(sched, lambda: a.done.is_set() and b.done.is_set())
+    assert a.last.finish_reason == "cancelled" and a.last.completion_tokens == 3
+    assert ha.status is RequestStatus.FINISHED_CANCELLED
     assert b.tokens == alone([8, 9], 3, 96) and b.last.finish_reason == "length"
     assert sched.status()["slots_busy"] == 0 and sched.status()["cancelled"] == 1
 
@@ -224,15 +250,15 @@ def test_end_token_stop_string_and_full_context():
         prompt = [3, 1, 4, 1, 5]
         ref = alone(prompt, 50, 20)  # greedy until the context (20 positions) is full
         assert len(ref) == 20 - len(prompt)
-        (full,) = run_all(sched, [Request(prompt, temperature=0.0)])
+        (full,) = run_all(sched, [req(prompt, temperature=0.0)])
         assert full.tokens == ref and full.last.finish_reason == "length"
-        (eos,) = run_all(sched, [Request(prompt, max_tokens=50, temperature=0.0, stop_token_ids=frozenset({ref[3]}))])
+        (eos,) = run_all(sched, [req(prompt, max_tokens=50, temperature=0.0, stop_token_ids=frozenset({ref[3]}))])
         assert eos.tokens == ref[:ref.index(ref[3])] and eos.last.finish_reason == "stop"
         text = eng.tokenizer.decode(ref)
         stop = text[len(text) // 2:len(text) // 2 + 2]
-        (st,) = run_all(sched, [Request(prompt, max_tokens=50, temperature=0.0, stop=[stop])])
+        (st,) = run_all(sched, [req(prompt, max_tokens=50, temperature=0.0, stop=[stop])])
         assert st.text == text[:text.index(stop)] and st.last.finish_reason == "stop"
-        (prompt_fills,) = run_all(sched, [Request(list(range(20)), max_tokens=5, temperature=0.0)])
+        (prompt_fills,) = run_all(sched, [req(list(range(20)), max_tokens=5, temperature=0.0)])
         assert prompt_fills.last.completion_tokens == 1 and prompt_fills.last.finish_reason == "length"
     finally:
         sched.stop(timeout=WAIT_S)
@@ -241,34 +267,44 @@ def test_end_token_stop_string_and_full_context():
 def test_bad_requests_and_a_bounded_queue():
     sched = Scheduler(FakeEngine(), parallel=1, ctx_size=16, max_queue=1)  # not started: nothing leaves the queue
     with pytest.raises(PromptTooLong):
-        sched.submit(Request(list(range(17))), Collector())
+        sched.submit(req(list(range(17))), Collector())
     with pytest.raises(ValueError, match="must be in"):
-        sched.submit(Request([VOCAB]), Collector())
+        sched.submit(req([VOCAB]), Collector())
     with pytest.raises(ValueError, match="empty"):
-        sched.submit(Request([]), Collector())
+        sched.submit(req([]), Collector())
     with pytest.raises(ValueError, match="max_tokens"):
-        sched.submit(Request([1], max_tokens=0), Collector())
-    sched.submit(Request([1]), Collector())  # takes the slot
-    sched.submit(Request([2]), Collector())  # waits
+        sched.submit(req([1], max_tokens=0), Collector())
+    sched.submit(req([1]), Collector())  # takes the slot
+    sched.submit(req([2]), Collector())  # waits
     with pytest.raises(QueueFull):
-        sched.submit(Request([3]), Collector())
+        sched.submit(req([3]), Collector())
     with pytest.raises(ValueError, match="ctx_size"):
         Scheduler(FakeEngine(), parallel=1, ctx_size=FakeEngine.max_positions + 1)
 
 
 def test_stop_cancels_running_and_queued_requests():
-    sched = Scheduler(FakeEngine(delay=0.002), parallel=1, ctx_size=96)
+    gate = threading.Event()
+
+    class GatedEngine(FakeEngine):
+        def step(self, batch):  # the first step waits for the test: a is running when stop() comes
+            assert gate.wait(WAIT_S)
+            return super().step(batch)
+
+    sched = Scheduler(GatedEngine(), parallel=1, ctx_size=96)
     sched.start()
     a, b = Collector(), Collector()
-    sched.submit(Request([1, 2], max_tokens=90, temperature=0.0), a)
-    sched.submit(Request([3], max_tokens=5), b)
-    while not a.deltas:
-        time.sleep(0.001)
-    sched.stop(cancel=True, timeout=WAIT_S)
+    sched.submit(req([1, 2], max_tokens=90, temperature=0.0), a)
+    sched.submit(req([3], max_tokens=5), b)
+    wait_for(lambda: sched.status()["slots_busy"] == 1, "a to be admitted")
+    stopper = threading.Thread(target=sched.stop, kwargs={"cancel": True, "timeout": WAIT_S})
+    stopper.start()
+    gate.set()
+    stopper.join(WAIT_S)
     assert not sched.running
     assert a.wait().last.finish_reason == "cancelled" and b.wait().last.finish_reason == "cancelled"
+    assert a.last.completion_tokens <= 1
     with pytest.raises(SchedulerStopped):
-        sched.submit(Request([1]), Collector())
+        sched.submit(req([1]), Collector())
 
 
 def test_text_stream_holds_back_partial_stop_strings_and_utf8():
@@ -290,7 +326,7 @@ def test_a_lone_prompt_is_read_in_large_chunks(sched_factory):
     eng.max_positions = PREFILL_ALONE + 64
     sched = sched_factory(eng, parallel=2, ctx_size=PREFILL_ALONE + 64, prefill_chunk=4)
     prompt = list(range(10, 10 + PREFILL_ALONE + 20))
-    (c,) = run_all(sched, [Request(prompt, max_tokens=2, temperature=0.0)])
+    (c,) = run_all(sched, [req(prompt, max_tokens=2, temperature=0.0)])
     assert c.tokens == alone(prompt, 2, PREFILL_ALONE + 64)
     # nobody decodes while it reads its prompt: PREFILL_ALONE tokens, then the rest, then 1 per step
     assert [len(ids) for batch in eng.batches for s, ids, p in batch] == [PREFILL_ALONE, 20, 1]
@@ -319,12 +355,12 @@ class FaultyEngine(FakeEngine):
 def test_a_failure_while_sampling_ends_that_request_only(sched_factory):
     sched = sched_factory(FaultyEngine(nan_slot=0), parallel=2)
     bad, good = Collector(), Collector()
-    sched.submit(Request([1, 2, 3], max_tokens=5, temperature=0.7, seed=1), bad)  # admitted first: slot 0
-    sched.submit(Request([4, 5], max_tokens=5, temperature=0.0), good)
+    sched.submit(req([1, 2, 3], max_tokens=5, temperature=0.7, seed=1), bad)  # admitted first: slot 0
+    sched.submit(req([4, 5], max_tokens=5, temperature=0.0), good)
     bad.wait(), good.wait()
     assert bad.last.finish_reason == "error" and "not finite" in bad.last.error
     assert good.tokens == alone([4, 5], 5, 64) and good.last.finish_reason == "length"
-    (after,) = run_all(sched, [Request([7, 8], max_tokens=3, temperature=0.0)])  # the engine thread lives on
+    (after,) = run_all(sched, [req([7, 8], max_tokens=3, temperature=0.0)])  # the engine thread lives on
     assert after.last.finish_reason == "length" and sched.running and sched.error is None
     assert sched.status()["failed"] == 1 and sched.status()["slots_busy"] == 0
 
@@ -334,23 +370,22 @@ def test_a_failure_while_admitting_ends_that_request_only():
     sched = Scheduler(eng, parallel=2, ctx_size=64, prefill_chunk=64)  # driven step by step, never started
     system = list(range(100, 130))
     busy, copier, after = Collector(), Collector(), Collector()
-    sched.submit(Request(system + [1], max_tokens=5, temperature=0.0), busy)
+    sched.submit(req(system + [1], max_tokens=5, temperature=0.0), busy)
     sched.run_once()  # busy reads its prompt and samples its first token
     assert len(busy.deltas) == 1
-    sched.submit(Request(system + [1, 2], max_tokens=3, temperature=0.0), copier)  # would copy busy's prefix
+    sched.submit(req(system + [1, 2], max_tokens=3, temperature=0.0), copier)  # would copy busy's prefix
     sched.run_once()
     assert copier.last.finish_reason == "error" and "copy failed" in copier.last.error
     eng.copy_fails = False
-    sched.submit(Request([7, 8], max_tokens=3, temperature=0.0), after)
+    sched.submit(req([7, 8], max_tokens=3, temperature=0.0), after)
     for _ in range(10):
         sched.run_once()
     assert busy.tokens == alone(system + [1], 5, 64) and after.tokens == alone([7, 8], 3, 64)
     assert sched.error is None and sched.status()["slots_busy"] == 0 and sched.status()["failed"] == 1
 
 
-def test_out_of_range_sampling_values_are_refused_at_submit():
-    sched = Scheduler(FakeEngine(), parallel=1, ctx_size=16)
+def test_out_of_range_sampling_values_are_refused_when_made():
     for kw in ({"temperature": float("nan")}, {"top_p": 0.0}, {"top_p": float("nan")}, {"seed": -1},
                {"seed": 2**70}, {"temperature": float("inf")}):
         with pytest.raises(ValueError):
-            sched.submit(Request([1], **kw), Collector())
+            req([1], **kw)
