@@ -243,18 +243,52 @@ def kept_probs(logits: np.ndarray, params: SamplingParams, context: Sequence[int
     return cand[sel], pc[sel] / pc[sel].sum()
 
 
+def _draw(w: np.ndarray, u: float) -> int:
+    """The index i where u * sum(w) falls in the running sum of the weights ``w`` (>= 0), i.e. the
+    inverse CDF, without a running sum over all of ``w`` (np.cumsum is sequential: 2.6 ms at 128k):
+    sums of 256-blocks, the running sum of those, then of one block.
+
+    Raises:
+        ValueError: the weights are not finite or all zero.
+    """
+    block = 256
+    nb = w.size // block
+    if nb < 4:
+        cum = np.cumsum(w, dtype=np.float64)
+        start, before, x, total = 0, 0.0, None, cum[-1]
+    else:
+        sums = np.empty(nb + 1)
+        sums[:nb] = w[:nb * block].reshape(nb, block).sum(axis=1, dtype=np.float64)  # (nb,)
+        sums[nb] = w[nb * block:].sum(dtype=np.float64)
+        cb = np.cumsum(sums)
+        total = cb[-1]
+    if not (np.isfinite(total) and total > 0):
+        raise ValueError("the logits are not finite: cannot sample")
+    x = u * total
+    if nb >= 4:
+        b = min(int(np.searchsorted(cb, x, side="right")), nb)
+        start, before = b * block, (cb[b - 1] if b else 0.0)
+        cum = before + np.cumsum(w[start:start + block], dtype=np.float64)
+    return start + min(int(np.searchsorted(cum, x, side="right")), cum.size - 1)
+
+
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator | None = None,
            context: Sequence[int] = ()) -> int:
     """Pick the next token from one row of logits (vocab,): the fast twin of :func:`sample_reference`
     (same distribution, same draw: one ``rng.random()`` per sampled token, inverse CDF over the kept
-    tokens in vocabulary order). Greedy draws nothing."""
+    tokens in vocabulary order). Greedy draws nothing.
+
+    Raises:
+        ValueError: the logits are not finite.
+    """
     if params.greedy and (params.repetition_penalty == 1.0 or not len(context)):
         return int(np.argmax(logits))
+    rng = rng if rng is not None else np.random.default_rng()
+    if params.top_k is None and params.top_p is None and not params.greedy:
+        # the whole vocabulary: draw from the float32 exponentials directly (no normalised copy)
+        z = _penalised(np.asarray(logits), params, context)  # (V,) float32
+        return _draw(np.exp((z - z.max()) / np.float32(params.temperature)), rng.random())
     ids, p = kept_probs(logits, params, context)
     if params.greedy:
         return int(ids[0])
-    rng = rng if rng is not None else np.random.default_rng()
-    cum = np.cumsum(p)
-    if not (np.isfinite(cum[-1]) and cum[-1] > 0):
-        raise ValueError("the logits are not finite: cannot sample")
-    return int(ids[min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), ids.size - 1)])
+    return int(ids[_draw(p, rng.random())])
