@@ -7,12 +7,13 @@ import json
 import socket
 import threading
 import time
+from dataclasses import replace
 
 import openai
 
 from bitnet.inference import Engine
 from bitnet.inference.scheduler import Scheduler
-from bitnet.inference.serve import create_app
+from bitnet.inference.serve import ServeConfig, create_app, serve_limits
 
 VOCAB = 304  # the test tokenizer's 300 ids, rounded up
 CTX = 256  # = the tiny model's max_position_embeddings, so a request may run as long as Engine.generate
@@ -62,11 +63,12 @@ def _wait_health(port: int, proc: subprocess.Popen | None = None) -> None:
     raise AssertionError("server did not come up")
 
 
-def _request(port: int, method: str, path: str, body: bytes | dict | None = None) -> tuple[int, dict]:
+def _request(port: int, method: str, path: str, body: bytes | str | dict | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
     try:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
         r = conn.getresponse()
         return r.status, json.loads(r.read() or b"null")
     finally:
@@ -76,21 +78,24 @@ def _request(port: int, method: str, path: str, body: bytes | dict | None = None
 class Server:
     """uvicorn on a free port in a thread, serving ``create_app`` on a SlowEngine-wrapped Engine."""
 
-    def __init__(self, model_dir, parallel: int = PARALLEL, queue: int = QUEUE) -> None:
+    def __init__(self, model_dir, parallel: int = PARALLEL, queue: int = QUEUE, **config) -> None:
+        """``config``: ServeConfig fields that differ from the defaults for CTX (api_keys, max_body, ...)."""
         import uvicorn
 
         self.engine = SlowEngine(Engine(model_dir, threads=2))
         self.scheduler = Scheduler(self.engine, parallel=parallel, ctx_size=CTX, max_queue=queue, prefill_chunk=16)
         self.port = _free_port()
-        app = create_app(self.engine, self.scheduler, NAME)
+        chars, body = serve_limits(CTX, self.engine.tokenizer)
+        self.config = replace(ServeConfig(model_name=NAME, max_body=body, max_prompt_chars=chars), **config)
+        app = create_app(self.engine, self.scheduler, config=self.config)
         self.uvicorn = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                      timeout_graceful_shutdown=TIMEOUT_S))
         self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
         self.thread.start()
         _wait_health(self.port)
 
-    def client(self):
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="unused", timeout=TIMEOUT_S,
+    def client(self, api_key: str = "unused"):
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=api_key, timeout=TIMEOUT_S,
                              max_retries=0)
 
     def stop(self) -> None:

@@ -118,7 +118,7 @@ def test_eight_concurrent_clients_each_get_what_they_get_alone(slow, engine):
 
 
 def test_client_that_disconnects_mid_stream_frees_its_slot(slow):
-    before = slow.scheduler.status()["cancelled"]
+    before = slow.scheduler.status()
     stream = slow.client().completions.create(model=NAME, prompt="to be", max_tokens=200, temperature=0,
                                               stream=True, extra_body={"ignore_eos": True})
     it = iter(stream)
@@ -130,8 +130,8 @@ def test_client_that_disconnects_mid_stream_frees_its_slot(slow):
     while _busy(slow) and time.monotonic() - t0 < TIMEOUT_S:
         time.sleep(0.02)
     st = slow.scheduler.status()
-    assert st["slots_busy"] == 0 and st["cancelled"] == before + 1
-    assert time.monotonic() - t0 < 200 * slow.engine.delay / 2  # long before the 200 tokens would have ended
+    assert st["slots_busy"] == 0 and st["cancelled"] == before["cancelled"] + 1
+    assert st["generated_tokens"] - before["generated_tokens"] < 200  # cancelled, not run to its end
 
 
 BAD = [  # (name, path, body, status, error code)

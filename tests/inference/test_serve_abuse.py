@@ -3,9 +3,18 @@ server keeps serving a well-behaved client after every one of them."""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import select
+import socket
+import threading
+import time
+
+import numpy as np
 import pytest
 from engine_helpers import export, tiny, tokenizer
-from serve_helpers import VOCAB, Server, _request
+from serve_helpers import NAME, TIMEOUT_S, VOCAB, Server, _request
 
 GOOD = {"prompt": "to be", "max_tokens": 3, "temperature": 0}
 
@@ -50,3 +59,133 @@ def test_tiny_temperature_is_floored_not_fatal(server):
     status, got = _request(server.port, "POST", "/v1/completions", body)
     assert status == 200 and got["usage"]["completion_tokens"] == 3
     _still_serving(server)
+
+
+# ---------------------------------------------------------------------- bounded input
+def _raw_exchange(port: int, head: bytes, chunks=(), limit_s: float = TIMEOUT_S) -> tuple[int, dict, int]:
+    """Send ``head`` then ``chunks`` until the server answers; returns (status, JSON body, bytes of body sent)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=limit_s)
+    sent = 0
+    try:
+        s.sendall(head)
+        for c in chunks:
+            if select.select([s], [], [], 0)[0]:  # the server answered: stop sending
+                break
+            try:
+                s.sendall(c)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(c)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            part = s.recv(65536)
+            assert part, "connection closed without an answer"
+            data += part
+        head_bytes, _, rest = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head_bytes).group(1))
+        while len(rest) < length:
+            part = s.recv(65536)
+            assert part, "connection closed in the middle of the answer"
+            rest += part
+        return int(head_bytes.split()[1]), json.loads(rest[:length]), sent
+    finally:
+        s.close()
+
+
+def test_a_body_declared_too_large_is_refused_before_it_is_sent(server):
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 67108864\r\n\r\n")
+    status, body, _ = _raw_exchange(server.port, head)  # not one byte of the 64 MB is sent
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    _still_serving(server)
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(server):
+    limit = server.config.max_body
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    piece = b"x" * 65536
+    # twice the limit, and the body never ends (no last chunk): an answer proves it was not read to the end
+    chunks = (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(2 * limit // len(piece)))
+    status, body, _ = _raw_exchange(server.port, head, chunks)
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    _still_serving(server)
+
+
+HOSTILE = [  # (name, raw body, status, code)
+    ("100,000 nested arrays", b"[" * 100_000, 400, "invalid_json"),
+    ("nested arrays in a field", b'{"prompt": "x", "extra": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400,
+     "invalid_json"),
+    ("invalid UTF-8", b'{"prompt": "\xff\xfe"}', 400, "invalid_json"),
+    ("n > 1", b'{"prompt": "x", "n": 2}', 400, "unsupported_value"),
+    ("prompt of the wrong type", b'{"prompt": {"a": 1}}', 400, "invalid_type"),
+    ("max_tokens a string", b'{"prompt": "x", "max_tokens": "5"}', 400, "invalid_type"),
+    ("stream a number", b'{"prompt": "x", "stream": 1}', 400, "invalid_type"),
+]
+
+
+@pytest.mark.parametrize("name,raw,status,code", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_bodies_are_4xx_never_500(server, name, raw, status, code):
+    got, body = _request(server.port, "POST", "/v1/completions", raw)
+    assert got == status and body["error"]["code"] == code, body
+    _still_serving(server)
+
+
+def test_a_prompt_beyond_the_character_cap_is_refused_before_tokenizing(server, monkeypatch):
+    calls = []
+    monkeypatch.setattr(server.engine._engine, "encode", lambda *a, **k: calls.append(a) or [1])
+    n = server.config.max_prompt_chars + 1
+    for path, body in (("/v1/completions", {"prompt": "a" * n}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a" * (n // 2)},
+                                                              {"role": "user", "content": "a" * (n // 2 + 1)}]})):
+        status, got = _request(server.port, "POST", path, body)
+        assert status == 400 and got["error"]["code"] == "context_length_exceeded"
+        assert "characters" in got["error"]["message"]
+    assert calls == []
+
+
+def test_unknown_fields_are_logged(server, caplog):
+    with caplog.at_level(logging.WARNING, logger="bitnet.serve"):
+        status, _ = _request(server.port, "POST", "/v1/completions", {**GOOD, "frobnicate": 1, "logit_bias": {}})
+    assert status == 200
+    assert any("frobnicate" in r.getMessage() and "logit_bias" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture(scope="module")
+def roomy(tmp_path_factory):
+    """A server whose limits let a multi-megabyte prompt through to the tokenizer."""
+    s = Server(export(tiny(seed=5, vocab_size=VOCAB), tmp_path_factory.mktemp("roomy") / "m", tokenizer()),
+               max_body=64 << 20, max_prompt_chars=32 << 20)
+    yield s
+    s.stop()
+
+
+# A stream's largest gap while another request's multi-megabyte body is parsed and tokenized. On the
+# event loop that work took seconds (83-90 s for 64 MB); off it, a gap is one engine step plus thread
+# switches. Generous: several seconds, so a loaded machine does not fail it.
+MAX_GAP_S = 5.0
+
+
+@pytest.mark.slow
+def test_a_large_body_does_not_stall_other_streams(roomy):
+    roomy.engine.delay = 0.02
+    big = json.dumps({"prompt": "the quick brown fox " * 250_000, "max_tokens": 1}).encode()  # 5 MB
+    result: list = []
+    sender = threading.Thread(target=lambda: result.append(_request(roomy.port, "POST", "/v1/completions", big)))
+    try:
+        times, chunks = [], []
+        stream = roomy.client().completions.create(model=NAME, prompt="to be", max_tokens=120, temperature=0,
+                                                   stream=True, stream_options={"include_usage": True},
+                                                   extra_body={"ignore_eos": True})
+        for c in stream:
+            times.append(time.monotonic())
+            chunks.append(c)
+            if len(chunks) == 3:  # the stream is running: now the large body comes in
+                sender.start()
+        sender.join(TIMEOUT_S)
+    finally:
+        roomy.engine.delay = 0.0
+    assert chunks[-1].usage.completion_tokens == 120  # the stream completed
+    assert max(np.diff(times)) < MAX_GAP_S
+    assert result and result[0][0] == 400 and result[0][1]["error"]["code"] == "context_length_exceeded"
