@@ -409,7 +409,7 @@ class Scheduler:
                 pending, self._pending = list(self._pending), deque()
             for req in list(self._active) + pending:
                 self._finish(req, RequestStatus.FINISHED_ERROR, error=msg)
-            raise
+            # logged above; the thread ends here (error set, running False: /health answers 503)
 
     def run_once(self) -> None:
         """One iteration of the engine thread: end cancelled and timed-out requests, admit queued

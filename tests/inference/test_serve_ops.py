@@ -177,3 +177,36 @@ def test_a_stream_nobody_reads_loses_its_slot():
         assert other[-1].finish_reason == "length"  # the slot went to the next request
     finally:
         loop.close()
+
+
+def test_a_failing_engine_step_stops_the_server_and_health_says_so(model_dir):
+    s = Server(model_dir)
+    try:
+        def broken(batch):
+            raise RuntimeError("simulated engine failure")
+
+        s.engine._engine.step = broken  # the C++ step itself fails (SlowEngine forwards to it)
+        status, body = _request(s.port, "POST", "/v1/completions", GOOD)
+        assert status == 503 and body["error"]["code"] == "engine_error"
+        assert "simulated engine failure" in body["error"]["message"]
+        status, health = _request(s.port, "GET", "/health")
+        assert status == 503 and health["status"] == "unavailable" and "simulated" in health["error"]
+        status, body = _request(s.port, "POST", "/v1/completions", GOOD)
+        assert status == 503 and body["error"]["code"] == "unavailable"
+    finally:
+        s.stop()
+
+
+def test_api_keys_from_flags_file_and_environment(tmp_path, monkeypatch):
+    from bitnet.inference.serve import _api_keys, _loopback
+
+    f = tmp_path / "keys.txt"
+    f.write_text("# operators\nsk-file-1\n\n  sk-file-2  \n")
+    monkeypatch.setenv("BITNET_API_KEY", "sk-env-1, sk-env-2")
+    assert _api_keys(["sk-flag", "sk-file-1"], f) == ("sk-flag", "sk-file-1", "sk-file-2", "sk-env-1", "sk-env-2")
+    monkeypatch.delenv("BITNET_API_KEY")
+    assert _api_keys([], None) == ()
+    with pytest.raises(ValueError, match="--api-key-file"):
+        _api_keys([], tmp_path / "missing.txt")
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
+    assert not _loopback("0.0.0.0") and not _loopback("192.168.1.5") and not _loopback("example.com")
