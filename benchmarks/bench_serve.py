@@ -4,6 +4,7 @@
     python benchmarks/bench_serve.py                        # 1, 4, 8 and 16 concurrent streams, both servers
     python benchmarks/bench_serve.py --requests 1 --max-tokens 32          # a quicker run
     python benchmarks/bench_serve.py --soak 300             # 16 clients for 5 minutes: failures, RSS over time
+    python benchmarks/bench_serve.py --mixed --shape 25m    # 8 good clients alone, then beside hostile ones
 
 What it does, in one run on this machine:
 1. builds (once) a random BitNetForCausalLM with the exact bitnet-b1.58-2B-4T shape and
@@ -27,6 +28,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -40,8 +43,8 @@ ENV_SH = Path.home() / ".cache" / "bitnet-anchors" / "env.sh"
 TARGETS = {"scale_8": 4.0, "vs_llama_8": 2.0, "itl_p99_8": 3.0}  # from issue 13
 
 
-def build(work: Path, seed: int = 0) -> Path:
-    """Random 2B4T-shaped silu model + a word-level tokenizer over every id -> ``work/hf``."""
+def build(work: Path, seed: int = 0, shape: str = "bitnet-2b4t") -> Path:
+    """Random ``shape`` (2B4T by default) silu model + a word-level tokenizer over every id -> ``work/hf``."""
     out = work / "hf"
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
         return out
@@ -51,7 +54,7 @@ def build(work: Path, seed: int = 0) -> Path:
     from bitnet.export import export_hf
     from bitnet.model import BitNetConfig, BitNetForCausalLM
 
-    cfg = BitNetConfig.from_preset("bitnet-2b4t", hidden_act="silu", bos_token_id=None, eos_token_id=None)
+    cfg = BitNetConfig.from_preset(shape, hidden_act="silu", bos_token_id=None, eos_token_id=None)
     tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(cfg.vocab_size)}, unk_token="t0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # decode joins tokens with spaces: no empty pieces
     print(f"building a random {cfg.num_parameters() / 1e9:.2f}B-parameter model (bf16) ...", flush=True)
@@ -163,6 +166,7 @@ def stream_request(port: int, prompt: list[int], max_tokens: int, timeout: float
             **extra}
     t0 = time.perf_counter()
     times: list[float] = []
+    pieces: list[str] = []
     done = False
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -183,12 +187,13 @@ def stream_request(port: int, prompt: list[int], max_tokens: int, timeout: float
                 return {"ok": False, "error": str(ev["error"])[:200], "times": times, "t0": t0}
             if any(ch.get("text") for ch in ev.get("choices", [])):
                 times.append(time.perf_counter())
+                pieces.extend(ch["text"] for ch in ev["choices"])
         c.close()
     except (OSError, ValueError) as e:
         return {"ok": False, "error": f"{type(e).__name__}: {e}", "times": times, "t0": t0}
     ok = done and len(times) == max_tokens
     return {"ok": ok, "error": None if ok else f"{len(times)} of {max_tokens} tokens, [DONE]={done}",
-            "times": times, "t0": t0}
+            "times": times, "t0": t0, "text": "".join(pieces)}
 
 
 def run_level(port: int, streams: int, requests: int, prompt_len: int, max_tokens: int, seed: int,
@@ -200,11 +205,12 @@ def run_level(port: int, streams: int, requests: int, prompt_len: int, max_token
 
     def client(i: int) -> None:
         rng = np.random.default_rng(seed * 1000 + i)
-        for _ in range(requests):
+        for j in range(requests):
             if time.monotonic() > deadline:
                 return
             prompt = rng.integers(10, 1000, prompt_len).tolist()  # plain tokens in both vocabularies
             r = stream_request(port, prompt, max_tokens, timeout=max(1.0, deadline - time.monotonic()))
+            r["key"] = (i, j)
             with lock:
                 results.append(r)
 
@@ -221,7 +227,8 @@ def run_level(port: int, streams: int, requests: int, prompt_len: int, max_token
     pct = lambda xs, q: float(np.percentile(xs, q)) * 1e3 if xs else float("nan")  # noqa: E731  (ms)
     return {"tok_s": tokens / wall, "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99), "itl_p50": pct(itl, 50),
             "itl_p99": pct(itl, 99), "requests": len(results), "failed": sum(not r["ok"] for r in results),
-            "errors": [r["error"] for r in results if not r["ok"]][:3], "wall_s": wall}
+            "errors": [r["error"] for r in results if not r["ok"]][:3], "wall_s": wall,
+            "texts": {r["key"]: r.get("text") for r in results if r["ok"]}}
 
 
 def soak(port: int, server: ServerProc, seconds: float, clients: int, seed: int) -> None:
@@ -280,6 +287,162 @@ def soak(port: int, server: ServerProc, seconds: float, clients: int, seed: int)
               f"file-backed (the mapped weight file) {f0 / 1e9:.3f} -> {f1 / 1e9:.3f} GB ({(f1 - f0) / 1e6:+.1f} MB)")
 
 
+# ---------------------------------------------------------------------- mixed load: good clients beside hostile ones
+def _answer_status(sock: socket.socket) -> str:
+    """The HTTP status of the answer on ``sock`` ("dropped" if the server closed without one)."""
+    data = b""
+    while b"\r\n" not in data:
+        part = sock.recv(4096)
+        if not part:
+            return "dropped"
+        data += part
+    return data.split()[1].decode()
+
+
+def hostile_body(port: int, body_bytes: int, chunked: bool, chunk: int = 1 << 20) -> str:
+    """Send a body of ``body_bytes`` (declared, or chunked with no length); stop at the first answer."""
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+            (b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"Content-Length: %d\r\n\r\n" % body_bytes))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(head)
+            piece = b"[" * chunk
+            for _ in range(body_bytes // chunk):
+                if select.select([sock], [], [], 0)[0]:
+                    break
+                sock.sendall(b"%x\r\n%s\r\n" % (chunk, piece) if chunked else piece)
+            return _answer_status(sock)
+    except OSError:
+        return "dropped"
+
+
+def hostile_json(port: int, body: bytes) -> str:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        c.close()
+        return str(r.status)
+    except OSError:
+        return "dropped"
+
+
+def hostile_flood(port: int, n: int) -> str:
+    """``n`` connections at once, each sending half a request line, then all closed."""
+    socks = []
+    try:
+        for _ in range(n):
+            sk = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sk.sendall(b"POST /v1/comp")
+            socks.append(sk)
+    except OSError:
+        pass
+    finally:
+        for sk in socks:
+            sk.close()
+    return "dropped"
+
+
+def hostile_unread_stream(port: int, hold_s: float) -> str:
+    """A streamed request whose answer is never read; the socket is closed after ``hold_s``."""
+    body = json.dumps({"prompt": "t1 t2 t3", "max_tokens": 32, "stream": True, "ignore_eos": True}).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            time.sleep(hold_s)
+    except OSError:
+        pass
+    return "dropped"
+
+
+SAMPLING_ABUSE = [b'{"prompt": "t1", "max_tokens": 2, "temperature": NaN}',
+                  b'{"prompt": "t1", "max_tokens": 2, "temperature": 1e-308}',
+                  b'{"prompt": "t1", "max_tokens": 2, "top_p": NaN}', b'{"prompt": "t1", "max_tokens": 2, "top_p": 0}',
+                  b'{"prompt": "t1", "max_tokens": 2, "seed": -1}',
+                  b'{"prompt": "t1", "max_tokens": 2, "seed": 1180591620717411303424}']
+
+
+def abuse(port: int, stop: threading.Event, counts: dict, lock: threading.Lock, big_mb: int) -> list[threading.Thread]:
+    """Start the hostile clients (each kind bounded in count, all stopping with ``stop``)."""
+    nested = b'{"prompt": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
+    kinds = {  # kind: (how many at most, one attempt)
+        f"{big_mb} MB body, declared": (4, lambda: hostile_body(port, big_mb << 20, chunked=False)),
+        f"{big_mb} MB body, chunked": (4, lambda: hostile_body(port, big_mb << 20, chunked=True)),
+        "10^4 nested arrays": (40, lambda: hostile_json(port, nested)),
+        "100,000 nested '['": (20, lambda: hostile_json(port, b"[" * 100_000)),
+        "bad sampling values": (len(SAMPLING_ABUSE) * 4, None),
+        "connection flood (x100)": (3, lambda: hostile_flood(port, 100)),
+        "never-read stream": (6, lambda: hostile_unread_stream(port, 3.0)),
+    }
+
+    def run(kind: str, limit: int, attempt) -> None:
+        for k in range(limit):
+            if stop.is_set():
+                return
+            status = attempt() if attempt else hostile_json(port, SAMPLING_ABUSE[k % len(SAMPLING_ABUSE)])
+            with lock:
+                counts.setdefault(kind, {}).setdefault(status, 0)
+                counts[kind][status] += 1
+            stop.wait(0.2)
+
+    threads = [threading.Thread(target=run, args=(k, n, f), daemon=True) for k, (n, f) in kinds.items()]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def mixed(srv: "ServerProc", clients: int, requests: int, prompt_len: int, max_tokens: int, timeout: float,
+          big_mb: int, rounds: int) -> None:
+    """The same good load twice: alone, then beside the hostile clients; the table issue 26 asks for."""
+    rows: dict[str, list[dict]] = {"clean": [], "abuse": []}
+    for rnd in range(rounds):  # interleaved: a shared machine's drift hits both phases alike
+        for phase in ("clean", "abuse"):
+            srv.peak_rss = 0
+            counts: dict = {}
+            hostile = None
+            if phase == "abuse":  # in its own process: its work does not hold the good clients' GIL
+                hostile = subprocess.Popen([sys.executable, __file__, "--hostile", str(srv.port), "--big-mb",
+                                            str(big_mb)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                assert hostile.stdout.readline().strip() == "ready"  # its clients are running
+            r = run_level(srv.port, clients, requests, prompt_len, max_tokens, seed=7, timeout=timeout)
+            if hostile is not None:
+                out, _ = hostile.communicate("", timeout=300)  # closing its stdin stops it
+                counts = json.loads(out.strip().splitlines()[-1])
+            time.sleep(0.6)  # one more RSS sample
+            r["peak_rss"], r["counts"] = srv.peak_rss, counts
+            rows[phase].append(r)
+            print(f"round {rnd + 1} {phase:<6} {r['tok_s']:7.2f} tok/s  ITL p50 {r['itl_p50']:6.1f} / p99 "
+                  f"{r['itl_p99']:6.1f} ms  peak RSS {r['peak_rss'] / 1e9:.3f} GB  good failed {r['failed']}", flush=True)
+    med = {ph: {k: float(np.median([r[k] for r in rs])) for k in ("tok_s", "itl_p50", "itl_p99", "peak_rss")}
+           for ph, rs in rows.items()}
+    clean, bad = med["clean"], med["abuse"]
+    ref = rows["clean"][0]["texts"]
+    corrupted = sum(1 for r in rows["clean"][1:] + rows["abuse"] for k, t in r["texts"].items()
+                    if k in ref and ref[k] != t)
+    lost = sum(r["failed"] for r in rows["abuse"])
+    print(f"\n# mixed load: {clients} streaming clients x {requests} requests (prompt {prompt_len}, {max_tokens} "
+          f"tokens, greedy), {rounds} interleaved rounds, medians; CPU {cpu_name()}")
+    print(f"{'phase':<8} {'tok/s':>8} {'ITL p50':>9} {'ITL p99':>9} {'peak RSS GB':>11} {'good ok':>8} {'failed':>6}")
+    for phase, m in med.items():
+        ok = sum(r["requests"] - r["failed"] for r in rows[phase])
+        print(f"{phase:<8} {m['tok_s']:>8.2f} {m['itl_p50']:>7.1f}ms {m['itl_p99']:>7.1f}ms "
+              f"{m['peak_rss'] / 1e9:>11.3f} {ok:>8} {sum(r['failed'] for r in rows[phase]):>6}")
+    print(f"under abuse vs clean: tok/s {bad['tok_s'] / clean['tok_s']:.2f}x (target >= 0.90), ITL p99 "
+          f"{bad['itl_p99'] / clean['itl_p99']:.2f}x (target <= 1.5), peak RSS {bad['peak_rss'] / clean['peak_rss']:.2f}x"
+          f" (target <= 1.2); good responses lost {lost}, corrupted {corrupted} (target 0)")
+    totals: dict[str, dict[str, int]] = {}
+    for r in rows["abuse"]:
+        for kind, c in r["counts"].items():
+            for k, v in c.items():
+                totals.setdefault(kind, {}).setdefault(k, 0)
+                totals[kind][k] += v
+    print("hostile requests, by answer (all rounds):")
+    for kind, c in totals.items():
+        print(f"  {kind:<26} " + ", ".join(f"{k}: {v}" for k, v in sorted(c.items())))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, default=REPO / "out" / "bench_serve", help="where the model is built")
@@ -295,10 +458,28 @@ def main() -> int:
     p.add_argument("--soak-clients", type=int, default=16)
     p.add_argument("--no-llama", action="store_true", help="only our server")
     p.add_argument("--port", type=int, default=18431, help="ours; llama-server gets port + 1")
+    p.add_argument("--mixed", action="store_true",
+                   help="mixed load instead: --mixed-clients good streaming clients, alone and beside hostile ones "
+                        "(huge bodies, nested arrays, bad sampling values, connection floods, never-read streams)")
+    p.add_argument("--mixed-clients", type=int, default=8)
+    p.add_argument("--big-mb", type=int, default=64, help="--mixed: size of the huge bodies")
+    p.add_argument("--rounds", type=int, default=3, help="--mixed: interleaved clean / abuse rounds")
+    p.add_argument("--shape", default="bitnet-2b4t", help="model preset of the random model (e.g. 25m: quick)")
+    p.add_argument("--hostile", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)  # --mixed's worker
     a = p.parse_args()
+    if a.hostile is not None:  # the hostile clients' process: runs until stdin closes, prints its counts
+        stop, lock, counts = threading.Event(), threading.Lock(), {}
+        threads = abuse(a.hostile, stop, counts, lock, a.big_mb)
+        print("ready", flush=True)
+        sys.stdin.read()
+        stop.set()
+        for t in threads:
+            t.join(120)
+        print(json.dumps(counts))
+        return 0
     levels = [int(x) for x in a.streams.split(",")]
-    parallel = a.soak_clients if a.soak else max(levels)
-    hf = build(a.work)
+    parallel = a.soak_clients if a.soak else a.mixed_clients if a.mixed else max(levels)
+    hf = build(a.work if a.shape == "bitnet-2b4t" else a.work / a.shape, shape=a.shape)
     ours_cmd = [sys.executable, "-m", "bitnet", "serve", str(hf), "--port", str(a.port), "--threads", str(a.threads),
                 "--parallel", str(parallel), "--ctx-size", str(a.ctx_size), "--prefill-chunk", str(a.prefill_chunk),
                 "--queue", "256", "--log-level", "warning"]
@@ -307,6 +488,11 @@ def main() -> int:
         servers["ours"] = ServerProc("bitnet serve", ours_cmd, a.port, a.work / "ours.log")
         if a.soak:
             soak(a.port, servers["ours"], a.soak, a.soak_clients, seed=1)
+            return 0
+        if a.mixed:
+            stream_request(a.port, list(range(10, 10 + a.prompt_len)), 4, timeout=a.level_timeout)  # warm-up
+            mixed(servers["ours"], a.mixed_clients, a.requests, a.prompt_len, a.max_tokens, a.level_timeout, a.big_mb,
+                  a.rounds)
             return 0
         env = anchors_env()
         llama_bin, models = env.get("LLAMA_SERVER_UPSTREAM"), env.get("ANCHOR_MODELS")
