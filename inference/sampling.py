@@ -185,7 +185,8 @@ def sample_reference(logits: np.ndarray, params: SamplingParams, rng: np.random.
     if params.greedy:
         return int(np.argmax(p))
     cum = np.cumsum(p)
-    return int(min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), p.size - 1))
+    x = rng.random() * cum[-1]
+    return int(np.flatnonzero(p)[-1]) if x >= cum[-1] else int(np.searchsorted(cum, x, side="right"))
 
 
 # ---------------------------------------------------------------------- the fast path
@@ -253,22 +254,25 @@ def _draw(w: np.ndarray, u: float) -> int:
     """
     block = 256
     nb = w.size // block
-    if nb < 4:
+    if nb < 4:  # short: one running sum
         cum = np.cumsum(w, dtype=np.float64)
-        start, before, x, total = 0, 0.0, None, cum[-1]
-    else:
-        sums = np.empty(nb + 1)
-        sums[:nb] = w[:nb * block].reshape(nb, block).sum(axis=1, dtype=np.float64)  # (nb,)
-        sums[nb] = w[nb * block:].sum(dtype=np.float64)
-        cb = np.cumsum(sums)
-        total = cb[-1]
-    if not (np.isfinite(total) and total > 0):
+        if not (np.isfinite(cum[-1]) and cum[-1] > 0):
+            raise ValueError("the logits are not finite: cannot sample")
+        if u * cum[-1] >= cum[-1]:  # rounded up to the total: the last token with weight
+            return int(np.flatnonzero(w)[-1])
+        return int(np.searchsorted(cum, u * cum[-1], side="right"))
+    sums = np.empty(nb + 1)  # (nb + 1,): the blocks' sums, the last one the remainder
+    sums[:nb] = w[:nb * block].reshape(nb, block).sum(axis=1, dtype=np.float64)
+    sums[nb] = w[nb * block:].sum(dtype=np.float64)
+    cb = np.cumsum(sums)
+    if not (np.isfinite(cb[-1]) and cb[-1] > 0):
         raise ValueError("the logits are not finite: cannot sample")
-    x = u * total
-    if nb >= 4:
-        b = min(int(np.searchsorted(cb, x, side="right")), nb)
-        start, before = b * block, (cb[b - 1] if b else 0.0)
-        cum = before + np.cumsum(w[start:start + block], dtype=np.float64)
+    x = u * cb[-1]
+    if x >= cb[-1]:  # rounded up to the total: the last token with weight
+        return int(np.flatnonzero(w)[-1])
+    b = int(np.searchsorted(cb, x, side="right"))  # the block x falls in (one with weight)
+    start = b * block
+    cum = (cb[b - 1] if b else 0.0) + np.cumsum(w[start:start + block], dtype=np.float64)
     return start + min(int(np.searchsorted(cum, x, side="right")), cum.size - 1)
 
 

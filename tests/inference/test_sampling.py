@@ -166,3 +166,17 @@ def test_text_stream_pieces_join_to_the_full_decode():
     ts = TextStream(tok, ["not t", "zz"])
     pieces = [ts.push(t) for t in ids]
     assert "".join(pieces) == "to be or " and ts.stopped and ts.flush() == ""
+
+
+@pytest.mark.parametrize("size", [10, 1000, 128_256])
+def test_blocked_inverse_cdf_equals_a_plain_running_sum(size):
+    from bitnet.inference.sampling import _draw
+
+    rng = np.random.default_rng(size)
+    w = rng.random(size).astype(np.float32) * (rng.random(size) < 0.3)  # zeros: tokens cut out
+    cum = np.cumsum(w, dtype=np.float64)
+    for u in list(rng.random(200)) + [0.0, np.nextafter(1.0, 0.0)]:
+        i = _draw(w, u)
+        assert w[i] > 0
+        x = u * cum[-1]
+        assert i == (np.flatnonzero(w)[-1] if x >= cum[-1] else np.searchsorted(cum, x, side="right"))
