@@ -100,6 +100,14 @@ def _error_response(e: APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
+def _access_line(fmt: str, rec: dict) -> None:
+    """One access-log line: ``key=value`` pairs (None left out) or one JSON object."""
+    if fmt == "json":
+        access_log.info(json.dumps(rec, separators=(",", ":")))
+    else:
+        access_log.info(" ".join(f"{k}={v}" for k, v in rec.items() if v is not None))
+
+
 # ---------------------------------------------------------------------- the guard: keys and body size
 class Guard:
     """ASGI middleware: API keys on ``/v1/*`` (401) and the body limit (413), before the app reads
@@ -136,11 +144,16 @@ class Guard:
                 self.metrics.http.labels(endpoint=endpoint, status=str(message["status"])).inc()
             await send(message)
 
+        async def refuse(e: APIError) -> None:  # answered here: the app (and its access line) never sees it
+            _access_line(self.config.log_format, {"id": "req-" + uuid.uuid4().hex, "endpoint": path,
+                                                  "status": e.status, "error": e.code})
+            await _error_response(e)(scope, receive, counted_send)
+
         headers = dict(scope.get("headers") or [])
         if self.keys and path not in self.OPEN_PATHS:
             refused = self._authorized(headers)
             if refused is not None:
-                return await _error_response(refused)(scope, receive, counted_send)
+                return await refuse(refused)
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, counted_send)
         limit = self.config.max_body
@@ -149,10 +162,9 @@ class Guard:
         try:
             declared = int(headers.get(b"content-length", b"0"))
         except ValueError:
-            return await _error_response(APIError(400, "Invalid Content-Length header.", code="invalid_request"))(
-                scope, receive, counted_send)
+            return await refuse(APIError(400, "Invalid Content-Length header.", code="invalid_request"))
         if declared > limit:
-            return await _error_response(too_big)(scope, receive, counted_send)
+            return await refuse(too_big)
         chunks, size = [], 0
         while True:  # read the body here (bounded), then hand it to the app in one piece
             message = await receive()
@@ -161,7 +173,7 @@ class Guard:
             body = message.get("body", b"")
             size += len(body)
             if size > limit:
-                return await _error_response(too_big)(scope, receive, counted_send)
+                return await refuse(too_big)
             chunks.append(body)
             if not message.get("more_body", False):
                 break
@@ -362,10 +374,7 @@ class OpenAIServer:
                "total_ms": round((time.monotonic() - t0) * 1e3, 1),
                "finish_reason": req.status.value if req is not None and req.status.finished else None,
                "error": error}
-        if self.config.log_format == "json":
-            access_log.info(json.dumps(rec, separators=(",", ":")))
-        else:
-            access_log.info(" ".join(f"{k}={v}" for k, v in rec.items() if v is not None))
+        _access_line(self.config.log_format, rec)
 
 
 def _sse(data: str) -> str:

@@ -64,9 +64,12 @@ def test_access_log_one_json_line_per_request(keyed, caplog):
         _request(keyed.port, "POST", "/v1/completions", GOOD, headers={"Authorization": f"Bearer {KEY}"})
         _request(keyed.port, "POST", "/v1/completions", {"prompt": "x", "top_p": 0},
                  headers={"Authorization": f"Bearer {KEY}"})
+        _request(keyed.port, "POST", "/v1/chat/completions", GOOD)  # no key: refused before the app
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "bitnet.serve.access"]
-    assert [(x["status"], x["endpoint"]) for x in lines] == [(200, "/v1/completions"), (400, "/v1/completions")]
-    ok, bad = lines
+    assert [(x["status"], x["endpoint"]) for x in lines] == [(200, "/v1/completions"), (400, "/v1/completions"),
+                                                             (401, "/v1/chat/completions")]
+    ok, bad, unauthorized = lines
+    assert unauthorized["error"] == "invalid_api_key"
     assert ok["id"].startswith("cmpl-") and ok["prompt_tokens"] > 0 and ok["completion_tokens"] == 3
     assert ok["ttft_ms"] is not None and ok["total_ms"] >= ok["ttft_ms"] and ok["finish_reason"] == "length"
     assert bad["error"] == "integer_below_min_value" and bad["completion_tokens"] == 0  # top_p 0 is out of (0, 1]
