@@ -334,8 +334,9 @@ class OpenAIServer:
                                        usage=self._usage(d)).model_dump_json())
             yield _sse("[DONE]")
         finally:  # also when the client went away (Starlette cancels this generator)
+            gone = not req.status.finished
             stream.cancel("the client went away")
-            self.access(req.id, http, status, t0, req)
+            self.access(req.id, http, status, t0, req, error="client_disconnected" if gone else None)
 
     async def whole(self, stream: AsyncStream, p: Prepared, chat: bool, http: HTTPRequest
                     ) -> ChatCompletionResponse | CompletionResponse:
