@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import replace
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .generation import Generation, StepOutput, common_prefix
-from .sampling import SamplingParams, sample
 from .loader import KV_CACHE_DTYPES, WEIGHT_FORMATS, auto_weight_format, build_model, default_threads
+from .sampling import SamplingParams, sample
 
 __all__ = ["Engine", "HEAD_MODES", "AUTO_HEAD", "sample_next", "check_threads", "check_sampling"]
 
