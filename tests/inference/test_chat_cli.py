@@ -10,6 +10,9 @@ from engine_helpers import export, tiny, tokenizer
 
 from bitnet.inference import Engine
 
+# A hang fails the test (pytest-timeout, a dev dependency) instead of stalling the suite.
+pytestmark = pytest.mark.timeout(300)
+
 TIMEOUT_S = 120
 
 

@@ -18,6 +18,9 @@ from bitnet.inference.sampling import (MIN_TEMPERATURE, SamplingError, SamplingP
                                        kept_probs_reference, sample, sample_reference)
 from bitnet.inference.textstream import TextStream
 
+# A hang fails the test (pytest-timeout, a dev dependency) instead of stalling the suite.
+pytestmark = pytest.mark.timeout(300)
+
 # The fast path exponentiates in float32 and normalises in float64: probabilities agree with the
 # float64 reference (and transformers in float64) to float32's relative precision, a little widened.
 PROB_RTOL = 1e-5

@@ -20,6 +20,9 @@ from bitnet.inference.sampling import SamplingParams
 from bitnet.inference.scheduler import PromptTooLong, QueueFull, Request, RequestStatus, Scheduler, SchedulerStopped
 from bitnet.inference.textstream import TextStream
 
+# A hang fails the test (pytest-timeout, a dev dependency) instead of stalling the suite.
+pytestmark = pytest.mark.timeout(300)
+
 VOCAB = 300
 WAIT_S = 20.0  # bound on any wait for the engine thread
 

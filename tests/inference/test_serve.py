@@ -21,6 +21,9 @@ from serve_helpers import CTX, MESSAGES, NAME, PARALLEL, QUEUE, SYSTEM, TIMEOUT_
 
 from bitnet.inference import Engine
 
+# A hang fails the test (pytest-timeout, a dev dependency) instead of stalling the suite.
+pytestmark = pytest.mark.timeout(300)
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

@@ -16,6 +16,9 @@ import pytest
 from engine_helpers import export, tiny, tokenizer
 from serve_helpers import NAME, TIMEOUT_S, VOCAB, Server, _request
 
+# A hang fails the test (pytest-timeout, a dev dependency) instead of stalling the suite.
+pytestmark = pytest.mark.timeout(300)
+
 GOOD = {"prompt": "to be", "max_tokens": 3, "temperature": 0}
 
 

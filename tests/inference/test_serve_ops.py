@@ -16,6 +16,9 @@ from test_scheduler import FakeEngine, drive, req
 from bitnet.inference.scheduler import AsyncStream, Request, RequestStatus, Scheduler
 from bitnet.inference.sampling import SamplingParams
 
+# A hang fails the test (pytest-timeout, a dev dependency) instead of stalling the suite.
+pytestmark = pytest.mark.timeout(300)
+
 KEY = "sk-test-0123456789abcdef"
 GOOD = {"prompt": "to be", "max_tokens": 3, "temperature": 0}
 
