@@ -87,6 +87,7 @@ class ServeConfig:
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT  # seconds a stream may go unread
     log_format: str = "plain"  # access log: "plain" or "json"
     prepare_threads: int = 2  # worker threads that parse, template and tokenize
+    body_budget: int | None = None  # bytes of all bodies held at once (None: 16 x max_body, at least 64 MiB)
 
 
 def serve_limits(ctx_size: int, tokenizer: Any) -> tuple[int, int]:
@@ -118,6 +119,10 @@ class Guard:
     def __init__(self, app: Callable, config: ServeConfig, metrics: ServeMetrics) -> None:
         self.app, self.config, self.metrics = app, config, metrics
         self.keys = [k.encode() for k in config.api_keys]
+        # Bodies are held in memory from their first byte until their request ends; many slow or
+        # concurrent large bodies could add up, so their total is bounded too (429 beyond).
+        self.budget = config.body_budget if config.body_budget is not None else max(16 * config.max_body, 64 << 20)
+        self.held = 0
 
     def _authorized(self, headers: dict[bytes, bytes]) -> APIError | None:
         auth = headers.get(b"authorization", b"")
@@ -166,27 +171,35 @@ class Guard:
         if declared > limit:
             return await refuse(too_big)
         chunks, size = [], 0
-        while True:  # read the body here (bounded), then hand it to the app in one piece
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > limit:
-                return await refuse(too_big)
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
-        replayed = False
+        try:
+            while True:  # read the body here (bounded), then hand it to the app in one piece
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body = message.get("body", b"")
+                size += len(body)
+                self.held += len(body)
+                if size > limit:
+                    return await refuse(too_big)
+                if self.held > self.budget:
+                    return await refuse(APIError(429, "The server holds too many request bodies at once; retry "
+                                                      "later.", type="rate_limit_error", code="too_many_bodies",
+                                                 headers={"Connection": "close"}))
+                chunks.append(body)
+                if not message.get("more_body", False):
+                    break
+            replayed = False
 
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()  # then http.disconnect when the client goes
+            async def replay() -> dict:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return await receive()  # then http.disconnect when the client goes
 
-        await self.app(scope, replay, counted_send)
+            await self.app(scope, replay, counted_send)
+        finally:
+            self.held -= size
 
 
 # ---------------------------------------------------------------------- the OpenAI front
@@ -432,7 +445,8 @@ def _add_routes(app: FastAPI, server: OpenAIServer, scheduler: Scheduler, metric
 
 def create_app(engine, scheduler: Scheduler, model_name: str | None = None, *, config: ServeConfig | None = None,
                metrics: ServeMetrics | None = None) -> Callable[..., Awaitable[None]]:
-    """The ASGI app serving ``engine`` through ``scheduler`` (started and stopped by the app's lifespan).
+    """The ASGI app serving ``engine`` through ``scheduler`` (started and stopped by the app's lifespan):
+    the FastAPI app (``.fastapi``) inside its :class:`Guard`.
 
     ``engine`` tokenizes, renders chat templates and says which tokens end a reply; ``scheduler``
     generates (it may wrap the same engine). ``config`` defaults to :func:`serve_limits` for the
@@ -461,8 +475,9 @@ def create_app(engine, scheduler: Scheduler, model_name: str | None = None, *, c
     app.state.scheduler, app.state.server = scheduler, server
     _add_error_handlers(app)
     _add_routes(app, server, scheduler, metrics)
-    app.add_middleware(Guard, config=config, metrics=metrics)
-    return app
+    guard = Guard(app, config, metrics)  # outermost: nothing reaches the app before the guard passes it
+    guard.fastapi = app
+    return guard
 
 
 # ---------------------------------------------------------------------- command line

@@ -87,7 +87,7 @@ class Server:
         self.port = _free_port()
         chars, body = serve_limits(CTX, self.engine.tokenizer)
         self.config = replace(ServeConfig(model_name=NAME, max_body=body, max_prompt_chars=chars), **config)
-        app = create_app(self.engine, self.scheduler, config=self.config)
+        self.app = app = create_app(self.engine, self.scheduler, config=self.config)
         self.uvicorn = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                      timeout_graceful_shutdown=TIMEOUT_S))
         self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)

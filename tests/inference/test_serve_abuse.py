@@ -192,3 +192,32 @@ def test_a_large_body_does_not_stall_other_streams(roomy):
     assert chunks[-1].usage.completion_tokens == 120  # the stream completed
     assert max(np.diff(times)) < MAX_GAP_S
     assert result and result[0][0] == 400 and result[0][1]["error"]["code"] == "context_length_exceeded"
+
+
+def test_bodies_held_at_once_are_bounded(tmp_path):
+    """Slow clients each sending most of a body: past the budget of bytes held, the next gets 429."""
+    s = Server(export(tiny(seed=5, vocab_size=VOCAB), tmp_path / "m", tokenizer()), max_body=64 << 10,
+               body_budget=200 << 10)
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (60 << 10))
+    slow = []
+    try:
+        for _ in range(3):  # 3 x 50 KiB held (below the 200 KiB budget), none finished
+            sk = socket.create_connection(("127.0.0.1", s.port), timeout=TIMEOUT_S)
+            sk.sendall(head + b"x" * (50 << 10))
+            slow.append(sk)
+        wait_s = time.monotonic() + TIMEOUT_S
+        while s.app.held < 150 << 10:  # the server has read them
+            assert time.monotonic() < wait_s
+            time.sleep(0.01)
+        status, body, _ = _raw_exchange(s.port, head, [b"x" * (60 << 10)])
+        assert status == 429 and body["error"]["code"] == "too_many_bodies"
+    finally:
+        for sk in slow:
+            sk.close()
+    wait_s = time.monotonic() + TIMEOUT_S
+    while s.app.held:  # the slow clients went away: their bytes are released
+        assert time.monotonic() < wait_s
+        time.sleep(0.01)
+    assert _request(s.port, "POST", "/v1/completions", GOOD)[0] == 200
+    s.stop()
