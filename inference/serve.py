@@ -344,7 +344,8 @@ def create_app(engine, scheduler: Scheduler, model_name: str):
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bitnet serve",
                                 description="OpenAI-compatible HTTP server (chat and text completions, streaming) "
-                                            "on the C++ engine, with continuous batching over --parallel slots.")
+                                            "on the C++ engine, with continuous batching over --parallel slots.",
+                                epilog="more: docs/serving.md in the bitnet source repository")
     p.add_argument("model_dir", type=Path, help="packed export directory (config.json, model.safetensors, "
                                                  "tokenizer.json)")
     p.add_argument("--host", default="127.0.0.1")
