@@ -14,6 +14,9 @@ import importlib
 import os
 import sys
 
+# The user's guide: README.md and these pages under docs/ in the source repository.
+DOCS_HINT = "more: README.md and docs/ in the bitnet source repository"
+
 # name -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("bitnet.demo", "main", "the whole pipeline on the bundled text: train, export, generate, score"),
@@ -41,13 +44,15 @@ def usage() -> str:
         "commands:",
     ]
     lines += [f"  {n.ljust(width)}  {h}" for n, (_, _, h) in COMMANDS.items()]
+    lines += ["", DOCS_HINT + " (each command's --help names its page)"]
     return "\n".join(lines)
 
 
 def info_main(argv: list[str]) -> int:
     import argparse
 
-    argparse.ArgumentParser(prog="bitnet info", description=COMMANDS["info"][2]).parse_args(argv)
+    argparse.ArgumentParser(prog="bitnet info", description=COMMANDS["info"][2],
+                            epilog="more: docs/engine.md in the bitnet source repository").parse_args(argv)
     from . import __version__
     from .paths import list_model_presets
 
@@ -67,6 +72,7 @@ def info_main(argv: list[str]) -> int:
     except ImportError as e:  # the extension was not built: say so, do not hide it
         print(f"cpu: C++ extension not available ({e})")
     print(f"model presets: {', '.join(list_model_presets())}")
+    print(DOCS_HINT)
     return 0
 
 
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in ("-V", "--version"):
         from . import __version__
 
-        print(f"bitnet {__version__}")
+        print(f"bitnet {__version__}\n{DOCS_HINT}")
         return 0
     name = argv[0]
     if name not in COMMANDS:

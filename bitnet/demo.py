@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bitnet demo",
         description="Train a tiny ternary model on the bundled Shakespeare, export it, generate text with "
         "the C++ engine and score it. Re-running reuses a finished training run in --out.",
+        epilog="more: README.md in the bitnet source repository, and docs/ beside it",
     )
     ap.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     ap.add_argument("--config", default=None,

@@ -20,7 +20,8 @@ def eval_main(argv: list[str]) -> int:
         prog="bitnet eval",
         description="Score a model with lm-eval's task definitions on the C++ engine. "
         "With --data-dir the tasks read local files (the layout of ../shared/data) instead of the hub.",
-        epilog="example: bitnet eval out/export --tasks arc_easy,mmlu --limit 20 --data-dir ../shared/data",
+        epilog="example: bitnet eval out/export --tasks arc_easy,mmlu --limit 20 --data-dir ../shared/data   "
+        "(more: docs/evaluation.md in the bitnet source repository)",
     )
     p.add_argument("model_dir", help="export directory (config.json, model.safetensors, tokenizer.json)")
     p.add_argument("--tasks", default="mmlu,gsm8k,arc_challenge,arc_easy",
@@ -61,7 +62,8 @@ def perplexity_main(argv: list[str]) -> int:
         prog="bitnet perplexity",
         description="Sliding-window perplexity of a UTF-8 text file (each token scored once, "
         "with up to CONTEXT - STRIDE tokens of history).",
-        epilog="example: bitnet perplexity out/export ../shared/data/text/wikitext-2/test.txt --context 512 --stride 256",
+        epilog="example: bitnet perplexity out/export ../shared/data/text/wikitext-2/test.txt --context 512 --stride 256   "
+        "(more: docs/evaluation.md in the bitnet source repository)",
     )
     p.add_argument("model_dir", help="export directory (config.json, model.safetensors, tokenizer.json)")
     p.add_argument("file", help="text file to score")

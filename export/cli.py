@@ -21,6 +21,8 @@ GGUF: upstream llama.cpp's bitnet graph always computes a SiLU-gated FFN, so a r
 2B4T) runs there with the wrong activation; such a model is written only with --allow-relu2.
 A linear whose input width is not a multiple of 256 (the TQ block) is written as Q8_0 (or F16 when
 not a multiple of 32) with the same ternary values; the command names each such tensor.
+
+more: docs/formats.md in the bitnet source repository
 """
 
 

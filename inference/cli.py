@@ -49,7 +49,8 @@ def _sampling(a: argparse.Namespace):
 
 
 def generate_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bitnet generate", description="Generate text with the C++ engine (streams to stdout).")
+    p = argparse.ArgumentParser(prog="bitnet generate", description="Generate text with the C++ engine (streams to stdout).",
+                                epilog="more: docs/engine.md in the bitnet source repository")
     _engine_args(p)
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
@@ -76,7 +77,8 @@ def generate_main(argv: list[str]) -> int:
 def chat_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bitnet chat",
                                 description="Interactive streaming chat (2B4T chat format unless the export has a "
-                                            "chat_template). Empty line or Ctrl-D quits; /reset clears the history.")
+                                            "chat_template). Empty line or Ctrl-D quits; /reset clears the history.",
+                                epilog="more: docs/engine.md in the bitnet source repository")
     _engine_args(p)
     p.add_argument("--system", default="You are a helpful assistant.", help="system prompt")
     _sampling_args(p, 256)
@@ -113,7 +115,8 @@ def bench_main(argv: list[str]) -> int:
         prog="bitnet bench",
         description="Benchmark the C++ engine: prefill and decode tokens/s, load time, peak RSS. "
                     "--shape builds random weights of a preset's shape in memory (no file needed); "
-                    "--project prints per-layer decode time at 7B..100B shapes and the projected tokens/s.")
+                    "--project prints per-layer decode time at 7B..100B shapes and the projected tokens/s.",
+        epilog="more: docs/engine.md and docs/benchmarks.md in the bitnet source repository")
     p.add_argument("model_dir", type=Path, nargs="?", help="packed export directory")
     p.add_argument("--shape", help="model preset with random weights, e.g. bitnet-2b4t, 700m, test-tiny")
     p.add_argument("--act", choices=["relu2", "silu"], default=None, help="override the preset's hidden_act")

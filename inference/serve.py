@@ -527,7 +527,8 @@ def _setup_logging(level: str, fmt: str) -> None:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bitnet serve",
                                 description="OpenAI-compatible HTTP server (chat and text completions, streaming) "
-                                            "on the C++ engine, with continuous batching over --parallel slots.")
+                                            "on the C++ engine, with continuous batching over --parallel slots.",
+                                epilog="more: docs/serving.md in the bitnet source repository")
     p.add_argument("model_dir", type=Path, help="packed export directory (config.json, model.safetensors, "
                                                  "tokenizer.json)")
     p.add_argument("--host", default="127.0.0.1")

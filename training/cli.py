@@ -16,6 +16,7 @@ def train_main(argv: list[str]) -> int:
         "key=value with dotted keys, e.g. optim.lr=2e-3 model=10m max_steps=200 resume=true "
         "model_overrides.linear_type=fp. Multi-process on CPU (2 processes): accelerate launch --config_file "
         "configs/train/accelerate/cpu2.yaml -m bitnet train ...",
+        epilog="more: docs/training.md in the bitnet source repository",
     )
     ap.add_argument("config", help="training YAML file")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -40,6 +41,7 @@ def tokenizer_main(argv: list[str]) -> int:
         prog="bitnet train-tokenizer",
         description="Train a byte-level BPE tokenizer (tokenizers) on local .txt/.jsonl/.parquet files or "
         "folders and write tokenizer.json (use it with data.tokenizer=PATH).",
+        epilog="more: docs/training.md in the bitnet source repository",
     )
     ap.add_argument("paths", nargs="+", help="data files or folders")
     ap.add_argument("-o", "--output", required=True, help="output tokenizer.json path")

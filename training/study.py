@@ -527,7 +527,7 @@ def main(argv: list[str]) -> int:
         "results.json, results.md and loss_vs_tokens.png. Re-running continues an interrupted study "
         "(completed runs are skipped).",
         epilog="example: bitnet study configs/study/small.yaml --out runs/study --results docs/study "
-        "train.max_steps=100",
+        "train.max_steps=100   (more: docs/training.md in the bitnet source repository)",
     )
     ap.add_argument("config", help="study YAML (configs/study/*.yaml)")
     ap.add_argument("overrides", nargs="*", metavar="key=value",
