@@ -19,8 +19,9 @@ EPILOG = """examples:
 
 GGUF: upstream llama.cpp's bitnet graph always computes a SiLU-gated FFN, so a relu2 model (such as
 2B4T) runs there with the wrong activation; such a model is written only with --allow-relu2.
-A linear whose input width is not a multiple of 256 (the TQ block) is written as Q8_0 (or F16 when
-not a multiple of 32) with the same ternary values; the command names each such tensor.
+A linear whose input width is not a multiple of 256 (the TQ block) is written as Q5_0 (or F16 when
+not a multiple of 32) with the same ternary values; the command names each such tensor. (Not Q8_0:
+llama.cpp's AMX Q8_0 kernel crashes on prompts of two or more tokens on CPUs with AMX.)
 """
 
 
@@ -80,10 +81,12 @@ def main(argv: list[str]) -> int:
     from bitnet.formats import read_model, resolve_model
 
     args = build_parser().parse_args(argv)
-    try:
-        args.checkpoint = resolve_model(args.checkpoint)  # a local path, or a hub id in the hub cache
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}; expected a checkpoint, model or export directory, a .gguf file or a hub id") from None
+    from bitnet.formats.hub import parse_hub_id
+
+    if not Path(args.checkpoint).exists() and parse_hub_id(args.checkpoint) is None:
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint, model or export directory, .gguf file "
+                                "(nor a hub id owner/name[@revision])")
+    args.checkpoint = resolve_model(args.checkpoint)  # a local path, or a hub id in the hub cache
     is_gguf = args.checkpoint.is_file() and args.checkpoint.suffix.lower() == ".gguf"
     if not args.checkpoint.is_dir() and not is_gguf:
         size = Path(args.checkpoint).stat().st_size
