@@ -220,3 +220,27 @@ def test_a_broken_chat_template_is_one_line(tmp_path):
     _add_tokenizer(path, "{% for m in messages %}{{ m['content'] }")
     with pytest.raises(ValueError, match=r"chat_template does not compile"):
         Engine(path, threads=1).apply_chat_template(MESSAGES)
+
+
+# ---------------------------------------------------------------------------------- real shapes
+@pytest.mark.parametrize("name, dims", [
+    ("falcon3-1b", (2048, 8192, 18, 8, 4, 256, 131072)), ("falcon3-3b", (3072, 9216, 22, 12, 4, 256, 131072)),
+    ("falcon3-7b", (3072, 23040, 28, 12, 4, 256, 131072)), ("falcon3-10b", (3072, 23040, 40, 12, 4, 256, 131072)),
+    ("llama3-8b", (4096, 14336, 32, 32, 8, 128, 128256)), ("bitnet-2b4t", (2560, 6912, 30, 20, 5, 128, 128256)),
+])
+def test_bench_shapes_are_the_published_dimensions(name, dims):
+    """FORMATS.md section 3b's sizes (bitnet bench --shape NAME builds random weights of these)."""
+    from bitnet.inference.bench import shape_config
+
+    c = shape_config(name)
+    assert (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
+            c.head_dim, c.vocab_size) == dims
+    assert c.hidden_act == ("relu2" if name == "bitnet-2b4t" else "silu")
+    assert c.tie_word_embeddings == (name == "bitnet-2b4t") and c.use_sub_norms == (name == "bitnet-2b4t")
+
+
+def test_unknown_bench_shape_is_one_line():
+    from bitnet.inference.bench import shape_config
+
+    with pytest.raises(ValueError, match=r"--shape 'falcon9': unknown \(real shapes: falcon3-1b"):
+        shape_config("falcon9")
