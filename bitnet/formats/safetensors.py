@@ -105,6 +105,9 @@ class WeightSet:
             f = SafetensorsFile(single)
             self.files[single.name] = f
             self.where = {k: f for k in f.tensors}
+        elif any(directory.glob("pytorch_model*.bin")):
+            raise FileNotFoundError(f"{directory}: only pytorch_model*.bin (pickles, which this project never loads); "
+                                    "convert them to model.safetensors first (safetensors' convert tool)")
         else:
             raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json")
 

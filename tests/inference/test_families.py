@@ -244,3 +244,10 @@ def test_unknown_bench_shape_is_one_line():
 
     with pytest.raises(ValueError, match=r"--shape 'falcon9': unknown \(real shapes: falcon3-1b"):
         shape_config("falcon9")
+
+
+def test_pickle_only_checkpoint_is_named(tmp_path):
+    path = onebitllm_replica(tmp_path / "bin")
+    (path / "model.safetensors").rename(path / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=r"only pytorch_model\*\.bin \(pickles"):
+        read_model(path)

@@ -220,3 +220,14 @@ def test_files_made_by_llama_quantize(tmp_path, tok):
         assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9, qtype
         made += 1
     assert made, f"no llama-quantize binary named in {ANCHORS_ENV}"
+
+
+def test_load_model_reads_a_gguf_into_the_pytorch_model(tmp_path, tok):
+    from bitnet.export import load_model
+
+    src = export(_model("relu2", seed=10), tmp_path / "st", tok)
+    path = write_gguf(src, tmp_path / "m.gguf", "bitnet-b1.58", "I2_S", tok)
+    with torch.no_grad():
+        got = load_model(path).double()(torch.from_numpy(IDS)[None])[0].numpy()
+        want = load_model(src).double()(torch.from_numpy(IDS)[None])[0].numpy()
+    np.testing.assert_allclose(got, want, atol=EXACT_ATOL, rtol=0)
