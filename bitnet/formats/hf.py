@@ -234,6 +234,9 @@ def read_hf_dir(directory: str | Path) -> TernaryModel:
             row_scale = None
         else:
             scales = row_scales_of_ternary(w, SCALED_RTOL)
+            if scales is None and row_scales_of_ternary(w.T, SCALED_RTOL) is not None:
+                raise ValueError(f"{where}: {wname} is ternary with one scale per block of input columns; the engine "
+                                 "holds one scale per output row (block), not per input column")
             if scales is None:
                 raise ValueError(
                     f"{where}: {wname} is not ternary (a row holds more than one nonzero magnitude): {d} is a plain "

@@ -251,3 +251,18 @@ def test_pickle_only_checkpoint_is_named(tmp_path):
     (path / "model.safetensors").rename(path / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"only pytorch_model\*\.bin \(pickles"):
         read_model(path)
+
+
+def test_column_block_scales_are_named(tmp_path):
+    """One scale per block of input columns (a row-parallel shard) is not per-row: one clear line."""
+    from safetensors.numpy import save_file
+
+    path = trilm_replica(tmp_path / "cols")
+    t = load_file(str(path / "model.safetensors"))
+    name = "model.layers.0.self_attn.o_proj.weight"
+    w = t[name].astype(np.float32)
+    q = np.sign(w)
+    t[name] = (q * np.repeat([0.03, 0.05], w.shape[1] // 2)[None, :]).astype(np.float16)
+    save_file(t, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"{name} is ternary with one scale per block of input columns"):
+        Engine(path, threads=1)

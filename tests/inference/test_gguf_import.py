@@ -231,3 +231,14 @@ def test_load_model_reads_a_gguf_into_the_pytorch_model(tmp_path, tok):
         got = load_model(path).double()(torch.from_numpy(IDS)[None])[0].numpy()
         want = load_model(src).double()(torch.from_numpy(IDS)[None])[0].numpy()
     np.testing.assert_allclose(got, want, atol=EXACT_ATOL, rtol=0)
+
+
+def test_export_cli_turns_a_gguf_into_the_transformers_layout(tmp_path, tok):
+    from bitnet.export.cli import main as export_main
+
+    src = export(_model("silu", seed=11), tmp_path / "st", tok)
+    path = write_gguf(src, tmp_path / "m.gguf", "bitnet", "TQ1_0", tok)
+    assert export_main([str(path), str(tmp_path / "hf")]) == 0
+    eng = Engine(tmp_path / "hf", threads=1, head="f16")
+    np.testing.assert_allclose(eng.logits(IDS), Engine(src, threads=1, head="f16").logits(IDS), atol=EXACT_ATOL, rtol=0)
+    assert eng.tokenizer.encode("to be or not").ids == tok.encode("to be or not").ids
