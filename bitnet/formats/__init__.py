@@ -35,7 +35,7 @@ def read_model(path: str | Path) -> TernaryModel:
             return read_gguf(p)
         raise ValueError(f"{p}: not a model (expected a directory with config.json, or a .gguf file)")
     if not p.is_dir():
-        raise FileNotFoundError(f"no model directory or file at {p}")
+        raise FileNotFoundError(f"{p}: model directory not found (no directory or .gguf file there)")
     if not (p / "config.json").is_file():
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:

@@ -76,7 +76,8 @@ def resolve_model(ref: str | Path) -> Path:
         return p
     hub = parse_hub_id(str(ref))
     if hub is None:
-        raise FileNotFoundError(f"no model directory at {p} (and {str(ref)!r} is not a hub id owner/name[@revision])")
+        raise FileNotFoundError(f"{p}: model directory not found (no directory or .gguf file there, and "
+                                f"{str(ref)!r} is not a hub id owner/name[@revision])")
     return _fetch(hub)
 
 

@@ -102,5 +102,5 @@ def test_parse_hub_id(ref, parsed):
 
 
 def test_not_a_path_nor_a_hub_id(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no model directory at"):
+    with pytest.raises(FileNotFoundError, match="missing: model directory not found"):
         resolve_model(tmp_path / "missing")
