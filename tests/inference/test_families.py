@@ -266,3 +266,26 @@ def test_column_block_scales_are_named(tmp_path):
     save_file(t, str(path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match=rf"{name} is ternary with one scale per block of input columns"):
         Engine(path, threads=1)
+
+
+def test_unsupported_rope_scaling_is_one_line_naming_file_and_field(tmp_path):
+    path = trilm_replica(tmp_path / "yarn")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config\.json: rope_scaling\.rope_type 'yarn' is not supported "
+                                         r"\(supported: default, linear, llama3\)"):
+        read_model(path)
+
+
+def test_chat_stops_at_the_models_end_of_turn_token(tmp_path):
+    """end_of_turn(): Llama-3's <|eot_id|> and the template's eos_token, where the vocabulary has them."""
+    from tokenizers import AddedToken
+
+    path = trilm_replica(tmp_path / "m")
+    tok = _add_tokenizer(path, LLAMA3_TEMPLATE)
+    tok.add_special_tokens([AddedToken("<|eot_id|>", special=True), AddedToken("<|eos|>", special=True)])
+    (path / "tokenizer.json").write_text(tok.to_str())
+    eng = Engine(path, threads=1)
+    stops, ids = eng.end_of_turn()
+    assert stops == ["<|eot_id|>", "<|eos|>"] and set(ids) == {tok.token_to_id("<|eot_id|>"), tok.token_to_id("<|eos|>"), 1}
