@@ -41,6 +41,18 @@ def _check_args(a: argparse.Namespace) -> None:
         raise ValueError("--prompt is empty: give some text to continue")
 
 
+def _load(a: argparse.Namespace, **override):
+    """The Engine for the command's model (a directory, .gguf file or hub id); its load log (family or
+    GGUF architecture, FFN and why) goes to stderr."""
+    from .engine import Engine
+
+    kw = dict(threads=a.threads, head=a.head, weights=a.weights, kv_cache=a.kv_cache)
+    eng = Engine(a.model_dir, **{**kw, **override})
+    for line in eng.load_log:
+        print(f"[load] {line}", file=sys.stderr)
+    return eng
+
+
 def _gen_kwargs(a: argparse.Namespace) -> dict:
     return dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                 repetition_penalty=a.repetition_penalty, seed=a.seed)
@@ -55,9 +67,7 @@ def generate_main(argv: list[str]) -> int:
     _sampling_args(p, 128)
     a = p.parse_args(argv)
     _check_args(a)
-    from .engine import Engine
-
-    eng = Engine(a.model_dir, threads=a.threads, head=a.head, weights=a.weights, kv_cache=a.kv_cache)
+    eng = _load(a)
     t0 = time.perf_counter()
     if a.no_stream:
         print(eng.generate(a.prompt, stop=a.stop, **_gen_kwargs(a)))
@@ -80,9 +90,7 @@ def chat_main(argv: list[str]) -> int:
     _sampling_args(p, 256)
     a = p.parse_args(argv)
     _check_args(a)
-    from .engine import Engine
-
-    eng = Engine(a.model_dir, threads=a.threads, head=a.head, weights=a.weights, kv_cache=a.kv_cache)
+    eng = _load(a)
     history = [{"role": "system", "content": a.system}] if a.system else []
     while True:
         try:
@@ -128,7 +136,7 @@ def bench_main(argv: list[str]) -> int:
     _check_args(a)
     from . import _C
     from .bench import peak_rss_bytes, project_table, random_model, time_prefill_decode, transparent_hugepage_mode
-    from .engine import AUTO_HEAD, Engine
+    from .engine import AUTO_HEAD
     from .loader import auto_weight_format, default_threads
 
     threads = a.threads if a.threads is not None else default_threads()
@@ -153,7 +161,7 @@ def bench_main(argv: list[str]) -> int:
         model, vocab, file_bytes = random_model(cfg, threads, head=head, weights=weights, kv_cache=a.kv_cache), cfg.vocab_size, None
         what = f"--shape {a.shape} (random weights, {cfg.hidden_act})"
     else:
-        eng = Engine(a.model_dir, threads=threads, head=head, weights=weights, kv_cache=a.kv_cache)
+        eng = _load(a, threads=threads, head=head, weights=weights)
         model, vocab, file_bytes = eng._model, eng.vocab_size, eng.file_bytes
         what = str(a.model_dir)
     load_s = time.perf_counter() - t0
