@@ -21,9 +21,10 @@ LINEAR_TYPES = ("bitlinear", "fp")
 # Keys of transformers' config.json that we read but do not model: accepted silently on load.
 _HF_IGNORED_KEYS = {
     "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
-    "attention_dropout", "attention_bias", "quantization_config", "rope_parameters", "rope_scaling",
+    "attention_dropout", "attention_bias", "quantization_config", "rope_parameters",
     "auto_map", "_name_or_path", "pretraining_tp", "mlp_bias", "rope_type", "output_attentions",
     "output_hidden_states", "return_dict", "chunk_size_feed_forward", "is_encoder_decoder",
+    "is_bitnet_config",  # HF1BitLLM's marker; the quantization_config says the same
 }
 
 
@@ -81,6 +82,7 @@ class BitNetConfig:
     linear_type: str = "bitlinear"
     use_sub_norms: bool = True
     use_rms_norm: bool = False
+    rope_scaling: dict[str, Any] | None = None  # transformers' rope_scaling ("llama3", "linear"); None = plain RoPE
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -110,6 +112,9 @@ class BitNetConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
         if self.hidden_act not in HIDDEN_ACTS:
             raise ValueError(f"hidden_act must be one of {HIDDEN_ACTS}, got {self.hidden_act!r}")
+        from .formats.rope import check_rope_scaling
+
+        check_rope_scaling(self.rope_scaling)
         if self.linear_type not in LINEAR_TYPES:
             raise ValueError(f"linear_type must be one of {LINEAR_TYPES}, got {self.linear_type!r}")
 
@@ -149,9 +154,11 @@ class BitNetConfig:
         rope = d.get("rope_parameters") or {}
         if "rope_theta" not in kw and "rope_theta" in rope:
             kw["rope_theta"] = rope["rope_theta"]
-        rope_type = rope.get("rope_type", "default") if rope else (d.get("rope_scaling") or {}).get("rope_type", "default")
-        if rope_type not in ("default", None):
-            raise ValueError(f"unsupported rope_type {rope_type!r}: only the default RoPE is implemented")
+        # transformers 5 folds rope_scaling into rope_parameters; 4.x writes rope_scaling
+        scaling = d.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        if isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) in ("default", None):
+            scaling = None
+        kw["rope_scaling"] = dict(scaling) if isinstance(scaling, dict) else scaling
         eos = kw.get("eos_token_id")
         if isinstance(eos, list):
             kw["eos_token_id"] = eos[0] if eos else None
@@ -191,7 +198,9 @@ class BitNetConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_theta": self.rope_theta, "rope_type": "default"},
+            "rope_parameters": {"rope_theta": self.rope_theta, "rope_type": "default"} if self.rope_scaling is None
+            else {**self.rope_scaling, "rope_theta": self.rope_theta},
+            "rope_scaling": self.rope_scaling,
             "tie_word_embeddings": self.tie_word_embeddings,
             "initializer_range": self.initializer_range,
             "bos_token_id": self.bos_token_id,

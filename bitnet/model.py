@@ -30,10 +30,17 @@ def _linear(cfg: BitNetConfig, in_f: int, out_f: int) -> nn.Linear:
 
 
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype, scaling: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for rotate-half RoPE: positions (T,) -> two (T, head_dim) tensors in ``dtype``."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim))
+    """cos/sin tables for rotate-half RoPE: positions (T,) -> two (T, head_dim) tensors in ``dtype``.
+
+    ``scaling``: transformers' ``rope_scaling`` ("llama3", "linear"; see bitnet.formats.rope)."""
+    if scaling is not None:
+        from .formats.rope import rope_inv_freq
+
+        inv_freq = torch.from_numpy(rope_inv_freq(head_dim, theta, scaling)).to(positions.device)
+    else:
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim))
     freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, hd/2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -156,7 +163,8 @@ class BitNetForCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         positions = torch.arange(start_pos, start_pos + T, device=input_ids.device)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype)  # (T, hd)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype,
+                                self.config.rope_scaling)  # (T, hd)
         for layer in self.model.layers:
             x = layer(x, cos, sin)
         x = self.model.norm(x)

@@ -68,9 +68,11 @@ def read_model_config(model_dir: str | Path) -> dict[str, Any]:
         FileNotFoundError: ``model_dir`` is not a directory or holds neither file.
         ValueError: the file is not valid JSON.
     """
-    d = Path(model_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"{d}: model directory not found")
+    from bitnet.formats import read_model, resolve_model
+
+    d = resolve_model(model_dir)  # a local path, or a hub id fetched into (or found in) the hub cache
+    if d.is_file():  # a GGUF file: its config as transformers would write it
+        return read_model(d).config.to_hf_dict()
     for name in ("config.json", "bitnet_config.json"):
         p = d / name
         if p.is_file():
@@ -90,7 +92,15 @@ def load_tokenizer(model_dir: str | Path):
     """
     from tokenizers import Tokenizer
 
-    p = Path(model_dir) / "tokenizer.json"
+    from bitnet.formats import read_model, resolve_model
+
+    d = resolve_model(model_dir)
+    if d.is_file():  # a GGUF file: the tokenizer built from its own vocabulary
+        tok = read_model(d).tokenizer
+        if tok is None:
+            raise FileNotFoundError(f"{d}: the GGUF holds no tokenizer; evaluation needs one")
+        return tok()
+    p = d / "tokenizer.json"
     if not p.is_file():
         raise FileNotFoundError(
             f"{Path(model_dir)}: model directory has no tokenizer.json; evaluation needs the tokenizer "
@@ -120,8 +130,10 @@ class TorchBackend:
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "TorchBackend":
         """Load an export (``config.json``) or a training model directory (``bitnet_config.json``)."""
-        d = Path(model_dir)
-        if (d / "config.json").is_file():
+        from bitnet.formats import resolve_model
+
+        d = resolve_model(model_dir)
+        if d.is_file() or (d / "config.json").is_file():
             from bitnet.export import load_model  # the export's reader: packed ternary -> our model
 
             return cls(load_model(d))

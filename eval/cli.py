@@ -23,7 +23,8 @@ def eval_main(argv: list[str]) -> int:
         epilog="example: bitnet eval out/export --tasks arc_easy,mmlu --limit 20 --data-dir ../shared/data   "
         "(more: docs/evaluation.md in the bitnet source repository)",
     )
-    p.add_argument("model_dir", help="export directory (config.json, model.safetensors, tokenizer.json)")
+    p.add_argument("model_dir", help="model directory (config.json + safetensors, any published ternary family), a .gguf "
+                                     "file, or a hub id owner/name[@revision]")
     p.add_argument("--tasks", default="mmlu,gsm8k,arc_challenge,arc_easy",
                    help="comma-separated lm-eval task or group names (default: %(default)s)")
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: each task's own)")
@@ -65,7 +66,8 @@ def perplexity_main(argv: list[str]) -> int:
         epilog="example: bitnet perplexity out/export ../shared/data/text/wikitext-2/test.txt --context 512 --stride 256   "
         "(more: docs/evaluation.md in the bitnet source repository)",
     )
-    p.add_argument("model_dir", help="export directory (config.json, model.safetensors, tokenizer.json)")
+    p.add_argument("model_dir", help="model directory (config.json + safetensors, any published ternary family), a .gguf "
+                                     "file, or a hub id owner/name[@revision]")
     p.add_argument("file", help="text file to score")
     p.add_argument("--context", type=_positive_int, default=None, help="window length in tokens (default: the model's)")
     p.add_argument("--stride", type=_positive_int, default=None, help="window step in tokens (default: context / 2)")

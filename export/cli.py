@@ -19,8 +19,9 @@ EPILOG = """examples:
 
 GGUF: upstream llama.cpp's bitnet graph always computes a SiLU-gated FFN, so a relu2 model (such as
 2B4T) runs there with the wrong activation; such a model is written only with --allow-relu2.
-A linear whose input width is not a multiple of 256 (the TQ block) is written as Q8_0 (or F16 when
-not a multiple of 32) with the same ternary values; the command names each such tensor.
+A linear whose input width is not a multiple of 256 (the TQ block) is written as Q5_0 (or F16 when
+not a multiple of 32) with the same ternary values; the command names each such tensor. (Not Q8_0:
+llama.cpp's AMX Q8_0 kernel crashes on prompts of two or more tokens on CPUs with AMX.)
 
 more: docs/formats.md in the bitnet source repository
 """
@@ -48,6 +49,12 @@ def _source_tokenizer(src: Path) -> Path | None:
     return cand if cand.is_file() else None
 
 
+def _gguf_tokenizer(path: Path, read_model) -> object | None:
+    """The tokenizers.Tokenizer a GGUF file carries in its own vocabulary (None without one)."""
+    desc = read_model(path)
+    return desc.tokenizer() if desc.tokenizer is not None else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bitnet export",
@@ -56,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", type=Path, help="model dir, training checkpoint, run dir, or transformers-layout dir")
+    p.add_argument("checkpoint", help="model dir, training checkpoint, run dir, transformers-layout dir (any published "
+                                      "ternary family), a .gguf file, or a hub id owner/name[@revision]")
     p.add_argument("out", type=Path, help="output directory (hf) or .gguf file (gguf; a directory gets model.gguf)")
     p.add_argument("--format", choices=("hf", "gguf"), default="hf", help="output format (default: hf)")
     p.add_argument("--type", dest="qtype", choices=("tq2_0", "tq1_0"), default="tq2_0",
@@ -72,20 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from bitnet.formats import read_model, resolve_model
+
     args = build_parser().parse_args(argv)
-    if not Path(args.checkpoint).exists():
-        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint, model or export directory")
-    if not Path(args.checkpoint).is_dir():
+    from bitnet.formats.hub import parse_hub_id
+
+    if not Path(args.checkpoint).exists() and parse_hub_id(args.checkpoint) is None:
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint, model or export directory, .gguf file "
+                                "(nor a hub id owner/name[@revision])")
+    args.checkpoint = resolve_model(args.checkpoint)  # a local path, or a hub id in the hub cache
+    is_gguf = args.checkpoint.is_file() and args.checkpoint.suffix.lower() == ".gguf"
+    if not args.checkpoint.is_dir() and not is_gguf:
         size = Path(args.checkpoint).stat().st_size
         raise ValueError(f"{args.checkpoint}: {'an empty file' if size == 0 else 'a file'}, not a checkpoint, model or "
-                         "export directory (give the folder that holds config.json)")
-    tokenizer = args.tokenizer or _source_tokenizer(args.checkpoint)
+                         "export directory (give the folder that holds config.json, or a .gguf file)")
+    tokenizer = args.tokenizer or (_gguf_tokenizer(args.checkpoint, read_model) if is_gguf
+                                   else _source_tokenizer(args.checkpoint))
     if tokenizer is None and not (args.format == "hf" and args.no_tokenizer):
         raise FileNotFoundError(
             f"{args.checkpoint}: no {TOKENIZER_FILE} found; pass --tokenizer PATH"
             + (" (or --no-tokenizer for a weights-only export)" if args.format == "hf" else "")
         )
-    if tokenizer is not None and not Path(tokenizer).is_file():
+    if isinstance(tokenizer, (str, Path)) and not Path(tokenizer).is_file():
         raise FileNotFoundError(f"{tokenizer}: tokenizer file missing")
     model = load_model(args.checkpoint)
     if args.format == "hf":

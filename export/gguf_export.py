@@ -12,10 +12,21 @@ Fallback types: a TQ block spans 256 inputs, so a linear whose in_features is no
 ``tensor_type_fallback`` in src/llama-quant.cpp) then falls back to a 32-block type, and to F16
 when the row is not a multiple of 32 either. It picks Q4_0, whose codes run from -8 to 7 around one
 signed block scale, so +beta and -beta cannot both be exact in one block (its own comment: "use a
-symmetric type instead"). We take the symmetric 32-block type, Q8_0 (``d`` fp16 + 32 int8 codes,
-value ``d * q``), and store the ternary codes themselves with ``d`` = beta: the same values as the
-TQ blocks (codes exact, beta rounded to fp16). F16 holds ``q * beta`` as +-beta rounded to fp16,
-again the same values. Each fallback is named in the log (``log``), never an error.
+symmetric type instead"). We take Q5_0 (``d`` fp16, 32 five-bit codes c, value ``d * (c - 16)``),
+the smallest 32-block type that holds ternary codes exactly, and store ``c = q + 16`` with ``d`` =
+beta: the same values as the TQ blocks (codes exact, beta rounded to fp16). F16 holds ``q * beta``
+as +-beta rounded to fp16, again the same values. Each fallback is named in the log (``log``).
+
+Why not Q8_0 (what this exporter wrote before): upstream llama.cpp (as vendored by
+llama-cpp-python 0.3.36) repacks Q8_0 weights into its AMX buffer on CPUs with AMX, and its AMX
+Q8_0 matrix product (``tinygemm_kernel_amx``, used whenever more than one token goes through a
+linear: any prompt of two or more tokens) kills the process: SIGILL (``tilezero``) on a Xeon with
+AMX (family 6 model 207), SIGSEGV on this KVM Xeon with AMX. Measured here in subprocesses: every
+model with a Q8_0 linear died on a 2-token prompt whatever its shape (in_features 64 to 384, and
+256 when Q8_0 was forced), and ran with one token (the VNNI path); the same models with F16 or Q5_0
+fallbacks ran; Q8_0 models ran with weight repacking off (``use_extra_bufts = false``, llama.cpp's
+``--no-repack``). It is llama.cpp's bug, not the file's: Q5_0 and F16 are not AMX types in ggml, so
+the exports avoid it on every CPU.
 
 RoPE order: llama.cpp runs ``bitnet`` with ``LLAMA_ROPE_TYPE_NEOX`` (rotate-half, pairs offset by
 head_dim/2), which is the order transformers and our model use, so Q/K rows are written as they are.
@@ -53,7 +64,7 @@ __all__ = ["export_gguf", "RELU2_WARNING", "GGUF_TYPES", "gguf_tensor_names", "g
 
 EMBED_DTYPE = np.float16  # token_embd as llama.cpp's converter writes it (also the output head)
 BLOCK = 256  # weights per TQ1_0 / TQ2_0 block
-FALLBACK_BLOCK = 32  # weights per Q8_0 block, the fallback for rows that are not whole TQ blocks
+FALLBACK_BLOCK = 32  # weights per Q5_0 block, the fallback for rows that are not whole TQ blocks
 RELU2_WARNING = (
     "upstream llama.cpp's bitnet graph (src/models/bitnet.cpp) always computes a SiLU-gated FFN "
     "(silu(gate) * up), but this model's hidden_act is 'relu2' (relu(gate)^2 * up): llama.cpp will run "
@@ -95,24 +106,28 @@ def gguf_tensor_names(n_layers: int) -> dict[str, str]:
 
 def gguf_weight_type(in_features: int, qtype: str) -> str:
     """The GGUF type of a ternary linear with ``in_features`` inputs: ``qtype`` (a TQ type) when the
-    rows are whole 256-weight blocks, else ``"q8_0"`` when they are whole 32-weight blocks, else
-    ``"f16"`` (llama-quantize's rule, with Q8_0 for its Q4_0: see the module docstring)."""
+    rows are whole 256-weight blocks, else ``"q5_0"`` when they are whole 32-weight blocks, else
+    ``"f16"`` (llama-quantize's rule, with Q5_0 for its Q4_0: see the module docstring)."""
     if in_features % BLOCK == 0:
         return qtype
-    return "q8_0" if in_features % FALLBACK_BLOCK == 0 else "f16"
+    return "q5_0" if in_features % FALLBACK_BLOCK == 0 else "f16"
 
 
-def _ternary_q8_0(q: np.ndarray, beta: float) -> np.ndarray:
-    """Q8_0 blocks holding ``q * beta`` exactly as TQ does: codes q in {-1, 0, 1}, ``d`` = beta in fp16
-    (0 for an all-zero block, as TQ's absmax).
+def _ternary_q5_0(q: np.ndarray, beta: float) -> np.ndarray:
+    """Q5_0 blocks holding ``q * beta`` exactly as TQ does: ``d`` = beta in fp16 (0 for an all-zero
+    block, as TQ's absmax), five-bit codes ``c = q + 16`` in {15, 16, 17} (value ``d * (c - 16)``).
 
-    q (out, in) int8, in a multiple of 32 -> (out, in / 32 * 34) uint8; each block is ``d`` (fp16,
-    little-endian) then its 32 codes (int8), ggml's ``block_q8_0``.
+    q (out, in) int8, in a multiple of 32 -> (out, in / 32 * 22) uint8; each block is ggml's
+    ``block_q5_0``: ``d`` (fp16, little-endian), ``qh`` (uint32, bit j = bit 4 of code j), ``qs``
+    (16 bytes: the low nibble of byte j is code j's low 4 bits, the high nibble code j + 16's).
     """
     out_f, in_f = q.shape
-    codes = q.astype(np.int8).reshape(out_f, in_f // FALLBACK_BLOCK, FALLBACK_BLOCK)  # (out, nb, 32)
-    d = np.where(np.any(codes != 0, axis=-1, keepdims=True), np.float16(beta), np.float16(0))  # (out, nb, 1)
-    blocks = np.concatenate([d.astype("<f2").view(np.uint8), codes.view(np.uint8)], axis=-1)  # (out, nb, 34)
+    c = (q.astype(np.int16) + 16).astype(np.uint8).reshape(out_f, in_f // FALLBACK_BLOCK, FALLBACK_BLOCK)  # (out, nb, 32)
+    nonzero = np.any(c != 16, axis=-1, keepdims=True)
+    d = np.where(nonzero, np.float16(beta), np.float16(0)).astype("<f2")  # (out, nb, 1)
+    qh = ((c >> 4).astype(np.uint32) << np.arange(32, dtype=np.uint32)).sum(-1, dtype=np.uint32)  # (out, nb)
+    qs = (c[..., :16] & 15) | ((c[..., 16:] & 15) << 4)  # (out, nb, 16)
+    blocks = np.concatenate([d.view(np.uint8), qh.astype("<u4")[..., None].view(np.uint8), qs], axis=-1)  # (out, nb, 22)
     return np.ascontiguousarray(blocks.reshape(out_f, -1))
 
 
@@ -124,7 +139,7 @@ def _fallback_lines(fallbacks: list[tuple[str, int, str]], qtype: str) -> list[s
     lines = []
     for (in_f, t), names in groups.items():
         kinds = list(dict.fromkeys(re.sub(r"^blk\.\d+\.", "blk.*.", n) for n in names))
-        why = ("ternary codes exact, beta in fp16 as in " + qtype) if t == "q8_0" else "+-beta in fp16, exact as in " + qtype
+        why = ("ternary codes exact, beta in fp16 as in " + qtype) if t == "q5_0" else "+-beta in fp16, exact as in " + qtype
         lines.append(f"gguf: {len(names)} tensor(s) with in_features={in_f} (not a multiple of the {BLOCK}-weight "
                      f"{qtype} block) written as {t} ({why}): {', '.join(kinds)}")
     return lines
@@ -272,8 +287,8 @@ def export_gguf(
                 tensors.append((names[key], gguf.quants.quantize(ternary, qt), qt))
                 continue
             fallbacks.append((names[key], w.shape[1], wtype))
-            if wtype == "q8_0":
-                tensors.append((names[key], _ternary_q8_0(q.numpy(), beta.item()), gguf.GGMLQuantizationType.Q8_0))
+            if wtype == "q5_0":
+                tensors.append((names[key], _ternary_q5_0(q.numpy(), beta.item()), gguf.GGMLQuantizationType.Q5_0))
             else:  # q in {-1, 0, 1}: the product is +-fp16(beta) or 0, exact
                 tensors.append((names[key], q.numpy().astype(np.float16) * np.float16(beta.item()), None))
         elif key == "model.embed_tokens.weight":
@@ -303,7 +318,7 @@ def export_gguf(
         w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
         w.add_vocab_size(cfg.vocab_size)
         w.add_string("bitnet.export.scale_convention",
-                     "TQ block d = beta (absmax of q * beta); Q8_0 fallback d = beta with codes in {-1, 0, 1}; multiply")
+                     "TQ block d = beta (absmax of q * beta); Q5_0 fallback d = beta with codes q + 16; multiply")
         w.add_string("bitnet.export.hidden_act", cfg.hidden_act)
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre(vocab["pre"])

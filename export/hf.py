@@ -32,7 +32,9 @@ from tqdm import tqdm
 
 from bitnet.checkpoint import CONFIG_FILE as LATENT_CONFIG_FILE
 from bitnet.checkpoint import load_model_dir, save_tokenizer
-from bitnet.config import read_config_json
+import numpy as np
+
+from bitnet.formats import LINEAR_NAMES
 from bitnet.io import atomic_dir
 from bitnet.layers import BitLinear
 from bitnet.model import BitNetConfig, BitNetForCausalLM
@@ -48,6 +50,7 @@ __all__ = [
     "load_model",
     "read_safetensors",
     "ternary_linear_names",
+    "model_from_description",
 ]
 
 FORMAT_NAME = "bitnet-b1.58-packed"  # safetensors metadata "bitnet_format"
@@ -240,58 +243,6 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         raise ValueError(f"{path}: cannot read safetensors ({e})") from None
 
 
-def _read_weights(d: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """All tensors of an HF directory (single file or sharded); also which file each came from."""
-    index = d / WEIGHTS_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{index}: not a valid safetensors index ({e})") from None
-        files = sorted(set(weight_map.values()))
-    elif (d / WEIGHTS_FILE).is_file():
-        weight_map, files = None, [WEIGHTS_FILE]
-    else:
-        raise FileNotFoundError(f"{d}: no {WEIGHTS_FILE} or {WEIGHTS_INDEX}")
-    tensors: dict[str, torch.Tensor] = {}
-    origin: dict[str, Path] = {}
-    for fname in files:
-        path = d / fname
-        part, _ = read_safetensors(path)
-        for k, v in part.items():
-            if weight_map is not None and weight_map.get(k) != fname:
-                raise ValueError(f"{path}: tensor {k!r} is not listed for this file in {index}")
-            tensors[k] = v
-            origin[k] = path
-    if weight_map is not None:
-        missing = sorted(set(weight_map) - set(tensors))
-        if missing:
-            raise ValueError(f"{index}: tensors listed but not found in the shards: {missing[:5]}")
-    return tensors, origin
-
-
-TRANSFORMERS_QC_RMS_EPS = 1e-6  # BitNetQuantConfig's default eps of the in-linear RMSNorm
-
-
-def _quant_settings(config_path: Path, d: dict[str, Any]) -> tuple[str, str, list[str], float]:
-    qc = d.get("quantization_config")
-    if not isinstance(qc, dict) or qc.get("quant_method") != "bitnet":
-        raise ValueError(
-            f"{config_path}: no bitnet quantization_config (quant_method 'bitnet'): not a ternary checkpoint"
-        )
-    linear_class = qc.get("linear_class", "bitlinear")  # transformers' default
-    mode = qc.get("quantization_mode", "offline")
-    if linear_class not in ("bitlinear", "autobitlinear"):
-        raise ValueError(f"{config_path}: unknown quantization_config.linear_class {linear_class!r}")
-    if mode not in ("online", "offline"):
-        raise ValueError(f"{config_path}: unknown quantization_config.quantization_mode {mode!r}")
-    if linear_class == "bitlinear":
-        mode = "offline"  # transformers' BitLinear always holds packed weights
-    eps = qc.get("rms_norm_eps")
-    eps = TRANSFORMERS_QC_RMS_EPS if eps is None else float(eps)
-    return linear_class, mode, list(qc.get("modules_to_not_convert") or []), eps
-
-
 def _latent_from_packed(packed: torch.Tensor, scale: float, out_features: int) -> torch.Tensor:
     """A latent float weight whose absmean quantization gives back exactly ``(q, beta = scale)``.
 
@@ -305,105 +256,69 @@ def _latent_from_packed(packed: torch.Tensor, scale: float, out_features: int) -
     return q * (scale / frac)  # (out, in)
 
 
-def load_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> BitNetForCausalLM:
-    """Load a transformers-layout ternary checkpoint directory into our (trainable) model.
+def model_from_description(desc: Any) -> BitNetForCausalLM:
+    """Our (trainable) PyTorch model from a :class:`bitnet.formats.TernaryModel`: packed linears
+    become latent weights that re-quantize to exactly the described ternary values and scales.
 
-    Accepts ``quantization_config.linear_class`` ``autobitlinear`` (scale multiplied) and
-    ``bitlinear`` (stored scale = 1/beta), ``quantization_mode`` ``offline`` (packed uint8) and
-    ``online`` (float master weights), ``model_type`` ``bitnet`` and ``llama`` (``use_rms_norm``).
-    Packed weights become latent weights that re-quantize to exactly the stored ternary values
-    and scales, so fine-tuning starts from the checkpoint's function.
+    Raises:
+        ValueError: a linear with per-row-block scales (TriLM): BitLinear holds one scale per tensor.
+    """
+    import copy
+
+    cfg = copy.deepcopy(desc.config)
+    cfg.linear_type = "bitlinear"
+    with torch.device("meta"):  # no random init: every tensor comes from the description
+        model = BitNetForCausalLM(cfg)
+    if cfg.use_rms_norm and desc.inner_eps != cfg.rms_norm_eps:
+        # transformers' in-linear RMSNorm uses the quantization_config's eps, not the model's.
+        for name in ternary_linear_names(model):
+            model.get_submodule(name).rms_norm.variance_epsilon = float(desc.inner_eps)
+        cfg.extra["linear_rms_norm_eps"] = float(desc.inner_eps)
+
+    def t(a: Any) -> torch.Tensor:
+        return torch.from_numpy(np.array(a, dtype=np.float32))
+
+    sd: dict[str, torch.Tensor] = {"model.embed_tokens.weight": t(desc.embed.to_f32()), "model.norm.weight": t(desc.final_norm)}
+    if desc.lm_head is not None:
+        sd["lm_head.weight"] = t(desc.lm_head.to_f32())
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        for name, w in desc.layer_norms[i].items():
+            sd[p + name + ".weight"] = t(w)
+        for lin in LINEAR_NAMES:
+            tl = desc.linear(i, lin)
+            if tl.row_scale is not None:
+                raise ValueError(f"{desc.source}: {p}{lin} has one scale per row block ({desc.family}); the PyTorch "
+                                 "model holds one scale per tensor: run this model with the engine (bitnet generate, Engine)")
+            packed = torch.from_numpy(np.array(tl.packed))
+            try:
+                sd[p + lin + ".weight"] = _latent_from_packed(packed, tl.beta, packed.shape[0] * 4)
+            except ValueError as e:
+                raise ValueError(f"{tl.where or p + lin}: {e}") from None
+            if tl.norm is not None:
+                sd[p + lin + ".rms_norm.weight"] = t(tl.norm)
+    for k, v in sd.items():
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{desc.source}: tensor {k!r} has non-finite values")
+    model.load_state_dict(sd, strict=False, assign=True)  # the tied lm_head is the only key left out
+    model.tie_weights()
+    still_meta = [n for n, v in model.state_dict().items() if v.is_meta]
+    if still_meta:  # cannot happen for a complete description; guards the meta-device construction above
+        raise ValueError(f"{desc.source}: tensors not loaded: {still_meta[:5]}")
+    return model
+
+
+def load_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> BitNetForCausalLM:
+    """Load a transformers-layout ternary checkpoint directory (any family
+    :mod:`bitnet.formats.hf` reads) or a GGUF file into our (trainable) model, in eval mode.
 
     Raises:
         FileNotFoundError: no config.json / weights. ValueError: naming the file and the tensor
         that is missing, unexpected, of the wrong shape or dtype, or not ternary.
     """
-    d = Path(path)
-    config_path = d / CONFIG_JSON
-    raw = read_config_json(config_path)
-    linear_class, mode, not_converted, qc_eps = _quant_settings(config_path, raw)
-    try:
-        cfg = BitNetConfig.from_hf_dict(raw)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{config_path}: {e}") from None
-    cfg.linear_type = "bitlinear"
-    with torch.device("meta"):  # no random init: every tensor comes from the file (halves peak memory)
-        model = BitNetForCausalLM(cfg)
-    linears = set(ternary_linear_names(model))
-    fp_linears = [n for n in linears if any(n == p or n.endswith("." + p) for p in not_converted)]
-    if fp_linears:
-        raise ValueError(
-            f"{config_path}: modules_to_not_convert keeps {fp_linears[:3]} in full precision; "
-            "our model has ternary linears there"
-        )
-    if cfg.use_rms_norm and qc_eps != cfg.rms_norm_eps:
-        # transformers' in-linear RMSNorm uses the quantization_config's eps, not the model's.
-        for name in linears:
-            model.get_submodule(name).rms_norm.variance_epsilon = float(qc_eps)
-        cfg.extra["linear_rms_norm_eps"] = float(qc_eps)
+    from bitnet.formats import read_model
 
-    tensors, origin = _read_weights(d)
-    expected = model.state_dict()
-    new_sd: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-
-    def take(key: str) -> torch.Tensor:
-        if key not in tensors:
-            raise ValueError(f"{d}: missing tensor {key!r}")
-        used.add(key)
-        return tensors[key]
-
-    for key, ref in expected.items():
-        if key == "lm_head.weight" and cfg.tie_word_embeddings:
-            if key in tensors:
-                used.add(key)  # some writers store the tied copy; the embedding wins
-            continue
-        module, _, leaf = key.rpartition(".")
-        t = take(key)
-        where = origin[key]
-        if module in linears and leaf == "weight" and mode == "offline":
-            out_f, in_f = ref.shape
-            # transformers' AutoBitLinear also accepts unpacked ternary values in the model dtype
-            unpacked = t.is_floating_point() and tuple(t.shape) == (out_f, in_f)
-            if t.dtype != torch.uint8 and not unpacked:
-                raise ValueError(f"{where}: tensor {key!r} is {t.dtype}{tuple(t.shape)}, expected packed uint8")
-            if not unpacked and tuple(t.shape) != (out_f // 4, in_f):
-                raise ValueError(
-                    f"{where}: tensor {key!r} has shape {tuple(t.shape)}, config expects packed {(out_f // 4, in_f)}"
-                )
-            s = take(f"{module}.weight_scale")
-            if s.numel() != 1 or not s.is_floating_point():
-                raise ValueError(f"{origin[module + '.weight_scale']}: tensor {module + '.weight_scale'!r} "
-                                 f"must be one float, got {s.dtype}{tuple(s.shape)}")
-            stored = float(s.float().reshape(()))
-            if not stored > 0 or stored == float("inf"):
-                raise ValueError(f"{where}: tensor {module + '.weight_scale'!r} = {stored} is not a positive scale")
-            beta = stored if linear_class == "autobitlinear" else 1.0 / stored  # bitlinear divides by it
-            if unpacked:
-                if not torch.isin(t.float(), torch.tensor([-1.0, 0.0, 1.0])).all():
-                    raise ValueError(f"{where}: tensor {key!r} is unpacked but not ternary (values outside {{-1, 0, 1}})")
-                t = pack_ternary(t.float())  # (out/4, in): one path for both storages
-            try:
-                new_sd[key] = _latent_from_packed(t, beta, out_f)
-            except ValueError as e:
-                raise ValueError(f"{where}: tensor {key!r}: {e}") from None
-            continue
-        if not t.is_floating_point():
-            raise ValueError(f"{where}: tensor {key!r} is {t.dtype}, expected a float tensor")
-        if tuple(t.shape) != tuple(ref.shape):
-            raise ValueError(f"{where}: tensor {key!r} has shape {tuple(t.shape)}, config expects {tuple(ref.shape)}")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{where}: tensor {key!r} has non-finite values")
-        new_sd[key] = t.float()
-    unexpected = sorted(set(tensors) - used)
-    if unexpected:
-        raise ValueError(f"{origin[unexpected[0]]}: unexpected tensor(s) {unexpected[:5]} for this config")
-    model.load_state_dict(new_sd, strict=False, assign=True)  # the tied lm_head is the only key left out
-    model.tie_weights()
-    still_meta = [n for n, t in model.state_dict().items() if t.is_meta]
-    if still_meta:  # cannot happen for a validated file; guards the meta-device construction above
-        raise ValueError(f"{d}: tensors not loaded: {still_meta[:5]}")
-    return model.to(device).eval()
+    return model_from_description(read_model(path)).to(device).eval()
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> BitNetForCausalLM:
@@ -417,7 +332,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> BitNetFo
     Raises:
         FileNotFoundError / ValueError: naming the file and tensor at fault.
     """
-    p = Path(path)
-    if (p / CONFIG_JSON).is_file() and not (p / LATENT_CONFIG_FILE).is_file():
+    from bitnet.formats import resolve_model
+
+    p = resolve_model(path)
+    if p.is_file() or ((p / CONFIG_JSON).is_file() and not (p / LATENT_CONFIG_FILE).is_file()):
         return load_hf_dir(p, device)
     return load_model_dir(p, device).eval()

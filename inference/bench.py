@@ -20,7 +20,7 @@ from bitnet.config import BitNetConfig
 
 __all__ = ["random_packed", "random_bf16", "random_model", "time_prefill_decode", "time_pp_tg", "peak_rss_bytes",
            "transparent_hugepage_mode",
-           "PROJECT_SHAPES", "project_table", "measure_read_bandwidth", "last_level_cache_bytes", "cold_decode_s"]
+           "PROJECT_SHAPES", "REAL_SHAPES", "shape_config", "project_table", "measure_read_bandwidth", "last_level_cache_bytes", "cold_decode_s"]
 
 
 def random_packed(rng: np.random.Generator, out_f: int, in_f: int) -> np.ndarray:
@@ -59,9 +59,11 @@ def random_model(cfg: BitNetConfig, threads: int, head: str = "f16", seed: int =
     shapes = {"self_attn.q_proj": (q, C), "self_attn.k_proj": (kv, C), "self_attn.v_proj": (kv, C),
               "self_attn.o_proj": (C, q), "mlp.gate_proj": (I, C), "mlp.up_proj": (I, C), "mlp.down_proj": (C, I)}
     for i in range(n_layers):
-        for name in ("input_layernorm", "post_attention_layernorm", "self_attn.attn_sub_norm"):
+        for name in ("input_layernorm", "post_attention_layernorm"):
             m.set_norm(i, name, ones_c)
-        m.set_norm(i, "mlp.ffn_sub_norm", ones_i)
+        if cfg.use_sub_norms:
+            m.set_norm(i, "self_attn.attn_sub_norm", ones_c)
+            m.set_norm(i, "mlp.ffn_sub_norm", ones_i)
         for name, (o, k) in shapes.items():
             m.set_linear(i, name, random_packed(rng, o, k), 0.02)
     m.set_head_mode(head)
@@ -170,6 +172,37 @@ class ProjectShape:
 
 
 # Llama-family shapes (the "100B" row is a 100B-parameter ternary design in the same family).
+# The published ternary models' true dimensions (../shared/FORMATS.md section 3b), for
+# `bitnet bench --shape NAME`: random weights at exactly these shapes (SiLU, untied 16-bit head,
+# explicit head_dim for Falcon3). Names not here fall back to the presets in configs/model/.
+REAL_SHAPES: dict[str, dict[str, Any]] = {
+    **{f"falcon3-{n}": dict(vocab_size=131072, hidden_size=h, intermediate_size=i, num_hidden_layers=l,
+                            num_attention_heads=nh, num_key_value_heads=4, head_dim=256, hidden_act="silu",
+                            rope_theta=1000042.0, tie_word_embeddings=False, use_sub_norms=False,
+                            max_position_embeddings=8192)
+       for n, h, i, l, nh in (("1b", 2048, 8192, 18, 8), ("3b", 3072, 9216, 22, 12),
+                              ("7b", 3072, 23040, 28, 12), ("10b", 3072, 23040, 40, 12))},
+    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, hidden_act="silu", rope_theta=500000.0,
+                      tie_word_embeddings=False, use_sub_norms=False, max_position_embeddings=8192),
+}
+
+
+def shape_config(name: str, **overrides: Any) -> BitNetConfig:
+    """The :data:`REAL_SHAPES` entry ``name`` (falcon3-1b/3b/7b/10b, llama3-8b), else the preset
+    configs/model/NAME.yaml (bitnet-2b4t, 700m, ...). Raises ValueError naming both lists."""
+    if name in REAL_SHAPES:
+        return BitNetConfig(**{**REAL_SHAPES[name], **overrides})
+    try:
+        return BitNetConfig.from_preset(name, **overrides)
+    except FileNotFoundError:
+        from bitnet.paths import list_model_presets
+
+        presets = list_model_presets()
+        raise ValueError(f"--shape {name!r}: unknown (real shapes: {', '.join(REAL_SHAPES)}; presets: "
+                         f"{', '.join(presets)})") from None
+
+
 PROJECT_SHAPES = (
     ProjectShape("bitnet-2b4t", 2560, 6912, 30, 20, 5, 128256),
     ProjectShape("7B", 4096, 11008, 32, 32, 32, 32000),

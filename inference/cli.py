@@ -11,7 +11,8 @@ __all__ = ["generate_main", "chat_main", "bench_main"]
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", type=Path, help="packed export directory (config.json, model.safetensors, tokenizer.json)")
+    p.add_argument("model_dir", help="model directory (config.json + safetensors, any published ternary family), "
+                                     "a .gguf file, or a hub id owner/name[@revision]")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: all CPUs of this process)")
     p.add_argument("--head", choices=["auto", "f16", "int8", "int4"], default="auto", help="output head precision")
     p.add_argument("--weights", choices=["auto", "i2", "t5"], default="auto",
@@ -48,6 +49,19 @@ def _sampling(a: argparse.Namespace):
                          getattr(a, "stop", None), cli=True)
 
 
+def _load(a: argparse.Namespace, **override):
+    """The Engine for the command's model (a directory, .gguf file or hub id); its load log (family or
+    GGUF architecture, FFN and why) goes to stderr."""
+    from .engine import Engine
+
+    kw = dict(threads=a.threads, head=a.head, weights=a.weights, kv_cache=a.kv_cache)
+    eng = Engine(a.model_dir, **{**kw, **override})
+    for line in eng.load_log:
+        print(f"[load] {line}", file=sys.stderr)
+    return eng
+
+
+
 def generate_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bitnet generate", description="Generate text with the C++ engine (streams to stdout).",
                                 epilog="more: docs/engine.md in the bitnet source repository")
@@ -58,9 +72,7 @@ def generate_main(argv: list[str]) -> int:
     _sampling_args(p, 128)
     a = p.parse_args(argv)
     _check_args(a)
-    from .engine import Engine
-
-    eng = Engine(a.model_dir, threads=a.threads, head=a.head, weights=a.weights, kv_cache=a.kv_cache)
+    eng = _load(a)
     t0 = time.perf_counter()
     if a.no_stream:
         print(eng.generate(a.prompt, sampling=_sampling(a)))
@@ -84,9 +96,7 @@ def chat_main(argv: list[str]) -> int:
     _sampling_args(p, 256)
     a = p.parse_args(argv)
     _check_args(a)
-    from .engine import Engine
-
-    eng = Engine(a.model_dir, threads=a.threads, head=a.head, weights=a.weights, kv_cache=a.kv_cache)
+    eng = _load(a)
     history = [{"role": "system", "content": a.system}] if a.system else []
     while True:
         try:
@@ -117,8 +127,9 @@ def bench_main(argv: list[str]) -> int:
                     "--shape builds random weights of a preset's shape in memory (no file needed); "
                     "--project prints per-layer decode time at 7B..100B shapes and the projected tokens/s.",
         epilog="more: docs/engine.md and docs/benchmarks.md in the bitnet source repository")
-    p.add_argument("model_dir", type=Path, nargs="?", help="packed export directory")
-    p.add_argument("--shape", help="model preset with random weights, e.g. bitnet-2b4t, 700m, test-tiny")
+    p.add_argument("model_dir", nargs="?", help="model directory, .gguf file or hub id owner/name[@revision]")
+    p.add_argument("--shape", help="random weights at a real model's shape (falcon3-1b, falcon3-3b, falcon3-7b, "
+                                   "falcon3-10b, llama3-8b, bitnet-2b4t) or a preset's (700m, test-tiny, ...)")
     p.add_argument("--act", choices=["relu2", "silu"], default=None, help="override the preset's hidden_act")
     p.add_argument("--project", action="store_true", help="print the scaling projection table")
     p.add_argument("--threads", type=int, default=None)
@@ -132,7 +143,7 @@ def bench_main(argv: list[str]) -> int:
     _check_args(a)
     from . import _C
     from .bench import peak_rss_bytes, project_table, random_model, time_prefill_decode, transparent_hugepage_mode
-    from .engine import AUTO_HEAD, Engine
+    from .engine import AUTO_HEAD
     from .loader import auto_weight_format, default_threads
 
     threads = a.threads if a.threads is not None else default_threads()
@@ -150,15 +161,15 @@ def bench_main(argv: list[str]) -> int:
         p.error("give exactly one of MODEL_DIR or --shape (or --project)")
     t0 = time.perf_counter()
     if a.shape:
-        from bitnet.config import BitNetConfig
+        from .bench import shape_config
 
         overrides = {"hidden_act": a.act} if a.act else {}
-        cfg = BitNetConfig.from_preset(a.shape, **overrides)
+        cfg = shape_config(a.shape, **overrides)
         model, vocab, file_bytes = random_model(cfg, threads, head=head, weights=weights, kv_cache=a.kv_cache), cfg.vocab_size, None
         what = f"--shape {a.shape} (random weights, {cfg.hidden_act})"
     else:
-        eng = Engine(a.model_dir, threads=threads, head=head, weights=weights, kv_cache=a.kv_cache)
-        model, vocab, file_bytes = eng._model, eng.vocab_size, eng._weights.nbytes
+        eng = _load(a, threads=threads, head=head, weights=weights)
+        model, vocab, file_bytes = eng._model, eng.vocab_size, eng.file_bytes
         what = str(a.model_dir)
     load_s = time.perf_counter() - t0
     r = time_prefill_decode(model, vocab, a.prompt_len, a.decode_len)

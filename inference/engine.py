@@ -19,7 +19,7 @@ from .generation import Generation, StepOutput, common_prefix
 from .loader import KV_CACHE_DTYPES, WEIGHT_FORMATS, auto_weight_format, build_model, default_threads
 from .sampling import SamplingParams, sample
 
-__all__ = ["Engine", "HEAD_MODES", "AUTO_HEAD", "sample_next", "check_threads", "check_sampling"]
+__all__ = ["Engine", "compile_chat_template", "HEAD_MODES", "AUTO_HEAD", "sample_next", "check_threads", "check_sampling"]
 
 HEAD_MODES = ("auto", "f16", "int8", "int4")
 # "auto" picks this head. Measured with `python benchmarks/bench_engine.py --head-accuracy` (a
@@ -43,6 +43,45 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
 )
 END_OF_TURN = "<|eot_id|>"
+
+
+def compile_chat_template(template: Any, where: Any = "") -> Any:
+    """Compile a chat template as transformers does (``ImmutableSandboxedEnvironment`` with
+    trim_blocks, lstrip_blocks and loopcontrols; ``raise_exception``, ``tojson`` and
+    ``strftime_now`` available). ``template`` may be a string, transformers' list of
+    ``{"name", "template"}`` (the "default" one is used) or None (2B4T's format).
+
+    Raises:
+        ValueError: naming ``where`` when the template is not a string or does not compile.
+    """
+    import datetime
+
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is None:
+        template = DEFAULT_CHAT_TEMPLATE
+    if not isinstance(template, str):
+        raise ValueError(f"{where}: chat_template must be a string, got {type(template).__name__}")
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template)
+    except jinja2.exceptions.TemplateError as e:
+        raise ValueError(f"{where}: chat_template does not compile ({e})") from None
 
 
 def check_threads(threads: Any, name: str = "threads") -> None:
@@ -104,7 +143,9 @@ class Engine:
     """The C++ engine on one packed export directory.
 
     Args:
-        path: export directory (config.json, model.safetensors[.index.json], tokenizer.json).
+        path: a model directory (config.json, model.safetensors[.index.json], tokenizer.json) of any
+            published ternary family, a ``.gguf`` file, or a hub id ``owner/name[@revision]``
+            (see :mod:`bitnet.formats.hub`).
         threads: worker threads (None = the CPUs this process may use); a positive integer.
         head: output head precision: "f16" (the stored 16-bit table, exact), "int8" (per-row int8,
             half the bytes), "int4" (4.25 bits per weight: int4 groups of 32 with u8 group scales;
@@ -132,35 +173,28 @@ class Engine:
             raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
         if kv_cache not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache must be one of {KV_CACHE_DTYPES}, got {kv_cache!r}")
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise FileNotFoundError(f"no model directory at {self.path}")
+        from bitnet.formats import read_model, resolve_model
+
+        self.path = resolve_model(path)  # a local directory / .gguf file, or a hub id fetched into the cache
         self.head = AUTO_HEAD if head == "auto" else head
         self.threads = threads if threads is not None else default_threads()
         self.weights = auto_weight_format() if weights == "auto" else weights
         self.kv_cache = kv_cache
-        self._model, self.config, self.model_config, self._weights = build_model(
-            self.path, self.threads, self.head, self.weights, kv_cache)
+        self.description = read_model(self.path)
+        self._model, _ = build_model(self.description, self.threads, self.head, self.weights, kv_cache)
+        self.model_config = self.description.config
+        self.config = self.model_config.to_hf_dict()
+        self.family: str = self.description.family
+        self.load_log: list[str] = list(self.description.notes)
         self.vocab_size: int = self.model_config.vocab_size
         self.max_positions: int = self.model_config.max_position_embeddings
         self.bos_token_id: int | None = self.model_config.bos_token_id
         self.eos_token_id: int | None = self.model_config.eos_token_id
-        self.tokenizer = None
-        tok_path = self.path / "tokenizer.json"
-        if tok_path.is_file():
-            from tokenizers import Tokenizer
-
-            try:
-                self.tokenizer = Tokenizer.from_file(str(tok_path))
-            except Exception as e:  # tokenizers raises its own Exception type
-                raise ValueError(f"{tok_path}: cannot load tokenizer ({e})") from None
-        tc_path = self.path / "tokenizer_config.json"
-        self._tokenizer_config: dict[str, Any] = {}
-        if tc_path.is_file():
-            try:
-                self._tokenizer_config = json.loads(tc_path.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{tc_path}: not valid JSON ({e})") from None
+        self.tokenizer = self.description.tokenizer() if self.description.tokenizer is not None else None
+        self._tokenizer_config: dict[str, Any] = self.description.tokenizer_config
+        self._chat_template = None  # compiled on first use
+        files = [self.path] if self.path.is_file() else [*self.path.glob("*.safetensors"), *self.path.glob("*.gguf")]
+        self.file_bytes: int = sum(f.stat().st_size for f in files)  # the weight files' size on disk
         self._cached: list[int] = []  # tokens whose K/V the C++ cache holds, in order
 
     # ------------------------------------------------------------------ logits
@@ -226,17 +260,16 @@ class Engine:
         return self.tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def with_stops(self, params: SamplingParams, chat: bool = False) -> SamplingParams:
-        """``params`` plus this model's end tokens: eos, and for a chat reply the end-of-turn token
-        (and its text as a stop string, for tokenizers that split it)."""
+        """``params`` plus this model's end tokens: eos, and for a chat reply the model's end-of-turn
+        tokens (:meth:`end_of_turn`; their text as stop strings too, for tokenizers that split them)."""
         ids = set(params.stop_token_ids)
         if self.eos_token_id is not None:
             ids.add(self.eos_token_id)
         stop = params.stop
-        if chat:
-            eot = self.tokenizer.token_to_id(END_OF_TURN) if self.tokenizer is not None else None
-            if eot is not None:
-                ids.add(eot)
-            stop = (END_OF_TURN,) + tuple(s for s in stop if s != END_OF_TURN)
+        if chat and self.tokenizer is not None:
+            eot_strings, eot_ids = self.end_of_turn()
+            ids.update(eot_ids)
+            stop = tuple(eot_strings) + tuple(s for s in stop if s not in eot_strings)
         return replace(params, stop_token_ids=frozenset(ids), stop=stop)
 
     def _params(self, sampling: SamplingParams | None, args: tuple, stop: Any, stop_token_ids: Sequence[int]
@@ -334,36 +367,62 @@ class Engine:
 
     # ------------------------------------------------------------------ chat
     def apply_chat_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """Render ``[{"role": "system"|"user"|"assistant", "content": ...}]`` with the export's
-        ``chat_template`` (tokenizer_config.json) or 2B4T's format (FORMATS.md section 2)."""
-        template, bos = self._chat_template
-        return template.render(messages=list(messages), bos_token=bos, eos_token="",
-                               add_generation_prompt=add_generation_prompt)
+        """Render ``[{"role": "system"|"user"|"assistant", "content": ...}]`` with the model's own
+        ``chat_template`` (tokenizer_config.json, chat_template.jinja or the GGUF's
+        ``tokenizer.chat_template``), rendered as transformers renders it (sandboxed Jinja,
+        trim_blocks / lstrip_blocks, ``raise_exception``, ``tojson``), compiled once; 2B4T's format
+        (FORMATS.md section 2) when the model has none.
 
-    @functools.cached_property
-    def _chat_template(self) -> tuple[Any, str]:
-        """(the compiled template, the bos text): compiled once, in jinja2's immutable sandbox (the
-        template comes from the export's files, as transformers renders it)."""
-        from jinja2 import StrictUndefined
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        Raises:
+            ValueError: the template does not compile or raises (one line naming where it came from).
+        """
+        if self._chat_template is None:
+            self._chat_template = compile_chat_template(self._tokenizer_config.get("chat_template"), self.path)
+        try:
+            return self._chat_template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                              **self._special_tokens())
+        except Exception as e:  # jinja2 errors and the template's own raise_exception
+            raise ValueError(f"{self.path}: chat_template failed on these messages ({e})") from None
 
-        source = self._tokenizer_config.get("chat_template") or DEFAULT_CHAT_TEMPLATE
-        bos = self._tokenizer_config.get("bos_token")
-        if isinstance(bos, dict):
-            bos = bos.get("content")
-        if bos is None and self.bos_token_id is not None and self.tokenizer is not None:
-            bos = self.tokenizer.id_to_token(self.bos_token_id)
-        env = ImmutableSandboxedEnvironment(undefined=StrictUndefined)
-        return env.from_string(source), bos or ""
+    def _special_tokens(self) -> dict[str, str]:
+        """bos_token / eos_token / pad_token / unk_token strings for the template (as transformers passes them)."""
+        out: dict[str, str] = {}
+        for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            v = self._tokenizer_config.get(key)
+            if isinstance(v, dict):
+                v = v.get("content")
+            if isinstance(v, str):
+                out[key] = v
+        ids = {"bos_token": self.bos_token_id, "eos_token": self.eos_token_id}
+        for key, i in ids.items():
+            if key not in out and i is not None and self.tokenizer is not None and self.tokenizer.id_to_token(i):
+                out[key] = self.tokenizer.id_to_token(i)
+        out.setdefault("bos_token", "")
+        out.setdefault("eos_token", "")
+        return out
+
+    def end_of_turn(self) -> tuple[list[str], list[int]]:
+        """Stop strings and token ids that end an assistant turn: Llama-3's ``<|eot_id|>``, the
+        template's eos_token (Falcon3's ``<|endoftext|>``) and ``<|im_end|>`` where the vocabulary has
+        them, plus the config's eos id."""
+        names = [END_OF_TURN, "<|im_end|>", "<|end|>", self._special_tokens().get("eos_token", "")]
+        strings, ids = [], [] if self.eos_token_id is None else [self.eos_token_id]
+        for n in names:
+            i = self.tokenizer.token_to_id(n) if (n and self.tokenizer is not None) else None
+            if i is not None and n not in strings:
+                strings.append(n)
+                ids.append(i)
+        return strings or [END_OF_TURN], sorted(set(ids))
 
     def chat_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Token ids of the rendered conversation, ready for the assistant's reply."""
         if self.tokenizer is None:
-            raise ValueError(f"{self.path} has no tokenizer.json: chat needs one")
+            raise ValueError(f"{self.path} has no tokenizer: chat needs one")
         return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
 
     def chat_stream(self, messages: Sequence[dict[str, str]], **gen: Any) -> Iterator[str]:
-        """Stream the assistant's reply (the :meth:`stream` arguments); stops at the end-of-turn marker."""
+        """Stream the assistant's reply (the :meth:`stream` arguments); stops at the model's
+        end-of-turn marker (:meth:`end_of_turn`)."""
         params = gen.pop("sampling", None) or engine_params(**gen)
         return self.stream(self.chat_ids(messages), sampling=self.with_stops(params, chat=True))
 

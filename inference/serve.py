@@ -581,6 +581,8 @@ def main(argv: list[str]) -> int:
 
     check_threads(a.threads, "--threads")
     eng = Engine(a.model_dir, threads=a.threads, head=a.head, weights=a.weights, kv_cache=a.kv_cache)
+    for line in eng.load_log:
+        log.info("load: %s", line)
     if eng.tokenizer is None:
         raise ValueError(f"{a.model_dir} has no tokenizer.json: bitnet serve needs one")
     ctx = a.ctx_size if a.ctx_size is not None else min(DEFAULT_CTX, eng.max_positions)

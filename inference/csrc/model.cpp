@@ -166,6 +166,25 @@ void Model::set_linear(int layer, const std::string& name, const uint8_t* packed
   }
 }
 
+void Model::set_row_scales(int layer, const std::string& name, const float* s, int64_t n) {
+  Linear& L = linear_ref(layer, name);
+  if (n != L.out)
+    throw std::invalid_argument(where(layer, name) + ": " + std::to_string(n) + " row scales for " +
+                                std::to_string(L.out) + " rows");
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(s[i])) throw std::invalid_argument(where(layer, name) + ": a row scale is not finite");
+  L.row_scale.assign(s, s + n);
+}
+
+void Model::set_rope_inv_freq(const float* f, int64_t n) {
+  if (n != cfg_.head_dim / 2)
+    throw std::invalid_argument("rope inverse frequencies: " + std::to_string(n) + " given, head_dim / 2 = " +
+                                std::to_string(cfg_.head_dim / 2) + " expected");
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(f[i])) throw std::invalid_argument("rope inverse frequencies: a value is not finite");
+  rope_inv_freq_.assign(f, f + n);
+}
+
 bool repack_ternary(const uint8_t* packed, int out, int K, TernaryTile* tiles, ThreadPool* pool) {
   const int R = out / 4, MB = (out + kTileRows - 1) / kTileRows, KB = (K + kTileCols - 1) / kTileCols;
   std::atomic<bool> bad{false};
@@ -674,8 +693,12 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
       const int m1 = std::min(L.out, mb1 * kTileRows);
       for (int t = 0; t < T; ++t) {
         const float r = L.beta * inv_s[static_cast<size_t>(it.xs) * T + t];
-        for (int m = mb0 * kTileRows; m < m1; ++m)
-          it.y[static_cast<size_t>(t) * L.out + m] = static_cast<float>(acc[static_cast<size_t>(t) * it.Mp + m]) * r;
+        float* yt = it.y + static_cast<size_t>(t) * L.out;
+        const int32_t* at = acc + static_cast<size_t>(t) * it.Mp;
+        if (L.row_scale.empty())
+          for (int m = mb0 * kTileRows; m < m1; ++m) yt[m] = static_cast<float>(at[m]) * r;
+        else  // per-row scales (TriLM): one more multiply per output
+          for (int m = mb0 * kTileRows; m < m1; ++m) yt[m] = static_cast<float>(at[m]) * r * L.row_scale[m];
       }
     }
   }, T == 1 ? 1 : 4);  // one token: one sequential stream per thread (the linears are adjacent)

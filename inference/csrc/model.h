@@ -74,6 +74,9 @@ struct Linear {
   int tile_cols() const { return format == WeightFormat::T5 ? kTile5Cols : kTileCols; }
   bool is_loaded = false;
   float beta = 1.f;          // w ~= q * beta (multiply convention; the loader converts "bitlinear")
+  // Optional per-output-row scales (TriLM: one scale per model-parallel shard of rows): when not
+  // empty, w[m] ~= q[m] * beta * row_scale[m]. Applied in the float rescale after the integer product.
+  std::vector<float> row_scale;
   std::vector<float> norm;   // inner RMSNorm weight, empty if none
   bool loaded() const { return is_loaded; }
 };
@@ -130,6 +133,12 @@ class Model {
   void set_linear(int layer, const std::string& name, const uint8_t* packed, int64_t rows4, int64_t in,
                   float beta, const float* norm, int64_t norm_len);
   void set_norm(int layer, const std::string& name, const float* w, int64_t n);
+  // Per-output-row scales of one linear (multiplied with its beta). Throws std::invalid_argument
+  // unless n equals the linear's out features and every value is finite.
+  void set_row_scales(int layer, const std::string& name, const float* s, int64_t n);
+  // Replaces the RoPE inverse frequencies (head_dim / 2 of them; Llama-3 style rope_scaling is
+  // computed by the loader). Throws std::invalid_argument on a wrong length or a non-finite value.
+  void set_rope_inv_freq(const float* f, int64_t n);
   void set_embedding(const Matrix16& m);
   void set_lm_head(const Matrix16& m);
   // "f16" (the stored 16-bit/fp32 table, exact), "int8" (per-row absmax int8, built here) or

@@ -420,6 +420,18 @@ NB_MODULE(_C, m) {
           "layer"_a, "name"_a, "packed"_a, "beta"_a, "norm"_a = nb::none(),
           "Repack one linear (transformers' packed uint8 (out/4, in)); beta multiplies the output.")
       .def(
+          "set_row_scales",
+          [](bitnet::Model& self, int layer, const std::string& name, Arr<const float, nb::ndim<1>> s) {
+            self.set_row_scales(layer, name, s.data(), static_cast<int64_t>(s.shape(0)));
+          },
+          "layer"_a, "name"_a, "scales"_a, "Per-output-row scales of one linear, multiplied with its beta.")
+      .def(
+          "set_rope_inv_freq",
+          [](bitnet::Model& self, Arr<const float, nb::ndim<1>> f) {
+            self.set_rope_inv_freq(f.data(), static_cast<int64_t>(f.shape(0)));
+          },
+          "inv_freq"_a, "Replace the RoPE inverse frequencies (head_dim / 2 floats).")
+      .def(
           "set_norm",
           [](bitnet::Model& self, int layer, const std::string& name, Arr<const float, nb::ndim<1>> w) {
             self.set_norm(layer, name, w.data(), static_cast<int64_t>(w.shape(0)));

@@ -84,9 +84,9 @@ def test_cli_gguf_of_the_demo_shape_uses_named_fallbacks(tmp_path, tokenizer, ca
     src = export_hf(model, tmp_path / "export", tokenizer)
     assert bitnet_main(["export", str(src), str(tmp_path / "out" / "model.gguf"), "--format", "gguf"]) == 0
     out = capsys.readouterr().out
-    assert "in_features=192" in out and "written as q8_0" in out and "blk.*.attn_q.weight" in out
+    assert "in_features=192" in out and "written as q5_0" in out and "blk.*.attn_q.weight" in out
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(tmp_path / "out" / "model.gguf").tensors}
-    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.Q5_0
     assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.TQ2_0  # 512 inputs: the default type
 
 

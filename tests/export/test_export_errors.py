@@ -116,7 +116,7 @@ def test_a_file_instead_of_a_directory_is_named(tmp_path, capsys):
         assert bitnet_main(["export", str(f), str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip()
         assert err == (f"bitnet export: error: {f}: {what}, not a checkpoint, model or export directory "
-                       "(give the folder that holds config.json)")
+                       "(give the folder that holds config.json, or a .gguf file)")
     assert not (tmp_path / "out").exists()
 
 

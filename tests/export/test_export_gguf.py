@@ -21,7 +21,7 @@ from bitnet.training import bundled_text
 
 def _fallback_model(seed: int = 0, vocab_size: int = 320) -> BitNetForCausalLM:
     """A SiLU model whose linear widths are not whole TQ blocks: q/k/v/o/gate/up read 80 inputs
-    (not a multiple of 32 either: F16), down reads 224 (7 x 32: Q8_0)."""
+    (not a multiple of 32 either: F16), down reads 224 (7 x 32: Q5_0)."""
     torch.manual_seed(seed)
     cfg = BitNetConfig(
         vocab_size=vocab_size, hidden_size=80, intermediate_size=224, num_hidden_layers=2,
@@ -68,8 +68,8 @@ def test_gguf_reads_back_to_our_ternary_weights_and_scales(tmp_path, qtype):
 
 def test_weight_type_follows_llama_quantize_fallback_rule():
     assert [gguf_weight_type(n, "tq2_0") for n in (256, 6912, 192, 224, 32, 80, 100)] == [
-        "tq2_0", "tq2_0", "q8_0", "q8_0", "q8_0", "f16", "f16"]
-    assert gguf_weight_type(512, "tq1_0") == "tq1_0" and gguf_weight_type(64, "tq1_0") == "q8_0"
+        "tq2_0", "tq2_0", "q5_0", "q5_0", "q5_0", "f16", "f16"]
+    assert gguf_weight_type(512, "tq1_0") == "tq1_0" and gguf_weight_type(64, "tq1_0") == "q5_0"
 
 
 @pytest.mark.parametrize("qtype", ["tq2_0", "tq1_0"])
@@ -83,16 +83,16 @@ def test_fallback_types_hold_the_same_ternary_values_and_are_logged(tmp_path, qt
     for i in range(2):
         for kind in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up"):
             assert types[f"blk.{i}.{kind}.weight"] == Q.F16
-        assert types[f"blk.{i}.ffn_down.weight"] == Q.Q8_0
+        assert types[f"blk.{i}.ffn_down.weight"] == Q.Q5_0
     _assert_same_ternary_values(reader, model)
-    # Q8_0 blocks hold the codes themselves with d = beta (what TQ holds), not llama-quantize's 127-scaled codes
-    raw = np.asarray(next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight").data).reshape(-1, 34)
-    codes = raw[:, 2:].view(np.int8)
-    assert set(np.unique(codes).tolist()) == {-1, 0, 1}
+    # Q5_0 blocks hold the codes q + 16 with d = beta (what TQ holds): low nibbles 15, 0, 1
+    raw = np.asarray(next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight").data).reshape(-1, 22)
+    nibbles = np.concatenate([raw[:, 6:] & 15, raw[:, 6:] >> 4], axis=1)
+    assert set(np.unique(nibbles).tolist()) <= {15, 0, 1}
     # one line per (width, type) group, naming the tensors, the width and the type; nothing else
     assert len(log) == 2
     f16_line = next(line for line in log if "written as f16" in line)
-    q8_line = next(line for line in log if "written as q8_0" in line)
+    q8_line = next(line for line in log if "written as q5_0" in line)
     assert "12 tensor(s) with in_features=80" in f16_line and qtype in f16_line and "blk.*.attn_q.weight" in f16_line
     assert "2 tensor(s) with in_features=224" in q8_line and "blk.*.ffn_down.weight" in q8_line
     export_gguf(silu_model(), tmp_path / "whole.gguf", byte_tokenizer(), log=log.append)
@@ -236,7 +236,7 @@ FALLBACK_NEW_TOKENS = 16
 
 @pytest.mark.slow
 def test_llama_cpp_runs_a_fallback_export_like_our_engine(tmp_path):
-    """A trained model whose widths are not whole TQ blocks (F16 and Q8_0 tensors): llama.cpp's
+    """A trained model whose widths are not whole TQ blocks (F16 and Q5_0 tensors): llama.cpp's
     greedy continuation equals our C++ engine's on the packed export of the same model."""
     import llama_cpp  # dev extra: missing must fail, not skip
 
@@ -247,7 +247,7 @@ def test_llama_cpp_runs_a_fallback_export_like_our_engine(tmp_path):
     model = _train_tiny(tok, text, TRAIN_STEPS, model=_fallback_model(seed=0, vocab_size=320))
     log: list[str] = []
     path = export_gguf(model, tmp_path / "fallback.gguf", tok, log=log.append)
-    assert any("f16" in line for line in log) and any("q8_0" in line for line in log)
+    assert any("f16" in line for line in log) and any("q5_0" in line for line in log)
     eng = Engine(export_hf(model, tmp_path / "packed", tok), threads=2, head="f16")
     ids = tok.encode("ROMEO:\nWhat say you").ids
     ours = eng.generate(ids, max_new_tokens=FALLBACK_NEW_TOKENS)
@@ -305,3 +305,31 @@ def test_pre_tokenizer_maps_to_llama_cpp_names():
         gguf_vocab(Tokenizer(models.WordLevel({"a": 0}, unk_token="a")), 320)
     with pytest.raises(ValueError, match="vocab_size is 256"):
         gguf_vocab(byte_tokenizer(), 256)
+
+
+_LLAMA_CPP_PROMPT = """
+import sys, llama_cpp, numpy as np
+llm = llama_cpp.Llama(sys.argv[1], n_ctx=64, n_threads=2, logits_all=True, verbose=False)
+llm.eval(list(range(2, 18)))
+assert np.isfinite(np.array(llm.scores[:16])).all()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["test-tiny", "10m"])
+def test_llama_cpp_runs_narrow_preset_exports_on_multi_token_prompts(tmp_path, preset):
+    """The exports whose narrow linears are fallbacks run in llama.cpp on a 16-token prompt (in a
+    subprocess: with Q8_0 fallbacks, llama.cpp's AMX Q8_0 kernel killed the process on AMX CPUs)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp")  # dev extra
+    torch.manual_seed(0)
+    cfg = BitNetConfig.from_preset(preset, vocab_size=320, hidden_act="silu", tie_word_embeddings=True)
+    log: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export_gguf(BitNetForCausalLM(cfg).eval(), tmp_path / "m.gguf", byte_tokenizer(), log=log.append)
+    assert log and all("written as q5_0" in line or "written as f16" in line for line in log)
+    r = subprocess.run([sys.executable, "-c", _LLAMA_CPP_PROMPT, str(path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-500:])

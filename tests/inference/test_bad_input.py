@@ -100,9 +100,10 @@ def test_unsupported_architecture(exp):
         Engine(exp)
 
 
-def test_online_checkpoint_is_refused(exp):
+def test_online_config_over_packed_weights_is_named(exp):
+    """quantization_mode online means float master weights: a packed file under it is one clear line."""
     rewrite_config(exp, quantization_config={"quantization_mode": "online"})
-    with pytest.raises(ValueError, match="online"):
+    with pytest.raises(ValueError, match=r"weight_scale.*bitnet-online layout"):
         Engine(exp)
 
 
