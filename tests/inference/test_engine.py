@@ -139,9 +139,8 @@ def test_text_generation_stream_and_chat(tmp_path):
     model = tiny(seed=4, vocab_size=304, eos_token_id=None)
     out = export(model, tmp_path / "exp", tok)
     eng = Engine(out, threads=1)
-    assert eng.tokenizer is not None
+    assert eng.tokenizer.encode("the quick brown").ids == tok.encode("the quick brown").ids  # the export's tokenizer
     text = eng.generate("the quick", max_new_tokens=12)
-    assert isinstance(text, str)
     assert "".join(eng.stream("the quick", max_new_tokens=12)) == text  # reuses the cached prompt
     sampled = [eng.generate("to be", max_new_tokens=8, temperature=0.9, top_k=20, top_p=0.9, seed=s) for s in (1, 1)]
     assert sampled[0] == sampled[1]  # seeded sampling is reproducible
@@ -152,7 +151,7 @@ def test_text_generation_stream_and_chat(tmp_path):
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "to be?"}]
     assert eng.apply_chat_template(msgs).endswith("User: to be?<|eot_id|>Assistant: ")
     reply = "".join(eng.chat_stream(msgs, max_new_tokens=5))
-    assert isinstance(reply, str)
+    assert reply == eng.generate(eng.apply_chat_template(msgs), max_new_tokens=5)  # the template, continued
 
 
 @pytest.mark.slow
