@@ -43,7 +43,8 @@ def isa_skip_reason(isa: str, features: dict, available: list[str]) -> str | Non
         return f"CPU lacks {isa} (no {', '.join(missing)})"
     if isa == "amx":
         return "amx not usable: built with BITNET_NO_AMX, or the OS refused the AMX tile state (arch_prctl)"
-    return f"this build of the engine has no {isa} kernels (the CPU has {', '.join(ISA_NEEDS.get(isa, ())) or 'what it needs'})"
+    has = ", ".join(ISA_NEEDS.get(isa, ())) or "what it needs"
+    return f"this build of the engine has no {isa} kernels (the CPU has {has})"
 
 
 CSRC = Path(__file__).resolve().parents[2] / "inference" / "csrc"

@@ -29,5 +29,5 @@ def test_an_avx2_machine_skips_avx512_and_amx_naming_them():
 
 def test_a_cpu_with_the_features_but_not_the_build_says_so():
     sapphire = {**AVX2_ONLY, **{f: True for f in ISA_NEEDS["amx"]}}
-    assert isa_skip_reason("amx", sapphire, ["ref", "avx2", "avx512"]).startswith("amx not usable: built with BITNET_NO_AMX")
-    assert isa_skip_reason("avx512", sapphire, ["ref", "avx2"]).startswith("this build of the engine has no avx512 kernels")
+    assert isa_skip_reason("amx", sapphire, ["ref", "avx2", "avx512"]).startswith("amx not usable: built with")
+    assert isa_skip_reason("avx512", sapphire, ["ref", "avx2"]).startswith("this build of the engine has no avx512")

@@ -84,7 +84,7 @@ DECAYED = {f"model.layers.{i}.{m}.weight" for i in range(2) for m in (
 REF_TOL = {4: (1e-6, 1e-6, 1e-6), 2: (1e-4, 1e-3, 2e-4)}
 
 
-def _reference_adamw_steps(init: dict[str, torch.Tensor], mcfg, data, seed: int) -> tuple[list[float], list[float], dict]:
+def _reference_adamw_steps(init: dict[str, torch.Tensor], mcfg, data, seed: int) -> tuple[list, list, dict]:
     """``REF_STEPS`` steps written out: the model's forward and loss on the step's whole batch of 4,
     global-norm gradient clipping, then AdamW (decoupled decay, bias-corrected moments) per parameter.
     Returns (losses, grad norms before clipping, final parameters by name)."""
