@@ -121,7 +121,8 @@ print("compiled frames:", frames)
 def test_torch_compile_matches_eager():
     """In a subprocess: the test session runs with TORCHDYNAMO_DISABLE=1 (see conftest.py)."""
     env = {k: v for k, v in os.environ.items() if k != "TORCHDYNAMO_DISABLE"}
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=240)  # 23 s measured under load 11; below the suite's 300 s per test
     assert r.returncode == 0, r.stderr[-3000:]
     assert "compiled frames:" in r.stdout
 

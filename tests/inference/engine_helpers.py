@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch_threads import one_torch_thread
 
 from bitnet.export import export_hf, load_model
 from bitnet.inference import available_isas, cpu_features
@@ -102,13 +103,14 @@ def trained_tiny(tok, steps: int = 40, **overrides) -> tuple[BitNetForCausalLM, 
     data = torch.tensor(tok.encode(REPEATED_TEXT).ids)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(steps):
-        s = step % (len(data) - 65)
-        batch = data[s : s + 65][None]
-        loss = model.loss(batch[:, :-1], batch[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with one_torch_thread():
+        for step in range(steps):
+            s = step % (len(data) - 65)
+            batch = data[s : s + 65][None]
+            loss = model.loss(batch[:, :-1], batch[:, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return model.eval(), data
 
 

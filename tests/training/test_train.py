@@ -28,6 +28,9 @@ from bitnet.training.dataset import PackedTokens, batch_indices, prepare_data
 from bitnet.training.loop import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
+# The child training runs take seconds; under the suite's per-test timeout (300 s, pyproject.toml) so a
+# hung child fails its test alone instead of stopping the session.
+CHILD_TIMEOUT_S = 240
 DDP_TOL = 1e-4  # gloo all-reduce averages gradients in another order than one-process accumulation
 
 
@@ -211,7 +214,8 @@ def test_killed_save_leaves_last_checkpoint_loadable(reference_run, tmp_path, co
     ref, _ = reference_run
     out = tmp_path / "run"
     ov = _overrides(corpus, token_cache, out)
-    proc = subprocess.run([sys.executable, "-c", KILLER, *ov], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", KILLER, *ov], cwd=REPO, capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT_S)
     assert proc.returncode == 17, proc.stderr[-2000:]
     ckdir = out / "checkpoints"
     assert any(p.name.startswith(".step_0000004") for p in ckdir.iterdir())  # the half-done save is left over
@@ -237,7 +241,7 @@ def test_two_processes_match_one(reference_run, tmp_path, corpus, token_cache):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), "-m", "bitnet", "train", str(REPO / "configs/train/test-tiny.yaml"), *ov]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
     got, want = losses(out), losses(ref)
