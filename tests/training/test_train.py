@@ -90,16 +90,19 @@ REF_TOL = {4: (1e-6, 1e-6, 1e-6), 2: (1e-4, 1e-3, 2e-4)}
 def _reference_adamw_steps(init: dict[str, torch.Tensor], mcfg, data, seed: int) -> tuple[list, list, dict]:
     """``REF_STEPS`` steps written out: the model's forward and loss on the step's whole batch of 4,
     global-norm gradient clipping, then AdamW (decoupled decay, bias-corrected moments) per parameter.
-    Returns (losses, grad norms before clipping, final parameters by name)."""
+    Runs on the device the loop trains on (fp32). Returns (losses, grad norms before clipping,
+    final parameters by name, on the CPU)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as bitnet.training.loop's Accelerator picks
     model = BitNetForCausalLM(mcfg)
     model.load_state_dict(init)
+    model.to(device)
     params = dict(model.named_parameters())  # the tied head is the embedding: one entry
     assert DECAYED == {n for n, p in params.items() if p.ndim == 2} - {"model.embed_tokens.weight"}
     m = {n: torch.zeros_like(p) for n, p in params.items()}
     v = {n: torch.zeros_like(p) for n, p in params.items()}
     losses, norms = [], []
     for step in range(REF_STEPS):
-        x, y = data.batch(batch_indices(seed, step, 4, data.n_train))  # (4, T) each
+        x, y = (t.to(device) for t in data.batch(batch_indices(seed, step, 4, data.n_train)))  # (4, T) each
         model.zero_grad(set_to_none=True)
         logits = model(x)  # (4, T, V)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
@@ -120,7 +123,7 @@ def _reference_adamw_steps(init: dict[str, torch.Tensor], mcfg, data, seed: int)
                 m_hat = m[n] / (1 - BETAS[0] ** t)
                 v_hat = v[n] / (1 - BETAS[1] ** t)
                 p.sub_(lr * m_hat / (v_hat.sqrt() + EPS))
-    return losses, norms, {n: p.detach() for n, p in params.items()}
+    return losses, norms, {n: p.detach().cpu() for n, p in params.items()}
 
 
 @pytest.mark.parametrize("micro_batch_size", sorted(REF_TOL))
@@ -132,7 +135,7 @@ def test_steps_equal_a_hand_written_adamw(tmp_path, corpus, token_cache, monkeyp
         f"max_steps={REF_MAX_STEPS}", f"stop_after_steps={REF_STEPS}", f"micro_batch_size={micro_batch_size}",
         "optim.schedule=two_stage", f"optim.lr={PEAK_LR}", f"optim.weight_decay={WEIGHT_DECAY}",
         "optim.warmup_steps=2", "optim.stage_boundary=0.5", f"optim.betas=[{BETAS[0]}, {BETAS[1]}]",
-        f"optim.eps={EPS}", f"optim.grad_clip={GRAD_CLIP}", "log.eval_every=100"]
+        f"optim.eps={EPS}", f"optim.grad_clip={GRAD_CLIP}", "log.eval_every=100", "precision=fp32"]
     cfg = make_config(ov)
     init = {}
 
