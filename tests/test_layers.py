@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitnet import BitLinear
-from bitnet.layers import RMSNorm, ste
+from bitnet.layers import ste
 from bitnet.quant import fake_act_quant, fake_weight_quant
 
 # bf16 has an 8-bit mantissa: relative error of one bf16 rounding of a sum of O(100) terms.
@@ -72,11 +72,10 @@ def test_ste_helper_value_and_gradient():
 
 def test_inner_rms_norm():
     layer, x = _pair(use_rms_norm=True, rms_norm_eps=1e-6)
-    assert isinstance(layer.rms_norm, RMSNorm)
     assert "rms_norm.weight" in dict(layer.named_parameters())
     with torch.no_grad():
         layer.rms_norm.weight.uniform_(0.5, 1.5)
-    xn = layer.rms_norm(x)
+    xn = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * layer.rms_norm.weight  # RMS norm, written out
     expected = F.linear(fake_act_quant(xn), fake_weight_quant(layer.weight))
     assert torch.equal(layer(x), expected)
 
@@ -122,7 +121,8 @@ print("compiled frames:", frames)
 def test_torch_compile_matches_eager():
     """In a subprocess: the test session runs with TORCHDYNAMO_DISABLE=1 (see conftest.py)."""
     env = {k: v for k, v in os.environ.items() if k != "TORCHDYNAMO_DISABLE"}
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=240)  # 23 s measured under load 11; below the suite's 300 s per test
     assert r.returncode == 0, r.stderr[-3000:]
     assert "compiled frames:" in r.stdout
 

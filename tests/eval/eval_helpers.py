@@ -14,29 +14,17 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import contextlib
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from data_paths import DATA_DIR, FULL_DATA  # noqa: F401  ../shared/data, or tests/fixtures/data
+from torch_threads import one_torch_thread  # noqa: F401  used by the eval tests
 
 from bitnet import BitNetConfig, BitNetForCausalLM
 
 VOCAB = 1024
 TRAIN_STEPS = 150  # enough to move well away from uniform predictions (loss ~7 -> ~4)
 SEQ, BATCH = 128, 8
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine run many times faster on one intra-op thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def training_text() -> str:

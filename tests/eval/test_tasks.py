@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from lm_eval.tasks._yaml_loader import load_yaml
 from bitnet.eval.tasks import check_task_names, lm_eval_tasks_dir, local_task_dir, parse_tasks, task_manager
 
 DATA_KEYS = {"dataset_path", "dataset_name", "dataset_kwargs"}
-ARC_CHALLENGE_TEST = 1172  # questions in the full set (../shared/data/README.md); the fixture holds fewer
+ARC_CHALLENGE_TEST = 1172  # questions in the full set (../shared/data/README.md)
+ARC_CHALLENGE_FIXTURE = 100  # the first 100 of them in tests/fixtures/data (tests/fixtures/README.md)
 
 
 @pytest.mark.parametrize(
@@ -43,8 +45,9 @@ def test_local_tasks_load_every_document():
     with local_task_dir(DATA_DIR) as d:
         tm = task_manager(d)
         arc = tm.load(["arc_challenge", "mmlu_anatomy"])["tasks"]["arc_challenge"]
-        n_lines = sum(1 for _ in open(DATA_DIR / "ai2_arc" / "ARC-Challenge" / "test.jsonl"))
-        assert len(list(arc.test_docs())) == n_lines == (ARC_CHALLENGE_TEST if FULL_DATA else n_lines)
+        lines = (DATA_DIR / "ai2_arc" / "ARC-Challenge" / "test.jsonl").read_text().splitlines()
+        assert len(lines) == (ARC_CHALLENGE_TEST if FULL_DATA else ARC_CHALLENGE_FIXTURE)
+        assert [d["id"] for d in arc.test_docs()] == [json.loads(x)["id"] for x in lines]  # every record, in order
         assert set(tm.all_tasks) >= {"mmlu", "mmlu_stem", "gsm8k", "arc_easy", "arc_challenge"}
 
 

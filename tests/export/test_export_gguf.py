@@ -267,21 +267,25 @@ def test_llama_cpp_runs_a_fallback_export_like_our_engine(tmp_path):
     assert theirs == ours
 
 
-def test_tq2_0_block_bytes_follow_the_documented_layout():
-    """Golden layout (FORMATS.md section 3): byte c*32 + m, bits 2l..2l+1 hold element
-    c*128 + l*32 + m as q + 1; then d as fp16. Checked on one block built by hand."""
-    q = np.array([(i * 7) % 3 - 1 for i in range(256)], dtype=np.int8)  # every value, no pattern at 4
-    beta = 0.3
-    block = gguf.quants.quantize((q * np.float32(beta))[None, :], gguf.GGMLQuantizationType.TQ2_0)
-    raw = np.asarray(block).reshape(-1).view(np.uint8)
-    assert raw.size == 66
-    expect = np.zeros(64, dtype=np.uint8)
+def test_tq2_0_block_bytes_follow_the_documented_layout(tmp_path):
+    """Golden layout (FORMATS.md section 3) of the bytes our export writes: in each 66-byte block of
+    256 weights, byte c*32 + m, bits 2l..2l+1 hold element c*128 + l*32 + m as q + 1; then d = fp16(beta).
+    Checked on every row of one exported tensor (attn_v: no RoPE permutation), built here from our codes."""
+    model = silu_model()
+    path = export_gguf(model, tmp_path / "m.gguf", byte_tokenizer(), qtype="tq2_0")
+    (t,) = [t for t in gguf.GGUFReader(path).tensors if t.name == "blk.0.attn_v.weight"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.TQ2_0
+    q, beta = weight_quant(model.model.layers[0].self_attn.v_proj.weight.detach())  # (128, 256) int8, ()
+    q = q.numpy().astype(np.int64)
+    assert set(np.unique(q)) == {-1, 0, 1}
+    raw = np.asarray(t.data).reshape(-1).view(np.uint8).reshape(q.shape[0], 66)  # one block per row
+    expect = np.zeros((q.shape[0], 64), dtype=np.uint8)
     for c in range(2):
         for l in range(4):
             for m in range(32):
-                expect[c * 32 + m] |= (q[c * 128 + l * 32 + m] + 1) << (2 * l)
-    assert np.array_equal(raw[:64], expect)
-    assert raw[64:66].view(np.float16)[0] == np.float16(beta)
+                expect[:, c * 32 + m] |= ((q[:, c * 128 + l * 32 + m] + 1) << (2 * l)).astype(np.uint8)
+    np.testing.assert_array_equal(raw[:, :64], expect)
+    assert (raw[:, 64:66].copy().view(np.float16)[:, 0] == np.float16(beta.item())).all()
 
 
 def test_pre_tokenizer_maps_to_llama_cpp_names():

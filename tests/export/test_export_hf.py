@@ -47,7 +47,8 @@ def test_transformers_loads_our_export_and_agrees(tmp_path, model, tokenizer):
     scale = latent.abs().max()
     assert (mine - latent).abs().max() <= EXPORT_VS_LATENT_RTOL * scale
     assert (out / "tokenizer.json").is_file()
-    assert transformers.AutoTokenizer.from_pretrained(out)("to be").input_ids
+    text = "to be or not to be, the lazy dog"
+    assert transformers.AutoTokenizer.from_pretrained(out)(text).input_ids == tokenizer.encode(text).ids
 
 
 def test_transformers_default_bf16_load_of_our_export(tmp_path, model, tokenizer):

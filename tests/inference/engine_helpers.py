@@ -3,13 +3,73 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
 import torch
+from torch_threads import one_torch_thread
 
 from bitnet.export import export_hf, load_model
+from bitnet.inference import available_isas, cpu_features
 from bitnet.model import BitNetConfig, BitNetForCausalLM
+
+# Every kernel path of the engine, by architecture, with the CPU features each needs (dispatch.cpp's
+# can_run). Tests parametrize over every_isa(): the paths this CPU and build cannot run are reported
+# as skipped, naming the path and what is missing (tests/inference/conftest.py), never left out silently.
+ARCH_ISAS = {"x86_64": ("ref", "avx2", "avxvnni", "avx512", "amx"), "aarch64": ("ref", "neon")}
+ISA_NEEDS = {
+    "ref": (),
+    "avx2": ("avx2", "fma", "f16c"),
+    "avxvnni": ("avx2", "fma", "f16c", "avx_vnni"),
+    "avx512": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+    "amx": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "amx_tile", "amx_int8"),
+    "neon": ("neon", "dotprod"),
+}
+
+
+def every_isa() -> list[str]:
+    """Every kernel path of this architecture (and any other the engine offers), runnable here or not."""
+    known = ARCH_ISAS.get(cpu_features()["arch"], ("ref",))
+    return [*known, *(i for i in available_isas() if i not in known)]
+
+
+def isa_skip_reason(isa: str, features: dict, available: list[str]) -> str | None:
+    """None when ``isa`` runs here, else why not: the CPU features it lacks, or what the build lacks."""
+    if isa in available:
+        return None
+    missing = [f for f in ISA_NEEDS.get(isa, ()) if not features.get(f)]
+    if missing:
+        return f"CPU lacks {isa} (no {', '.join(missing)})"
+    if isa == "amx":
+        return "amx not usable: built with BITNET_NO_AMX, or the OS refused the AMX tile state (arch_prctl)"
+    has = ", ".join(ISA_NEEDS.get(isa, ())) or "what it needs"
+    return f"this build of the engine has no {isa} kernels (the CPU has {has})"
+
+
+CSRC = Path(__file__).resolve().parents[2] / "inference" / "csrc"
+HAVE_AARCH64_EMULATION = bool(shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64"))
+NO_AARCH64_EMULATION = "needs an aarch64 cross compiler and qemu-user (apt: g++-aarch64-linux-gnu qemu-user)"
+CROSS_COMPILE_TIMEOUT_S = 300  # one translation unit at -O1 takes seconds; a minute on a loaded 2-core machine
+QEMU_RUN_TIMEOUT_S = 300  # the self-tests run in well under a minute under emulation
+
+
+def run_neon_selftest(tmp_path: Path, sources: list[str]) -> subprocess.CompletedProcess:
+    """Cross-compile ``sources`` (paths under inference/csrc; kernels_neon.cpp with the NEON flags)
+    for aarch64, link them statically and run the program under qemu; every step has a deadline."""
+    cxx = "aarch64-linux-gnu-g++"
+    objs = []
+    for src in sources:
+        flags = ["-march=armv8.2-a+dotprod+fp16"] if src == "kernels_neon.cpp" else []
+        obj = tmp_path / (Path(src).stem + ".o")
+        subprocess.run([cxx, "-std=c++17", "-O1", f"-I{CSRC}", *flags, "-c", str(CSRC / src), "-o", str(obj)],
+                       check=True, timeout=CROSS_COMPILE_TIMEOUT_S)
+        objs.append(str(obj))
+    exe = tmp_path / "selftest"
+    subprocess.run([cxx, "-static", *objs, "-lpthread", "-o", str(exe)], check=True, timeout=CROSS_COMPILE_TIMEOUT_S)
+    return subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True, timeout=QEMU_RUN_TIMEOUT_S)
+
 
 TOK_VOCAB = 300
 TEXT = ["the quick brown fox jumps over the lazy dog; " * 20, "to be or not to be, that is the question. " * 20]
@@ -43,13 +103,14 @@ def trained_tiny(tok, steps: int = 40, **overrides) -> tuple[BitNetForCausalLM, 
     data = torch.tensor(tok.encode(REPEATED_TEXT).ids)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(steps):
-        s = step % (len(data) - 65)
-        batch = data[s : s + 65][None]
-        loss = model.loss(batch[:, :-1], batch[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with one_torch_thread():
+        for step in range(steps):
+            s = step % (len(data) - 65)
+            batch = data[s : s + 65][None]
+            loss = model.loss(batch[:, :-1], batch[:, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return model.eval(), data
 
 

@@ -47,8 +47,7 @@ def test_greedy_tokens_alone_and_in_a_batch_of_8(model_dir):
     got: list[list[int]] = [[] for _ in prompts]
     pos = [0] * 8
     pending = {i: list(p) for i, p in enumerate(prompts)}
-    step = 0
-    while any(len(g) < n_new for g in got):
+    for step in range(n_new + 7):  # prompt i joins at step i and takes one token per step: 7 + n_new steps
         batch = []
         for i in range(8):
             if i > step or len(got[i]) >= n_new:
@@ -61,7 +60,6 @@ def test_greedy_tokens_alone_and_in_a_batch_of_8(model_dir):
             nxt = int(np.argmax(row))
             got[i].append(nxt)
             pending[i] = [nxt]
-        step += 1
     assert got == want
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import re
 
 import pytest
-from engine_helpers import export, tiny, tokenizer
+from engine_helpers import export, tiny, tokenizer, trained_tiny
 
 from bitnet.cli import main
+from bitnet.inference import Engine
 
 
 def test_generate_cli(tmp_path, capsys):
@@ -92,3 +95,46 @@ def test_train_threads_zero_and_help_hint(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "accelerate launch --config_file configs/train/accelerate/cpu2.yaml -m bitnet train" in help_text
     assert "--num_processes 2 --cpu" not in help_text
+
+
+@pytest.fixture(scope="module")
+def chat_export(tmp_path_factory):
+    """A tiny model trained on repetitive text (peaked, stable greedy replies), with its tokenizer."""
+    tok = tokenizer()
+    model, _ = trained_tiny(tok)
+    return export(model, tmp_path_factory.mktemp("chat") / "exp", tok)
+
+
+def test_chat_through_stdin_keeps_and_resets_the_history(chat_export, capsys, monkeypatch):
+    """`bitnet chat` read from stdin: each reply continues the whole conversation so far, /reset
+    keeps only the system prompt, an empty line quits."""
+    turns = ["to be or not", "the quick brown", "/reset", "to be or not", ""]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(turns) + "\n"))
+    histories, real_chat_stream = [], Engine.chat_stream
+
+    def recording_chat_stream(self, messages, **gen):
+        histories.append(copy.deepcopy(list(messages)))
+        return real_chat_stream(self, messages, **gen)
+
+    monkeypatch.setattr(Engine, "chat_stream", recording_chat_stream)
+    args = ["--threads", "1", "--max-new-tokens", "8", "--system", "be brief"]
+    assert main(["chat", str(chat_export), *args]) == 0
+    out = capsys.readouterr().out
+
+    eng = Engine(chat_export, threads=1)
+    system = {"role": "system", "content": "be brief"}
+    u1, u2 = ({"role": "user", "content": t} for t in turns[:2])
+    r1 = "".join(real_chat_stream(eng, [system, u1], max_new_tokens=8))
+    r2 = "".join(real_chat_stream(eng, [system, u1, {"role": "assistant", "content": r1}, u2], max_new_tokens=8))
+    assert r1.strip() and r2.strip()
+    assert histories == [[system, u1], [system, u1, {"role": "assistant", "content": r1}, u2], [system, u1]]
+    want = (f"you> assistant> {r1}\n" f"you> assistant> {r2}\n" "you> "  # /reset prints nothing
+            f"you> assistant> {r1}\n" "you> ")  # after /reset the first turn again; the empty line quits
+    assert out == want
+
+
+def test_chat_ends_at_end_of_input(chat_export, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("to be or not\n"))  # no empty line: stdin just ends
+    assert main(["chat", str(chat_export), "--threads", "1", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("you> assistant> ") and out.endswith("\nyou> \n")

@@ -4,18 +4,17 @@ coarse int4 pass plus an exact rescoring of the best candidates) against the exa
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import export, tiny, tokenizer
+from engine_helpers import (HAVE_AARCH64_EMULATION, NO_AARCH64_EMULATION, every_isa, export, run_neon_selftest, tiny,
+                            tokenizer)
 from engine_helpers import trained_tiny as train_tiny
 
-from bitnet.inference import Engine, _C, available_isas, current_isa, set_isa
+from bitnet.inference import Engine, _C, current_isa, set_isa
 
-ISAS = available_isas()
+ISAS = every_isa()  # the ones this CPU cannot run are skipped with the reason (conftest.py)
 GROUP = 32  # columns per u8 group scale (kHeadI4Group)
 MAX_COLS = 8192  # widest row the int4 head takes (kHeadI4MaxCols)
 # Coarse (not rescored) int4 logits: RMS error over RMS of the exact logits. For weights quantized
@@ -89,26 +88,13 @@ def test_int4_head_rejects_values_it_cannot_hold():
                    np.zeros((1, wide), np.int8))
 
 
-CSRC = Path(__file__).resolve().parents[2] / "inference" / "csrc"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
-                    reason="needs an aarch64 cross compiler and qemu-user (apt: g++-aarch64-linux-gnu qemu-user)")
+@pytest.mark.skipif(not HAVE_AARCH64_EMULATION, reason=NO_AARCH64_EMULATION)
 def test_neon_int4_head_matches_ref_under_emulation(tmp_path):
     """The C++ self-test (random blocks, the extremes at the widest rows, 1..11 tokens) for aarch64
     under qemu: NEON's int4 head equals ref exactly."""
-    cxx = "aarch64-linux-gnu-g++"
-    objs = []
-    for src in ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "model.cpp", "threadpool.cpp",
-                "selftest/kernel_selftest.cpp", "kernels_neon.cpp"]:
-        flags = ["-march=armv8.2-a+dotprod+fp16"] if src == "kernels_neon.cpp" else []
-        obj = tmp_path / (Path(src).stem + ".o")
-        subprocess.run([cxx, "-std=c++17", "-O1", f"-I{CSRC}", *flags, "-c", str(CSRC / src), "-o", str(obj)], check=True)
-        objs.append(str(obj))
-    exe = tmp_path / "selftest"
-    subprocess.run([cxx, "-static", *objs, "-lpthread", "-o", str(exe)], check=True)
-    run = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True)
+    run = run_neon_selftest(tmp_path, ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "model.cpp",
+                                       "threadpool.cpp", "selftest/kernel_selftest.cpp", "kernels_neon.cpp"])
     assert "neon head_i4 ok" in run.stdout, run.stdout + run.stderr
 
 

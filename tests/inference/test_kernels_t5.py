@@ -4,19 +4,15 @@ integers on random and extreme inputs, NEON under qemu, and the engine's logits 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from engine_helpers import export, tiny
+from engine_helpers import HAVE_AARCH64_EMULATION, NO_AARCH64_EMULATION, every_isa, export, run_neon_selftest, tiny
 
-from bitnet.inference import _C, Engine, available_isas, current_isa, set_isa
+from bitnet.inference import _C, Engine, current_isa, set_isa
 from bitnet.quant import pack_ternary
 
-ISAS = available_isas()
+ISAS = every_isa()  # the ones this CPU cannot run are skipped with the reason (conftest.py)
 TILE_ROWS, TILE5_COLS = 16, 20
 POW3 = np.array([81, 27, 9, 3, 1])  # digit i of a byte has weight 3^(4-i)
 
@@ -168,24 +164,11 @@ def test_weight_format_must_precede_the_linears(tiny_export):
                  eps=1e-5, rope_theta=1e4, act="silu", sub_norms=True, inner_norm=False).set_weight_format("x")
 
 
-CSRC = Path(__file__).resolve().parents[2] / "inference" / "csrc"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
-                    reason="needs an aarch64 cross compiler and qemu-user (apt: g++-aarch64-linux-gnu qemu-user)")
+@pytest.mark.skipif(not HAVE_AARCH64_EMULATION, reason=NO_AARCH64_EMULATION)
 def test_t5_neon_matches_ref_under_emulation(tmp_path):
     """Cross-compile the t5 self-test for aarch64 and run it with qemu: NEON vs ref vs q.x, exact."""
-    cxx = "aarch64-linux-gnu-g++"
-    objs = []
-    for src in ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "model.cpp", "threadpool.cpp",
-                "selftest/t5_selftest.cpp", "kernels_neon.cpp"]:
-        flags = ["-march=armv8.2-a+dotprod+fp16"] if src == "kernels_neon.cpp" else []
-        obj = tmp_path / (Path(src).stem + ".o")
-        subprocess.run([cxx, "-std=c++17", "-O1", f"-I{CSRC}", *flags, "-c", str(CSRC / src), "-o", str(obj)], check=True)
-        objs.append(str(obj))
-    exe = tmp_path / "t5_selftest"
-    subprocess.run([cxx, "-static", *objs, "-lpthread", "-o", str(exe)], check=True)
-    run = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True)
+    run = run_neon_selftest(tmp_path, ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "model.cpp",
+                                       "threadpool.cpp", "selftest/t5_selftest.cpp", "kernels_neon.cpp"])
     assert run.returncode == 0, run.stdout + run.stderr
     assert "codec ok" in run.stdout and "neon ok" in run.stdout

@@ -3,18 +3,17 @@ against a float64 softmax, and the engine with ``kv_cache="f16"`` against the ex
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bitnet.inference import Engine, _C, available_isas
+from bitnet.inference import Engine, _C
 
-from engine_helpers import export, tiny, tokenizer, trained_tiny
+from engine_helpers import (HAVE_AARCH64_EMULATION, NO_AARCH64_EMULATION, every_isa, export, run_neon_selftest, tiny,
+                            tokenizer, trained_tiny)
 
-ISAS = available_isas()
+ISAS = every_isa()  # the ones this CPU cannot run are skipped with the reason (conftest.py)
 # attend_f16 vs a float64 softmax over the same fp16 rows: fp32 dots and sums in another order
 # (relative error ~ sqrt(n) * 2^-24), as test_kernels.DOT_RTOL for attend.
 DOT_RTOL = 1e-5
@@ -97,26 +96,14 @@ def test_attend_f16_rejects_mismatched_shapes():
         _C.attend_f16("ref", np.zeros(8, np.float32), K, np.zeros((3, 9), np.uint16), 1.0)
 
 
-CSRC = Path(__file__).resolve().parents[2] / "inference" / "csrc"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
-                    reason="needs an aarch64 cross compiler and qemu-user (apt: g++-aarch64-linux-gnu qemu-user)")
+@pytest.mark.skipif(not HAVE_AARCH64_EMULATION, reason=NO_AARCH64_EMULATION)
 def test_neon_attend_f16_and_converter_under_emulation(tmp_path):
     """selftest/kv_f16_selftest.cpp for aarch64 under qemu: NEON attend_f16 equals attend on the
     widened rows bit for bit (and ref within 1e-4), and the scalar converter equals the hardware
     FCVT on every rounding boundary, the extremes and 10^6 random patterns."""
-    cxx = "aarch64-linux-gnu-g++"
-    objs = []
-    for src in ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "selftest/kv_f16_selftest.cpp", "kernels_neon.cpp"]:
-        flags = ["-march=armv8.2-a+dotprod+fp16"] if src == "kernels_neon.cpp" else []
-        obj = tmp_path / (Path(src).stem + ".o")
-        subprocess.run([cxx, "-std=c++17", "-O1", f"-I{CSRC}", *flags, "-c", str(CSRC / src), "-o", str(obj)], check=True)
-        objs.append(str(obj))
-    exe = tmp_path / "kv_f16_selftest"
-    subprocess.run([cxx, "-static", *objs, "-lpthread", "-o", str(exe)], check=True)
-    run = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True)
+    run = run_neon_selftest(tmp_path, ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp",
+                                       "selftest/kv_f16_selftest.cpp", "kernels_neon.cpp"])
     assert run.returncode == 0, run.stdout + run.stderr
     assert "neon attend_f16 ok" in run.stdout and "f32_to_f16 vs hardware ok" in run.stdout
 

@@ -95,7 +95,9 @@ def test_state_union_latin1_files_load(tmp_path):
     from data_paths import shared_path
 
     src = shared_path("text", "state_union", "1954-Eisenhower.txt")  # ../shared/data, or tests/fixtures/data
-    assert ds_mod.check_utf8(src) is not None
+    with pytest.raises(UnicodeDecodeError) as e:
+        src.read_bytes().decode("utf-8")
+    assert ds_mod.check_utf8(src) == e.value.start  # the offset Python's own decoder reports
     with pytest.warns(UnicodeWarning, match="1954-Eisenhower.txt"):
         rec = ds_mod.load_records([src], DataConfig(), streaming=True)
         text = next(iter(rec))["text"]

@@ -21,6 +21,7 @@ def _study_yaml(tmp_path, corpus, token_cache) -> tuple:
     d = {
         "train": {
             "model": "test-tiny", "seed": 7, "compile": False, "max_steps": 3, "batch_size": 2, "micro_batch_size": 2,
+            "threads": 1,  # tiny matmuls: a second torch thread only spin-waits on a busy machine
             "model_overrides": {"max_position_embeddings": 32},
             "data": {"paths": [str(corpus)], "tokenizer_vocab_size": 300, "seq_len": 32, "cache_dir": str(token_cache)},
             "optim": {"warmup_steps": 1},
