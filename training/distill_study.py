@@ -39,6 +39,7 @@ VARIANTS: dict[str, tuple[str, list[str] | None]] = {
     "-kl": ("BitDistill without the logits KL", ["distill.kl_weight=0"]),
     "-ad": ("BitDistill without the attention-relation loss", ["distill.ad_weight=0"]),
     "-ce": ("BitDistill without CE in stage 3", ["distill.ce_weight=0"]),
+    "scratch": ("ternary BitNet b1.58 trained from scratch (bitnet train, same arch, same tokens)", []),
     "-subln": ("BitDistill without SubLN", ["subln=false"]),
     "-stage2": ("BitDistill without continued pre-training (all steps in stage 3)", ["pretrain.share=0"]),
 }
@@ -153,6 +154,10 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     for name, (what, extra) in VARIANTS.items():
         if name in rows or (args.only and name not in args.only):
             continue
+        if name == "scratch":
+            rows[name] = _scratch(args, teacher, teacher_dir, ctx, out, held, what)
+            save()
+            continue
         print(f"== {name}: {what}", flush=True)
         if extra is None:
             import copy
@@ -176,30 +181,35 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
                           "tokens": sum(_tokens_of_step(s, cfg) for s in range(cfg.max_steps))}
         save()
         print(f"   ppl {rows[name]['ppl']:.2f}", flush=True)
-    if "scratch" not in rows and (not args.only or "scratch" in args.only):
-        run = out / "scratch"
-        cfg = load_distill_config(args.config, [f"teacher={teacher_dir}", "data.paths=[x]"])
-        tc = teacher.config
-        bs = cfg.pretrain.batch_size
-        cmd = [sys.executable, "-m", "bitnet", "train", args.scratch_config,
-               f"out_dir={run}", f"max_steps={args.steps}", f"batch_size={bs}", f"micro_batch_size={cfg.micro_batch_size}",
-               f"data.seq_len={ctx}", f"data.tokenizer={teacher_dir / 'tokenizer.json'}",
-               "data.paths=" + json.dumps([str(Path(d).resolve()) for d in args.data]),
-               f"model_overrides.hidden_size={tc.hidden_size}", f"model_overrides.intermediate_size={tc.intermediate_size}",
-               f"model_overrides.num_hidden_layers={tc.num_hidden_layers}",
-               f"model_overrides.num_attention_heads={tc.num_attention_heads}",
-               f"model_overrides.num_key_value_heads={tc.num_key_value_heads}",
-               f"model_overrides.max_position_embeddings={tc.max_position_embeddings}", "resume=true", "log.progress=false"]
-        wall = _run(cmd, out / "scratch.log")
-        from bitnet.checkpoint import load_model_dir
-
-        model = load_model_dir(run).float().eval()
-        rows["scratch"] = {"what": "ternary BitNet b1.58 trained from scratch (bitnet train, same arch, same tokens)",
-                           "ppl": heldout_perplexity(model, held, ctx), "val_loss": _val_loss(run),
-                           "wall_s": round(wall), "command": " ".join(cmd[3:]), "tokens": args.steps * bs * ctx}
-        save()
     write_report(results_dir, json.loads(res_file.read_text()), out)
     return rows
+
+
+def _scratch(args, teacher, teacher_dir: Path, ctx: int, out: Path, held: np.ndarray, what: str) -> dict[str, Any]:
+    """The from-scratch ternary baseline: ``bitnet train`` with the student's shape and token budget."""
+    from bitnet.checkpoint import load_model_dir
+
+    from .distill import load_distill_config
+
+    run = out / "scratch"
+    cfg = load_distill_config(args.config, [f"teacher={teacher_dir}", "data.paths=[x]"])
+    tc = teacher.config
+    bs = cfg.pretrain.batch_size
+    cmd = [sys.executable, "-m", "bitnet", "train", args.scratch_config,
+           f"out_dir={run}", f"max_steps={args.steps}", f"batch_size={bs}", f"micro_batch_size={cfg.micro_batch_size}",
+           f"data.seq_len={ctx}", f"data.tokenizer={teacher_dir / 'tokenizer.json'}",
+           "data.paths=" + json.dumps([str(Path(d).resolve()) for d in args.data]),
+           f"model_overrides.hidden_size={tc.hidden_size}", f"model_overrides.intermediate_size={tc.intermediate_size}",
+           f"model_overrides.num_hidden_layers={tc.num_hidden_layers}",
+           f"model_overrides.num_attention_heads={tc.num_attention_heads}",
+           f"model_overrides.num_key_value_heads={tc.num_key_value_heads}",
+           f"model_overrides.max_position_embeddings={tc.max_position_embeddings}",
+           f"log.eval_every={cfg.log.eval_every}", f"log.eval_batches={cfg.log.eval_batches}",
+           "resume=true", "log.progress=false"]
+    wall = _run(cmd, out / "scratch.log")
+    model = load_model_dir(run).float().eval()
+    return {"what": what, "ppl": heldout_perplexity(model, held, ctx), "val_loss": _val_loss(run),
+            "wall_s": round(wall), "command": " ".join(cmd[1:]), "tokens": args.steps * bs * ctx}
 
 
 def write_report(results_dir: Path, res: dict[str, Any], runs: Path) -> None:
@@ -255,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--results", required=True)
     b.add_argument("--only", nargs="*", default=None)
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # a shared 2-core machine: the runs it starts use one thread each too
     if args.cmd == "teacher-to-hf":
         print(f"wrote {teacher_to_hf(args.run, args.out)}")
     else:
