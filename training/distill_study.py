@@ -42,6 +42,10 @@ VARIANTS: dict[str, tuple[str, list[str] | None]] = {
     "scratch": ("ternary BitNet b1.58 trained from scratch (bitnet train, same arch, same tokens)", []),
     "-subln": ("BitDistill without SubLN", ["subln=false"]),
     "-stage2": ("BitDistill without continued pre-training (all steps in stage 3)", ["pretrain.share=0"]),
+    # run-to-run noise: the two main recipes again with another data order
+    "bitdistill-seed2": ("BitDistill, another seed (data order)", ["seed=2"]),
+    "ce-warmup-seed2": ("ternarize + CE with lambda warm-up, another seed (data order)",
+                        ["subln=false", "pretrain.share=1", "distill.share=0", "pretrain.lambda_warmup=0.5", "seed=2"]),
 }
 
 

@@ -285,3 +285,35 @@ def test_gpu_accelerate_config_without_a_gpu(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="asks for GPUs \\(FSDP\\)"):
         check_accelerate_env()
     assert not (tmp_path / "o").exists()
+
+
+DDP_TOL = 1e-4  # two gloo processes vs one: the same batches, summed in another order
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    import socket
+
+    teacher = tiny_teacher(tmp_path / "teacher", "qwen2")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(tmp_path, teacher, one, 6, "export=false") == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "cpu2.yaml"
+    conf.write_text((REPO / "configs/train/accelerate/cpu2.yaml").read_text() + f"main_process_port: {port}\n")
+    data = tmp_path / "data.txt"
+    cmd = [sys.executable, "-m", "bitnet", "distill", str(teacher), "--out", str(two), "--data", str(data),
+           "--max-steps", "6", *SMALL, "micro_batch_size=2", f"data.cache_dir={tmp_path / 'cache'}", "export=false",
+           "--accelerate-config", str(conf)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+
+    def losses(run: Path) -> list[tuple[int, float, float, float]]:
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["ce"], r["kl"], r["ad"]) for r in rows if "loss" in r]
+
+    got, want = losses(two), losses(one)
+    assert [r[0] for r in got] == [r[0] for r in want] == list(range(1, 7))
+    assert np.allclose(np.array(got)[:, 1:], np.array(want)[:, 1:], atol=DDP_TOL)
