@@ -48,7 +48,7 @@ import yaml
 from torch import nn
 
 from bitnet.convert import insert_subln, set_lambda, subln_input_rms, to_bitnet
-from bitnet.io import atomic_dir, atomic_file
+from bitnet.io import atomic_dir, atomic_file, atomic_path
 
 from .config import DataConfig, LogConfig, OptimConfig, apply_override, config_from_dict, read_yaml_mapping, resolve_path
 from .dataset import PackedTokens, batch_indices, prepare_data
@@ -115,6 +115,10 @@ class DistillConfig:
     stop_after_steps: int | None = None  # stop early (as if interrupted); schedules still plan max_steps
     threads: int | None = None
     export: bool = True  # write <out_dir>/export at the end
+    # Precompute the teacher's stage-3 outputs (fp16 logits and the ad_layer Q/K/V of every batch)
+    # into <out_dir>/teacher_cache before training, then free the teacher: the training steps run
+    # without it in memory. Disk: n3 x batch x seq_len x (vocab + 3 widths) x 2 bytes.
+    teacher_cache: bool = False
     data: DataConfig = field(default_factory=lambda: DataConfig(paths=[], tokenizer="teacher"))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(schedule="cosine", warmup_steps=10,
                                                                    weight_decay=0.0))
@@ -440,6 +444,52 @@ class _QKVCapture:
         self.out = {}
         return qkv
 
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _stage3_batch(cfg: DistillConfig, local: int, n_train: int) -> np.ndarray:
+    """The windows of stage-3 step ``local`` (global batch): a pure function of (seed, step)."""
+    return batch_indices(cfg.seed + 1000 * 3, local, cfg.distill.batch_size, n_train)
+
+
+@torch.no_grad()
+def _write_teacher_cache(teacher: nn.Module, cap: _QKVCapture, data: PackedTokens, cfg: DistillConfig, n3: int,
+                         d: Path, acc) -> Path:
+    """One safetensors file per stage-3 step: ``logits`` (B, T, V) and ``q``/``k``/``v`` (B, T, D) in fp16,
+    for the step's whole global batch. Files already there (an interrupted run) are kept."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    if acc.is_main_process:
+        d.mkdir(parents=True, exist_ok=True)
+        for local in tqdm(range(n3), desc="teacher cache", unit="step", disable=not cfg.log.progress, file=sys.stdout):
+            f = d / f"step_{local:07d}.safetensors"
+            if f.is_file():
+                continue
+            idx = _stage3_batch(cfg, local, data.n_train)
+            parts: dict[str, list[torch.Tensor]] = {"logits": [], "q": [], "k": [], "v": []}
+            for i in range(0, len(idx), cfg.micro_batch_size):
+                x, _ = data.batch(idx[i:i + cfg.micro_batch_size])  # (mb, T)
+                with acc.autocast():
+                    parts["logits"].append(teacher(input_ids=x.to(acc.device)).logits.half().cpu())  # (mb, T, V)
+                for n, t in zip("qkv", cap.take()):
+                    parts[n].append(t.half().cpu())  # (mb, T, D)
+            with atomic_path(f) as tmp:
+                save_file({k: torch.cat(v).contiguous() for k, v in parts.items()}, str(tmp))
+    acc.wait_for_everyone()
+    return d
+
+
+def _read_teacher_cache(d: Path, local: int, rows: slice, device) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The cached teacher outputs of stage-3 step ``local`` for batch rows ``rows``, as float32."""
+    from safetensors import safe_open
+
+    with safe_open(str(d / f"step_{local:07d}.safetensors"), framework="pt") as f:
+        get = lambda n: f.get_slice(n)[rows].float().to(device)  # noqa: E731
+        return get("logits"), (get("q"), get("k"), get("v"))
+
 
 # ------------------------------------------------------------------------------------------ the run
 def _comparable(cfg: DistillConfig) -> dict[str, Any]:
@@ -517,6 +567,11 @@ def distill(cfg: DistillConfig) -> Path:
             raise ValueError(f"{ckpt}: saved with a different distill config; resume with the same settings")
 
     start = resume_point(acc, out, cfg.resume, same_config, "--out")
+    cache = None
+    if cfg.teacher_cache and n3 > 0:
+        cache = _write_teacher_cache(teacher, cap_t, data, cfg, n3, out / "teacher_cache", acc)
+        cap_t.remove()
+        teacher = cap_t = None  # freed: stage 3 reads the cache
     if main:
         with atomic_file(out / "distill_config.yaml", "w") as f:
             f.write(config_to_yaml(cfg))
@@ -549,7 +604,9 @@ def distill(cfg: DistillConfig) -> Path:
         bs = cfg.pretrain.batch_size if stage == 2 else cfg.distill.batch_size
         per_rank = bs // world
         accum = per_rank // cfg.micro_batch_size
-        mine = batch_indices(cfg.seed + 1000 * stage, local, bs, data.n_train)[rank * per_rank:(rank + 1) * per_rank]
+        every = batch_indices(cfg.seed + 1000 * 2, local, bs, data.n_train) if stage == 2 else \
+            _stage3_batch(cfg, local, data.n_train)
+        mine = every[rank * per_rank:(rank + 1) * per_rank]
         parts = torch.zeros(4, device=acc.device)  # loss, ce, kl, ad (means over the global batch)
         for m in range(accum):
             x, y = data.batch(mine[m * cfg.micro_batch_size:(m + 1) * cfg.micro_batch_size])  # (mb, T)
@@ -566,9 +623,14 @@ def distill(cfg: DistillConfig) -> Path:
                 else:
                     d = cfg.distill
                     if d.kl_weight > 0 or d.ad_weight > 0:
-                        with torch.no_grad(), acc.autocast():
-                            t_logits = teacher(input_ids=x).logits.float()  # (mb, T, V)
-                        t_qkv = cap_t.take()
+                        if cache is not None:
+                            rows = slice(rank * per_rank + m * cfg.micro_batch_size,
+                                         rank * per_rank + (m + 1) * cfg.micro_batch_size)
+                            t_logits, t_qkv = _read_teacher_cache(cache, local, rows, acc.device)
+                        else:
+                            with torch.no_grad(), acc.autocast():
+                                t_logits = teacher(input_ids=x).logits.float()  # (mb, T, V)
+                            t_qkv = cap_t.take()
                         if d.kl_weight > 0:
                             kl = logits_kl(logits, t_logits, d.temperature)
                         if d.ad_weight > 0:

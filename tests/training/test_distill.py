@@ -317,3 +317,27 @@ def test_two_processes_match_one(tmp_path):
     got, want = losses(two), losses(one)
     assert [r[0] for r in got] == [r[0] for r in want] == list(range(1, 7))
     assert np.allclose(np.array(got)[:, 1:], np.array(want)[:, 1:], atol=DDP_TOL)
+
+
+CACHE_TOL = 2e-3  # fp16-rounded teacher logits and Q/K/V against the online fp32 teacher
+
+
+@pytest.mark.slow
+def test_precomputed_teacher_outputs_match_the_online_teacher(tmp_path):
+    teacher = tiny_teacher(tmp_path / "teacher", "mistral")
+    online, cached = tmp_path / "online", tmp_path / "cached"
+    assert run_cli(tmp_path, teacher, online, 6, "export=false") == 0
+    assert run_cli(tmp_path, teacher, cached, 6, "export=false", "teacher_cache=true") == 0
+    files = sorted((cached / "teacher_cache").iterdir())
+    assert [f.name for f in files] == [f"step_{i:07d}.safetensors" for i in range(3)]
+    t = load_file(str(files[0]))
+    assert t["logits"].shape == (4, 32, 320) and t["logits"].dtype == torch.float16
+    assert t["q"].shape == (4, 32, 32) and t["k"].shape == (4, 32, 16)
+
+    def parts(run: Path) -> np.ndarray:
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return np.array([(r["ce"], r["kl"], r["ad"]) for r in rows if "loss" in r])
+
+    a, b = parts(online), parts(cached)
+    assert a.shape == b.shape == (6, 3) and (a[3:, 1:] > 0).all()
+    assert np.allclose(a, b, rtol=CACHE_TOL, atol=CACHE_TOL)
