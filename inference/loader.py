@@ -281,6 +281,8 @@ def build_model(directory: Path, threads: int, head: str,
             model.set_norm(i, "self_attn.attn_sub_norm", _float_vector(ws, use(p + "self_attn.attn_sub_norm.weight"), C))
             model.set_norm(i, "mlp.ffn_sub_norm",
                            _float_vector(ws, use(p + "mlp.ffn_sub_norm.weight"), cfg.intermediate_size))
+        for name, n in _extension_vectors(raw, cfg):  # bitnet distill's Qwen2 / Qwen3 extensions
+            model.set_norm(i, name.removesuffix(".weight"), _float_vector(ws, use(p + name), n))
         for lin in LINEAR_NAMES:
             wname, sname = use(p + lin + ".weight"), use(p + lin + ".weight_scale")
             out_f, in_f = shapes[lin]
@@ -324,6 +326,24 @@ def build_model(directory: Path, threads: int, head: str,
         ws.release(name, r0 * row_bytes, r1 * row_bytes)
     model.set_head_mode(head)
     return model, raw, cfg, ws
+
+
+EXTENSIONS = ("attention_bias", "qk_norm")  # what bitnet distill's exports may add (training/distill_export.py)
+
+
+def _extension_vectors(raw: dict[str, Any], cfg: BitNetConfig) -> list[tuple[str, int]]:
+    """(tensor name within a layer, length) of the extension tensors ``config.json`` declares."""
+    ext = raw.get("bitnet_extensions") or []
+    if not isinstance(ext, list) or any(e not in EXTENSIONS for e in ext):
+        raise ValueError(f"config.json: unsupported bitnet_extensions {ext!r} (the engine runs {list(EXTENSIONS)})")
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    out: list[tuple[str, int]] = []
+    if "attention_bias" in ext:
+        out += [("self_attn.q_proj.bias", q), ("self_attn.k_proj.bias", kv), ("self_attn.v_proj.bias", kv),
+                ("self_attn.o_proj.bias", cfg.hidden_size)]
+    if "qk_norm" in ext:
+        out += [("self_attn.q_norm.weight", cfg.head_dim), ("self_attn.k_norm.weight", cfg.head_dim)]
+    return out
 
 
 def open_weights(directory: str | Path) -> WeightSet:

@@ -190,12 +190,9 @@ def test_cli_end_to_end_and_engine_agreement(tmp_path, arch):
         names = load_file(str(export / "model.safetensors")).keys()
         assert ("model.layers.0.self_attn.o_proj.bias" in names) == (arch == "qwen2")
         assert ("model.layers.1.self_attn.k_norm.weight" in names) == (arch == "qwen3")
-        with pytest.raises(ValueError, match="tensors the config does not account for"):
-            Engine(export, threads=1)  # the engine does not run the extensions (yet): one clear line
-        return
     student = _student_from_run(out, teacher)
     _round_like_the_export(student)
-    ids = torch.arange(3, 40)
+    ids = torch.arange(3, 40)  # past max_position_embeddings / 2: RoPE at larger angles too
     with torch.no_grad():
         want = student(ids[None]).logits[0].numpy()
     got = Engine(export, threads=1, head="f16").logits(ids.tolist())
