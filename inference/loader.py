@@ -281,8 +281,10 @@ def build_model(directory: Path, threads: int, head: str,
             model.set_norm(i, "self_attn.attn_sub_norm", _float_vector(ws, use(p + "self_attn.attn_sub_norm.weight"), C))
             model.set_norm(i, "mlp.ffn_sub_norm",
                            _float_vector(ws, use(p + "mlp.ffn_sub_norm.weight"), cfg.intermediate_size))
-        for name, n in _extension_vectors(raw, cfg):  # bitnet distill's Qwen2 / Qwen3 extensions
-            model.set_norm(i, name.removesuffix(".weight"), _float_vector(ws, use(p + name), n))
+        ext = _extensions(raw)  # bitnet distill's Qwen2 / Qwen3 extensions (training/distill_export.py)
+        if "qk_norm" in ext:
+            for name in ("self_attn.q_norm", "self_attn.k_norm"):
+                model.set_norm(i, name, _float_vector(ws, use(p + name + ".weight"), hd))
         for lin in LINEAR_NAMES:
             wname, sname = use(p + lin + ".weight"), use(p + lin + ".weight_scale")
             out_f, in_f = shapes[lin]
@@ -305,6 +307,11 @@ def build_model(directory: Path, threads: int, head: str,
             beta = stored if linear_class == "autobitlinear" else 1.0 / stored
             norm = _float_vector(ws, use(p + lin + ".rms_norm.weight"), in_f) if cfg.use_rms_norm else None
             model.set_linear(i, lin, ws.array(wname), beta, norm)
+            if "attention_bias" in ext and lin.startswith("self_attn."):
+                # stored as transformers' AutoBitLinear applies it, y = (x_q . q + b_stored) * weight_scale:
+                # the bias the engine adds after scaling is b_stored * beta
+                bias = _float_vector(ws, use(p + lin + ".bias"), out_f) * np.float32(beta)
+                model.set_norm(i, lin + ".bias", bias)
             ws.release(wname)  # the engine holds its own repacked copy now
     unexpected = sorted(set(ws.where) - expected)
     if unexpected:
@@ -331,19 +338,12 @@ def build_model(directory: Path, threads: int, head: str,
 EXTENSIONS = ("attention_bias", "qk_norm")  # what bitnet distill's exports may add (training/distill_export.py)
 
 
-def _extension_vectors(raw: dict[str, Any], cfg: BitNetConfig) -> list[tuple[str, int]]:
-    """(tensor name within a layer, length) of the extension tensors ``config.json`` declares."""
+def _extensions(raw: dict[str, Any]) -> list[str]:
+    """The ``bitnet_extensions`` of ``config.json`` (what bitnet distill adds for Qwen2 / Qwen3 students)."""
     ext = raw.get("bitnet_extensions") or []
     if not isinstance(ext, list) or any(e not in EXTENSIONS for e in ext):
         raise ValueError(f"config.json: unsupported bitnet_extensions {ext!r} (the engine runs {list(EXTENSIONS)})")
-    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    out: list[tuple[str, int]] = []
-    if "attention_bias" in ext:
-        out += [("self_attn.q_proj.bias", q), ("self_attn.k_proj.bias", kv), ("self_attn.v_proj.bias", kv),
-                ("self_attn.o_proj.bias", cfg.hidden_size)]
-    if "qk_norm" in ext:
-        out += [("self_attn.q_norm.weight", cfg.head_dim), ("self_attn.k_norm.weight", cfg.head_dim)]
-    return out
+    return ext
 
 
 def open_weights(directory: str | Path) -> WeightSet:

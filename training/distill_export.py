@@ -8,16 +8,17 @@ transformers and the GGUF exporter read that directory.
 Qwen2 and Qwen3 students need more than ``BitNetForCausalLM`` expresses; the export is the same
 layout plus these documented extensions (``config.json`` lists them under ``bitnet_extensions``):
 
-- ``"attention_bias"`` (Qwen2): ``attention_bias: true`` and float tensors
+- ``"attention_bias"`` (Qwen2): ``attention_bias: true`` and float32 tensors
   ``self_attn.{q,k,v,o}_proj.bias`` (``o_proj.bias`` is zeros: Qwen2 has none, transformers'
-  BitNet attention has all four), added to the projection's output. transformers'
-  ``BitNetForCausalLM`` reads this as it is.
+  BitNet attention has all four). Stored as transformers' ``AutoBitLinear`` applies a bias,
+  ``y = (x_q . q + bias) * weight_scale``: the file holds ``b / beta`` for the student's bias ``b``.
+  transformers' ``BitNetForCausalLM`` reads this as it is.
 - ``"qk_norm"`` (Qwen3): ``qk_norm: true`` and ``self_attn.q_norm.weight`` / ``k_norm.weight``
   (head_dim), an RMSNorm over each head of Q and K before RoPE (eps ``rms_norm_eps``). Neither
   transformers' BitNet model nor upstream llama.cpp's bitnet graph has it.
 
-Without the C++ engine's support for the extensions (see the distill report), a directory with
-extensions is refused by the engine with one line naming the extra tensors.
+The C++ engine runs both (``inference/loader.py`` reads ``bitnet_extensions``); the GGUF exporter
+and ``bitnet.export.load_model`` do not (they refuse the extra tensors with one line).
 
 Without a student whose SubLNs were inserted (``subln: false``), the export is the
 Llama-architecture ternary layout instead (``model_type: llama``, no sub-norms).
@@ -37,10 +38,12 @@ from bitnet.convert import SubLN
 from bitnet.io import atomic_dir
 from bitnet.layers import BitLinear
 from bitnet.model import BitNetConfig, BitNetForCausalLM
+from bitnet.quant import weight_quant
 
 __all__ = ["student_config", "to_bitnet_model", "extension_tensors", "export_student"]
 
-EXTENSION_DTYPE = torch.bfloat16  # as the export's other float tensors
+EXTENSION_DTYPE = torch.bfloat16  # q/k norms: as the export's other norms
+SCALE_DTYPE = torch.bfloat16  # the dtype of weight_scale in the export (bitnet.export.hf)
 
 
 def _has_subln(student: nn.Module) -> bool:
@@ -113,11 +116,14 @@ def extension_tensors(student: nn.Module) -> tuple[dict[str, torch.Tensor], list
             if k.endswith("q_proj.bias"):
                 prefix = k[: -len("q_proj.bias")]
                 for n in "qkvo":
+                    w = sd[f"{prefix}{n}_proj.weight"].detach().float().cpu()
                     b = sd.get(f"{prefix}{n}_proj.bias")
-                    if b is None:  # o_proj (and any other missing one): zeros, as transformers' BitNet expects all four
-                        rows = sd[f"{prefix}{n}_proj.weight"].shape[0]
-                        b = torch.zeros(rows)
-                    out[f"{prefix}{n}_proj.bias"] = b.detach().float().cpu().to(EXTENSION_DTYPE).contiguous()
+                    # o_proj has none in Qwen2: zeros, as transformers' BitNet attention has all four
+                    b = torch.zeros(w.shape[0]) if b is None else b.detach().float().cpu()
+                    # transformers' AutoBitLinear computes (x_q . q + bias) * weight_scale: store b / beta,
+                    # with the bf16 beta the file holds, in float32 so that b_stored * beta gives back b
+                    beta = weight_quant(w)[1].to(SCALE_DTYPE).float()
+                    out[f"{prefix}{n}_proj.bias"] = (b / beta).contiguous()
     if any(k.endswith("q_norm.weight") for k in sd):
         ext.append("qk_norm")
         for k, v in sd.items():

@@ -153,7 +153,8 @@ def _student_from_run(run: Path, teacher_dir: Path) -> torch.nn.Module:
 
 @torch.no_grad()
 def _round_like_the_export(student: torch.nn.Module) -> None:
-    """bf16-round what the export stores in bf16; scale each ternary weight so its beta is bf16 too."""
+    """bf16-round what the export stores in bf16; scale each ternary weight so its beta is bf16 too
+    (the biases, stored as b / bf16(beta) in float32, come back as b)."""
     from bitnet.layers import BitLinear
 
     for m in student.modules():
@@ -161,6 +162,8 @@ def _round_like_the_export(student: torch.nn.Module) -> None:
             beta = m.weight.abs().mean()
             m.weight.mul_(beta.to(torch.bfloat16).float() / beta)
     for name, p in student.named_parameters():
+        if name.endswith("_proj.bias"):
+            continue  # stored in float32 (as b / beta, which the engine multiplies back)
         if not any(name.endswith(f"{n}_proj.weight") for n in ("q", "k", "v", "o", "gate", "up", "down")):
             p.copy_(p.to(torch.bfloat16).float())
 
