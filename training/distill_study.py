@@ -107,6 +107,29 @@ def heldout_perplexity(logits_fn: Callable[[torch.Tensor], torch.Tensor], ids: n
     return math.exp(tot / cnt)
 
 
+def _val_windows(args: argparse.Namespace, teacher_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation windows every run's final ``val_loss`` averages over (eval_batches x micro_batch)."""
+    import dataclasses
+
+    from .dataset import PackedTokens, prepare_data
+    from .distill import load_distill_config
+
+    cfg = load_distill_config(args.config, [f"teacher={teacher_dir}", "data.paths=" + json.dumps(args.data)])
+    dcfg = dataclasses.replace(cfg.data, tokenizer=str(teacher_dir / "tokenizer.json"))
+    _, cache = prepare_data(dcfg, progress=False)
+    data = PackedTokens.open(cache, dcfg.seq_len, dcfg.val_fraction)
+    n = min(data.n_val, cfg.log.eval_batches * cfg.micro_batch_size)
+    return data.batch(np.arange(n), split="val")
+
+
+@torch.no_grad()
+def _val_loss_of(logits_fn: Callable[[torch.Tensor], torch.Tensor], windows: tuple[torch.Tensor, torch.Tensor]) -> float:
+    x, y = windows  # (N, T) each
+    tot = sum(F.cross_entropy(logits_fn(x[i:i + 8]).float().flatten(0, 1), y[i:i + 8].reshape(-1), reduction="sum").item()
+              for i in range(0, len(x), 8))
+    return tot / y.numel()
+
+
 def _run(cmd: list[str], log: Path) -> float:
     t0 = time.perf_counter()
     with open(log, "w") as f:
@@ -128,7 +151,6 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     from bitnet.convert import insert_subln, set_lambda, subln_input_rms, to_bitnet
     from bitnet.export import load_model
 
-    from .dataset import PackedTokens, prepare_data
     from .distill import load_distill_config
 
     out, results_dir = Path(args.out), Path(args.results)
@@ -155,6 +177,10 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
                            "ppl": heldout_perplexity(lambda x: teacher(x).logits, held, ctx)}
         save()
     calib = torch.tensor(held[: 8 * ctx].reshape(8, ctx).astype(np.int64))
+    val_windows = _val_windows(args, teacher_dir)
+    if rows["teacher"].get("val_loss") is None:
+        rows["teacher"]["val_loss"] = _val_loss_of(lambda x: teacher(x).logits, val_windows)
+        save()
     for name, (what, extra) in VARIANTS.items():
         if name in rows or (args.only and name not in args.only):
             continue
@@ -170,7 +196,8 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
             if name == "naive+subln":
                 insert_subln(m, eps=teacher.config.rms_norm_eps, scales=subln_input_rms(teacher, calib))
             set_lambda(m, 1.0)
-            rows[name] = {"what": what, "ppl": heldout_perplexity(lambda x: m(x).logits, held, ctx), "tokens": 0}
+            rows[name] = {"what": what, "ppl": heldout_perplexity(lambda x: m(x).logits, held, ctx), "tokens": 0,
+                          "val_loss": _val_loss_of(lambda x: m(x).logits, val_windows)}
         else:
             run = out / name
             cmd = [sys.executable, "-m", "bitnet", "distill", str(teacher_dir), "--out", str(run), *base, *extra,
@@ -217,37 +244,47 @@ def _scratch(args, teacher, teacher_dir: Path, ctx: int, out: Path, held: np.nda
 
 
 def write_report(results_dir: Path, res: dict[str, Any], runs: Path) -> None:
-    """results.md (the table) and loss_curves.png (validation loss of every trained variant)."""
+    """results.md (the table) and distill_study.png (training CE of every distilled variant; held-out ppl)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = res["rows"]
+    order = ["teacher", "naive", "naive+subln", "ce-warmup", "ce-warmup-seed2", "bitdistill", "bitdistill-seed2",
+             "-kl", "-ad", "-ce", "-subln", "-stage2", "scratch"]
+    rows = {k: res["rows"][k] for k in sorted(res["rows"], key=lambda k: order.index(k) if k in order else len(order))}
     t = rows["teacher"]["ppl"]
     lines = ["| variant | what | student tokens | held-out ppl | vs teacher | final val loss | wall (s) |",
              "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         vl = f"{r['val_loss']:.4f}" if r.get("val_loss") is not None else "-"
-        lines.append(f"| {name} | {r['what']} | {r.get('tokens', 0):,} | {r['ppl']:.2f} | {r['ppl'] / t - 1:+.1%} | "
+        tokens = "-" if name == "teacher" else f"{r.get('tokens', 0):,}"
+        lines.append(f"| {name} | {r['what']} | {tokens} | {r['ppl']:.2f} | {r['ppl'] / t - 1:+.1%} | "
                      f"{vl} | {r.get('wall_s', '-')} |")
     (results_dir / "results.md").write_text("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     for name in rows:
         m = runs / name / "metrics.jsonl"
-        if not m.is_file():
+        if name in ("teacher", "scratch") or not m.is_file():  # scratch starts ~2 nats higher
             continue
         pts = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
-        val = [(p["step"], p["val_loss"]) for p in pts if "val_loss" in p]
-        if val:
-            s, v = zip(*val)
-            ax.plot(s, v, "o-", ms=3, label=name)
-    ax.axhline(math.log(t), color="k", ls="--", lw=0.8, label="teacher (held-out log ppl)")
-    ax.set_xlabel("student optimizer step")
-    ax.set_ylabel("validation cross-entropy (nats/token)")
+        ce = np.array([p["ce"] for p in pts if "ce" in p])
+        k = 15
+        if len(ce) > k:
+            ax.plot(np.arange(k, len(ce) + 1), np.convolve(ce, np.ones(k) / k, mode="valid"), label=name,
+                    ls="--" if "seed2" in name else "-")
+    ax.set_xlabel("student optimizer step (150 x 8 x 128 tokens)")
+    ax.set_ylabel(f"training cross-entropy, running mean of {k} steps")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(results_dir / "val_loss.png", dpi=110, bbox_inches="tight")
+    ax.legend(fontsize=7, ncol=2)
+    names = [n for n in rows if n != "scratch"]
+    ppl = [rows[n]["ppl"] for n in names]
+    bx.barh(names[::-1], ppl[::-1], color=["tab:gray" if n == "teacher" else "tab:blue" for n in names[::-1]])
+    bx.axvline(t, color="k", ls="--", lw=0.8)
+    bx.set_xlabel("held-out perplexity (WikiText-2 test slice; scratch: see table)")
+    bx.set_xlim(80, max(ppl) * 1.05)
+    bx.tick_params(axis="y", labelsize=8)
+    fig.savefig(results_dir / "distill_study.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
