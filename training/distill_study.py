@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--heldout-chars", type=int, default=200_000)
     b.add_argument("--out", required=True)
     b.add_argument("--results", required=True)
-    b.add_argument("--only", nargs="*", default=None)
+    b.add_argument("--only", type=lambda v: v.split(","), default=None,
+                   help="comma-separated variants to run (default: all), e.g. --only=bitdistill,-kl")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # a shared 2-core machine: the runs it starts use one thread each too
     if args.cmd == "teacher-to-hf":
