@@ -510,7 +510,7 @@ def distill(cfg: DistillConfig) -> Path:
     """
     cfg.validate()
     check_accelerate_env()
-    from accelerate.utils import broadcast_object_list, set_seed
+    from accelerate.utils import DistributedType, broadcast_object_list, set_seed
     from tqdm.auto import tqdm
 
     from .loop import _accelerator, evaluate, plot_losses, resume_point
@@ -673,18 +673,35 @@ def distill(cfg: DistillConfig) -> Path:
     bar.close()
     if metrics is not None:
         metrics.close()
+    final = raw
+    if stop == cfg.max_steps and cfg.export and acc.distributed_type == DistributedType.FSDP:
+        # the parameters are sharded: gather the full state (a collective) into an unwrapped student
+        sd = acc.get_state_dict(model)
+        if main:
+            final = _student_skeleton(cfg)
+            final.load_state_dict(sd, strict=False)
+            final.tie_weights()
     if main and stop == cfg.max_steps:
         if cfg.log.plot:
             plot_losses(out)
         if cfg.export:
             from .distill_export import export_student
 
-            set_lambda(raw, 1.0)
-            export_student(raw.float(), tcfg, out / "export", tokenizer=tok_file)
+            set_lambda(final, 1.0)
+            export_student(final.float(), tcfg, out / "export", tokenizer=tok_file)
             print(f"export: {out / 'export'}")
     acc.wait_for_everyone()
     acc.end_training()
     return out
+
+
+def _student_skeleton(cfg: DistillConfig) -> nn.Module:
+    """A student of the right structure (weights to be loaded): the teacher's architecture from its
+    config, made ternary, with SubLNs if the run has them."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tc = AutoConfig.from_pretrained(cfg.teacher)
+    return build_student(AutoModelForCausalLM.from_config(tc), subln=cfg.subln, scales=None, lambda_=1.0)
 
 
 class _EvalView:

@@ -141,12 +141,15 @@ def test_config_shares_lambda_and_errors():
 
 # ---------------------------------------------------------------------------------------- end to end
 def _student_from_run(run: Path, teacher_dir: Path) -> torch.nn.Module:
-    """Stage 1 rebuilt from the teacher, then the final checkpoint's weights (accelerate's model file)."""
+    """The student skeleton (what an FSDP run exports through), then the final checkpoint's weights."""
+    from bitnet.training.distill import _student_skeleton
+
     cfg = load_distill_config(run / "distill_config.yaml")
-    teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
-    student = build_student(teacher, subln=cfg.subln, scales=None, lambda_=1.0)
+    assert cfg.teacher == str(teacher_dir)
+    student = _student_skeleton(cfg)
     ckpt = max((run / "checkpoints").iterdir())
-    student.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+    missing, unexpected = student.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
     student.tie_weights()
     return student.eval()
 
