@@ -65,6 +65,7 @@ COVERED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 COVERED_ACTS = ("silu",)  # BitNetForCausalLM's relu2 never occurs in these families' teachers
 MAX_UNK_FRACTION = 0.01  # more unknown tokens than this in a data sample: the tokenizer does not fit the data
 GPU_DISTRIBUTED_TYPES = ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA")
+LAUNCHED_ENV = "BITNET_DISTILL_LAUNCHED"  # set for the processes --accelerate-config starts: they do not relaunch
 
 
 @dataclass
@@ -790,14 +791,13 @@ def main(argv: list[str]) -> int:
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
-    if args.accelerate_config:
+    if args.accelerate_config and not os.environ.get(LAUNCHED_ENV):
         check_accelerate_file(args.accelerate_config)
         import subprocess
 
-        rest = [a for a in argv if a != "--accelerate-config" and a != args.accelerate_config]
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config,
-               "-m", "bitnet", "distill", *rest]
-        return subprocess.run(cmd, check=False).returncode
+               "-m", "bitnet", "distill", *argv]
+        return subprocess.run(cmd, check=False, env={**os.environ, LAUNCHED_ENV: "1"}).returncode
     out = distill(cfg)
     if os.environ.get("RANK", "0") == "0":
         print(f"run folder: {out}")
