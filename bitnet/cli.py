@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("bitnet.demo", "main", "the whole pipeline on the bundled text: train, export, generate, score"),
     "train": ("bitnet.training.cli", "train_main", "train a BitNet model from a YAML config (key=value overrides)"),
     "train-tokenizer": ("bitnet.training.cli", "tokenizer_main", "train a byte-level BPE tokenizer on local text"),
+    "distill": ("bitnet.training.distill", "main", "BitDistill: a ternary student from a transformers Llama/Mistral/Qwen teacher"),
     "export": ("bitnet.export.cli", "main", "export a checkpoint to transformers' packed bitnet layout or GGUF"),
     "generate": ("bitnet.inference.cli", "generate_main", "generate text with the C++ engine"),
     "chat": ("bitnet.inference.cli", "chat_main", "interactive streaming chat with the C++ engine"),

@@ -261,10 +261,16 @@ def model_from_description(desc: Any) -> BitNetForCausalLM:
     become latent weights that re-quantize to exactly the described ternary values and scales.
 
     Raises:
-        ValueError: a linear with per-row-block scales (TriLM): BitLinear holds one scale per tensor.
+        ValueError: a linear with per-row-block scales (TriLM): BitLinear holds one scale per tensor;
+        a model with ``bitnet_extensions`` (bitnet distill's Qwen2 / Qwen3 students), which the
+        engine runs but this model does not express.
     """
     import copy
 
+    if desc.extensions:
+        raise ValueError(f"{desc.source}: bitnet_extensions {desc.extensions} (a bitnet distill student of a "
+                         "Qwen2/Qwen3 teacher) run in the C++ engine only; load_model and the GGUF export do not "
+                         "express them")
     cfg = copy.deepcopy(desc.config)
     cfg.linear_type = "bitlinear"
     with torch.device("meta"):  # no random init: every tensor comes from the description

@@ -95,6 +95,8 @@ def build_model(source: str | Path | TernaryModel, threads: int, head: str,
             t = desc.linear(i, lin)
             norm = None if t.norm is None else np.ascontiguousarray(t.norm, dtype=np.float32)
             model.set_linear(i, lin, np.ascontiguousarray(t.packed), float(t.beta), norm)
+            if t.bias is not None:  # the attention_bias extension: added after the scaling
+                model.set_norm(i, lin + ".bias", np.ascontiguousarray(t.bias, dtype=np.float32))
             if t.row_scale is not None:
                 model.set_row_scales(i, lin, np.ascontiguousarray(t.row_scale, dtype=np.float32))
             if t.release is not None:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from .dataset import PackedTokens, batch_indices, prepare_data
 from .schedule import lr_at, param_groups, wd_at
 from .tokenizer import eos_id
 
-__all__ = ["train", "latest_checkpoint", "git_revision", "plot_losses", "read_metrics"]
+__all__ = ["train", "latest_checkpoint", "resume_point", "git_revision", "plot_losses", "read_metrics"]
 
 class _TiedHeadFilter(logging.Filter):
     """accelerate warns that it drops the tied ``lm_head.weight`` when saving; that is intended (it
@@ -100,6 +100,29 @@ def build_model_config(cfg: TrainConfig, vocab: int, eos: int) -> BitNetConfig:
         raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds the model's "
                          f"max_position_embeddings={mcfg.max_position_embeddings}")
     return mcfg
+
+
+def resume_point(acc, out: Path, resume: bool, check: Callable[[Path], None], out_flag: str = "out_dir") -> int:
+    """The step to start from: with ``resume``, the newest checkpoint's (after ``check(ckpt)``, which
+    raises on a mismatched config, and ``acc.load_state``), else 0. Truncates ``metrics.jsonl`` to
+    that step on the main process. Raises ValueError when ``out`` holds checkpoints but ``resume``
+    is off (``out_flag`` names the setting in the message)."""
+    start = 0
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        check(ckpt)
+        acc.load_state(str(ckpt))
+        start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    elif resume and acc.is_main_process:
+        print(f"resume=true but no checkpoint under {out}/checkpoints: starting from step 0")
+    elif (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        raise ValueError(f"{out} already holds checkpoints: pass resume=true, or choose another {out_flag}")
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in read_metrics(out) if r["step"] <= start] if start else []
+        with atomic_file(out / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+    return start
 
 
 def read_metrics(out_dir: str | Path) -> list[dict]:
@@ -191,23 +214,11 @@ def train(config: TrainConfig | str | Path, overrides: list[str] | None = None) 
     fwd = torch.compile(model) if cfg.compile else model
     raw = acc.unwrap_model(model)
 
-    start = 0
-    ckpt = latest_checkpoint(out) if cfg.resume else None
-    if ckpt is not None:
-        saved = json.loads((ckpt / "model" / CONFIG_FILE).read_text())
-        if saved != mcfg.to_dict():
+    def same_model(ckpt: Path) -> None:
+        if json.loads((ckpt / "model" / CONFIG_FILE).read_text()) != mcfg.to_dict():
             raise ValueError(f"{ckpt}: its model config differs from this run's; resume with the same config")
-        acc.load_state(str(ckpt))
-        start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-    elif cfg.resume and main:
-        print(f"resume=true but no checkpoint under {out}/checkpoints: starting from step 0")
-    elif (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
-        raise ValueError(f"{out} already holds checkpoints: pass resume=true, or choose another out_dir")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in read_metrics(out) if r["step"] <= start] if start else []
-        with atomic_file(out / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    start = resume_point(acc, out, cfg.resume, same_model)
     if cfg.log.tensorboard:
         acc.init_trackers("train", config={k: v for k, v in _flat(config_to_dict(cfg)).items()})
 

@@ -20,12 +20,14 @@ import numpy as np
 
 from bitnet.config import BitNetConfig
 
-__all__ = ["LINEAR_NAMES", "LAYER_NORM_NAMES", "Table", "TernaryLinear", "TernaryModel"]
+__all__ = ["EXTENSIONS", "LINEAR_NAMES", "LAYER_NORM_NAMES", "Table", "TernaryLinear", "TernaryModel"]
 
 LINEAR_NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 # Norms of one decoder layer, by our (transformers BitNet) names; the sub-norms only with use_sub_norms.
 LAYER_NORM_NAMES = ("input_layernorm", "post_attention_layernorm", "self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
+# What bitnet distill's exports may add to the 2B4T layout (training/distill_export.py documents them).
+EXTENSIONS = ("attention_bias", "qk_norm")
 
 
 @dataclass
@@ -54,6 +56,7 @@ class TernaryLinear:
     norm: (in,) float32 RMSNorm applied to the input first (``use_rms_norm``), or None.
     release: drop the source pages of ``packed`` once repacked (None: nothing to drop).
     where: the source file and tensor name, for messages.
+    bias: (out,) float32 added to the scaled output, or None (the ``attention_bias`` extension).
     """
 
     packed: np.ndarray
@@ -62,6 +65,7 @@ class TernaryLinear:
     norm: np.ndarray | None = None
     release: Callable[[], None] | None = None
     where: str = ""  # "<file>: <tensor>" for error messages
+    bias: np.ndarray | None = None  # (out,) float32 added after the scaling (bitnet distill's Qwen2 students)
 
 
 @dataclass
@@ -70,7 +74,8 @@ class TernaryModel:
 
     ``linear(i, name)`` produces layer i's linear ``name`` (one of :data:`LINEAR_NAMES`) on demand,
     so a reader that quantizes or repacks at load holds one tensor at a time. ``layer_norms[i]``
-    maps :data:`LAYER_NORM_NAMES` (those present) to float32 vectors. ``lm_head`` is None when tied.
+    maps :data:`LAYER_NORM_NAMES` (those present; plus the q/k norms of the ``qk_norm``
+    extension) to float32 vectors. ``lm_head`` is None when tied.
     ``rope_inv_freq`` is None for the default RoPE of ``config.rope_theta``. ``notes`` is the load
     log (what was read and decided, one line each). ``keep`` holds objects (file mappings) that
     must outlive the tables borrowed from them.
@@ -91,3 +96,7 @@ class TernaryModel:
     notes: list[str] = field(default_factory=list)
     keep: list[Any] = field(default_factory=list)
     check_unused: Callable[[], None] | None = None  # raises ValueError naming tensors nothing used
+    # bitnet distill's documented additions to the 2B4T layout (config.json "bitnet_extensions"):
+    # "attention_bias" (Qwen2: TernaryLinear.bias on the attention linears) and "qk_norm" (Qwen3:
+    # layer_norms "self_attn.q_norm" / "self_attn.k_norm", per-head RMSNorm of Q and K before RoPE)
+    extensions: list[str] = field(default_factory=list)

@@ -35,7 +35,7 @@ import numpy as np
 
 from bitnet.config import BitNetConfig, read_config_json
 
-from .description import LINEAR_NAMES, Table, TernaryLinear, TernaryModel
+from .description import EXTENSIONS, LINEAR_NAMES, Table, TernaryLinear, TernaryModel
 from .rope import rope_inv_freq
 from .safetensors import FLOAT_DTYPES, WeightSet, to_f32
 from .ternary import absmean_quantize, pack, row_scales_of_ternary
@@ -162,6 +162,7 @@ def read_hf_dir(directory: str | Path) -> TernaryModel:
     if any(m.split(".")[-1] in {n.split(".")[-1] for n in LINEAR_NAMES} for m in not_converted):
         raise ValueError(f"{cpath}: quantization_config.modules_to_not_convert keeps {not_converted[:3]} in 16 bits; "
                          "only lm_head may stay unquantized")
+    ext = _extensions(cpath, raw, fam)
     ws = WeightSet(d)
     used: set[str] = set()
     C, hd = cfg.hidden_size, cfg.head_dim
@@ -199,6 +200,9 @@ def read_hf_dir(directory: str | Path) -> TernaryModel:
                  "post_attention_layernorm": vector(p + "post_attention_layernorm.weight", C)}
         for ours, theirs in norm_files.items():
             norms[ours] = vector(p + theirs + ".weight", cfg.intermediate_size if ours == "mlp.ffn_sub_norm" else C)
+        if "qk_norm" in ext:
+            for name in ("self_attn.q_norm", "self_attn.k_norm"):
+                norms[name] = vector(p + name + ".weight", hd)
         layer_norms.append(norms)
     q_out, kv_out = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
     shapes = {"self_attn.q_proj": (q_out, C), "self_attn.k_proj": (kv_out, C), "self_attn.v_proj": (kv_out, C),
@@ -213,6 +217,8 @@ def read_hf_dir(directory: str | Path) -> TernaryModel:
                 need(base + "weight_scale")
             if cfg.use_rms_norm:
                 need(base + "rms_norm.weight")
+            if "attention_bias" in ext and lin.startswith("self_attn."):
+                need(base + "bias")
 
     def linear(i: int, lin: str) -> TernaryLinear:
         base = f"model.layers.{i}.{lin}."
@@ -222,7 +228,12 @@ def read_hf_dir(directory: str | Path) -> TernaryModel:
         where = ws.path(wname)
         norm = vector(base + "rms_norm.weight", in_f) if cfg.use_rms_norm else None
         if fam.weights == "packed":
-            return _packed_linear(ws, wname, base + "weight_scale", out_f, in_f, linear_class, norm)
+            tl = _packed_linear(ws, wname, base + "weight_scale", out_f, in_f, linear_class, norm)
+            if "attention_bias" in ext and lin.startswith("self_attn."):
+                # stored as transformers' AutoBitLinear applies it, y = (x_q . q + b_stored) * weight_scale:
+                # the bias added after the scaling is b_stored * beta
+                tl.bias = vector(base + "bias", out_f) * np.float32(tl.beta)
+            return tl
         if t.dtype not in FLOAT_DTYPES or t.shape != (out_f, in_f):
             raise ValueError(f"{where}: {wname} is {t.dtype}{list(t.shape)}; the config says a float tensor of shape "
                              f"[{out_f}, {in_f}] ({fam.name} stores float weights)")
@@ -267,8 +278,19 @@ def read_hf_dir(directory: str | Path) -> TernaryModel:
         layer_norms=layer_norms, linear=linear, inner_eps=float(inner_eps),
         rope_inv_freq=rope_inv_freq(hd, cfg.rope_theta, scaling) if scaling else None,
         tokenizer=_tokenizer_loader(d / "tokenizer.json"), tokenizer_config=_tokenizer_config(d),
-        notes=notes, keep=[ws], check_unused=check_unused,
+        notes=notes, keep=[ws], check_unused=check_unused, extensions=ext,
     )
+
+
+def _extensions(path: Path, raw: dict[str, Any], fam: Family) -> list[str]:
+    """config.json's ``bitnet_extensions`` (what bitnet distill adds for Qwen2 / Qwen3 students), checked."""
+    ext = raw.get("bitnet_extensions") or []
+    if not isinstance(ext, list) or any(e not in EXTENSIONS for e in ext):
+        raise ValueError(f"{path}: unsupported bitnet_extensions {ext!r} (supported: {list(EXTENSIONS)})")
+    if ext and fam.weights != "packed":
+        raise ValueError(f"{path}: bitnet_extensions {ext} are read only in the packed 2B4T layout, not the "
+                         f"{fam.name} family")
+    return list(ext)
 
 
 def _pack(where: Path, name: str, q: np.ndarray) -> np.ndarray:

@@ -299,10 +299,19 @@ void Model::set_norm(int layer, const std::string& name, const float* w, int64_t
     else if (name == "post_attention_layernorm") dst = &l.post_norm;
     else if (name == "self_attn.attn_sub_norm") dst = &l.attn_sub_norm;
     else if (name == "mlp.ffn_sub_norm") { dst = &l.ffn_sub_norm; want = cfg_.intermediate; }
+    // the distill extensions (attention_bias, qk_norm): vectors of the same kind, set the same way
+    else if (name == "self_attn.q_proj.bias") { dst = &l.q_bias; want = int64_t{cfg_.heads} * cfg_.head_dim; }
+    else if (name == "self_attn.k_proj.bias") { dst = &l.k_bias; want = int64_t{cfg_.kv_heads} * cfg_.head_dim; }
+    else if (name == "self_attn.v_proj.bias") { dst = &l.v_bias; want = int64_t{cfg_.kv_heads} * cfg_.head_dim; }
+    else if (name == "self_attn.o_proj.bias") dst = &l.o_bias;
+    else if (name == "self_attn.q_norm") { dst = &l.q_norm; want = cfg_.head_dim; }
+    else if (name == "self_attn.k_norm") { dst = &l.k_norm; want = cfg_.head_dim; }
     else throw std::invalid_argument("unknown norm " + name);
   }
+  const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
   if (n != want)
-    throw std::invalid_argument((layer < 0 ? std::string("model.norm") : where(layer, name)) + ".weight: length " +
+    throw std::invalid_argument((layer < 0 ? std::string("model.norm") : where(layer, name)) +
+                                (is_bias ? "" : ".weight") + ": length " +
                                 std::to_string(n) + " disagrees with the config (expected " + std::to_string(want) + ")");
   dst->assign(w, w + n);
 }
@@ -529,6 +538,10 @@ void Model::check_complete() const {
       throw std::invalid_argument("missing tensor " + where(i, "self_attn.attn_sub_norm.weight"));
     if (cfg_.sub_norms && l.ffn_sub_norm.empty())
       throw std::invalid_argument("missing tensor " + where(i, "mlp.ffn_sub_norm.weight"));
+    if (l.q_bias.empty() != l.k_bias.empty() || l.q_bias.empty() != l.v_bias.empty())
+      throw std::invalid_argument(where(i, "self_attn") + ": q/k/v biases must be all present or all absent");
+    if (l.q_norm.empty() != l.k_norm.empty())
+      throw std::invalid_argument(where(i, "self_attn") + ": q_norm and k_norm must both be present or both absent");
   }
 }
 
@@ -964,6 +977,18 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     Layer& ly = layers_[li];
     linear_forward({{&ly.q, q.data()}, {&ly.k, k.data()}, {&ly.v, v.data()}}, xn.data(), T);
     per_token([&](int t) {
+      float* qt = q.data() + static_cast<size_t>(t) * QD;
+      float* kt = k.data() + static_cast<size_t>(t) * KVD;
+      float* vt = v.data() + static_cast<size_t>(t) * KVD;
+      if (!ly.q_bias.empty()) {  // attention_bias extension: y = x_q . W * scale + b
+        for (int i = 0; i < QD; ++i) qt[i] += ly.q_bias[i];
+        for (int i = 0; i < KVD; ++i) kt[i] += ly.k_bias[i];
+        for (int i = 0; i < KVD; ++i) vt[i] += ly.v_bias[i];
+      }
+      if (!ly.q_norm.empty()) {  // qk_norm extension: RMSNorm over each head, before RoPE
+        for (int h = 0; h < H; ++h) rmsnorm(qt + h * hd, ly.q_norm.data(), hd, cfg_.eps, qt + h * hd);
+        for (int h = 0; h < KV; ++h) rmsnorm(kt + h * hd, ly.k_norm.data(), hd, cfg_.eps, kt + h * hd);
+      }
       rope(q.data(), H, t);
       rope(k.data(), KV, t);
       KVCache& c = *cache_of[t];
@@ -989,6 +1014,11 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
         rmsnorm(a, ly.attn_sub_norm.data(), QD, cfg_.eps, a);
       });
     linear_forward({{&ly.o, tmp.data()}}, att.data(), T);
+    if (!ly.o_bias.empty())
+      per_token([&](int t) {
+        float* ot = &tmp[static_cast<size_t>(t) * C];
+        for (int i = 0; i < C; ++i) ot[i] += ly.o_bias[i];
+      });
     residual_norm(ly.post_norm.data());
     linear_forward({{&ly.gate, g.data()}, {&ly.up, u.data()}}, xn.data(), T);
     // The gated activation elementwise over all T * I values in blocks (one token still uses every

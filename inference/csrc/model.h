@@ -83,6 +83,10 @@ struct Linear {
 
 struct Layer {
   std::vector<float> input_norm, post_norm, attn_sub_norm, ffn_sub_norm;
+  // Optional (empty = absent), for students distilled from Qwen2 (attention biases, added to the
+  // projections' outputs) and Qwen3 (an RMSNorm over each head of Q and K before RoPE); see
+  // training/distill_export.py for the export's "bitnet_extensions".
+  std::vector<float> q_bias, k_bias, v_bias, o_bias, q_norm, k_norm;
   Linear q, k, v, o, gate, up, down;
 };
 
