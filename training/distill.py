@@ -761,6 +761,8 @@ EPILOG = """examples:
       distill.kl_weight=5 pretrain.lambda_warmup=0.5
   bitnet distill TEACHER --out DIR --data PATH --accelerate-config configs/train/accelerate/ddp.yaml   # GPUs
 The run ends with DIR/export: bitnet generate DIR/export, bitnet export DIR/export out.gguf --format gguf.
+
+more: docs/distill.md in the bitnet source repository
 """
 
 
