@@ -659,6 +659,12 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
       }
     }
   });
+  // The product for this many tokens (multiply-accumulate or lookup tables: dispatch.cpp). A lookup
+  // table is built per call and shared by the call's rows, so the lut kernels get one long range
+  // per thread (more rows per table) where the others take a few shorter ones (balance).
+  const TernaryGemmFn gemm2 = ternary_gemm_for(kern, T);
+  const Ternary5GemmFn gemm5 = ternary5_gemm_for(kern, T);
+  const bool lut = gemm2 == kern.ternary_gemm_lut || gemm5 == kern.ternary5_gemm_lut;
   pool_.parallel_for(mb_total, [&](int b, int e) {
     for (const Item& it : items) {
       const Linear& L = *it.L;
@@ -668,9 +674,9 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
       int32_t* acc = scratch_acc_.data() + it.acc_off;
       // The linear's format picks the kernel once per row-block range (its loops hold no branch).
       if (L.format == WeightFormat::T5)
-        kern.ternary5_gemm(L.tiles5, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
+        gemm5(L.tiles5, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
       else
-        kern.ternary_gemm(L.tiles, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
+        gemm2(L.tiles, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
       const int m1 = std::min(L.out, mb1 * kTileRows);
       for (int t = 0; t < T; ++t) {
         const float r = L.beta * inv_s[static_cast<size_t>(it.xs) * T + t];
@@ -678,7 +684,7 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
           it.y[static_cast<size_t>(t) * L.out + m] = static_cast<float>(acc[static_cast<size_t>(t) * it.Mp + m]) * r;
       }
     }
-  }, T == 1 ? 1 : 4);  // one token: one sequential stream per thread (the linears are adjacent)
+  }, T == 1 || lut ? 1 : 4);  // one token: one sequential stream per thread (the linears are adjacent)
 }
 
 void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>& cache_of,

@@ -1,0 +1,253 @@
+// Lookup-table ternary products for a tile of tokens (prefill, batched decode steps), written once
+// with GCC/Clang vector extensions and compiled inside each SIMD translation unit with that unit's
+// flags (kernels_avx2.cpp: 128/256-bit vectors, kernels_avx512.cpp: up to 512-bit). Everything
+// here has internal linkage, so no copy built with one file's flags is linked into another.
+// Scalar twin: ternary_gemm_lut_ref / ternary5_gemm_lut_ref (kernels_ref.cpp); exactness against
+// the multiply reference is tested in tests/inference/test_kernels_lut.py.
+//
+// The idea (after Vec-LUT): a weight byte of either layout already is the index of a group of g
+// trits of one row (i2: g = 4 codes of 2 bits, columns 16 kb + 4 i + j for i = 0..3; t5: g = 5
+// base-3 digits, columns 20 kb + 4 i + j for i = 0..4; layouts in kernels.h). For a tile of VT
+// tokens, the table of a group holds, for every byte value b, the VT-lane int16 vector
+//   E[b][t] = sum_i q_i(b) * x[t][col_i]
+// so one lookup is one vector add of E[b] into the row's int16 accumulator: g * VT products per
+// add, with no multiply. Tables are built once per group and token tile and shared by every row
+// of the call (the build costs 3 + 9 + ... + 3^g vector adds per group; a call covers hundreds of
+// rows). Bytes that no weight holds (13 of 256 for t5, 175 for i2) are never looked up, never built.
+//
+// Overflow: |E[b][t]| <= 128 * g (x may be -128, q = -1 on every column: +128 g), so n lookups sum
+// to at most 128 g n in magnitude; int16 holds it while 128 g n <= 32767: n <= 63 for i2 (g = 4:
+// 63 * 512 = 32256) and n <= 51 for t5 (g = 5: 51 * 640 = 32640). A flush (int16 -> int32) happens
+// after every kLutChunk* tiles of 4 groups (i2 15 tiles = 60 lookups, t5 12 tiles = 48 lookups),
+// and the int16 adds wrap (unsigned lanes) so their order does not matter: the wrapped sum equals
+// the exact one because the exact one lies in [-32768, 32767].
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "kernels.h"
+
+namespace bitnet {
+namespace {
+
+// Tiles per flush: 4 * tiles lookups per flush, within the bounds above (static_asserts below).
+constexpr int kLutChunkI2 = 15;
+constexpr int kLutChunkT5 = 12;
+static_assert(4 * kLutChunkI2 * 128 * 4 <= 32767, "i2: 4 lookups per tile, each at most 128 * 4 in magnitude");
+static_assert(4 * kLutChunkT5 * 128 * 5 <= 32767, "t5: 4 lookups per tile, each at most 128 * 5 in magnitude");
+
+template <int VT>
+struct LutTypes {
+  typedef uint16_t V __attribute__((vector_size(2 * VT)));  // int16 lanes, wrapping adds
+  typedef int16_t S __attribute__((vector_size(2 * VT)));
+  typedef int32_t W __attribute__((vector_size(4 * VT)));
+};
+
+// Per-thread scratch, grown on demand (the tables of one chunk and the int32 sums of a call).
+inline uint8_t* lut_scratch(size_t bytes, int which) {
+  struct Buf {
+    std::unique_ptr<uint8_t[]> p;
+    size_t n = 0;
+  };
+  thread_local Buf bufs[2];
+  Buf& b = bufs[which];
+  if (b.n < bytes + 64) {
+    b.p.reset(new uint8_t[bytes + 64]);
+    b.n = bytes + 64;
+  }
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(b.p.get()) + 63) & ~uintptr_t(63));
+}
+
+// Tiles whose tables are built at a time (BITNET_LUT_TILES, for experiments; default 1).
+inline int lut_tables_tiles() {
+  static const int n = [] {
+    const char* e = std::getenv("BITNET_LUT_TILES");
+    const int v = e ? std::atoi(e) : 1;
+    return std::max(1, std::min(v, 12));
+  }();
+  return n;
+}
+
+// The stored t5 byte of base-3 value v (TernaryTile5).
+inline const std::array<uint8_t, 243>& t5_bytes() {
+  static const std::array<uint8_t, 243> enc = [] {
+    std::array<uint8_t, 243> e{};
+    for (int v = 0; v < 243; ++v) e[v] = static_cast<uint8_t>((v * 256 + 242) / 243);
+    return e;
+  }();
+  return enc;
+}
+
+struct LutI2 {
+  using Tile = TernaryTile;
+  static constexpr int kCols = kTileCols, kDigits = 4, kChunk = kLutChunkI2;
+  // The table of group j of a tile: tab[b] for the 81 bytes b = c0 | c1 << 2 | c2 << 4 | c3 << 6
+  // (c_i = q_i + 1 of column 4 i + j); a[i] = activations of that column.
+  template <typename V>
+  static void build(const V* a, V* tab) {
+    const V z = {};
+    const V d[4][3] = {{z - a[0], z, a[0]}, {z - a[1], z, a[1]}, {z - a[2], z, a[2]}, {z - a[3], z, a[3]}};
+    for (int c3 = 0; c3 < 3; ++c3)
+      for (int c2 = 0; c2 < 3; ++c2) {
+        const V s2 = d[3][c3] + d[2][c2];
+        for (int c1 = 0; c1 < 3; ++c1) {
+          const V s1 = s2 + d[1][c1];
+          for (int c0 = 0; c0 < 3; ++c0) tab[c0 | c1 << 2 | c2 << 4 | c3 << 6] = s1 + d[0][c0];
+        }
+      }
+  }
+};
+
+struct LutT5 {
+  using Tile = TernaryTile5;
+  static constexpr int kCols = kTile5Cols, kDigits = 5, kChunk = kLutChunkT5;
+  // tab[t5 byte of v] for v = sum c_i 3^(4 - i) (c_i = q_i + 1 of column 4 i + j).
+  template <typename V>
+  static void build(const V* a, V* tab) {
+    const V z = {};
+    const std::array<uint8_t, 243>& enc = t5_bytes();
+    int v = 0;
+    for (int c0 = 0; c0 < 3; ++c0) {
+      const V s0 = c0 == 0 ? z - a[0] : c0 == 1 ? z : a[0];
+      for (int c1 = 0; c1 < 3; ++c1) {
+        const V s1 = s0 + (c1 == 0 ? z - a[1] : c1 == 1 ? z : a[1]);
+        for (int c2 = 0; c2 < 3; ++c2) {
+          const V s2 = s1 + (c2 == 0 ? z - a[2] : c2 == 1 ? z : a[2]);
+          for (int c3 = 0; c3 < 3; ++c3) {
+            const V s3 = s2 + (c3 == 0 ? z - a[3] : c3 == 1 ? z : a[3]);
+            tab[enc[v++]] = s3 - a[4];
+            tab[enc[v++]] = s3;
+            tab[enc[v++]] = s3 + a[4];
+          }
+        }
+      }
+    }
+  }
+};
+
+// Rows [16 mb0, 16 mb1) against nt <= VT tokens (x rows t0 .. t0 + nt - 1), exact, into y.
+// Tables are built kLutTablesTiles tiles (4 kLutTablesTiles groups) at a time, so they stay in L1
+// while every row of the call reads them; each row adds its sum over those tiles into an int16
+// running sum in memory (acc16), widened into int32 (acc32) every F::kChunk tiles (the flush
+// interval: within F::kChunk tiles an int16 sum cannot overflow, see the top of this file).
+template <typename F, int VT>
+void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int nt,
+                    int32_t* y, int ldy) {
+  using V = typename LutTypes<VT>::V;
+  using S = typename LutTypes<VT>::S;
+  using W = typename LutTypes<VT>::W;
+  const int rows = (mb1 - mb0) * kTileRows;
+  const int tb = lut_tables_tiles();
+  V* tab = reinterpret_cast<V*>(lut_scratch(sizeof(V) * 256 * 4 * tb, 0));
+  uint8_t* accs = lut_scratch((sizeof(W) + sizeof(V)) * rows, 1);
+  W* acc32 = reinterpret_cast<W*>(accs);
+  V* acc16 = reinterpret_cast<V*>(accs + sizeof(W) * rows);
+  for (int r = 0; r < rows; ++r) {
+    acc32[r] = W{};
+    acc16[r] = V{};
+  }
+  int since = 0;  // tiles added into acc16 since its last flush
+  for (int kb0 = 0; kb0 < KB; kb0 += tb) {
+    const int nk = std::min(tb, KB - kb0);
+    // Tables of the nk tiles' 4 nk groups: tab[(4 k + j) * 256 + b].
+    for (int k = 0; k < nk; ++k) {
+      const int col0 = (kb0 + k) * F::kCols;
+      for (int j = 0; j < 4; ++j) {
+        V a[F::kDigits];
+        for (int i = 0; i < F::kDigits; ++i) {
+          S v = {};
+          for (int t = 0; t < nt; ++t) v[t] = x[static_cast<size_t>(t) * ldx + col0 + 4 * i + j];
+          a[i] = reinterpret_cast<const V&>(v);
+        }
+        F::build(a, tab + (4 * k + j) * 256);
+      }
+    }
+    // Flush after this block when the next one could pass F::kChunk tiles since the last flush.
+    since += nk;
+    const bool flush = since + tb > F::kChunk || kb0 + nk == KB;
+    if (flush) since = 0;
+    // Every row: four lookups per tile (its four index bytes, one 32-bit load), two chains.
+    for (int mb = mb0; mb < mb1; ++mb) {
+      const uint8_t* wb = w[static_cast<size_t>(mb) * KB + kb0].b;
+      for (int r = 0; r < kTileRows; ++r) {
+        V s0 = {}, s1 = {};
+        for (int k = 0; k < nk; ++k) {
+          uint32_t idx;
+          std::memcpy(&idx, wb + 64 * k + 4 * r, 4);
+          const V* tk = tab + 4 * k * 256;
+          s0 += tk[idx & 255];
+          s1 += tk[256 + ((idx >> 8) & 255)];
+          s0 += tk[512 + ((idx >> 16) & 255)];
+          s1 += tk[768 + (idx >> 24)];
+        }
+        const int m = (mb - mb0) * kTileRows + r;
+        const V s = acc16[m] + s0 + s1;
+        if (flush) {
+          acc32[m] += __builtin_convertvector(reinterpret_cast<const S&>(s), W);
+          acc16[m] = V{};
+        } else {
+          acc16[m] = s;
+        }
+      }
+    }
+  }
+  for (int t = 0; t < nt; ++t) {
+    int32_t* yt = y + static_cast<size_t>(t) * ldy + mb0 * kTileRows;
+    for (int r = 0; r < rows; ++r) yt[r] = acc32[r][t];
+  }
+}
+
+// The whole product (ternary_gemm's contract; xsum unused: the tables hold signed sums): tokens in
+// tiles of VTmax, the remainder in the narrowest tile that holds it (8, 16, ... lanes).
+template <typename F, int VTmax>
+void lut_gemm(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int T, int32_t* y,
+              int ldy) {
+  for (int t0 = 0; t0 < T; t0 += VTmax) {
+    const int nt = std::min(VTmax, T - t0);
+    const int8_t* xt = x + static_cast<size_t>(t0) * ldx;
+    int32_t* yt = y + static_cast<size_t>(t0) * ldy;
+    if (nt <= 8) lut_token_tile<F, 8>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    else if (VTmax >= 16 && nt <= 16) lut_token_tile<F, (VTmax >= 16 ? 16 : 8)>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    else lut_token_tile<F, VTmax>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+  }
+}
+
+// The LUT bound: iters x kLutLoopLookups lookups exactly as the kernels' inner step does them (a
+// 32-bit load of four index bytes, four table rows added into two int16 chains) on tables that
+// stay in L1 (four groups of 64 rows: 8 KiB at VT = 16, 16 KiB at VT = 32) and 1 KiB of index
+// bytes (idx, values below 64). Returns a value that depends on every lookup.
+template <int VT>
+uint32_t lut_peak_loop(const uint8_t* idx, int64_t iters) {
+  using V = typename LutTypes<VT>::V;
+  alignas(64) V tab[4 * 64];
+  for (int i = 0; i < 4 * 64; ++i)
+    for (int t = 0; t < VT; ++t) tab[i][t] = static_cast<uint16_t>(i + t);
+  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  static_assert(kLutLoopLookups == 16, "four 4-lookup steps per iteration");
+  for (int64_t it = 0; it < iters; ++it) {
+    const uint8_t* p = idx + 16 * (it & 63);
+    for (int k = 0; k < 4; ++k) {
+      uint32_t b;
+      std::memcpy(&b, p + 4 * k, 4);
+      V& a = (k & 1) ? s2 : s0;
+      V& c = (k & 1) ? s3 : s1;
+      a += tab[b & 63];
+      c += tab[64 + ((b >> 8) & 63)];
+      a += tab[128 + ((b >> 16) & 63)];
+      c += tab[192 + ((b >> 24) & 63)];
+    }
+  }
+  const V s = s0 + s1 + s2 + s3;
+  uint32_t r = 0;
+  for (int t = 0; t < VT; ++t) r += s[t];
+  return r;
+}
+
+}  // namespace
+}  // namespace bitnet
