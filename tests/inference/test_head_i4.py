@@ -100,7 +100,7 @@ def test_neon_int4_head_matches_ref_under_emulation(tmp_path):
     under qemu: NEON's int4 head equals ref exactly."""
     cxx = "aarch64-linux-gnu-g++"
     objs = []
-    for src in ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "model.cpp", "threadpool.cpp",
+    for src in ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "layouts.cpp", "model.cpp", "threadpool.cpp",
                 "selftest/kernel_selftest.cpp", "kernels_neon.cpp"]:
         flags = ["-march=armv8.2-a+dotprod+fp16"] if src == "kernels_neon.cpp" else []
         obj = tmp_path / (Path(src).stem + ".o")
