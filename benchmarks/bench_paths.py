@@ -44,6 +44,25 @@ def step_s(m, slots: int, depth: int, vocab: int, rng: np.random.Generator) -> f
     return time.perf_counter() - t0
 
 
+def fill_slots(m, slots: int, depth: int, vocab: int, rng: np.random.Generator) -> None:
+    """Give `m` `slots` slots (room for depth + 8 positions) each holding `depth` random positions."""
+    m.set_slots(slots, depth + 8)
+    fill = np.empty((1, vocab), np.float32)
+    for s in range(slots):  # the steps then write position `depth` only
+        ids = rng.integers(0, vocab, size=depth, dtype=np.int32)
+        m.forward_batch(np.array([s], np.int32), np.zeros(1, np.int32), np.array([depth], np.int32), ids, fill)
+
+
+def batched_steps_ms(m, vocab: int, batch: int = 8, depth: int = 64, reps: int = 3, seed: int = 0) -> dict[str, float]:
+    """Best of `reps` batched decode steps of 1 and of `batch` sequences (one token each, at position
+    `depth` of slots filled by fill_slots), in ms: {"step1_ms", "step<batch>_ms"}."""
+    rng = np.random.default_rng(seed)
+    fill_slots(m, batch, depth, vocab, rng)
+    step_s(m, batch, depth, vocab, rng)  # warm-up
+    return {"step1_ms": 1e3 * min(step_s(m, 1, depth, vocab, rng) for _ in range(reps)),
+            f"step{batch}_ms": 1e3 * min(step_s(m, batch, depth, vocab, rng) for _ in range(reps))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shape", default="bitnet-2b4t")
@@ -67,12 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = parse_paths(a.paths, available_isas())
     m = random_model(cfg, a.threads, head="int8", layers=a.layers, weights=a.weights)
     V = cfg.vocab_size
-    m.set_slots(a.batch, a.depth + 8)
     rng = np.random.default_rng(0)
-    fill = np.empty((1, V), np.float32)
-    for s in range(a.batch):  # every slot holds `depth` positions; the steps write position `depth` only
-        ids = rng.integers(0, V, size=a.depth, dtype=np.int32)
-        m.forward_batch(np.array([s], np.int32), np.zeros(1, np.int32), np.array([a.depth], np.int32), ids, fill)
+    fill_slots(m, a.batch, a.depth, V, rng)
     ids = rng.integers(0, V, size=a.prompt_len, dtype=np.int32)
     out = np.empty((1, V), np.float32)
     res: dict[str, dict[str, list[float]]] = {f"{i}:{f}": {"pp_s": [], "step1_s": [], f"step{a.batch}_s": []}

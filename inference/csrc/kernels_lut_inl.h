@@ -27,7 +27,6 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
-#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -49,29 +48,20 @@ struct LutTypes {
   typedef int32_t W __attribute__((vector_size(4 * VT)));
 };
 
-// Per-thread scratch, grown on demand (the tables of one chunk and the int32 sums of a call).
+// Per-thread scratch, grown on demand: 0 the tables of a block of tiles, 1 the int32 sums of a
+// call, 2 its activations by column.
 inline uint8_t* lut_scratch(size_t bytes, int which) {
   struct Buf {
     std::unique_ptr<uint8_t[]> p;
     size_t n = 0;
   };
-  thread_local Buf bufs[2];
+  thread_local Buf bufs[3];
   Buf& b = bufs[which];
   if (b.n < bytes + 64) {
     b.p.reset(new uint8_t[bytes + 64]);
     b.n = bytes + 64;
   }
   return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(b.p.get()) + 63) & ~uintptr_t(63));
-}
-
-// Tiles whose tables are built at a time (BITNET_LUT_TILES, for experiments; default 1).
-inline int lut_tables_tiles() {
-  static const int n = [] {
-    const char* e = std::getenv("BITNET_LUT_TILES");
-    const int v = e ? std::atoi(e) : 1;
-    return std::max(1, std::min(v, 12));
-  }();
-  return n;
 }
 
 // The stored t5 byte of base-3 value v (TernaryTile5).
@@ -132,10 +122,10 @@ struct LutT5 {
 };
 
 // Rows [16 mb0, 16 mb1) against nt <= VT tokens (x rows t0 .. t0 + nt - 1), exact, into y.
-// Tables are built kLutTablesTiles tiles (4 kLutTablesTiles groups) at a time, so they stay in L1
-// while every row of the call reads them; each row adds its sum over those tiles into an int16
-// running sum in memory (acc16), widened into int32 (acc32) every F::kChunk tiles (the flush
-// interval: within F::kChunk tiles an int16 sum cannot overflow, see the top of this file).
+// The columns go in blocks of F::kChunk tiles (the flush interval above): the block's tables are
+// built (about 8-30 KiB a group: they live in L2 and the lookups' working set in L1), then every
+// row of the call sums its 4 F::kChunk lookups in int16 registers and adds them, widened, into its
+// int32 sums (acc32, VT lanes per row).
 template <typename F, int VT>
 void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int nt,
                     int32_t* y, int ldy) {
@@ -143,57 +133,45 @@ void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const i
   using S = typename LutTypes<VT>::S;
   using W = typename LutTypes<VT>::W;
   const int rows = (mb1 - mb0) * kTileRows;
-  const int tb = lut_tables_tiles();
-  V* tab = reinterpret_cast<V*>(lut_scratch(sizeof(V) * 256 * 4 * tb, 0));
-  uint8_t* accs = lut_scratch((sizeof(W) + sizeof(V)) * rows, 1);
-  W* acc32 = reinterpret_cast<W*>(accs);
-  V* acc16 = reinterpret_cast<V*>(accs + sizeof(W) * rows);
-  for (int r = 0; r < rows; ++r) {
-    acc32[r] = W{};
-    acc16[r] = V{};
+  const int chunk = std::min(F::kChunk, KB);
+  V* tab = reinterpret_cast<V*>(lut_scratch(sizeof(V) * 256 * 4 * chunk, 0));
+  W* acc32 = reinterpret_cast<W*>(lut_scratch(sizeof(W) * rows, 1));
+  for (int r = 0; r < rows; ++r) acc32[r] = W{};
+  // The tile's activations by column: xT[c] = lanes x[0..nt)[c] as int16, zero lanes past nt.
+  const int cols = KB * F::kCols;
+  V* xT = reinterpret_cast<V*>(lut_scratch(sizeof(V) * cols, 2));
+  for (int c = 0; c < cols; ++c) xT[c] = V{};
+  for (int t = 0; t < nt; ++t) {
+    const int8_t* xt = x + static_cast<size_t>(t) * ldx;
+    for (int c = 0; c < cols; ++c) xT[c][t] = static_cast<uint16_t>(static_cast<int16_t>(xt[c]));
   }
-  int since = 0;  // tiles added into acc16 since its last flush
-  for (int kb0 = 0; kb0 < KB; kb0 += tb) {
-    const int nk = std::min(tb, KB - kb0);
-    // Tables of the nk tiles' 4 nk groups: tab[(4 k + j) * 256 + b].
+  for (int kb0 = 0; kb0 < KB; kb0 += chunk) {
+    const int nk = std::min(chunk, KB - kb0);
+    // Tables of the block's 4 nk groups: tab[(4 k + j) * 256 + b].
     for (int k = 0; k < nk; ++k) {
-      const int col0 = (kb0 + k) * F::kCols;
+      const V* xc = xT + (kb0 + k) * F::kCols;
       for (int j = 0; j < 4; ++j) {
         V a[F::kDigits];
-        for (int i = 0; i < F::kDigits; ++i) {
-          S v = {};
-          for (int t = 0; t < nt; ++t) v[t] = x[static_cast<size_t>(t) * ldx + col0 + 4 * i + j];
-          a[i] = reinterpret_cast<const V&>(v);
-        }
+        for (int i = 0; i < F::kDigits; ++i) a[i] = xc[4 * i + j];
         F::build(a, tab + (4 * k + j) * 256);
       }
     }
-    // Flush after this block when the next one could pass F::kChunk tiles since the last flush.
-    since += nk;
-    const bool flush = since + tb > F::kChunk || kb0 + nk == KB;
-    if (flush) since = 0;
-    // Every row: four lookups per tile (its four index bytes, one 32-bit load), two chains.
+    // Every row: four lookups per tile (each index byte loaded by itself: a movzx, a shift and an
+    // add from memory per lookup), two chains, then one flush.
     for (int mb = mb0; mb < mb1; ++mb) {
       const uint8_t* wb = w[static_cast<size_t>(mb) * KB + kb0].b;
       for (int r = 0; r < kTileRows; ++r) {
         V s0 = {}, s1 = {};
         for (int k = 0; k < nk; ++k) {
-          uint32_t idx;
-          std::memcpy(&idx, wb + 64 * k + 4 * r, 4);
+          const uint8_t* b = wb + 64 * k + 4 * r;
           const V* tk = tab + 4 * k * 256;
-          s0 += tk[idx & 255];
-          s1 += tk[256 + ((idx >> 8) & 255)];
-          s0 += tk[512 + ((idx >> 16) & 255)];
-          s1 += tk[768 + (idx >> 24)];
+          s0 += tk[b[0]];
+          s1 += tk[256 + b[1]];
+          s0 += tk[512 + b[2]];
+          s1 += tk[768 + b[3]];
         }
-        const int m = (mb - mb0) * kTileRows + r;
-        const V s = acc16[m] + s0 + s1;
-        if (flush) {
-          acc32[m] += __builtin_convertvector(reinterpret_cast<const S&>(s), W);
-          acc16[m] = V{};
-        } else {
-          acc16[m] = s;
-        }
+        const V s = s0 + s1;
+        acc32[(mb - mb0) * kTileRows + r] += __builtin_convertvector(reinterpret_cast<const S&>(s), W);
       }
     }
   }

@@ -157,6 +157,15 @@ NB_MODULE(_C, m) {
         "Kernel family of the several-token ternary products: auto (per shape class, measured), mac or lut.");
   m.def("kernel_family", &bitnet::kernel_family, "The kernel family in force (BITNET_KERNEL, or set_kernel_family).");
   m.def(
+      "kernel_choice",
+      [](const std::string& isa, const std::string& weights, int T) {
+        const bitnet::Kernels& k = kernels_named(isa);
+        if (weights == "i2") return std::string(bitnet::ternary_gemm_for(k, T) == k.ternary_gemm_lut ? "lut" : "mac");
+        if (weights == "t5") return std::string(bitnet::ternary5_gemm_for(k, T) == k.ternary5_gemm_lut ? "lut" : "mac");
+        throw std::invalid_argument("weights must be 'i2' or 't5'");
+      },
+      "isa"_a, "weights"_a, "T"_a, "The kernel family the engine runs for T tokens on this path and layout: 'mac' or 'lut'.");
+  m.def(
       "ternary_matmul",
       [](const std::string& isa, Arr<const uint8_t, nb::ndim<2>> packed, Arr<const int8_t, nb::ndim<2>> x,
          const std::string& family) {

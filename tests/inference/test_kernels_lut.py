@@ -4,6 +4,9 @@ the group, both layouts (i2: 4 trits per byte, t5: 5); the engine's logits with 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +78,32 @@ def test_family_names_are_checked():
     with pytest.raises(ValueError, match="kernel family must be"):
         _C.set_kernel_family("magic")
     assert _C.kernel_family() in ("auto", "mac", "lut")
+
+
+CHOICE_H = Path(__file__).resolve().parents[2] / "inference" / "csrc" / "kernel_choice.h"
+CLASS_T = (1, 5, 20, 100)  # one token count inside each shape class (kernels.h shape_class)
+
+
+def test_dispatch_follows_the_checked_in_choice_and_the_forced_family():
+    """auto: each shape class runs the family kernel_choice.h names for the path (paths it does not list:
+    mac); BITNET_KERNEL=mac|lut (set_kernel_family) overrides it for every class."""
+    table = {m[0]: (int(m[1], 16), int(m[2], 16))
+             for m in re.findall(r'\{"(\w+)", 0x([0-9a-f]+), 0x([0-9a-f]+)\}', CHOICE_H.read_text())}
+    before = _C.kernel_family()
+    try:
+        for isa in ISAS:
+            has_lut = isa in ("ref", "avx2", "avxvnni", "avx512", "amx")
+            for w, col in (("i2", 0), ("t5", 1)):
+                _C.set_kernel_family("auto")
+                bits = table.get(isa, (0, 0))[col]
+                for c, T in enumerate(CLASS_T):
+                    assert _C.kernel_choice(isa, w, T) == ("lut" if (bits >> c) & 1 else "mac"), (isa, w, T)
+                for fam in ("mac", "lut"):
+                    _C.set_kernel_family(fam)
+                    for T in CLASS_T:
+                        assert _C.kernel_choice(isa, w, T) == (fam if has_lut else "mac")
+    finally:
+        _C.set_kernel_family(before)
 
 
 @pytest.mark.skipif(not {"avx2", "avx512"} & set(ISAS), reason="the lut bound loops need AVX2 or AVX-512")
