@@ -7,7 +7,8 @@ the choice into the engine (inference/csrc/kernel_choice.h, compiled in; rebuild
 For every path this CPU runs (avx2, avxvnni, avx512, amx) and both weight layouts (i2, t5), it
 times one layer's ternary products at the exact bitnet-b1.58-2B-4T shapes (q, k, v, o 2560-wide,
 gate / up 6912 x 2560, down 2560 x 6912; ``_C.time_ternary_product``, which splits row blocks
-over the threads as the engine does) through the mac and the lut kernel, the two alternating
+over the threads as the engine does, timed in the threads' CPU time) through the mac and the lut
+kernel, the two alternating
 inside each round (the machine may be shared: drift hits both alike), at token counts standing for
 each shape class (1; 2 and 8; 16 and 32; 128). A class runs lut where its summed best-of-rounds
 time beats mac's by more than --margin; otherwise mac. A measurement script, not a test.
@@ -40,7 +41,10 @@ def cpu_name() -> str:
 
 
 def layer_s(_C, isa: str, family: str, weights: str, T: int, threads: int, reps: int) -> float:
-    return sum(n * _C.time_ternary_product(isa, family, weights, o, i, T, threads, reps) for o, i, n in LAYER)
+    """One layer's products in the threads' CPU time per thread (cpu=True): a product's cost does not
+    depend on how often other jobs took the cores away meanwhile, as wall time does on a shared machine."""
+    return sum(n * _C.time_ternary_product(isa, family, weights, o, i, T, threads, reps, cpu=True)
+               for o, i, n in LAYER)
 
 
 def measure(isas: list[str], threads: int, rounds: int, reps: int) -> dict:
@@ -92,7 +96,7 @@ def write_header(bits: dict, isas: list[str], lines: list[str], threads: int, ro
     rows = "\n".join(f'    {{"{isa}", 0x{bits[(isa, "i2")]:x}, 0x{bits[(isa, "t5")]:x}}},' for isa in isas)
     text = f"""// Which kernel family runs each shape class, per path: measured, not guessed. Written by
 // `python benchmarks/calibrate_kernels.py --write` (one 2B4T layer's ternary products, mac and lut
-// interleaved, best of {rounds} rounds, {threads} threads; a class's bit is set where lut beat mac by
+// interleaved, best of {rounds} rounds, {threads} threads, CPU time; a class's bit is set where lut beat mac by
 // more than the margin); dispatch.cpp copies the bits into each path's kernel table. Paths not
 // listed run mac everywhere.
 // Measured on {cpu_name()}, {datetime.date.today().isoformat()} (one layer, ms):

@@ -367,11 +367,11 @@ void ternary5_gemm_avx2(const TernaryTile5* w, int KB, int mb0, int mb1, const i
 // Lookup tables (kernels_lut_inl.h): 16 tokens per 256-bit int16 vector, 8 for a short remainder.
 void ternary_gemm_lut_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                            const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
-  lut_gemm<LutI2, 16>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+  lut_gemm<LutI2, 16, 32>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
 }
 void ternary5_gemm_lut_avx2(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                             const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
-  lut_gemm<LutT5, 16>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+  lut_gemm<LutT5, 16, 32>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
 }
 
 }  // namespace

@@ -371,11 +371,11 @@ void attend_avx512(const float* q, const E* K, const E* V, int ld, int n, int hd
 // Lookup tables (kernels_lut_inl.h): 32 tokens per 512-bit int16 vector, 16 or 8 for a remainder.
 void ternary_gemm_lut_avx512(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                              const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
-  lut_gemm<LutI2, 32>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+  lut_gemm<LutI2, 32, 64>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
 }
 void ternary5_gemm_lut_avx512(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                               const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
-  lut_gemm<LutT5, 32>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+  lut_gemm<LutT5, 32, 64>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
 }
 
 }  // namespace

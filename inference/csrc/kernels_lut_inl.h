@@ -41,12 +41,37 @@ constexpr int kLutChunkT5 = 12;
 static_assert(4 * kLutChunkI2 * 128 * 4 <= 32767, "i2: 4 lookups per tile, each at most 128 * 4 in magnitude");
 static_assert(4 * kLutChunkT5 * 128 * 5 <= 32767, "t5: 4 lookups per tile, each at most 128 * 5 in magnitude");
 
+// Table bytes a block may look up (L1D is 32-48 KiB on the CPUs these kernels target).
+constexpr int kLutL1Bytes = 32 * 1024;
+
 template <int VT>
 struct LutTypes {
   typedef uint16_t V __attribute__((vector_size(2 * VT)));  // int16 lanes, wrapping adds
-  typedef int16_t S __attribute__((vector_size(2 * VT)));
-  typedef int32_t W __attribute__((vector_size(4 * VT)));
 };
+
+// acc[0..VT) += the VT int16 lanes of s (as signed), widened NB bytes of int32 at a time: NB is the
+// translation unit's vector width (32: AVX2, 64: AVX-512), so every piece is one vpmovsxwd and one
+// vpaddd on registers (a VT-lane int32 vector type wider than the unit's registers was lowered
+// through the stack, with store-forwarding stalls that cost more than the lookups).
+template <int N>
+struct WidenTypes {
+  typedef int16_t H __attribute__((vector_size(2 * N)));
+  typedef int32_t I __attribute__((vector_size(4 * N)));
+};
+template <int VT, int NB>
+inline void widen_add(int32_t* acc, const typename LutTypes<VT>::V& s) {
+  constexpr int n = VT < NB / 4 ? VT : NB / 4;  // lanes per piece
+  using H = typename WidenTypes<n>::H;
+  using I = typename WidenTypes<n>::I;
+  for (int p = 0; p < VT / n; ++p) {
+    H h;
+    I a;
+    std::memcpy(&h, reinterpret_cast<const char*>(&s) + 2 * n * p, sizeof h);
+    std::memcpy(&a, acc + n * p, sizeof a);
+    a += __builtin_convertvector(h, I);
+    std::memcpy(acc + n * p, &a, sizeof a);
+  }
+}
 
 // Per-thread scratch, grown on demand: 0 the tables of a block of tiles, 1 the int32 sums of a
 // call, 2 its activations by column.
@@ -76,7 +101,7 @@ inline const std::array<uint8_t, 243>& t5_bytes() {
 
 struct LutI2 {
   using Tile = TernaryTile;
-  static constexpr int kCols = kTileCols, kDigits = 4, kChunk = kLutChunkI2;
+  static constexpr int kCols = kTileCols, kDigits = 4, kChunk = kLutChunkI2, kUsed = 81;
   // The table of group j of a tile: tab[b] for the 81 bytes b = c0 | c1 << 2 | c2 << 4 | c3 << 6
   // (c_i = q_i + 1 of column 4 i + j); a[i] = activations of that column.
   template <typename V>
@@ -96,7 +121,7 @@ struct LutI2 {
 
 struct LutT5 {
   using Tile = TernaryTile5;
-  static constexpr int kCols = kTile5Cols, kDigits = 5, kChunk = kLutChunkT5;
+  static constexpr int kCols = kTile5Cols, kDigits = 5, kChunk = kLutChunkT5, kUsed = 243;
   // tab[t5 byte of v] for v = sum c_i 3^(4 - i) (c_i = q_i + 1 of column 4 i + j).
   template <typename V>
   static void build(const V* a, V* tab) {
@@ -122,21 +147,20 @@ struct LutT5 {
 };
 
 // Rows [16 mb0, 16 mb1) against nt <= VT tokens (x rows t0 .. t0 + nt - 1), exact, into y.
-// The columns go in blocks of F::kChunk tiles (the flush interval above): the block's tables are
-// built (about 8-30 KiB a group: they live in L2 and the lookups' working set in L1), then every
-// row of the call sums its 4 F::kChunk lookups in int16 registers and adds them, widened, into its
-// int32 sums (acc32, VT lanes per row).
-template <typename F, int VT>
+// The columns go in blocks of tiles whose tables fit L1 (chunk below; never past the flush interval
+// above): the block's tables are built, then every row of the call sums its 4 chunk lookups in
+// int16 registers and adds them, widened, into its int32 sums (acc32, VT lanes per row, in L2).
+template <typename F, int VT, int NB>
 void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int nt,
                     int32_t* y, int ldy) {
   using V = typename LutTypes<VT>::V;
-  using S = typename LutTypes<VT>::S;
-  using W = typename LutTypes<VT>::W;
   const int rows = (mb1 - mb0) * kTileRows;
-  const int chunk = std::min(F::kChunk, KB);
+  // Tiles per block: as many as keep the block's table rows that weights can index (81 of 256 per
+  // group for i2, 243 for t5) within kLutL1Bytes, at least one, at most the flush interval.
+  const int chunk = std::min({F::kChunk, KB, std::max(1, kLutL1Bytes / (4 * F::kUsed * static_cast<int>(sizeof(V))))});
   V* tab = reinterpret_cast<V*>(lut_scratch(sizeof(V) * 256 * 4 * chunk, 0));
-  W* acc32 = reinterpret_cast<W*>(lut_scratch(sizeof(W) * rows, 1));
-  for (int r = 0; r < rows; ++r) acc32[r] = W{};
+  int32_t* acc32 = reinterpret_cast<int32_t*>(lut_scratch(sizeof(int32_t) * VT * rows, 1));  // [row][lane]
+  std::memset(acc32, 0, sizeof(int32_t) * VT * rows);
   // The tile's activations by column: xT[c] = lanes x[0..nt)[c] as int16, zero lanes past nt.
   const int cols = KB * F::kCols;
   V* xT = reinterpret_cast<V*>(lut_scratch(sizeof(V) * cols, 2));
@@ -170,29 +194,29 @@ void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const i
           s0 += tk[512 + b[2]];
           s1 += tk[768 + b[3]];
         }
-        const V s = s0 + s1;
-        acc32[(mb - mb0) * kTileRows + r] += __builtin_convertvector(reinterpret_cast<const S&>(s), W);
+        widen_add<VT, NB>(acc32 + static_cast<size_t>((mb - mb0) * kTileRows + r) * VT, s0 + s1);
       }
     }
   }
   for (int t = 0; t < nt; ++t) {
     int32_t* yt = y + static_cast<size_t>(t) * ldy + mb0 * kTileRows;
-    for (int r = 0; r < rows; ++r) yt[r] = acc32[r][t];
+    for (int r = 0; r < rows; ++r) yt[r] = acc32[static_cast<size_t>(r) * VT + t];
   }
 }
 
 // The whole product (ternary_gemm's contract; xsum unused: the tables hold signed sums): tokens in
-// tiles of VTmax, the remainder in the narrowest tile that holds it (8, 16, ... lanes).
-template <typename F, int VTmax>
+// tiles of VTmax, the remainder in the narrowest tile that holds it (8, 16, ... lanes). NB: the
+// translation unit's vector width in bytes (widen_add).
+template <typename F, int VTmax, int NB>
 void lut_gemm(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int T, int32_t* y,
               int ldy) {
   for (int t0 = 0; t0 < T; t0 += VTmax) {
     const int nt = std::min(VTmax, T - t0);
     const int8_t* xt = x + static_cast<size_t>(t0) * ldx;
     int32_t* yt = y + static_cast<size_t>(t0) * ldy;
-    if (nt <= 8) lut_token_tile<F, 8>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
-    else if (VTmax >= 16 && nt <= 16) lut_token_tile<F, (VTmax >= 16 ? 16 : 8)>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
-    else lut_token_tile<F, VTmax>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    if (nt <= 8) lut_token_tile<F, 8, NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    else if (VTmax >= 16 && nt <= 16) lut_token_tile<F, (VTmax >= 16 ? 16 : 8), NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    else lut_token_tile<F, VTmax, NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
   }
 }
 
