@@ -287,7 +287,9 @@ def mac_bound_rows(model: Path, threads: list[int], n_prompt: int, reps: int, ro
     batched decode steps of 1 and `batch` sequences. mac: the int8 multiply-accumulate bound of the
     path's product instruction (_C.int8_mac_peak); lut: table lookups/s on an L1-resident table
     (_C.lut_peak) times the products one lookup stands for (lanes x trits per index byte); amx: no
-    bound (its tiles are not the product instruction the bound loops time)."""
+    bound (its tiles are not the product instruction the bound loops time). Both bounds are rates
+    per second of the threads' own CPU time (what the cores can do), while prefill is wall time: on
+    a shared machine the share comes out low by whatever the other jobs took."""
     from bitnet.inference import _C, available_isas
 
     paths = [(i, f) for i, f in BOUND_PATHS if i in available_isas()]

@@ -10,7 +10,10 @@ weight tiles do not depend on the path, so the paths alternate inside each round
 drift of a shared machine hits them alike. Per round and path: prefill of ``--prompt-len`` tokens
 from an empty cache (last token's logits), and one batched decode step of 1 and of 8 sequences
 (``forward_batch``, one token each, on slots holding ``--depth`` positions). The report keeps each
-figure's median over rounds and its ratio to the first path. A measurement script, not a test.
+figure's median over rounds and its ratio to the first path, and the step of `batch` against the
+step of 1 in wall time and in CPU time (``time.process_time`` over all threads: on a shared machine
+the wall-time ratio grows with whatever else runs, the CPU-time one does not). A measurement
+script, not a test.
 """
 
 from __future__ import annotations
@@ -34,14 +37,15 @@ def parse_paths(text: str, isas: list[str]) -> list[tuple[str, str]]:
     return [tuple(p.split(":")) if ":" in p else (p, "auto") for p in text.split(",")]  # type: ignore[misc]
 
 
-def step_s(m, slots: int, depth: int, vocab: int, rng: np.random.Generator) -> float:
-    """One batched step: `slots` sequences, one token each at position `depth` of its slot."""
+def step_s(m, slots: int, depth: int, vocab: int, rng: np.random.Generator, clock=time.perf_counter) -> float:
+    """One batched step: `slots` sequences, one token each at position `depth` of its slot; seconds of
+    `clock` (time.process_time: CPU seconds of every thread, which other jobs on the cores do not inflate)."""
     s = np.arange(slots, dtype=np.int32)
     out = np.empty((slots, vocab), np.float32)
     toks = rng.integers(0, vocab, size=slots, dtype=np.int32)
-    t0 = time.perf_counter()
+    t0 = clock()
     m.forward_batch(s, np.full(slots, depth, np.int32), np.ones(slots, np.int32), toks, out)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def fill_slots(m, slots: int, depth: int, vocab: int, rng: np.random.Generator) -> None:
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     fill_slots(m, a.batch, a.depth, V, rng)
     ids = rng.integers(0, V, size=a.prompt_len, dtype=np.int32)
     out = np.empty((1, V), np.float32)
-    res: dict[str, dict[str, list[float]]] = {f"{i}:{f}": {"pp_s": [], "step1_s": [], f"step{a.batch}_s": []}
+    res: dict[str, dict[str, list[float]]] = {f"{i}:{f}": {"pp_s": [], "step1_s": [], f"step{a.batch}_s": [],
+                                                          "cpu_ratio": []}
                                                for i, f in paths}
     for rnd in range(a.rounds + 1):  # round 0 is a warm-up
         for isa, fam in paths:
@@ -102,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             pp = time.perf_counter() - t0
             s1 = min(step_s(m, 1, a.depth, V, rng) for _ in range(2))
             sb = min(step_s(m, a.batch, a.depth, V, rng) for _ in range(2))
+            c1 = min(step_s(m, 1, a.depth, V, rng, time.process_time) for _ in range(2))
+            cb = min(step_s(m, a.batch, a.depth, V, rng, time.process_time) for _ in range(2))
             if rnd:
                 r = res[f"{isa}:{fam}"]
                 r["pp_s"].append(pp)
                 r["step1_s"].append(s1)
                 r[f"step{a.batch}_s"].append(sb)
+                r["cpu_ratio"].append(cb / c1)
     _C.set_kernel_family("auto")
     layers = a.layers or cfg.num_hidden_layers
     print(f"{a.shape} ({layers} layers, {a.act}, {a.weights}), {a.threads} threads, {a.rounds} interleaved rounds, "
@@ -114,15 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     first = None
     rows = {}
     print(f"{'path':<16} {'pp' + str(a.prompt_len) + ' tok/s':>12} {'x':>6} {'step 1 ms':>10} "
-          f"{'step ' + str(a.batch) + ' ms':>10} {'step8/1':>8}")
+          f"{'step ' + str(a.batch) + ' ms':>10} {'ratio':>6} {'CPU ratio':>9}")
     for name, r in res.items():
         pp = statistics.median(r["pp_s"])
         s1 = statistics.median(r["step1_s"])
         sb = statistics.median(r[f"step{a.batch}_s"])
         first = first or pp
+        cr = statistics.median(r["cpu_ratio"])
         rows[name] = {"pp_tok_s": a.prompt_len / pp, "step1_ms": 1e3 * s1, f"step{a.batch}_ms": 1e3 * sb,
-                      "pp_vs_first": first / pp, "raw": r}
-        print(f"{name:<16} {a.prompt_len / pp:12.1f} {first / pp:6.2f} {1e3 * s1:10.1f} {1e3 * sb:10.1f} {sb / s1:8.2f}")
+                      "pp_vs_first": first / pp, "cpu_ratio": cr, "raw": r}
+        print(f"{name:<16} {a.prompt_len / pp:12.1f} {first / pp:6.2f} {1e3 * s1:10.1f} {1e3 * sb:10.1f} {sb / s1:6.2f} "
+              f"{cr:9.2f}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = a.json.with_suffix(".tmp")
