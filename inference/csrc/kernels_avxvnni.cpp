@@ -29,15 +29,14 @@ struct Dpbusd {
 };
 
 // ---- i2, one token: both halves of each tile in one pass over the weight stream (prefetched
-// kPrefetchBytes ahead), the planes masked in place (no shifts): plane i is c_i * 4^i <= 128, a
-// valid u8 operand, and its accumulator holds 4^i * sum c_i x, recovered by an arithmetic shift by
-// 2i. Invariant: |c_i 4^i x| <= 128 * 128, four per lane per tile, so KB < 2^15 tiles cannot
-// overflow int32. Eight accumulators (plane x half) keep eight independent vpdpbusd chains.
+// kPrefetchBytes ahead), codes c = (p >> 2i) & 3 in {0, 1, 2}. Four accumulators (half x plane
+// parity): two vpdpbusd per tile each, so the vpdpbusd latency (5 cycles) stays under the time a
+// tile takes to stream in. Few live registers on purpose: with eight accumulators and four masks
+// GCC kept some on the stack and decode ran at half speed. Invariant: |c x| <= 256, four products
+// per lane per vpdpbusd, eight per tile and accumulator: KB < 2^20 tiles cannot overflow int32.
 inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
-  const __m256i m[4] = {_mm256_set1_epi8(0x03), _mm256_set1_epi8(0x0c), _mm256_set1_epi8(0x30),
-                        _mm256_set1_epi8(static_cast<char>(0xc0))};
-  __m256i a[4], b[4];
-  for (int i = 0; i < 4; ++i) a[i] = b[i] = _mm256_setzero_si256();
+  const __m256i m3 = _mm256_set1_epi8(3);
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;  // rows 0-7 / 8-15, planes 0, 2 / 1, 3
   for (int kb = 0; kb < KB; ++kb) {
     _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
     const __m256i p0 = _mm256_loadu_si256((const __m256i*)wrow[kb].b);
@@ -45,18 +44,15 @@ inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t x
     const int8_t* xt = x + kb * kTileCols;
     for (int i = 0; i < 4; ++i) {
       const __m256i xb = bcast4(xt + 4 * i);
-      a[i] = dpbusd(a[i], _mm256_and_si256(p0, m[i]), xb);
-      b[i] = dpbusd(b[i], _mm256_and_si256(p1, m[i]), xb);
+      __m256i& a = (i & 1) ? a1 : a0;
+      __m256i& b = (i & 1) ? b1 : b0;
+      a = dpbusd(a, _mm256_and_si256(_mm256_srli_epi16(p0, 2 * i), m3), xb);
+      b = dpbusd(b, _mm256_and_si256(_mm256_srli_epi16(p1, 2 * i), m3), xb);
     }
   }
   const __m256i xs = _mm256_set1_epi32(xsum);
-  auto total = [&](const __m256i* v) {
-    const __m256i s = _mm256_add_epi32(_mm256_add_epi32(v[0], _mm256_srai_epi32(v[1], 2)),
-                                       _mm256_add_epi32(_mm256_srai_epi32(v[2], 4), _mm256_srai_epi32(v[3], 6)));
-    return _mm256_sub_epi32(s, xs);
-  };
-  _mm256_storeu_si256((__m256i*)y, total(a));
-  _mm256_storeu_si256((__m256i*)(y + 8), total(b));
+  _mm256_storeu_si256((__m256i*)y, _mm256_sub_epi32(_mm256_add_epi32(a0, a1), xs));
+  _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(_mm256_add_epi32(b0, b1), xs));
 }
 
 // ---- t5, several tokens: half a row block (8 rows) against TT tokens; each half tile decoded

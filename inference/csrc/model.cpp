@@ -559,7 +559,7 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
   // per thread (more rows per table) where the others take a few shorter ones (balance).
   const TernaryGemmFn gemm2 = ternary_gemm_for(kern, T);
   const Ternary5GemmFn gemm5 = ternary5_gemm_for(kern, T);
-  const bool lut = gemm2 == kern.ternary_gemm_lut || gemm5 == kern.ternary5_gemm_lut;
+  const bool lut = weight_format_ == WeightFormat::T5 ? gemm5 == kern.ternary5_gemm_lut : gemm2 == kern.ternary_gemm_lut;
   pool_.parallel_for(mb_total, [&](int b, int e) {
     for (const Item& it : items) {
       const Linear& L = *it.L;
