@@ -235,6 +235,8 @@ def ours_worker(spec: dict[str, Any]) -> dict[str, Any]:
     t1 = time.perf_counter()
     if spec.get("isa"):
         _C.set_isa(spec["isa"])
+    if spec.get("family"):
+        _C.set_kernel_family(spec["family"])
     kw = {"weights": spec["weights"]} if spec.get("weights") else {}
     eng = Engine(spec["model"], threads=spec["threads"], head=spec["head"], **kw)
     t2 = time.perf_counter()
@@ -253,6 +255,11 @@ def ours_worker(spec: dict[str, Any]) -> dict[str, Any]:
         res["peak_rss"] = vm_hwm() or peak_rss_bytes()
     res["depth_tg"] = {str(d): time_pp_tg(m, V, 0, spec["n_gen"], spec["depth_reps"], depth=d)["tg_tok_s"]
                        for d in spec.get("depths", ())}
+    if spec.get("batch"):  # batched decode steps of 1 and `batch` sequences (bench_paths.batched_steps_ms)
+        from bench_paths import batched_steps_ms
+
+        res.update(batched_steps_ms(m, V, spec["batch"], reps=spec["reps"]))
+    res["kernel_family"] = _C.kernel_family()
     return res
 
 
@@ -266,57 +273,90 @@ def ternary_macs_per_token(cfg: Any) -> int:
     return L * (2 * h * q + 2 * h * kv + 3 * h * f)
 
 
-def mac_bound_rows(model: Path, threads: list[int], n_prompt: int, reps: int, rounds: int, logs: Path) -> list[dict]:
-    """Prefill of each SIMD path without AMX (BITNET_ISA forced) against that path's int8
-    multiply-accumulate bound, and AMX's prefill where the CPU has it (no bound: its tiles are not
-    the product instruction the bound loops time)."""
+# The paths prefill is measured on against their own bound: (isa, kernel family). "auto" on amx: its
+# tiles are not an instruction the bound loops time, so it gets no bound.
+BOUND_PATHS = (("avx2", "mac"), ("avx2", "lut"), ("avxvnni", "mac"), ("avx512", "mac"), ("avx512", "lut"),
+               ("amx", "auto"))
+LUT_LANES = {"avx2": 16, "avx512": 32}  # tokens per table row (int16 lanes of a 256 / 512-bit vector)
+LUT_GROUP = {"i2": 4, "t5": 5}  # weights per table lookup (trits per index byte)
+
+
+def mac_bound_rows(model: Path, threads: list[int], n_prompt: int, reps: int, rounds: int, logs: Path,
+                   batch: int = 8) -> list[dict]:
+    """Prefill of each SIMD path (BITNET_ISA and BITNET_KERNEL forced) against its own bound, and its
+    batched decode steps of 1 and `batch` sequences. mac: the int8 multiply-accumulate bound of the
+    path's product instruction (_C.int8_mac_peak); lut: table lookups/s on an L1-resident table
+    (_C.lut_peak) times the products one lookup stands for (lanes x trits per index byte); amx: no
+    bound (its tiles are not the product instruction the bound loops time). Both bounds are rates
+    per second of the threads' own CPU time (what the cores can do), while prefill is wall time: on
+    a shared machine the share comes out low by whatever the other jobs took."""
     from bitnet.inference import _C, available_isas
 
-    isas = [i for i in ("avx2", "avx512", "amx") if i in available_isas()]
+    paths = [(i, f) for i, f in BOUND_PATHS if i in available_isas()]
     rows = []
     for t in threads:
-        for isa in isas:
+        for isa, fam in paths:
             best: dict[str, Any] = {}
             for rnd in range(rounds):
                 r = run_ours({"model": str(model), "head": "int8", "weights": "", "threads": t, "isa": isa,
-                              "n_prompt": n_prompt, "n_gen": 0, "reps": reps, "depth_reps": 1, "depths": []},
-                             logs / f"macbound-r{rnd}-t{t}-{isa}.log")
+                              "family": fam, "n_prompt": n_prompt, "n_gen": 0, "reps": reps, "depth_reps": 1,
+                              "depths": [], "batch": batch}, logs / f"macbound-r{rnd}-t{t}-{isa}-{fam}.log")
                 if r["pp_tok_s"] > best.get("pp_tok_s", 0.0):
                     best = r
-            row = {"threads": t, "isa": isa, "weights": best.get("weight_format", "?"), "pp_tok_s": best["pp_tok_s"],
-                   "macs_per_s": best["pp_tok_s"] * best["linear_macs"], "linear_macs": best["linear_macs"]}
-            if isa != "amx":
+            w = best.get("weight_format", "?")
+            row = {"threads": t, "isa": isa, "family": fam, "weights": w, "pp_tok_s": best["pp_tok_s"],
+                   "macs_per_s": best["pp_tok_s"] * best["linear_macs"], "linear_macs": best["linear_macs"],
+                   "step1_ms": best.get("step1_ms"), f"step{batch}_ms": best.get(f"step{batch}_ms")}
+            if fam == "mac":
                 row["bound"] = _C.int8_mac_peak(isa, t, 0.5)
-            if isa == "avx2":  # no VNNI: every product also costs an add, and the pair has its own ceiling
+            elif fam == "lut" and w in LUT_GROUP:
+                row["lookups_per_s"] = _C.lut_peak(isa, t, 0.5)
+                row["bound"] = row["lookups_per_s"] * LUT_LANES[isa] * LUT_GROUP[w]
+            if isa == "avx2" and fam == "mac":  # no VNNI: every product also costs an add; the pair's own ceiling
                 row["acc_ceiling"] = _C.int8_mac_peak(isa, t, 0.5, accumulate=True)
             rows.append(row)
-            print(f"[mac bound, {t} thr] {isa:<6} pp{n_prompt} {row['pp_tok_s']:7.1f} tok/s" +
+            print(f"[bound, {t} thr] {isa}:{fam:<5} pp{n_prompt} {row['pp_tok_s']:7.1f} tok/s" +
                   (f", bound {row['bound'] / 1e9:.0f} G MAC/s" if "bound" in row else "") +
-                  (f", product + add {row['acc_ceiling'] / 1e9:.0f} G MAC/s" if "acc_ceiling" in row else ""),
-                  flush=True)
+                  (f", product + add {row['acc_ceiling'] / 1e9:.0f} G MAC/s" if "acc_ceiling" in row else "") +
+                  (f", steps of 1 / {batch}: {row['step1_ms']:.1f} / {row[f'step{batch}_ms']:.1f} ms"
+                   if row.get("step1_ms") else ""), flush=True)
     return rows
 
 
 def print_mac_bound(rows: list[dict], n_prompt: int) -> None:
     if not rows:
         return
-    print(f"\n## prefill (pp{n_prompt}) against the int8 multiply-accumulate bound")
-    print(f"bound: every thread runs {MAC_LOOP_INSTRS} independent product instructions on registers only "
-          f"(avx512: vpdpbusd zmm, 64 MACs each; avx2: vpmaddubsw ymm, 32 MACs each), best of 3 timed rounds "
-          f"(bitnet.inference._C.int8_mac_peak); work: {rows[0]['linear_macs'] / 1e9:.3f} G MAC per token in the "
-          f"ternary linears (attention and the head's last row not counted)")
+    print(f"\n## prefill (pp{n_prompt}) against each kernel family's bound")
+    print(f"mac bound: every thread runs {MAC_LOOP_INSTRS} independent product instructions on registers only "
+          f"(avx512: vpdpbusd zmm, 64 MACs each; avxvnni: vpdpbusd ymm, 32; avx2: vpmaddubsw ymm, 32 MACs each), "
+          f"best of 3 timed rounds (bitnet.inference._C.int8_mac_peak); work: {rows[0]['linear_macs'] / 1e9:.3f} G MAC "
+          f"per token in the ternary linears (attention and the head's last row not counted)")
+    if any(r.get("family") == "lut" for r in rows):
+        print("lut bound: every thread runs the lut kernels' inner step (an index byte, a table row added into an "
+              "int16 accumulator) on an L1-resident table (_C.lut_peak), in lookups/s times the products one lookup "
+              "stands for (16 (avx2) or 32 (avx512) tokens x 4 (i2) or 5 (t5) weights), as G MAC/s")
     if any("acc_ceiling" in r for r in rows):
         print("avx2 has no VNNI: its kernels add every vpmaddubsw result into an accumulator (vpaddw). 'product + "
               "add' times that pair the same way (registers only, nothing loaded): the most an AVX2 kernel can "
               "reach on this CPU, as G MAC/s and as a share of the bound")
-    print(f"{'threads':>7} {'kernels':<7} {'weights':<7} {'pp tok/s':>9} {'G MAC/s':>8} {'bound':>7} {'share':>6} "
+    print(f"{'threads':>7} {'kernels':<11} {'weights':<7} {'pp tok/s':>9} {'G MAC/s':>8} {'bound':>7} {'share':>6} "
           f"{'product + add':>13} {'of bound':>8}")
     for r in rows:
         bound = f"{r['bound'] / 1e9:7.0f} {r['macs_per_s'] / r['bound'] * 100:5.0f}%" if "bound" in r else f"{'-':>7} {'-':>6}"
         ceil = (f"{r['acc_ceiling'] / 1e9:13.0f} {r['acc_ceiling'] / r['bound'] * 100:7.0f}%" if "acc_ceiling" in r
                 else f"{'-':>13} {'-':>8}")
-        print(f"{r['threads']:>7} {r['isa']:<7} {r['weights']:<7} {r['pp_tok_s']:9.1f} {r['macs_per_s'] / 1e9:8.0f} {bound} "
+        name = f"{r['isa']}:{r['family']}" if r.get("family") else r["isa"]
+        print(f"{r['threads']:>7} {name:<11} {r['weights']:<7} {r['pp_tok_s']:9.1f} {r['macs_per_s'] / 1e9:8.0f} {bound} "
               f"{ceil}")
+    steps = [r for r in rows if r.get("step1_ms")]
+    if steps:
+        nb = next(int(k[4:-3]) for k in steps[0] if k.startswith("step") and k != "step1_ms")
+        print(f"\n## batched decode steps per path (forward_batch, one token per sequence, 64 positions cached)")
+        print(f"{'threads':>7} {'kernels':<11} {'1 seq ms':>9} {f'{nb} seq ms':>9} {'ratio':>6}")
+        for r in steps:
+            sb = r[f"step{nb}_ms"]
+            print(f"{r['threads']:>7} {r['isa'] + ':' + r['family']:<11} {r['step1_ms']:9.1f} {sb:9.1f} "
+                  f"{sb / r['step1_ms']:6.2f}")
 
 
 def run_ours(spec: dict[str, Any], log: Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@
 // compiled with only that ISA's flags (kernels_avx2.cpp, kernels_avx512.cpp, kernels_neon.cpp); the
 // scalar `_ref` (kernels_ref.cpp) is always compiled and is the oracle the tests compare against.
 // The table of function pointers is filled once from cpuid (dispatch.cpp); BITNET_ISA=ref|avx2|
-// avx512|neon forces a path.
+// avxvnni|avx512|amx|neon forces a path.
 #pragma once
 
 #include <algorithm>
@@ -102,6 +102,16 @@ constexpr int kHeadI4Group = 32;   // columns per integer group scale
 // Largest padded width the int4 head takes: |sum| <= Cp * 8 * 127 * 255 < 2^31 (exact in int32).
 constexpr int kHeadI4MaxCols = 8192;
 
+using TernaryGemmFn = void (*)(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                               const int32_t* xsum, int T, int32_t* y, int ldy);
+using Ternary5GemmFn = void (*)(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                                const int32_t* xsum, int T, int32_t* y, int ldy);
+
+// Shape classes of a ternary product by tokens per call: 0: one token (decode), 1: 2-8 (batched
+// decode steps), 2: 9-32, 3: more (prefill). Dispatch picks the kernel family per class.
+constexpr int kShapeClasses = 4;
+inline int shape_class(int T) { return T <= 1 ? 0 : T <= 8 ? 1 : T <= 32 ? 2 : 3; }
+
 struct Kernels {
   const char* name;
 
@@ -162,7 +172,25 @@ struct Kernels {
   // attend's contract (K_j = K + j * ld, V_j = V + j * ld, scratch of n floats).
   void (*attend_f16)(const float* q, const uint16_t* K, const uint16_t* V, int ld, int n, int hd, float scale,
                      float* scratch, float* out);
+
+  // Lookup-table ("lut") twins of ternary_gemm / ternary5_gemm, with the same contract and exactly
+  // the same integers (kernels_lut_inl.h; xsum unused); nullptr where a path has none.
+  TernaryGemmFn ternary_gemm_lut = nullptr;
+  Ternary5GemmFn ternary5_gemm_lut = nullptr;
+  // Bit c set: shape class c runs the lut kernel of that layout unless BITNET_KERNEL forces a
+  // family. Filled by dispatch.cpp from measured data (kernel_choice.h), never guessed.
+  uint8_t lut_classes_i2 = 0, lut_classes_t5 = 0;
 };
+
+// The kernel family of the several-token products: "auto" (per shape class, from the table's
+// lut_classes_*), "mac" (multiply-accumulate kernels only) or "lut" (lookup tables wherever the
+// path has them). Starts from BITNET_KERNEL (unset: auto); set_kernel_family throws
+// std::invalid_argument on another name.
+void set_kernel_family(const std::string& name);
+std::string kernel_family();
+// The product the engine runs for T tokens on k (family and shape class applied).
+TernaryGemmFn ternary_gemm_for(const Kernels& k, int T);
+Ternary5GemmFn ternary5_gemm_for(const Kernels& k, int T);
 
 // The cache rows were last read a whole token ago (since evicted by the weights), and each
 // position's work is short: prefetching kAttnAhead rows ahead keeps several misses in flight.
@@ -249,6 +277,21 @@ constexpr int kMacLoopInstrs = 12;
 // the instruction pair every AVX2 product kernel issues (VNNI's vpdpbusd accumulates by itself).
 uint32_t int8_mac_acc_loop_avx2(int64_t iters);
 constexpr int kMacAccLoopInstrs = 8;
+// AVX-VNNI (kernels_avxvnni.cpp; 256-bit VEX vpdpbusd, for CPUs with it and without AVX-512): the
+// avxvnni table is the avx2 table with these integer products (dispatch.cpp).
+void ternary_gemm_avxvnni(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                          const int32_t* xsum, int T, int32_t* y, int ldy);
+void ternary5_gemm_avxvnni(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                           const int32_t* xsum, int T, int32_t* y, int ldy);
+void head_i8_avxvnni(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x, int T,
+                     int32_t* out, int ldo);
+uint32_t int8_mac_loop_avxvnni(int64_t iters);  // iters x kMacLoopInstrs vpdpbusd ymm (32 MACs each)
+// The LUT kernels' bound: iters x kLutLoopLookups table lookups (an index byte loaded, a 32-byte
+// (avx2) or 64-byte (avx512) table row added from L1 into an int16 accumulator), the inner step of
+// kernels_lut_inl.h on a table that fits L1. Timed by _C.lut_peak.
+uint32_t lut_loop_avx2(const uint8_t* idx, int64_t iters);
+uint32_t lut_loop_avx512(const uint8_t* idx, int64_t iters);
+constexpr int kLutLoopLookups = 16;
 // t5 product with AVX-512 VBMI byte-table decode (kernels_avx512vbmi.cpp); the avx512 table uses it
 // where the CPU has VBMI (Ice Lake, Zen 4 and later) and the AVX2 t5 kernel otherwise (dispatch.cpp).
 void ternary5_gemm_avx512vbmi(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
@@ -263,7 +306,7 @@ extern const Kernels kKernelsNeon;
 
 // The kernels in use: chosen once from cpuid (best available), or from BITNET_ISA.
 const Kernels& kernels();
-// Force a path by name ("ref", "avx2", "avx512", "neon"); throws std::invalid_argument when the
+// Force a path by name ("ref", "avx2", "avxvnni", "avx512", "amx", "neon"); throws std::invalid_argument when the
 // name is unknown or this CPU/build cannot run it.
 void set_isa(const std::string& name);
 // Names of the paths this CPU and build can run, best last.

@@ -8,33 +8,12 @@
 #include <vector>
 
 #include "kernels.h"
+#include "kernels_avx2_inl.h"
+#include "kernels_lut_inl.h"
 
 namespace bitnet {
 namespace {
 
-inline __m256i bcast4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm256_set1_epi32(v);
-}
-
-// Keeps v in a register as computed: stops the compiler from re-associating a chain of integer adds
-// into trees whose temporaries spill (the accumulators already fill the register file).
-inline void pin(__m256i& v) { asm volatile("" : "+x"(v)); }
-
-inline int32_t hsum_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  return _mm_cvtsi128_si32(s);
-}
-
-inline float hsum_ps(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // ---- i2 tiles, several tokens (prefill, batched decode). One row block at a time, in chunks of
 // kChunkTiles tiles: the chunk's codes are unpacked once into bytes c in {0, 1, 2} (unpack_chunk:
@@ -47,65 +26,15 @@ inline float hsum_ps(__m256 v) {
 // four of them per int16 lane, so the kChunkTiles = 16 tiles of a chunk sum to [-32768, 32512],
 // which int16 holds: the wrapping vpaddw chain ends on the exact sum whatever its order. vpmaddwd
 // with ones widens each chunk's sums into int32 (the running sums live in y itself).
-constexpr int kChunkTiles = 16;
-// Chunk layout: tile j, plane i (columns 4i..4i+3 of the tile), half h (rows 8h..8h+7) at
-// ((4 j + i) * 2 + h) * 32 bytes: 32-bit lane r of a 32-byte vector = row 8h + r, 4 columns.
-constexpr int kChunkBytes = kChunkTiles * 4 * 2 * 32;
 
-// Unpacks tiles [0, n) of wrow into c (layout above).
-inline void unpack_chunk(const TernaryTile* wrow, int n, uint8_t* c) {
-  const __m256i m3 = _mm256_set1_epi8(3);
-  for (int j = 0; j < n; ++j) {
-    for (int h = 0; h < 2; ++h) {
-      const __m256i p = _mm256_loadu_si256((const __m256i*)(wrow[j].b + 32 * h));
-      uint8_t* cj = c + (4 * j * 2 + h) * 32;
-      _mm256_store_si256((__m256i*)cj, _mm256_and_si256(p, m3));
-      _mm256_store_si256((__m256i*)(cj + 64), _mm256_and_si256(_mm256_srli_epi16(p, 2), m3));
-      _mm256_store_si256((__m256i*)(cj + 128), _mm256_and_si256(_mm256_srli_epi16(p, 4), m3));
-      _mm256_store_si256((__m256i*)(cj + 192), _mm256_and_si256(_mm256_srli_epi16(p, 6), m3));
-    }
-  }
-}
-
-// N <= 4 tokens (rows xt[0..N) of x, at column 16 * kb0) against n unpacked tiles of c; adds the
-// int32 sums into yt[t] (rows 0..15), or stores them if first. Eight named accumulators, not an
-// array, pinned to registers: with an array GCC kept them on the stack across the tile loop, and
-// every add waited on a store-to-load round trip (half speed).
-template <int N>
-inline void chunk_n(const uint8_t* c, int n, const int8_t* const* xt, int32_t* const* yt, bool first) {
-  __m256i a0 = _mm256_setzero_si256(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
-  const int8_t* x0 = xt[0];
-  const int8_t* x1 = xt[N > 1 ? 1 : 0];
-  const int8_t* x2 = xt[N > 2 ? 2 : 0];
-  const int8_t* x3 = xt[N > 3 ? 3 : 0];
-  auto step = [](const int8_t* x, __m256i c0, __m256i c1, __m256i& a, __m256i& b) {
-    const __m256i xb = bcast4(x);
-    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(c0, xb));
-    b = _mm256_add_epi16(b, _mm256_maddubs_epi16(c1, xb));
+// Products: vpmaddubsw into int16 (pin: see kernels_avx2_inl.h), widened per chunk by vpmaddwd.
+struct MaddAvx2 {
+  static void step(__m256i c, __m256i xb, __m256i& a) {
+    a = _mm256_add_epi16(a, _mm256_maddubs_epi16(c, xb));
     pin(a);
-    pin(b);
-  };
-  for (int j = 0; j < n; ++j) {
-    for (int i = 0; i < 4; ++i) {
-      const __m256i* cv = (const __m256i*)(c + (4 * j + i) * 64);
-      const __m256i c0 = _mm256_load_si256(cv), c1 = _mm256_load_si256(cv + 1);
-      const int col = j * kTileCols + 4 * i;
-      step(x0 + col, c0, c1, a0, b0);
-      if constexpr (N > 1) step(x1 + col, c0, c1, a1, b1);
-      if constexpr (N > 2) step(x2 + col, c0, c1, a2, b2);
-      if constexpr (N > 3) step(x3 + col, c0, c1, a3, b3);
-    }
   }
-  const __m256i ones = _mm256_set1_epi16(1);
-  const __m256i acc[4][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
-  for (int t = 0; t < N; ++t) {
-    for (int h = 0; h < 2; ++h) {
-      __m256i* yp = (__m256i*)(yt[t] + 8 * h);
-      const __m256i v = _mm256_madd_epi16(acc[t][h], ones);
-      _mm256_storeu_si256(yp, first ? v : _mm256_add_epi32(_mm256_loadu_si256(yp), v));
-    }
-  }
-}
+  static __m256i widen(__m256i a) { return _mm256_madd_epi16(a, _mm256_set1_epi16(1)); }
+};
 
 // Decode (one token), both halves of each tile in one pass over the weight stream (prefetched
 // kPrefetchBytes ahead). One shift gives the high nibbles; masking each nibble with 3 and with 12
@@ -147,39 +76,19 @@ inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t x
   _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(b, xs));
 }
 
+struct I2Avx2 {
+  static void one(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
+    block_t1(wrow, KB, x, xsum, y);
+  }
+  template <int N>
+  static void chunk(const uint8_t* c, int n, const int8_t* const* xt, int32_t* const* yt, bool first) {
+    chunk_n<N, MaddAvx2>(c, n, xt, yt, first);
+  }
+};
+
 void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
-                       const int32_t* xsum, int T, int32_t* y, int ldy) {
-  if (T == 1) {  // decode: stream the weights once, no unpacking
-    for (int mb = mb0; mb < mb1; ++mb) block_t1(w + static_cast<size_t>(mb) * KB, KB, x, xsum[0], y + mb * kTileRows);
-    return;
-  }
-  alignas(32) uint8_t c[kChunkBytes];  // the chunk buffer, in L1
-  for (int mb = mb0; mb < mb1; ++mb) {
-    const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
-    int32_t* ym = y + mb * kTileRows;
-    for (int kb0 = 0; kb0 < KB; kb0 += kChunkTiles) {
-      const int n = std::min(kChunkTiles, KB - kb0);
-      unpack_chunk(wrow + kb0, n, c);
-      auto tile = [&](auto tt, int t) {
-        constexpr int N = decltype(tt)::value;
-        const int8_t* xt[N];
-        int32_t* yt[N];
-        for (int u = 0; u < N; ++u) {
-          xt[u] = x + static_cast<size_t>(t + u) * ldx + kb0 * kTileCols;
-          yt[u] = ym + static_cast<size_t>(t + u) * ldy;
-        }
-        chunk_n<N>(c, n, xt, yt, kb0 == 0);
-      };
-      for_token_tiles<4>(T, tile, [&](int t) { tile(std::integral_constant<int, 1>{}, t); });
-    }
-    // q.x = sum c x - xsum
-    for (int t = 0; t < T; ++t) {
-      const __m256i xs = _mm256_set1_epi32(xsum[t]);
-      __m256i* yp = (__m256i*)(ym + static_cast<size_t>(t) * ldy);
-      _mm256_storeu_si256(yp, _mm256_sub_epi32(_mm256_loadu_si256(yp), xs));
-      _mm256_storeu_si256(yp + 1, _mm256_sub_epi32(_mm256_loadu_si256(yp + 1), xs));
-    }
-  }
+                     const int32_t* xsum, int T, int32_t* y, int ldy) {
+  i2_gemm_chunked<I2Avx2>(w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
 }
 
 inline __m256 load_bf16(const uint16_t* p) {
@@ -390,63 +299,26 @@ void axpy_f16_avx2(float alpha, const uint16_t* x, float* y, int n) {
   for (; i < n; ++i) y[i] += alpha * f16_to_f32(x[i]);
 }
 
-// ---- t5 tiles (TernaryTile5): base-3 digits by TQ1_0's byte arithmetic (AVX2 has no byte table
-// wider than 16 entries). Digit i of a byte: t_0 = s, t_{i+1} = 3 t_i mod 256 (two byte adds),
-// c_i = floor(3 t_i / 256), computed as the top two bits of y = avg(u, avg(u, 0)) with
-// u = max(t_i - 1, 0) (saturating): y = ceil((u + ceil(u / 2)) / 2) lies within 1 of 3 t_i / 4
-// and never crosses a multiple of 64 on the wrong side: exact for every byte t (the 243 stored
-// bytes reach all 256 values of t_i across the five digits, and test_kernels_t5.py's
-// test_t5_every_byte_value runs all 243 through this kernel). y & 0xc0 = 64 * c_i in {0, 64, 128}.
-struct T5Digits {
-  __m256i t;
-  const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi8(1);
-  const __m256i top = _mm256_set1_epi8(static_cast<char>(0xc0));
-  explicit T5Digits(__m256i s) : t(s) {}
-  // 64 * c_i for the current digit, then advances t to the next one.
-  __m256i next64() {
-    const __m256i u = _mm256_subs_epu8(t, one);
-    const __m256i y = _mm256_and_si256(_mm256_avg_epu8(u, _mm256_avg_epu8(u, zero)), top);
-    t = _mm256_add_epi8(_mm256_add_epi8(t, t), t);
-    return y;
+// ---- t5 tiles (TernaryTile5): digits by T5Digits (kernels_avx2_inl.h).
+
+// AVX2 t5 tile products: vpmaddubsw sums two c * x products, |.| <= 2 * 2 * 128 = 512, never
+// saturating; the five digits' int16 sums add up to at most 2560 in magnitude, exact in int16;
+// vpmaddwd with ones widens to int32 (20 products per lane per tile). sum c*x - xsum = q.x exactly.
+struct T5Avx2 {
+  static __m256i tile5(__m256i acc, const __m256i* c, const int8_t* xt) {
+    __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(c[0], bcast4(xt + 0)), _mm256_maddubs_epi16(c[1], bcast4(xt + 4)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[2], bcast4(xt + 8)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[3], bcast4(xt + 12)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[4], bcast4(xt + 16)));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(s, _mm256_set1_epi16(1)));
   }
 };
-
-// Half a row block (8 rows: bytes 32*half .. 32*half+31 of each t5 tile) against TT tokens; each
-// half tile decoded once into c_i in {0, 1, 2} (64 c_i shifted down by 6 in 16-bit lanes and
-// masked: the bits moved in from the neighbouring byte are dropped).
-// Invariants: vpmaddubsw sums two c * x products, |.| <= 2 * 2 * 128 = 512, never saturating; the
-// five digits' int16 sums add up to at most 2560 in magnitude, exact in int16; vpmaddwd with ones
-// widens to int32 (20 products per lane per tile). sum c*x - xsum = q.x exactly.
-template <int TT>
-inline void t5_half_tt(const TernaryTile5* wrow, int KB, int half, const int8_t* x, int ldx, const int32_t* xsum,
-                       int32_t* y, int ldy) {
-  const __m256i m3 = _mm256_set1_epi8(3);
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[TT];
-  for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
-  for (int kb = 0; kb < KB; ++kb) {
-    T5Digits d(_mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32 * half)));
-    __m256i c[kTile5Digits];
-    for (int i = 0; i < kTile5Digits; ++i) c[i] = _mm256_and_si256(_mm256_srli_epi16(d.next64(), 6), m3);
-    for (int t = 0; t < TT; ++t) {
-      const int8_t* xt = x + static_cast<size_t>(t) * ldx + kb * kTile5Cols;
-      __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(c[0], bcast4(xt + 0)), _mm256_maddubs_epi16(c[1], bcast4(xt + 4)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[2], bcast4(xt + 8)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[3], bcast4(xt + 12)));
-      s = _mm256_add_epi16(s, _mm256_maddubs_epi16(c[4], bcast4(xt + 16)));
-      acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(s, ones));
-    }
-  }
-  for (int t = 0; t < TT; ++t)
-    _mm256_storeu_si256((__m256i*)(y + static_cast<size_t>(t) * ldy + 8 * half),
-                        _mm256_sub_epi32(acc[t], _mm256_set1_epi32(xsum[t])));
-}
 
 template <int TT>
 inline void t5_block_tt(const TernaryTile5* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum, int32_t* y,
                         int ldy) {
-  t5_half_tt<TT>(wrow, KB, 0, x, ldx, xsum, y, ldy);
-  t5_half_tt<TT>(wrow, KB, 1, x, ldx, xsum, y, ldy);
+  t5_half_tt<TT, T5Avx2>(wrow, KB, 0, x, ldx, xsum, y, ldy);
+  t5_half_tt<TT, T5Avx2>(wrow, KB, 1, x, ldx, xsum, y, ldy);
 }
 
 // Decode (one token): both halves of each tile in one pass over the weight stream, prefetched
@@ -492,7 +364,19 @@ void ternary5_gemm_avx2(const TernaryTile5* w, int KB, int mb0, int mb1, const i
   }
 }
 
+// Lookup tables (kernels_lut_inl.h): 16 tokens per 256-bit int16 vector, 8 for a short remainder.
+void ternary_gemm_lut_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                           const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
+  lut_gemm<LutI2, 16, 32>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+}
+void ternary5_gemm_lut_avx2(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                            const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
+  lut_gemm<LutT5, 16, 32>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+}
+
 }  // namespace
+
+uint32_t lut_loop_avx2(const uint8_t* idx, int64_t iters) { return lut_peak_loop<16>(idx, iters); }
 
 const Kernels kKernelsAvx2 = {
     "avx2",
@@ -506,6 +390,8 @@ const Kernels kKernelsAvx2 = {
     head_i4_avx2,
     ternary5_gemm_avx2,
     attend_with<uint16_t, dot_f16_avx2, axpy_f16_avx2>,
+    ternary_gemm_lut_avx2,
+    ternary5_gemm_lut_avx2,
 };
 
 

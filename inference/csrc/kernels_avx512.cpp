@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "kernels_lut_inl.h"
 
 namespace bitnet {
 namespace {
@@ -367,7 +368,19 @@ void attend_avx512(const float* q, const E* K, const E* V, int ld, int n, int hd
   }
 }
 
+// Lookup tables (kernels_lut_inl.h): 32 tokens per 512-bit int16 vector, 16 or 8 for a remainder.
+void ternary_gemm_lut_avx512(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                             const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
+  lut_gemm<LutI2, 32, 64>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+}
+void ternary5_gemm_lut_avx512(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                              const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
+  lut_gemm<LutT5, 32, 64>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+}
+
 }  // namespace
+
+uint32_t lut_loop_avx512(const uint8_t* idx, int64_t iters) { return lut_peak_loop<32>(idx, iters); }
 
 const Kernels kKernelsAvx512 = {
     "avx512",
@@ -381,6 +394,8 @@ const Kernels kKernelsAvx512 = {
     head_i4_avx512,
     ternary5_gemm_avx512vbmi,  // dispatch.cpp swaps in the AVX2 t5 kernel where the CPU lacks VBMI
     attend_avx512<uint16_t, load_f16, dot_f16_avx512, axpy_f16_avx512>,
+    ternary_gemm_lut_avx512,
+    ternary5_gemm_lut_avx512,
 };
 
 

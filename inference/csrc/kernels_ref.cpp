@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels.h"
 
@@ -113,6 +114,46 @@ void ternary5_gemm_ref(const TernaryTile5* w, int KB, int mb0, int mb1, const in
   }
 }
 
+// The lookup-table product, scalar (the readable form of kernels_lut_inl.h): for one token, the
+// table of each group of g columns (the columns whose codes share one weight byte) holds, for every
+// byte value b, E[b] = sum_i q_i(b) * x[col_i]; each row then adds E[its byte] per group. Exact in
+// int32 (|E[b]| <= 128 g). Entries for byte values no weight holds are computed but never read.
+// Tile: the layout; Cols: columns per tile; Digits: trits per byte; q(b, i): trit i of byte b
+// (column Cols * kb + 4 i + j for byte j of a row).
+template <typename Tile, int Cols, int Digits, int (*Q)(uint8_t, int)>
+void ternary_lut_ref(const Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int T, int32_t* y, int ldy) {
+  std::vector<int32_t> E(static_cast<size_t>(KB) * 4 * 256);  // E[(4 kb + j) * 256 + b]
+  for (int t = 0; t < T; ++t) {
+    const int8_t* xt = x + static_cast<size_t>(t) * ldx;
+    for (int kb = 0; kb < KB; ++kb)
+      for (int j = 0; j < 4; ++j)
+        for (int b = 0; b < 256; ++b) {
+          int32_t e = 0;
+          for (int i = 0; i < Digits; ++i) e += Q(static_cast<uint8_t>(b), i) * xt[kb * Cols + 4 * i + j];
+          E[(static_cast<size_t>(kb) * 4 + j) * 256 + b] = e;
+        }
+    for (int mb = mb0; mb < mb1; ++mb)
+      for (int r = 0; r < kTileRows; ++r) {
+        int32_t acc = 0;
+        for (int kb = 0; kb < KB; ++kb)
+          for (int j = 0; j < 4; ++j) acc += E[(static_cast<size_t>(kb) * 4 + j) * 256 + w[static_cast<size_t>(mb) * KB + kb].b[4 * r + j]];
+        y[static_cast<size_t>(t) * ldy + mb * kTileRows + r] = acc;
+      }
+  }
+}
+
+inline int i2_q(uint8_t b, int i) { return static_cast<int>((b >> (2 * i)) & 3) - 1; }
+inline int t5_q(uint8_t b, int i) { return t5_code(b, i) - 1; }
+
+void ternary_gemm_lut_ref(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                          const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
+  ternary_lut_ref<TernaryTile, kTileCols, 4, i2_q>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+}
+void ternary5_gemm_lut_ref(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                           const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
+  ternary_lut_ref<TernaryTile5, kTile5Cols, kTile5Digits, t5_q>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+}
+
 template <typename T, float (*Conv)(T)>
 void dot_rows_generic(const T* E, int C, int r0, int r1, const float* h, int nt, float* out, int ldo) {
   for (int r = r0; r < r1; ++r) {
@@ -201,6 +242,8 @@ const Kernels kKernelsRef = {
     head_i4_ref,
     ternary5_gemm_ref,
     attend_with<uint16_t, dot_f16_ref, axpy_f16_ref>,
+    ternary_gemm_lut_ref,
+    ternary5_gemm_lut_ref,
 };
 
 }  // namespace bitnet

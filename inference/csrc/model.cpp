@@ -130,10 +130,7 @@ void Model::layout_arena() {
 }
 
 void Model::set_weight_format(const std::string& name) {
-  WeightFormat f;
-  if (name == "i2") f = WeightFormat::I2;
-  else if (name == "t5") f = WeightFormat::T5;
-  else throw std::invalid_argument("weight format must be 'i2' or 't5', got '" + name + "'");
+  const WeightFormat f = parse_weight_format(name);
   for (const Layer& l : layers_)
     for (const Linear* L : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
       if (L->loaded()) throw std::invalid_argument("set the weight format before loading any linear");
@@ -183,108 +180,6 @@ void Model::set_rope_inv_freq(const float* f, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(f[i])) throw std::invalid_argument("rope inverse frequencies: a value is not finite");
   rope_inv_freq_.assign(f, f + n);
-}
-
-bool repack_ternary(const uint8_t* packed, int out, int K, TernaryTile* tiles, ThreadPool* pool) {
-  const int R = out / 4, MB = (out + kTileRows - 1) / kTileRows, KB = (K + kTileCols - 1) / kTileCols;
-  std::atomic<bool> bad{false};
-  pool->parallel_for(MB, [&](int mb0, int mb1) {
-    uint8_t seen3 = 0;
-    for (int mb = mb0; mb < mb1; ++mb) {
-      for (int kb = 0; kb < KB; ++kb) std::memset(tiles[static_cast<size_t>(mb) * KB + kb].b, 0, 64);
-      for (int r = 0; r < kTileRows; ++r) {
-        const int m = mb * kTileRows + r;
-        // transformers' layout: row m = i*R + r' lives in packed row r' = m % R, bits 2i = 2*(m / R).
-        const uint8_t* src = m < out ? packed + static_cast<size_t>(m % R) * K : nullptr;
-        const int shift = m < out ? 2 * (m / R) : 0;
-        const int full = src != nullptr ? K / kTileCols : 0;  // column blocks with no padding
-        for (int kb = 0; kb < full; ++kb) {
-          // Four source bytes at a time: in each byte of (w >> shift) & 0x03..03 sit that byte's
-          // own bits shift..shift+1 (shift <= 6: the bits moved in from the next byte are masked
-          // off), i.e. the codes of columns 16kb + 4i + 0..3; OR-ing plane i in at bit 2i builds
-          // the four tile bytes of row r exactly as the scalar loop below does.
-          uint32_t tile_word = 0;
-          for (int i = 0; i < 4; ++i) {
-            uint32_t w;
-            std::memcpy(&w, src + kb * kTileCols + 4 * i, 4);
-            const uint32_t c = (w >> shift) & 0x03030303u;
-            seen3 |= static_cast<uint8_t>((c & (c >> 1) & 0x01010101u) != 0);  // a code 3
-            tile_word |= c << (2 * i);
-          }
-          std::memcpy(tiles[static_cast<size_t>(mb) * KB + kb].b + 4 * r, &tile_word, 4);
-        }
-        for (int kb = full; kb < KB; ++kb) {  // padding rows and the last partial column block
-          uint8_t* dst = tiles[static_cast<size_t>(mb) * KB + kb].b + 4 * r;
-          for (int i = 0; i < 4; ++i) {
-            for (int j = 0; j < 4; ++j) {
-              const int k = kb * kTileCols + 4 * i + j;
-              uint8_t c = 1;  // padding: a zero weight
-              if (src != nullptr && k < K) c = (src[k] >> shift) & 3;
-              seen3 |= static_cast<uint8_t>(c == 3);
-              dst[j] |= static_cast<uint8_t>(c << (2 * i));
-            }
-          }
-        }
-      }
-    }
-    if (seen3) bad.store(true);
-  });
-  return !bad.load();
-}
-
-bool repack_ternary5(const uint8_t* packed, int out, int K, TernaryTile5* tiles, ThreadPool* pool) {
-  const int R = out / 4, MB = (out + kTileRows - 1) / kTileRows, KB = (K + kTile5Cols - 1) / kTile5Cols;
-  // The stored byte of every base-3 value v = sum c_i 3^(4-i) (t5_encode without a division).
-  uint8_t enc[243];
-  for (int v = 0; v < 243; ++v) enc[v] = static_cast<uint8_t>((v * 256 + 242) / 243);
-  std::atomic<bool> bad{false};
-  pool->parallel_for(MB, [&](int mb0, int mb1) {
-    uint8_t seen3 = 0;
-    for (int mb = mb0; mb < mb1; ++mb) {
-      for (int r = 0; r < kTileRows; ++r) {
-        const int m = mb * kTileRows + r;
-        // transformers' layout: row m = i*R + r' lives in packed row r' = m % R, bits 2i = 2*(m / R).
-        const uint8_t* src = m < out ? packed + static_cast<size_t>(m % R) * K : nullptr;
-        const int shift = m < out ? 2 * (m / R) : 0;
-        const int full = src != nullptr ? K / kTile5Cols : 0;  // column blocks with no padding
-        for (int kb = 0; kb < full; ++kb) {
-          // Four source bytes at a time (columns 20kb + 4i + 0..3, one per tile byte j): each byte
-          // of c holds one code (shift <= 6, bits from the next byte masked off), and v = 3v + c
-          // stays within its byte (v <= 80 before the last step: 3 * 80 + 2 = 242), so the four
-          // base-3 numbers build up side by side in one word, exactly as the loop below does.
-          uint32_t v = 0;
-          for (int i = 0; i < kTile5Digits; ++i) {
-            uint32_t w;
-            std::memcpy(&w, src + kb * kTile5Cols + 4 * i, 4);
-            uint32_t c = (w >> shift) & 0x03030303u;
-            const uint32_t three = c & (c >> 1) & 0x01010101u;  // a code 3 (reported; kept as 2)
-            seen3 |= static_cast<uint8_t>(three != 0);
-            c -= three;
-            v = 3 * v + c;
-          }
-          uint8_t* dst = tiles[static_cast<size_t>(mb) * KB + kb].b + 4 * r;
-          for (int j = 0; j < 4; ++j) dst[j] = enc[(v >> (8 * j)) & 0xff];
-        }
-        for (int kb = full; kb < KB; ++kb) {  // padding rows and the last partial column block
-          uint8_t* dst = tiles[static_cast<size_t>(mb) * KB + kb].b + 4 * r;
-          const int k0 = kb * kTile5Cols;
-          for (int j = 0; j < 4; ++j) {
-            int v = 0;
-            for (int i = 0; i < kTile5Digits; ++i) {
-              const int k = k0 + 4 * i + j;
-              int c = 1;  // padding: a zero weight
-              if (src != nullptr && k < K) c = (src[k] >> shift) & 3;
-              seen3 |= static_cast<uint8_t>(c == 3);
-              v = 3 * v + std::min(c, 2);  // c == 3 is reported; keep v in range meanwhile
-            }
-            dst[j] = enc[v];
-          }
-        }
-      }
-    }
-    if (seen3) bad.store(true);
-  });
-  return !bad.load();
 }
 
 void Model::set_norm(int layer, const std::string& name, const float* w, int64_t n) {
@@ -691,6 +586,12 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
       }
     }
   });
+  // The product for this many tokens (multiply-accumulate or lookup tables: dispatch.cpp). A lookup
+  // table is built per call and shared by the call's rows, so the lut kernels get one long range
+  // per thread (more rows per table) where the others take a few shorter ones (balance).
+  const TernaryGemmFn gemm2 = ternary_gemm_for(kern, T);
+  const Ternary5GemmFn gemm5 = ternary5_gemm_for(kern, T);
+  const bool lut = weight_format_ == WeightFormat::T5 ? gemm5 == kern.ternary5_gemm_lut : gemm2 == kern.ternary_gemm_lut;
   pool_.parallel_for(mb_total, [&](int b, int e) {
     for (const Item& it : items) {
       const Linear& L = *it.L;
@@ -700,9 +601,9 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
       int32_t* acc = scratch_acc_.data() + it.acc_off;
       // The linear's format picks the kernel once per row-block range (its loops hold no branch).
       if (L.format == WeightFormat::T5)
-        kern.ternary5_gemm(L.tiles5, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
+        gemm5(L.tiles5, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
       else
-        kern.ternary_gemm(L.tiles, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
+        gemm2(L.tiles, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
       const int m1 = std::min(L.out, mb1 * kTileRows);
       for (int t = 0; t < T; ++t) {
         const float r = L.beta * inv_s[static_cast<size_t>(it.xs) * T + t];
@@ -714,7 +615,7 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
           for (int m = mb0 * kTileRows; m < m1; ++m) yt[m] = static_cast<float>(at[m]) * r * L.row_scale[m];
       }
     }
-  }, T == 1 ? 1 : 4);  // one token: one sequential stream per thread (the linears are adjacent)
+  }, T == 1 || lut ? 1 : 4);  // one token: one sequential stream per thread (the linears are adjacent)
 }
 
 void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>& cache_of,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "layouts.h"
 #include "threadpool.h"
 
 namespace bitnet {
@@ -62,16 +63,13 @@ struct AlignedBuf {
   const T* data() const { return ptr; }
 };
 
-// Layout of the ternary linears' weights: TernaryTile (2 bits per weight) or TernaryTile5 (5 trits
-// per byte, 1.6 bits per weight); both are 64-byte tiles of 16 rows (layouts in kernels.h).
-enum class WeightFormat { I2, T5 };
 
 struct Linear {
   int out = 0, in = 0, MB = 0, KB = 0;  // MB: 16-row blocks; KB: tiles per row block (padded)
   WeightFormat format = WeightFormat::I2;  // which of the two pointers below holds the weights
   TernaryTile* tiles = nullptr;    // i2: MB * KB tiles of 16 columns inside Model's weight arena
   TernaryTile5* tiles5 = nullptr;  // t5: MB * KB tiles of 20 columns, same place (layer order)
-  int tile_cols() const { return format == WeightFormat::T5 ? kTile5Cols : kTileCols; }
+  int tile_cols() const { return bitnet::tile_cols(format); }
   bool is_loaded = false;
   float beta = 1.f;          // w ~= q * beta (multiply convention; the loader converts "bitlinear")
   // Optional per-output-row scales (TriLM: one scale per model-parallel shard of rows): when not
@@ -119,11 +117,6 @@ struct Matrix16 {  // a borrowed row-major (rows, cols) matrix in bf16/f16/f32 (
   void row_to_f32(int r, float* out) const;  // the whole row r widened to fp32 (exact)
 };
 
-// Repacks transformers' packed ternary layout (uint8 (out/4, K)) into kernel tiles
-// ((out+15)/16 * (K+15)/16 of them, layout in kernels.h). Returns false if any code is 3.
-bool repack_ternary(const uint8_t* packed, int out, int K, TernaryTile* tiles, ThreadPool* pool);
-// The same into t5 tiles ((out+15)/16 * (K+19)/20 of them). Returns false if any code is 3.
-bool repack_ternary5(const uint8_t* packed, int out, int K, TernaryTile5* tiles, ThreadPool* pool);
 
 class Model {
  public:

@@ -8,6 +8,8 @@
 #include <nanobind/stl/pair.h>
 
 #include <algorithm>
+#include <atomic>
+#include <ctime>
 #include <chrono>
 #include <optional>
 #include <stdexcept>
@@ -51,6 +53,15 @@ const bitnet::Kernels& kernels_named(const std::string& isa) {
   return *k;
 }
 
+// The path's kernel of the named family ("mac" or "lut"); throws where the path has no such kernel.
+template <typename Fn>
+Fn pick_family(Fn mac, Fn lut, const std::string& isa, const std::string& family) {
+  if (family == "mac") return mac;
+  if (family == "lut" && lut != nullptr) return lut;
+  if (family == "lut") throw std::invalid_argument("path '" + isa + "' has no lut kernel");
+  throw std::invalid_argument("family must be 'mac' or 'lut', got '" + family + "'");
+}
+
 // Exact q.x through one tile layout (Tile, Cols columns per tile): repack transformers' packed
 // uint8 (out/4, K) weights, pad x (T, K) to the kernels' row stride, run gemm, return int32 (T, out).
 template <typename Tile, int Cols>
@@ -83,6 +94,42 @@ nb::ndarray<nb::numpy, int32_t, nb::ndim<2>> tiled_matmul(
   return nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(res, {static_cast<size_t>(T), static_cast<size_t>(out)}, owner);
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+// Iterations/s of loop(iters) summed over `threads` threads, best of three rounds of about
+// `seconds`: one item is calibrated to about seconds / 100 on one thread, then 100 items per
+// thread are handed out in small chunks claimed dynamically, so a descheduled thread delays nothing.
+// The rate is per second of the threads' own CPU time (CLOCK_THREAD_CPUTIME_ID, summed over them,
+// times threads): what the cores can do, not the share of them that other jobs left us.
+template <typename Loop>
+double bitnet_peak_rate(Loop&& loop, int threads, double seconds) {
+  int64_t iters = 1 << 10;
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    volatile uint32_t sink = loop(iters);
+    (void)sink;
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > seconds / 100) break;
+    iters *= 2;
+  }
+  bitnet::ThreadPool pool(threads);
+  const int items = 100 * threads;
+  std::vector<uint32_t> sinks(items);
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    std::atomic<int64_t> cpu_ns{0};
+    pool.parallel_for(items, [&](int b, int e) {
+      timespec c0, c1;
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+      for (int i = b; i < e; ++i) sinks[i] = loop(iters);
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+      cpu_ns += (c1.tv_sec - c0.tv_sec) * int64_t(1000000000) + (c1.tv_nsec - c0.tv_nsec);
+    }, 50);
+    const double s = 1e-9 * static_cast<double>(cpu_ns.load()) / threads;  // CPU seconds per thread
+    best = std::max(best, static_cast<double>(iters) * items / s);
+  }
+  return best;
+}
+#endif
+
 }  // namespace
 
 NB_MODULE(_C, m) {
@@ -111,24 +158,41 @@ NB_MODULE(_C, m) {
       "CPU features detected at start-up (cpuid/xgetbv on x86-64, compile-time on ARM).");
   m.def("available_isas", &bitnet::available_isas, "Kernel paths this CPU and build can run, best last.");
   m.def("current_isa", []() { return std::string(bitnet::kernels().name); }, "The kernel path in use.");
-  m.def("set_isa", &bitnet::set_isa, "name"_a, "Force a kernel path for every model (ref, avx2, avx512, neon).");
+  m.def("set_isa", &bitnet::set_isa, "name"_a, "Force a kernel path for every model (ref, avx2, avxvnni, avx512, amx, neon).");
 
   // ---- kernel-level entry points, used by the tests to compare every path with `ref` ----
+  m.def("set_kernel_family", &bitnet::set_kernel_family, "name"_a,
+        "Kernel family of the several-token ternary products: auto (per shape class, measured), mac or lut.");
+  m.def("kernel_family", &bitnet::kernel_family, "The kernel family in force (BITNET_KERNEL, or set_kernel_family).");
+  m.def(
+      "kernel_choice",
+      [](const std::string& isa, const std::string& weights, int T) {
+        const bitnet::Kernels& k = kernels_named(isa);
+        if (weights == "i2") return std::string(bitnet::ternary_gemm_for(k, T) == k.ternary_gemm_lut ? "lut" : "mac");
+        if (weights == "t5") return std::string(bitnet::ternary5_gemm_for(k, T) == k.ternary5_gemm_lut ? "lut" : "mac");
+        throw std::invalid_argument("weights must be 'i2' or 't5'");
+      },
+      "isa"_a, "weights"_a, "T"_a, "The kernel family the engine runs for T tokens on this path and layout: 'mac' or 'lut'.");
   m.def(
       "ternary_matmul",
-      [](const std::string& isa, Arr<const uint8_t, nb::ndim<2>> packed, Arr<const int8_t, nb::ndim<2>> x) {
+      [](const std::string& isa, Arr<const uint8_t, nb::ndim<2>> packed, Arr<const int8_t, nb::ndim<2>> x,
+         const std::string& family) {
+        const bitnet::Kernels& k = kernels_named(isa);
         return tiled_matmul<bitnet::TernaryTile, bitnet::kTileCols>(packed, x, bitnet::repack_ternary,
-                                                                    kernels_named(isa).ternary_gemm);
+                                                                    pick_family(k.ternary_gemm, k.ternary_gemm_lut, isa, family));
       },
-      "isa"_a, "packed"_a, "x"_a,
-      "Exact q.x for transformers-packed uint8 (out/4, K) weights and int8 x (T, K) -> int32 (T, out).");
+      "isa"_a, "packed"_a, "x"_a, "family"_a = "mac",
+      "Exact q.x for transformers-packed uint8 (out/4, K) weights and int8 x (T, K) -> int32 (T, out), through the "
+      "path's multiply-accumulate ('mac') or lookup-table ('lut') kernel.");
   m.def(
       "ternary5_matmul",
-      [](const std::string& isa, Arr<const uint8_t, nb::ndim<2>> packed, Arr<const int8_t, nb::ndim<2>> x) {
+      [](const std::string& isa, Arr<const uint8_t, nb::ndim<2>> packed, Arr<const int8_t, nb::ndim<2>> x,
+         const std::string& family) {
+        const bitnet::Kernels& k = kernels_named(isa);
         return tiled_matmul<bitnet::TernaryTile5, bitnet::kTile5Cols>(packed, x, bitnet::repack_ternary5,
-                                                                      kernels_named(isa).ternary5_gemm);
+                                                                      pick_family(k.ternary5_gemm, k.ternary5_gemm_lut, isa, family));
       },
-      "isa"_a, "packed"_a, "x"_a,
+      "isa"_a, "packed"_a, "x"_a, "family"_a = "mac",
       "ternary_matmul through the t5 tiles (5 trits per byte): exact q.x -> int32 (T, out).");
   m.def(
       "ternary5_tiles",
@@ -309,43 +373,104 @@ NB_MODULE(_C, m) {
         uint32_t (*loop)(int64_t) = nullptr;
         double macs_per_iter = 0;
         if (isa == "avx512") { loop = bitnet::int8_mac_loop_avx512; macs_per_iter = 64.0 * bitnet::kMacLoopInstrs; }
+#if !defined(BITNET_NO_AVXVNNI)
+        else if (isa == "avxvnni") { loop = bitnet::int8_mac_loop_avxvnni; macs_per_iter = 32.0 * bitnet::kMacLoopInstrs; }
+#endif
         else if (isa == "avx2" && accumulate) { loop = bitnet::int8_mac_acc_loop_avx2; macs_per_iter = 32.0 * bitnet::kMacAccLoopInstrs; }
         else if (isa == "avx2") { loop = bitnet::int8_mac_loop_avx2; macs_per_iter = 32.0 * bitnet::kMacLoopInstrs; }
-        else throw std::invalid_argument("int8_mac_peak: isa must be 'avx512' or 'avx2'");
+        else throw std::invalid_argument("int8_mac_peak: isa must be 'avx512', 'avxvnni' or 'avx2'");
         bool can = false;
         for (const std::string& a : bitnet::available_isas()) can = can || a == isa;
         if (!can) throw std::invalid_argument("int8_mac_peak: this CPU cannot run " + isa);
         nb::gil_scoped_release release;
-        // Calibrate one item to about seconds / 100 on one thread, then hand out 100 items per
-        // thread in small chunks claimed dynamically, so a descheduled thread delays nothing.
-        int64_t iters = 1 << 10;
-        for (;;) {
-          const auto t0 = std::chrono::steady_clock::now();
-          volatile uint32_t sink = loop(iters);
-          (void)sink;
-          if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > seconds / 100) break;
-          iters *= 2;
-        }
-        bitnet::ThreadPool pool(threads);
-        const int items = 100 * threads;
-        std::vector<uint32_t> sinks(items);
-        double best = 0;
-        for (int r = 0; r < 3; ++r) {
-          const auto t0 = std::chrono::steady_clock::now();
-          pool.parallel_for(items, [&](int b, int e) {
-            for (int i = b; i < e; ++i) sinks[i] = loop(iters);
-          }, 50);
-          const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          best = std::max(best, macs_per_iter * static_cast<double>(iters) * items / s);
-        }
-        return best;
+        return bitnet_peak_rate(loop, threads, seconds) * macs_per_iter;
       },
       "isa"_a, "threads"_a = 2, "seconds"_a = 0.5, "accumulate"_a = false,
       "Peak int8 multiply-accumulates/s of the path's product instruction (registers only), all threads; "
       "accumulate=True (avx2) adds each product into an accumulator as the AVX2 kernels must (vpmaddubsw + "
       "vpaddw; vpdpbusd accumulates by itself, so avx512 ignores it).");
+
+  m.def(
+      "lut_peak",
+      [](const std::string& isa, int threads, double seconds) {
+        // The LUT kernels' bound on this machine: every thread runs the lookup step on registers
+        // and an L1-resident table (kernels.h, lut_loop_*) for about `seconds`; best of three
+        // rounds, in lookups/s summed over the threads (each lookup is one table row of 16 (avx2)
+        // or 32 (avx512) int16 lanes added into an accumulator).
+        if (threads < 1 || !(seconds > 0)) throw std::invalid_argument("bad lut_peak arguments");
+        uint32_t (*loop)(const uint8_t*, int64_t) = nullptr;
+        if (isa == "avx512") loop = bitnet::lut_loop_avx512;
+        else if (isa == "avx2") loop = bitnet::lut_loop_avx2;
+        else throw std::invalid_argument("lut_peak: isa must be 'avx512' or 'avx2'");
+        bool can = false;
+        for (const std::string& a : bitnet::available_isas()) can = can || a == isa;
+        if (!can) throw std::invalid_argument("lut_peak: this CPU cannot run " + isa);
+        nb::gil_scoped_release release;
+        std::vector<uint8_t> idx(1024);
+        uint32_t st = 12345;
+        for (uint8_t& b : idx) {  // a fixed pseudo-random index stream below 64 (the loop's tables)
+          st = st * 1103515245u + 12345u;
+          b = static_cast<uint8_t>((st >> 16) & 63);
+        }
+        auto loop_idx = [&](int64_t n) { return loop(idx.data(), n); };
+        return bitnet_peak_rate(loop_idx, threads, seconds) * bitnet::kLutLoopLookups;
+      },
+      "isa"_a, "threads"_a = 2, "seconds"_a = 0.5,
+      "Peak table lookups/s of the lut kernels' inner step (L1-resident tables), all threads.");
 #endif
 
+  m.def(
+      "time_ternary_product",
+      [](const std::string& isa, const std::string& family, const std::string& weights, int out, int in, int T,
+         int threads, int reps, bool cpu) {
+        // One linear's product as linear_forward runs it (row blocks over the threads: one range per
+        // thread for lut, four for mac), on random tiles and activations; the best of reps, seconds.
+        if (out < 1 || in < 1 || T < 1 || threads < 1 || reps < 1) throw std::invalid_argument("bad time_ternary_product arguments");
+        if (weights != "i2" && weights != "t5") throw std::invalid_argument("weights must be 'i2' or 't5'");
+        const bitnet::Kernels& k = kernels_named(isa);
+        const bool t5 = weights == "t5";
+        const bitnet::TernaryGemmFn g2 = t5 ? nullptr : pick_family(k.ternary_gemm, k.ternary_gemm_lut, isa, family);
+        const bitnet::Ternary5GemmFn g5 = t5 ? pick_family(k.ternary5_gemm, k.ternary5_gemm_lut, isa, family) : nullptr;
+        const int cols = t5 ? bitnet::kTile5Cols : bitnet::kTileCols;
+        const int MB = (out + 15) / 16, KB = (in + cols - 1) / cols;
+        const int Kp = (KB * cols + bitnet::kXAlign - 1) / bitnet::kXAlign * bitnet::kXAlign, Mp = MB * 16;
+        nb::gil_scoped_release release;
+        bitnet::AlignedBuf<bitnet::TernaryTile> tiles(static_cast<size_t>(MB) * KB);
+        uint32_t st = 1;
+        auto rnd = [&]() { st = st * 1103515245u + 12345u; return st >> 16; };
+        for (size_t i = 0; i < tiles.n; ++i)
+          for (int b = 0; b < 64; ++b)  // valid bytes of either layout: 4 codes < 3, or a t5 byte of v < 243
+            tiles.data()[i].b[b] = t5 ? static_cast<uint8_t>((rnd() % 243 * 256 + 242) / 243)
+                                      : static_cast<uint8_t>(rnd() % 3 | rnd() % 3 << 2 | rnd() % 3 << 4 | rnd() % 3 << 6);
+        std::vector<int8_t> x(static_cast<size_t>(T) * Kp, 0);
+        std::vector<int32_t> xsum(T, 0), y(static_cast<size_t>(T) * Mp);
+        for (int t = 0; t < T; ++t)
+          for (int c = 0; c < in; ++c) xsum[t] += x[static_cast<size_t>(t) * Kp + c] = static_cast<int8_t>(rnd() % 255 - 127);
+        bitnet::ThreadPool pool(threads);
+        const bool lut = family == "lut";
+        // cpu: the threads' CPU time (CLOCK_THREAD_CPUTIME_ID, summed, divided by threads) instead
+        // of wall time: what a product costs where other jobs take the cores away (a shared machine).
+        double best = 1e30;
+        for (int r = 0; r <= reps; ++r) {  // r = 0: warm-up
+          std::atomic<int64_t> cpu_ns{0};
+          const auto t0 = std::chrono::steady_clock::now();
+          pool.parallel_for(MB, [&](int b, int e) {
+            timespec c0, c1;
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+            if (t5) g5(reinterpret_cast<const bitnet::TernaryTile5*>(tiles.data()), KB, b, e, x.data(), Kp, xsum.data(), T, y.data(), Mp);
+            else g2(tiles.data(), KB, b, e, x.data(), Kp, xsum.data(), T, y.data(), Mp);
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+            cpu_ns += (c1.tv_sec - c0.tv_sec) * int64_t(1000000000) + (c1.tv_nsec - c0.tv_nsec);
+          }, T == 1 || lut ? 1 : 4);
+          const double s = cpu ? 1e-9 * static_cast<double>(cpu_ns.load()) / threads
+                                : std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          if (r) best = std::min(best, s);
+        }
+        return best;
+      },
+      "isa"_a, "family"_a, "weights"_a, "out"_a, "in"_a, "T"_a, "threads"_a = 2, "reps"_a = 3, "cpu"_a = false,
+      "Seconds of one ternary product (out x in weights, T tokens) through the path's mac or lut kernel, best of reps "
+      "(cpu=True: the threads' CPU time over the thread count, robust where other jobs share the cores).");
   m.def(
       "read_bandwidth",
       [](int64_t nbytes, int threads, int repeats) {

@@ -115,3 +115,19 @@ def test_mac_bound_report_names_the_bound_and_the_share(capsys):
     avx2 = next(line for line in out.splitlines() if " avx2 " in line).split()
     assert avx2[4:] == ["180", "400", "45%", "320", "80%"]
     assert "no VNNI" in out
+
+
+def test_bound_report_names_each_family_and_the_batched_steps(capsys):
+    """lut rows are reported against the lookup bound, and the batched steps of 1 and 8 per path with their ratio."""
+    ba = _bench_anchors()
+    rows = [{"threads": 2, "isa": "avx2", "family": "mac", "weights": "i2", "pp_tok_s": 90.0, "linear_macs": 2e9,
+             "macs_per_s": 1.8e11, "bound": 4e11, "step1_ms": 40.0, "step8_ms": 100.0},
+            {"threads": 2, "isa": "avx2", "family": "lut", "weights": "i2", "pp_tok_s": 80.0, "linear_macs": 2e9,
+             "macs_per_s": 1.6e11, "bound": 3.2e11, "lookups_per_s": 5e9, "step1_ms": 40.0, "step8_ms": 120.0}]
+    ba.print_mac_bound(rows, 128)
+    out = capsys.readouterr().out
+    assert "lut bound" in out and "_C.lut_peak" in out
+    lut = next(line for line in out.splitlines() if line.split()[1:2] == ["avx2:lut"] and "%" in line).split()
+    assert lut[5:7] == ["320", "50%"]
+    steps = [line.split() for line in out.splitlines() if "batched" in out and line.split()[1:2] == ["avx2:lut"]]
+    assert ["2", "avx2:lut", "40.0", "120.0", "3.00"] in steps

@@ -148,7 +148,7 @@ def test_neon_path_matches_ref_under_emulation(tmp_path):
     """Cross-compile the C++ kernel self-test for aarch64 and run it with qemu: NEON vs ref, exact."""
     cxx = "aarch64-linux-gnu-g++"
     objs = []
-    for src in ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "model.cpp", "threadpool.cpp",
+    for src in ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "layouts.cpp", "model.cpp", "threadpool.cpp",
                 "selftest/kernel_selftest.cpp", "kernels_neon.cpp"]:
         flags = ["-march=armv8.2-a+dotprod+fp16"] if src == "kernels_neon.cpp" else []
         obj = tmp_path / (Path(src).stem + ".o")

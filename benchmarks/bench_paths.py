@@ -1,0 +1,145 @@
+"""Kernel paths side by side in ONE process at one model shape: prefill and batched steps.
+
+    python benchmarks/bench_paths.py                                   # 2B4T, silu, 2 threads, every path
+    python benchmarks/bench_paths.py --paths avx2:mac,avxvnni:mac,avx2:lut --rounds 5 --layers 30
+    python benchmarks/bench_paths.py --json out/paths.json
+
+A path is ``ISA:FAMILY`` (``_C.set_isa`` and ``_C.set_kernel_family``; family ``auto`` is what
+dispatch picks). One random model of the shape (random_model, int8 head) serves every path: the
+weight tiles do not depend on the path, so the paths alternate inside each round (A/B/A/B...) and
+drift of a shared machine hits them alike. Per round and path: prefill of ``--prompt-len`` tokens
+from an empty cache (last token's logits), and one batched decode step of 1 and of 8 sequences
+(``forward_batch``, one token each, on slots holding ``--depth`` positions). The report keeps each
+figure's median over rounds and its ratio to the first path, and the step of `batch` against the
+step of 1 in wall time and in CPU time (``time.process_time`` over all threads: on a shared machine
+the wall-time ratio grows with whatever else runs, the CPU-time one does not). A measurement
+script, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_paths(text: str, isas: list[str]) -> list[tuple[str, str]]:
+    if not text:
+        out = [(i, "mac") for i in isas if i != "ref"] + [(i, "lut") for i in isas if i in ("avx2", "avx512")]
+        return out
+    return [tuple(p.split(":")) if ":" in p else (p, "auto") for p in text.split(",")]  # type: ignore[misc]
+
+
+def step_s(m, slots: int, depth: int, vocab: int, rng: np.random.Generator, clock=time.perf_counter) -> float:
+    """One batched step: `slots` sequences, one token each at position `depth` of its slot; seconds of
+    `clock` (time.process_time: CPU seconds of every thread, which other jobs on the cores do not inflate)."""
+    s = np.arange(slots, dtype=np.int32)
+    out = np.empty((slots, vocab), np.float32)
+    toks = rng.integers(0, vocab, size=slots, dtype=np.int32)
+    t0 = clock()
+    m.forward_batch(s, np.full(slots, depth, np.int32), np.ones(slots, np.int32), toks, out)
+    return clock() - t0
+
+
+def fill_slots(m, slots: int, depth: int, vocab: int, rng: np.random.Generator) -> None:
+    """Give `m` `slots` slots (room for depth + 8 positions) each holding `depth` random positions."""
+    m.set_slots(slots, depth + 8)
+    fill = np.empty((1, vocab), np.float32)
+    for s in range(slots):  # the steps then write position `depth` only
+        ids = rng.integers(0, vocab, size=depth, dtype=np.int32)
+        m.forward_batch(np.array([s], np.int32), np.zeros(1, np.int32), np.array([depth], np.int32), ids, fill)
+
+
+def batched_steps_ms(m, vocab: int, batch: int = 8, depth: int = 64, reps: int = 3, seed: int = 0) -> dict[str, float]:
+    """Best of `reps` batched decode steps of 1 and of `batch` sequences (one token each, at position
+    `depth` of slots filled by fill_slots), in ms: {"step1_ms", "step<batch>_ms"}."""
+    rng = np.random.default_rng(seed)
+    fill_slots(m, batch, depth, vocab, rng)
+    step_s(m, batch, depth, vocab, rng)  # warm-up
+    return {"step1_ms": 1e3 * min(step_s(m, 1, depth, vocab, rng) for _ in range(reps)),
+            f"step{batch}_ms": 1e3 * min(step_s(m, batch, depth, vocab, rng) for _ in range(reps))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", default="bitnet-2b4t")
+    p.add_argument("--act", default="silu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--layers", type=int, default=None, help="depth (default: the shape's)")
+    p.add_argument("--paths", default="", help="comma-separated ISA:FAMILY (default: every path here)")
+    p.add_argument("--weights", default="i2", help="ternary layout: i2 or t5")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--depth", type=int, default=64, help="positions each slot holds before the batched steps")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args(argv)
+
+    from bitnet.config import BitNetConfig
+    from bitnet.inference import _C, available_isas
+    from bitnet.inference.bench import random_model
+
+    cfg = BitNetConfig.from_preset(a.shape, hidden_act=a.act)
+    paths = parse_paths(a.paths, available_isas())
+    m = random_model(cfg, a.threads, head="int8", layers=a.layers, weights=a.weights)
+    V = cfg.vocab_size
+    rng = np.random.default_rng(0)
+    fill_slots(m, a.batch, a.depth, V, rng)
+    ids = rng.integers(0, V, size=a.prompt_len, dtype=np.int32)
+    out = np.empty((1, V), np.float32)
+    res: dict[str, dict[str, list[float]]] = {f"{i}:{f}": {"pp_s": [], "step1_s": [], f"step{a.batch}_s": [],
+                                                          "cpu_ratio": []}
+                                               for i, f in paths}
+    for rnd in range(a.rounds + 1):  # round 0 is a warm-up
+        for isa, fam in paths:
+            _C.set_isa(isa)
+            _C.set_kernel_family(fam)
+            m.reset()
+            t0 = time.perf_counter()
+            m.forward(ids, 0, a.prompt_len - 1, out)
+            pp = time.perf_counter() - t0
+            s1 = min(step_s(m, 1, a.depth, V, rng) for _ in range(2))
+            sb = min(step_s(m, a.batch, a.depth, V, rng) for _ in range(2))
+            c1 = min(step_s(m, 1, a.depth, V, rng, time.process_time) for _ in range(2))
+            cb = min(step_s(m, a.batch, a.depth, V, rng, time.process_time) for _ in range(2))
+            if rnd:
+                r = res[f"{isa}:{fam}"]
+                r["pp_s"].append(pp)
+                r["step1_s"].append(s1)
+                r[f"step{a.batch}_s"].append(sb)
+                r["cpu_ratio"].append(cb / c1)
+    _C.set_kernel_family("auto")
+    layers = a.layers or cfg.num_hidden_layers
+    print(f"{a.shape} ({layers} layers, {a.act}, {a.weights}), {a.threads} threads, {a.rounds} interleaved rounds, "
+          f"medians; ratios against the first path")
+    first = None
+    rows = {}
+    print(f"{'path':<16} {'pp' + str(a.prompt_len) + ' tok/s':>12} {'x':>6} {'step 1 ms':>10} "
+          f"{'step ' + str(a.batch) + ' ms':>10} {'ratio':>6} {'CPU ratio':>9}")
+    for name, r in res.items():
+        pp = statistics.median(r["pp_s"])
+        s1 = statistics.median(r["step1_s"])
+        sb = statistics.median(r[f"step{a.batch}_s"])
+        first = first or pp
+        cr = statistics.median(r["cpu_ratio"])
+        rows[name] = {"pp_tok_s": a.prompt_len / pp, "step1_ms": 1e3 * s1, f"step{a.batch}_ms": 1e3 * sb,
+                      "pp_vs_first": first / pp, "cpu_ratio": cr, "raw": r}
+        print(f"{name:<16} {a.prompt_len / pp:12.1f} {first / pp:6.2f} {1e3 * s1:10.1f} {1e3 * sb:10.1f} {sb / s1:6.2f} "
+              f"{cr:9.2f}")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"shape": a.shape, "layers": layers, "threads": a.threads, "rows": rows}, indent=1))
+        tmp.replace(a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+// AVX-VNNI kernels (compiled with -mavxvnni -mavx2 -mfma -mf16c only): the VEX-encoded 256-bit
+// vpdpbusd of CPUs without AVX-512 (Intel Core 12th gen and later, AMD Zen 5 client parts).
+// Scalar twin: kernels_ref.cpp; tested against it in tests/inference/test_kernels.py and
+// test_kernels_t5.py. The avxvnni table (dispatch.cpp) is the avx2 table with the three integer
+// products below: vpdpbusd multiplies four u8 x s8 pairs and adds them into an int32 lane in one
+// instruction, where AVX2 needs vpmaddubsw + vpaddw (+ vpmaddwd to widen), and cannot saturate.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "kernels.h"
+#include "kernels_avx2_inl.h"
+
+namespace bitnet {
+namespace {
+
+inline __m256i dpbusd(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
+
+// ---- i2, several tokens: the AVX2 kernel's chunks (codes c in {0, 1, 2} unpacked once per
+// kChunkTiles tiles, kernels_avx2_inl.h), every token multiplying them straight into int32.
+// Invariant: each vpdpbusd adds four products c * x in [-256, 254] to a lane (at most 1024 in
+// magnitude), so K < 2^21 columns cannot overflow int32; sum c x - xsum = q.x (c = q + 1).
+struct Dpbusd {
+  static void step(__m256i c, __m256i xb, __m256i& a) {
+    a = dpbusd(a, c, xb);
+    pin(a);
+  }
+  static __m256i widen(__m256i a) { return a; }
+};
+
+// ---- i2, one token: both halves of each tile in one pass over the weight stream (prefetched
+// kPrefetchBytes ahead), codes c = (p >> 2i) & 3 in {0, 1, 2}. Four accumulators (half x plane
+// parity): two vpdpbusd per tile each, so the vpdpbusd latency (5 cycles) stays under the time a
+// tile takes to stream in. Few live registers on purpose: with eight accumulators and four masks
+// GCC kept some on the stack and decode ran at half speed. Invariant: |c x| <= 256, four products
+// per lane per vpdpbusd, eight per tile and accumulator: KB < 2^20 tiles cannot overflow int32.
+inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
+  const __m256i m3 = _mm256_set1_epi8(3);
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;  // rows 0-7 / 8-15, planes 0, 2 / 1, 3
+  for (int kb = 0; kb < KB; ++kb) {
+    _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
+    const __m256i p0 = _mm256_loadu_si256((const __m256i*)wrow[kb].b);
+    const __m256i p1 = _mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32));
+    const int8_t* xt = x + kb * kTileCols;
+    for (int i = 0; i < 4; ++i) {
+      const __m256i xb = bcast4(xt + 4 * i);
+      __m256i& a = (i & 1) ? a1 : a0;
+      __m256i& b = (i & 1) ? b1 : b0;
+      a = dpbusd(a, _mm256_and_si256(_mm256_srli_epi16(p0, 2 * i), m3), xb);
+      b = dpbusd(b, _mm256_and_si256(_mm256_srli_epi16(p1, 2 * i), m3), xb);
+    }
+  }
+  const __m256i xs = _mm256_set1_epi32(xsum);
+  _mm256_storeu_si256((__m256i*)y, _mm256_sub_epi32(_mm256_add_epi32(a0, a1), xs));
+  _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(_mm256_add_epi32(b0, b1), xs));
+}
+
+// ---- t5, several tokens: half a row block (8 rows) against TT tokens; each half tile decoded
+// once (T5Digits) into c_i in {0, 1, 2}, then five vpdpbusd per token straight into int32
+// (20 products c x per lane per tile, |.| <= 20 * 256: no overflow below 2^21 columns).
+struct T5Dpbusd {
+  static __m256i tile5(__m256i acc, const __m256i* c, const int8_t* xt) {
+    for (int i = 0; i < kTile5Digits; ++i) acc = dpbusd(acc, c[i], bcast4(xt + 4 * i));
+    return acc;
+  }
+};
+
+// ---- t5, one token: the digits stay scaled (64 c_i <= 128, a valid u8 operand); each
+// accumulator holds 64 times its sum, divided back exactly by an arithmetic shift by 6.
+// Invariant: |64 c x| <= 128 * 128, at most 12 products per lane per tile and accumulator (digits
+// split 3 + 2 over two accumulators per half), so KB < 2^17 / 12 tiles stay within int32.
+inline void t5_block_t1(const TernaryTile5* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;  // rows 0-7, rows 8-15; two chains each
+  for (int kb = 0; kb < KB; ++kb) {
+    _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
+    const int8_t* xt = x + kb * kTile5Cols;
+    T5Digits da(_mm256_loadu_si256((const __m256i*)wrow[kb].b));
+    T5Digits db(_mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32)));
+    for (int i = 0; i < kTile5Digits; ++i) {
+      const __m256i xb = bcast4(xt + 4 * i);
+      __m256i& a = (i & 1) ? a1 : a0;
+      __m256i& b = (i & 1) ? b1 : b0;
+      a = dpbusd(a, da.next64(), xb);
+      b = dpbusd(b, db.next64(), xb);
+    }
+  }
+  const __m256i xs = _mm256_set1_epi32(xsum);
+  _mm256_storeu_si256((__m256i*)y, _mm256_sub_epi32(_mm256_srai_epi32(_mm256_add_epi32(a0, a1), 6), xs));
+  _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(_mm256_srai_epi32(_mm256_add_epi32(b0, b1), 6), xs));
+}
+
+// int8 head: one row against TT tokens with the sign trick (|e| is the u8 operand, sign(e) x the
+// s8 one; both within [-127, 127], so |e| * sign(e) x = e x and no bias is needed). Four products
+// of at most 127 * 127 per lane per instruction: exact in int32 for Cp < 2^17 columns. A single
+// token alternates two accumulators (ILP).
+template <int TT>
+inline void head_row_tt(const int8_t* e, int Cp, const int8_t* x, int32_t* out, int ldo) {
+  __m256i acc[TT], acc2 = _mm256_setzero_si256();
+  for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
+  for (int c = 0; c < Cp; c += 32) {
+    if (c % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(e + c) + kPrefetchBytes, _MM_HINT_T0);
+    const __m256i ev = _mm256_loadu_si256((const __m256i*)(e + c));
+    const __m256i ae = _mm256_sign_epi8(ev, ev);
+    for (int t = 0; t < TT; ++t) {
+      const __m256i xv = _mm256_loadu_si256((const __m256i*)(x + static_cast<size_t>(t) * Cp + c));
+      __m256i& a = (TT == 1 && (c / 32) % 2) ? acc2 : acc[t];
+      a = dpbusd(a, ae, _mm256_sign_epi8(xv, ev));
+    }
+  }
+  if (TT == 1) acc[0] = _mm256_add_epi32(acc[0], acc2);
+  for (int t = 0; t < TT; ++t) out[static_cast<size_t>(t) * ldo] = hsum_epi32(acc[t]);
+}
+
+struct I2Avxvnni {
+  static void one(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
+    block_t1(wrow, KB, x, xsum, y);
+  }
+  template <int N>
+  static void chunk(const uint8_t* c, int n, const int8_t* const* xt, int32_t* const* yt, bool first) {
+    chunk_n<N, Dpbusd>(c, n, xt, yt, first);
+  }
+};
+
+}  // namespace
+
+void ternary_gemm_avxvnni(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                     const int32_t* xsum, int T, int32_t* y, int ldy) {
+  i2_gemm_chunked<I2Avxvnni>(w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
+}
+
+void ternary5_gemm_avxvnni(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                           const int32_t* xsum, int T, int32_t* y, int ldy) {
+  constexpr int TT = 8;  // 8 accumulators + 5 code vectors + a mask and a broadcast: 15 ymm registers
+  for (int mb = mb0; mb < mb1; ++mb) {
+    const TernaryTile5* wrow = w + static_cast<size_t>(mb) * KB;
+    int32_t* ym = y + mb * kTileRows;
+    for_token_tiles<TT>(
+        T,
+        [&](auto tt, int t) {
+          constexpr int N = decltype(tt)::value;
+          for (int half = 0; half < 2; ++half)
+            t5_half_tt<N, T5Dpbusd>(wrow, KB, half, x + static_cast<size_t>(t) * ldx, ldx, xsum + t,
+                          ym + static_cast<size_t>(t) * ldy, ldy);
+        },
+        [&](int t) { t5_block_t1(wrow, KB, x + static_cast<size_t>(t) * ldx, xsum[t], ym + static_cast<size_t>(t) * ldy); });
+  }
+}
+
+void head_i8_avxvnni(const int8_t* E, const int32_t* /*rowsum: not needed with the sign trick*/, int Cp, int r0,
+                     int r1, const int8_t* x, int T, int32_t* out, int ldo) {
+  for (int r = r0; r < r1; ++r) {
+    const int8_t* e = E + static_cast<size_t>(r) * Cp;
+    auto group = [&](auto tt, int t) {
+      head_row_tt<decltype(tt)::value>(e, Cp, x + static_cast<size_t>(t) * Cp, out + static_cast<size_t>(t) * ldo + r,
+                                       ldo);
+    };
+    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
+  }
+}
+
+// The bound this path's prefill is measured against: independent vpdpbusd ymm on registers only,
+// kMacLoopInstrs chains (each 32 u8 x s8 multiply-accumulates).
+uint32_t int8_mac_loop_avxvnni(int64_t iters) {
+  const __m256i b = _mm256_set1_epi8(1);
+  __m256i a0 = _mm256_set1_epi32(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
+  __m256i a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+  for (int64_t it = 0; it < iters; ++it) {
+    a0 = dpbusd(a0, b, b); a1 = dpbusd(a1, b, b); a2 = dpbusd(a2, b, b); a3 = dpbusd(a3, b, b);
+    a4 = dpbusd(a4, b, b); a5 = dpbusd(a5, b, b); a6 = dpbusd(a6, b, b); a7 = dpbusd(a7, b, b);
+    a8 = dpbusd(a8, b, b); a9 = dpbusd(a9, b, b); a10 = dpbusd(a10, b, b); a11 = dpbusd(a11, b, b);
+    pin(a0); pin(a1); pin(a2); pin(a3); pin(a4); pin(a5); pin(a6); pin(a7); pin(a8); pin(a9); pin(a10); pin(a11);
+  }
+  static_assert(kMacLoopInstrs == 12, "twelve chains above");
+  __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
+                               _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(a6, a7)));
+  s = _mm256_add_epi32(s, _mm256_add_epi32(_mm256_add_epi32(a8, a9), _mm256_add_epi32(a10, a11)));
+  return static_cast<uint32_t>(hsum_epi32(s));
+}
+
+}  // namespace bitnet

@@ -1,0 +1,143 @@
+"""Lookup-table ternary products (kernels_lut_inl.h, the scalar ternary_lut_ref): the same integers
+as the multiply path, on random and extreme inputs, every token count 1..64, K not a multiple of
+the group, both layouts (i2: 4 trits per byte, t5: 5); the engine's logits with lut equal mac."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from engine_helpers import export, tiny
+
+from bitnet.inference import _C, Engine, available_isas, current_isa, set_isa
+from bitnet.quant import pack_ternary
+
+ISAS = available_isas()
+LUT_ISAS = [i for i in ISAS if i in ("ref", "avx2", "avx512")]
+MATMUL = {"i2": _C.ternary_matmul, "t5": _C.ternary5_matmul}
+
+
+def _packed(q: np.ndarray) -> np.ndarray:
+    return pack_ternary(torch.from_numpy(q)).numpy()
+
+
+@pytest.mark.parametrize("isa", LUT_ISAS)
+@pytest.mark.parametrize("fmt", ["i2", "t5"])
+def test_lut_equals_mac_every_token_count(isa, fmt):
+    """T = 1..64 (every register tile width and remainder: 8, 16, 32 lanes), K = 333 (a partial group,
+    a partial tile and, for K > 15 / 12 tiles, several flushes), 36 rows (a padded row block)."""
+    rng = np.random.default_rng(5)
+    q = rng.integers(-1, 2, size=(36, 333)).astype(np.int8)
+    x_all = rng.integers(-128, 128, size=(64, 333)).astype(np.int8)
+    want_all = x_all.astype(np.int64) @ q.T.astype(np.int64)
+    for T in range(1, 65):
+        got = MATMUL[fmt](isa, _packed(q), x_all[:T], family="lut")
+        np.testing.assert_array_equal(got, want_all[:T], err_msg=f"T={T}")
+
+
+@pytest.mark.parametrize("isa", LUT_ISAS)
+@pytest.mark.parametrize("fmt", ["i2", "t5"])
+@pytest.mark.parametrize("T", [1, 9, 33])
+def test_lut_extremes(isa, fmt, T):
+    """All +1 / all -1 rows against all -128 / all 127 activations over K = 6912 (2B4T's down_proj: many
+    flushes, each at the largest int16 magnitude the flush interval allows)."""
+    K = 6912
+    for qv in (1, -1):
+        q = np.full((32, K), qv, np.int8)
+        for xv in (-128, 127):
+            x = np.full((T, K), xv, np.int8)
+            got = MATMUL[fmt](isa, _packed(q), x, family="lut")
+            np.testing.assert_array_equal(got, np.full((T, 32), qv * xv * K))
+
+
+@pytest.mark.parametrize("isa", LUT_ISAS)
+@pytest.mark.parametrize("fmt", ["i2", "t5"])
+def test_lut_mixed_extremes_and_random(isa, fmt):
+    """Rows alternating extremes with random rows, x mixing -128 / 127 columns, against the ref mac."""
+    rng = np.random.default_rng(9)
+    K = 2561
+    q = rng.integers(-1, 2, size=(52, K)).astype(np.int8)
+    q[0], q[1] = 1, -1
+    q[2, ::2] = -1
+    x = rng.integers(-128, 128, size=(20, K)).astype(np.int8)
+    x[0] = -128
+    x[1] = 127
+    x[2, ::2] = -128
+    want = MATMUL[fmt]("ref", _packed(q), x)
+    np.testing.assert_array_equal(MATMUL[fmt](isa, _packed(q), x, family="lut"), want)
+    np.testing.assert_array_equal(want, x.astype(np.int64) @ q.T.astype(np.int64))
+
+
+def test_family_names_are_checked():
+    q = np.zeros((16, 16), np.int8)
+    with pytest.raises(ValueError, match="family must be"):
+        _C.ternary_matmul("ref", _packed(q), np.zeros((1, 16), np.int8), family="magic")
+    with pytest.raises(ValueError, match="kernel family must be"):
+        _C.set_kernel_family("magic")
+    assert _C.kernel_family() in ("auto", "mac", "lut")
+
+
+CHOICE_H = Path(__file__).resolve().parents[2] / "inference" / "csrc" / "kernel_choice.h"
+CLASS_T = (1, 5, 20, 100)  # one token count inside each shape class (kernels.h shape_class)
+
+
+def test_dispatch_follows_the_checked_in_choice_and_the_forced_family():
+    """auto: each shape class runs the family kernel_choice.h names for the path (paths it does not list:
+    mac); BITNET_KERNEL=mac|lut (set_kernel_family) overrides it for every class."""
+    table = {m[0]: (int(m[1], 16), int(m[2], 16))
+             for m in re.findall(r'\{"(\w+)", 0x([0-9a-f]+), 0x([0-9a-f]+)\}', CHOICE_H.read_text())}
+    before = _C.kernel_family()
+    try:
+        for isa in ISAS:
+            has_lut = isa in ("ref", "avx2", "avxvnni", "avx512", "amx")
+            for w, col in (("i2", 0), ("t5", 1)):
+                _C.set_kernel_family("auto")
+                bits = table.get(isa, (0, 0))[col]
+                for c, T in enumerate(CLASS_T):
+                    assert _C.kernel_choice(isa, w, T) == ("lut" if (bits >> c) & 1 else "mac"), (isa, w, T)
+                for fam in ("mac", "lut"):
+                    _C.set_kernel_family(fam)
+                    for T in CLASS_T:
+                        assert _C.kernel_choice(isa, w, T) == (fam if has_lut else "mac")
+    finally:
+        _C.set_kernel_family(before)
+
+
+@pytest.mark.skipif(not {"avx2", "avx512"} & set(ISAS), reason="the lut bound loops need AVX2 or AVX-512")
+def test_lut_peak_runs_and_rejects_bad_arguments():
+    isa = "avx512" if "avx512" in ISAS else "avx2"
+    rate = _C.lut_peak(isa, 1, 0.01)
+    assert np.isfinite(rate) and rate > 0
+    with pytest.raises(ValueError, match="isa must be"):
+        _C.lut_peak("neon", 1, 0.01)
+
+
+@pytest.mark.parametrize("weights", ["i2", "t5"])
+def test_engine_logits_lut_equal_mac(tmp_path, weights):
+    """The whole forward pass (prefill of 40 tokens, a batched step of 3 sequences) with the lut family
+    forced gives the same logits as the mac family, bit for bit, on every path that has lut kernels."""
+    path = export(tiny(seed=3), tmp_path / "m")
+    eng = Engine(path, threads=2, weights=weights)
+    ids = np.random.default_rng(0).integers(0, eng.vocab_size, size=40).astype(np.int32)
+    before_isa, before_family = current_isa(), _C.kernel_family()
+    try:
+        for isa in LUT_ISAS:
+            set_isa(isa)
+            out = {}
+            for fam in ("mac", "lut"):
+                _C.set_kernel_family(fam)
+                full = eng.logits(ids)
+                m = eng._model
+                m.set_slots(3, 64)
+                step = np.empty((3, eng.vocab_size), np.float32)
+                m.forward_batch(np.arange(3, dtype=np.int32), np.zeros(3, np.int32), np.array([5, 9, 2], np.int32),
+                                ids[:16], step)
+                out[fam] = (full, step)
+            np.testing.assert_array_equal(out["lut"][0], out["mac"][0], err_msg=isa)
+            np.testing.assert_array_equal(out["lut"][1], out["mac"][1], err_msg=isa)
+    finally:
+        set_isa(before_isa)
+        _C.set_kernel_family(before_family)
