@@ -17,15 +17,20 @@ Ternary tensors:
   the ``gguf`` package (``gguf.quants.dequantize``); every row must then be one magnitude times
   {-1, 0, 1} (per-block ``d`` of a per-tensor-scale model all equal beta);
 - ``I2_S`` (type 36 in bitnet.cpp's fork; the id collides with nothing the ``gguf`` package knows,
-  so this module reads its bytes itself). Layout, from bitnet.cpp's ``quantize_i2_s`` (x86, the
+  so this module reads its bytes itself). Layout of bitnet.cpp's ``quantize_i2_s`` (x86, the
   ``ACT_PARALLEL`` layout its gemm-config.h selects, which is also the layout of its earlier
-  releases): the tensor's ``n = rows * cols`` codes in row-major order are cut into blocks of 128;
-  block ``b`` is 32 bytes, and element ``j`` of it sits in byte ``b*32 + j % 32`` at bits
-  ``6 - 2*(j // 32)`` (and the one above). Code 0 = -1, 1 = 0, 2 = +1. After the ``n / 4`` code
-  bytes comes one float32, the tensor's scale (its max |W|, i.e. beta for ternary input),
-  then padding to ``n / 4 + 32`` bytes. (bitnet.cpp's ARM build uses blocks of 64 in 16 bytes, and
-  its non-ACT_PARALLEL x86 build a 4-row interleave; neither is marked in the file: this reader
-  reads the x86 default.)
+  releases), confirmed byte for byte against its ``llama-quantize``: the tensor's ``n = rows * cols``
+  codes in row-major order are cut into blocks of 128; block ``b`` is 32 bytes, and element ``j`` of
+  it sits in byte ``b*32 + j % 32`` at bits ``6 - 2*(j // 32)`` (and the one above). Code 0 = -1,
+  1 = 0, 2 = +1 (3 is never written). After the ``n / 4`` code bytes comes one float32, the tensor's
+  scale (its max |W|, i.e. beta for ternary input), then padding to ``n / 4 + 32`` bytes.
+  (bitnet.cpp's ARM build uses blocks of 64 in 16 bytes, and its non-ACT_PARALLEL x86 build a 4-row
+  interleave; neither is marked in the file: this reader reads the x86 default.)
+  bitnet.cpp's ``llama-quantize`` writes this layout only when run with one thread (``llama-quantize
+  IN OUT I2_S 1``, as its setup_env.py does): with more, a tensor over one chunk (16384 weights,
+  whole rows) is cut into chunks written at 4x their offset, and the file holds chunk 0, its scale
+  mid-tensor, then stale buffer bytes. Such a tensor shows a code 3 (a scale in [2^-31, 2) has one in
+  its exponent byte) or a bad scale, and is refused with that advice.
 
 Embeddings and the output head: F32 / F16 / BF16 are borrowed from the file mapping; any other
 type (Q8_0, Q6_K, Q4_K, ...) is dequantized to float32 at load.
@@ -46,7 +51,7 @@ from bitnet.config import BitNetConfig
 from .description import LINEAR_NAMES, Table, TernaryLinear, TernaryModel
 from .ternary import pack, row_scales_of_ternary
 
-__all__ = ["ARCH_FFN", "I2_S", "read_gguf", "i2s_decode", "i2s_encode"]
+__all__ = ["ARCH_FFN", "I2_S", "read_gguf", "i2s_decode", "i2s_decode_reference", "i2s_encode"]
 
 I2_S = 36  # bitnet.cpp's GGML_TYPE_I2_S
 I2S_BLOCK = 128  # x86 block: 128 codes in 32 bytes
@@ -67,11 +72,27 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
 _PRE_SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT}
 
 
+_I2S_CORRUPT = ("bitnet.cpp's llama-quantize writes a broken I2_S tensor when run with more than one thread; "
+                "quantize with one: llama-quantize IN.gguf OUT.gguf I2_S 1")
+
+
+def i2s_decode_reference(raw: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, float]:
+    """The readable form of :func:`i2s_decode`: bitnet.cpp's ``quantize_i2_s`` (x86) loop run backwards."""
+    n = rows * cols
+    q = np.zeros(n, np.int8)
+    for i in range(n // I2S_BLOCK):
+        for j in range(I2S_BLOCK):
+            group_idx, group_pos = j // 32, j % 32
+            q[i * I2S_BLOCK + j] = ((int(raw[i * 32 + group_pos]) >> (6 - 2 * group_idx)) & 3) - 1
+    return q.reshape(rows, cols), float(raw[n // 4: n // 4 + 4].view(np.float32)[0])
+
+
 def i2s_decode(raw: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, float]:
     """I2_S bytes (see module doc) -> (int8 codes - 1 in {-1, 0, 1} of shape (rows, cols), scale).
 
     Raises:
-        ValueError: too few bytes, a size not a multiple of the 128-code block, or a code 3.
+        ValueError: too few bytes, a size not a multiple of the 128-code block, a code 3, or a
+            scale that is not a finite number >= 0.
     """
     n = rows * cols
     if n % I2S_BLOCK:
@@ -82,8 +103,11 @@ def i2s_decode(raw: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, float
     shifts = np.array([6, 4, 2, 0], dtype=np.uint8)
     codes = (blocks[:, None, :] >> shifts[None, :, None]) & 3  # (n/128, 4 groups, 32): element g*32 + p
     if codes.size and codes.max() > 2:
-        raise ValueError("I2_S code 3 is not a ternary value")
+        at = int(np.argmax(codes.reshape(-1) == 3))
+        raise ValueError(f"I2_S code 3 (at weight {at // cols}, {at % cols}) is not a ternary value ({_I2S_CORRUPT})")
     scale = float(raw[n // 4: n // 4 + 4].view(np.float32)[0])
+    if not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"I2_S scale {scale} is not a finite number >= 0 ({_I2S_CORRUPT})")
     return (codes.reshape(rows, cols).astype(np.int8) - 1), scale
 
 
