@@ -241,7 +241,7 @@ def ours_worker(spec: dict[str, Any]) -> dict[str, Any]:
     eng = Engine(spec["model"], threads=spec["threads"], head=spec["head"], **kw)
     t2 = time.perf_counter()
     m, V, C = eng._model, eng.vocab_size, eng.model_config.hidden_size
-    res: dict[str, Any] = {"import_s": t1 - t0, "load_s": t2 - t1, "file_bytes": eng._weights.nbytes,
+    res: dict[str, Any] = {"import_s": t1 - t0, "load_s": t2 - t1, "file_bytes": eng.file_bytes,
                            "isa": _C.current_isa(), "head_mode": m.head_mode, "weight_bytes": m.weight_bytes,
                            "vocab": V, "hidden": C, "linear_macs": ternary_macs_per_token(eng.model_config)}
     for obj, attr in ((m, "weight_format"), (eng, "weights")):  # the ternary format, once the engine names it

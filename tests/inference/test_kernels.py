@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from engine_helpers import every_isa
+from engine_helpers import HAVE_AARCH64_EMULATION, NO_AARCH64_EMULATION, every_isa, run_neon_selftest
 
 from bitnet.inference import _C, available_isas
 from bitnet.quant import pack_ternary
@@ -138,25 +134,12 @@ def test_activation_quantizer_matches_the_python_oracle(isa):
     np.testing.assert_allclose(1.0 / s, want_scale.numpy()[:, 0], rtol=1e-7)
 
 
-CSRC = Path(__file__).resolve().parents[2] / "inference" / "csrc"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
-                    reason="needs an aarch64 cross compiler and qemu-user (apt: g++-aarch64-linux-gnu qemu-user)")
+@pytest.mark.skipif(not HAVE_AARCH64_EMULATION, reason=NO_AARCH64_EMULATION)
 def test_neon_path_matches_ref_under_emulation(tmp_path):
     """Cross-compile the C++ kernel self-test for aarch64 and run it with qemu: NEON vs ref, exact."""
-    cxx = "aarch64-linux-gnu-g++"
-    objs = []
-    for src in ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "layouts.cpp", "model.cpp", "threadpool.cpp",
-                "selftest/kernel_selftest.cpp", "kernels_neon.cpp"]:
-        flags = ["-march=armv8.2-a+dotprod+fp16"] if src == "kernels_neon.cpp" else []
-        obj = tmp_path / (Path(src).stem + ".o")
-        subprocess.run([cxx, "-std=c++17", "-O1", f"-I{CSRC}", *flags, "-c", str(CSRC / src), "-o", str(obj)], check=True)
-        objs.append(str(obj))
-    exe = tmp_path / "selftest"
-    subprocess.run([cxx, "-static", *objs, "-lpthread", "-o", str(exe)], check=True)
-    run = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True)
+    run = run_neon_selftest(tmp_path, ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "layouts.cpp", "model.cpp",
+                                       "threadpool.cpp", "selftest/kernel_selftest.cpp", "kernels_neon.cpp"])
     assert run.returncode == 0, run.stdout + run.stderr
     assert "neon ok" in run.stdout
 
