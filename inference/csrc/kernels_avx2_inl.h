@@ -37,6 +37,21 @@ inline float hsum_ps(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The int8 head's row loop shared by the AVX2 and AVX-VNNI files: rows [r0, r1) of E, each against
+// the T tokens of x in tiles of up to 4, by row_tt(tt, e, x_t, out_t) with tt an
+// std::integral_constant tile size (the file's own one-row kernel, which reads the row once per tile).
+template <class RowTT>
+inline void head_i8_rows(RowTT row_tt, const int8_t* E, int Cp, int r0, int r1, const int8_t* x, int T, int32_t* out,
+                         int ldo) {
+  for (int r = r0; r < r1; ++r) {
+    const int8_t* e = E + static_cast<size_t>(r) * Cp;
+    auto group = [&](auto tt, int t) {
+      row_tt(tt, e, x + static_cast<size_t>(t) * Cp, out + static_cast<size_t>(t) * ldo + r);
+    };
+    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
+  }
+}
+
 // ---- i2 chunks (several-token kernels): kChunkTiles tiles of one row block unpacked once into
 // bytes c in {0, 1, 2}, then reused by every token (see the kernels for the accumulation bounds).
 constexpr int kChunkTiles = 16;

@@ -148,14 +148,9 @@ void ternary5_gemm_avxvnni(const TernaryTile5* w, int KB, int mb0, int mb1, cons
 
 void head_i8_avxvnni(const int8_t* E, const int32_t* /*rowsum: not needed with the sign trick*/, int Cp, int r0,
                      int r1, const int8_t* x, int T, int32_t* out, int ldo) {
-  for (int r = r0; r < r1; ++r) {
-    const int8_t* e = E + static_cast<size_t>(r) * Cp;
-    auto group = [&](auto tt, int t) {
-      head_row_tt<decltype(tt)::value>(e, Cp, x + static_cast<size_t>(t) * Cp, out + static_cast<size_t>(t) * ldo + r,
-                                       ldo);
-    };
-    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
-  }
+  head_i8_rows([&](auto tt, const int8_t* e, const int8_t* xt, int32_t* o) {
+    head_row_tt<decltype(tt)::value>(e, Cp, xt, o, ldo);
+  }, E, Cp, r0, r1, x, T, out, ldo);
 }
 
 // The bound this path's prefill is measured against: independent vpdpbusd ymm on registers only,
