@@ -77,15 +77,37 @@ def act_quant(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tenso
     return x_q.to(dtype), 1.0 / s
 
 
+def _compiling() -> bool:
+    """True while torch.compile traces: the fake quantizers then use out-of-place ops only.
+
+    Inductor fuses either form into one pass, so nothing is lost; and an output of an
+    ``autograd.Function``'s forward (BitLinear's straight-through estimator) that aliases an
+    intermediate, whether mutated in place or returned by a no-op ``.to(dtype)``, makes torch
+    2.11's compiled backward route the gradient to the wrong output: the latent weights got an
+    all-zero gradient (pytorch/pytorch#180642; tests/test_layers.py::test_torch_compile_matches_eager
+    on torch 2.11).
+    """
+    return torch.compiler.is_compiling()
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, never a no-op ``.to`` (its alias is what torch 2.11 mis-routes)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def fake_weight_quant(w: torch.Tensor) -> torch.Tensor:
     """``q * beta`` in ``w``'s dtype, computed the way transformers' BitNet does (divide by 1/beta).
 
     Matches ``transformers.integrations.bitnet.WeightQuant`` bit for bit, so our model and theirs
     agree exactly in eager mode. No gradient handling here (see bitnet.layers.BitLinear for the STE).
     The in-place ops act on fresh temporaries only (the caller's tensor is never modified); they
-    halve the memory passes, which is most of BitLinear's cost over nn.Linear on CPU.
+    halve the memory passes, which is most of BitLinear's cost over nn.Linear on CPU. Under
+    ``torch.compile`` the same ops run out of place (see ``_compiling``).
     """
     wf = w.detach().float()
+    if _compiling():
+        inv_beta = 1.0 / wf.abs().mean().clamp(min=WEIGHT_EPS)
+        return _cast((wf * inv_beta).round().clamp(-1, 1).div(inv_beta), w.dtype)
     inv_beta = 1.0 / wf.abs().mean().clamp_(min=WEIGHT_EPS)
     return (wf * inv_beta).round_().clamp_(-1, 1).div_(inv_beta).to(w.dtype)
 
@@ -98,6 +120,9 @@ def fake_act_quant(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     qmax = 2 ** (bits - 1) - 1
     qmin = -(2 ** (bits - 1))
     xf = x.detach().float()
+    if _compiling():
+        s = qmax / xf.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS)  # (..., 1)
+        return _cast((xf * s).round().clamp(qmin, qmax).div(s), x.dtype)
     s = qmax / xf.abs().amax(dim=-1, keepdim=True).clamp_(min=ACT_EPS)  # (..., 1)
     return (xf * s).round_().clamp_(qmin, qmax).div_(s).to(x.dtype)
 

@@ -127,3 +127,21 @@ def test_unpack_errors():
         unpack_ternary(torch.zeros(2, 2, dtype=torch.uint8), out_features=7)
     with pytest.raises(ValueError, match="code 3"):
         unpack_ternary(torch.full((1, 2), 0b11, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fake_quant_traced_branch_equals_eager(monkeypatch, dtype):
+    """While torch.compile traces, the fake quantizers use out-of-place ops and no no-op ``.to``
+    (torch 2.11's compile gave BitLinear's latent weights an all-zero gradient otherwise; checked by
+    test_layers.py::test_torch_compile_matches_eager on torch 2.11): the same values, bit for bit."""
+    import bitnet.quant as quant
+
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(24, 32, generator=g) * 0.05).to(dtype)
+    x = (torch.randn(3, 5, 32, generator=g) * 4).to(dtype)
+    want_w, want_x = fake_weight_quant(w), fake_act_quant(x)
+    monkeypatch.setattr(quant, "_compiling", lambda: True)
+    got_w, got_x = fake_weight_quant(w), fake_act_quant(x)
+    for got, want, src in ((got_w, want_w, w), (got_x, want_x, x)):
+        assert got.dtype == dtype and torch.equal(got, want)
+        assert got.data_ptr() != src.data_ptr()
