@@ -91,6 +91,7 @@ class TrainConfig:
     batch_size: int = 16
     micro_batch_size: int = 16
     precision: str = "auto"  # "auto" (bf16 autocast on GPUs that support it, else fp32), "bf16", "fp32"
+    device: str = "auto"  # "auto" (the GPU when there is one, else the CPU) or "cpu" (the CPU even on a GPU host)
     # torch.compile the model: one compile of 0.5-2 min on 2 CPU cores, then ~4x faster ternary steps
     # at demo size (benchmarks/bench_train.py --compile); turn off for runs of a few steps.
     compile: bool = True
@@ -108,6 +109,7 @@ class TrainConfig:
             (self.batch_size > 0 and self.micro_batch_size > 0, "batch sizes must be > 0"),
             (self.batch_size % self.micro_batch_size == 0, "batch_size must be a multiple of micro_batch_size"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
+            (self.device in ("auto", "cpu"), f"device must be auto or cpu, got {self.device!r}"),
             (self.optim.schedule in ("two_stage", "cosine"), "optim.schedule must be two_stage or cosine"),
             (0.0 < self.optim.stage_boundary <= 1.0, "optim.stage_boundary must be in (0, 1]"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),

@@ -162,16 +162,24 @@ def plot_losses(out_dir: str | Path) -> Path:
 
 def _accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
+    gpu = cfg.device == "auto" and torch.cuda.is_available()
     if cfg.precision == "auto":
-        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        mp = "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
     else:
         mp = "bf16" if cfg.precision == "bf16" else "no"
+    # accelerate keeps one AcceleratorState per process and refuses a second Accelerator with another
+    # mixed precision ("AcceleratorState has already been initialized"), which a second run in the
+    # same process (a notebook, `bitnet demo`, a test session) asks for. Its per-run settings are
+    # reset here; the process state (ranks, process group) is kept. A private accelerate method,
+    # used deliberately: accelerate offers no public one.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         # cpu=True without a GPU makes accelerate treat torchrun's LOCAL_RANK/WORLD_SIZE as a
         # multi-CPU (gloo) job; otherwise it would silently run each process alone.
-        cpu=not torch.cuda.is_available(),
+        cpu=not gpu,
         mixed_precision=mp,
         log_with=["tensorboard"] if cfg.log.tensorboard else None,
         project_config=ProjectConfiguration(project_dir=cfg.out_dir, logging_dir=str(Path(cfg.out_dir) / "tensorboard")),

@@ -60,6 +60,7 @@ def _overrides(corpus, token_cache, out) -> list[str]:
         "log.log_every=2", "log.eval_every=3", "log.eval_batches=2", "log.progress=false",
         "log.tensorboard=false", "log.plot=false", f"out_dir={out}", "threads=1", "log.save_every=2", "compile=false",
         "log.keep_last=3",
+        "device=cpu",  # these tests check exact step-for-step results: on the CPU even on a GPU host
     ]
 
 
@@ -90,9 +91,10 @@ REF_TOL = {4: (1e-6, 1e-6, 1e-6), 2: (1e-4, 1e-3, 2e-4)}
 def _reference_adamw_steps(init: dict[str, torch.Tensor], mcfg, data, seed: int) -> tuple[list, list, dict]:
     """``REF_STEPS`` steps written out: the model's forward and loss on the step's whole batch of 4,
     global-norm gradient clipping, then AdamW (decoupled decay, bias-corrected moments) per parameter.
-    Runs on the device the loop trains on (fp32). Returns (losses, grad norms before clipping,
-    final parameters by name, on the CPU)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # as bitnet.training.loop's Accelerator picks
+    Runs on the CPU in fp32, as the loop does here (``device=cpu``: on a GPU, atomics in the
+    embedding backward reorder sums, and AdamW turns tiny gradient differences into step-sized ones).
+    Returns (losses, grad norms before clipping, final parameters by name)."""
+    device = "cpu"
     model = BitNetForCausalLM(mcfg)
     model.load_state_dict(init)
     model.to(device)
@@ -165,6 +167,15 @@ def test_steps_equal_a_hand_written_adamw(tmp_path, corpus, token_cache, monkeyp
         moved = (want - init[name]).abs().max().item()
         assert moved > 10 * weight_tol, name  # every parameter took steps larger than the tolerance
         assert (got[name] - want).abs().max().item() < weight_tol, name
+
+
+def test_two_runs_with_different_precisions_in_one_process(tmp_path, corpus, token_cache):
+    """accelerate keeps one AcceleratorState per process and refused a second Accelerator with another
+    mixed precision: a notebook training at fp32 then at bf16 stopped with a ValueError."""
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        train(make_config(_overrides(corpus, token_cache, out) + [f"precision={precision}", "max_steps=2"]))
+        assert [r["step"] for r in read_metrics(out) if "loss" in r] == [1, 2]
 
 
 def test_run_outputs(reference_run):
