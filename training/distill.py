@@ -111,6 +111,7 @@ class DistillConfig:
     subln: bool = True  # stage 1's sub-norms (false: plain to_bitnet, as Falcon3 / Llama3-8B-1.58)
     subln_calibrate: bool = True  # SubLN weight = the teacher's mean input RMS (false: 1)
     precision: str = "auto"  # "auto" (bf16 autocast on GPUs that support it), "bf16", "fp32"
+    device: str = "auto"  # "auto" (the GPU when there is one, else the CPU) or "cpu"
     compile: bool = False  # torch.compile the student (long compile on CPU; worth it for long runs)
     resume: bool = False
     stop_after_steps: int | None = None  # stop early (as if interrupted); schedules still plan max_steps
@@ -146,6 +147,7 @@ class DistillConfig:
             (d.temperature > 0, "distill.temperature must be > 0"),
             (d.ad_heads >= 0, "distill.ad_heads must be >= 0"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
+            (self.device in ("auto", "cpu"), f"device must be auto or cpu, got {self.device!r}"),
             (self.optim.schedule in ("cosine", "two_stage"), "optim.schedule must be cosine or two_stage"),
             (self.data.seq_len > 1, "data.seq_len must be > 1"),
             (0.0 < self.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
@@ -533,7 +535,7 @@ def distill(cfg: DistillConfig) -> Path:
     tok = load_teacher_tokenizer(cfg.teacher)
     _vocab_check(tok, tcfg, _data_sample(cfg.data.paths), cfg.teacher)
 
-    acc = _accelerator(cfg)  # bitnet train's: reads precision, out_dir, log.tensorboard
+    acc = _accelerator(cfg)  # bitnet train's: reads precision, device, out_dir, log.tensorboard
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     for name, bs in (("pretrain", cfg.pretrain.batch_size), ("distill", cfg.distill.batch_size)):
         if bs % (cfg.micro_batch_size * world):
