@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels.h"
@@ -41,46 +42,95 @@ constexpr int kLutChunkT5 = 12;
 static_assert(4 * kLutChunkI2 * 128 * 4 <= 32767, "i2: 4 lookups per tile, each at most 128 * 4 in magnitude");
 static_assert(4 * kLutChunkT5 * 128 * 5 <= 32767, "t5: 4 lookups per tile, each at most 128 * 5 in magnitude");
 
-// Table bytes a block may look up (L1D is 32-48 KiB on the CPUs these kernels target).
-constexpr int kLutL1Bytes = 32 * 1024;
+// Table bytes a block of tiles may look up (L1D is 48 KiB on the x86 cores these kernels target).
+constexpr int kLutL1Bytes = 44 * 1024;
+typedef uint8_t LutBytes16 __attribute__((vector_size(16)));
+typedef uint16_t LutOffs16 __attribute__((vector_size(32)));
 
 template <int VT>
 struct LutTypes {
   typedef uint16_t V __attribute__((vector_size(2 * VT)));  // int16 lanes, wrapping adds
 };
 
-// acc[0..VT) += the VT int16 lanes of s (as signed), widened NB bytes of int32 at a time: NB is the
-// translation unit's vector width (32: AVX2, 64: AVX-512), so every piece is one vpmovsxwd and one
-// vpaddd on registers (a VT-lane int32 vector type wider than the unit's registers was lowered
-// through the stack, with store-forwarding stalls that cost more than the lookups).
-template <int N>
-struct WidenTypes {
-  typedef int16_t H __attribute__((vector_size(2 * N)));
-  typedef int32_t I __attribute__((vector_size(4 * N)));
-};
+// The kernels' VT int16 lanes (wrapping adds) as P vectors of the translation unit's width NB bytes
+// (one 64-byte vector type in a 32-byte unit was lowered through the stack: every add became a
+// store, two 64-bit reloads and inserts); every operation is P native ones on registers. Loads and
+// stores go vector by vector (a whole-struct copy was lowered to 16-byte moves through the stack).
 template <int VT, int NB>
-inline void widen_add(int32_t* acc, const typename LutTypes<VT>::V& s) {
-  constexpr int n = VT < NB / 4 ? VT : NB / 4;  // lanes per piece
-  using H = typename WidenTypes<n>::H;
-  using I = typename WidenTypes<n>::I;
-  for (int p = 0; p < VT / n; ++p) {
-    H h;
-    I a;
-    std::memcpy(&h, reinterpret_cast<const char*>(&s) + 2 * n * p, sizeof h);
-    std::memcpy(&a, acc + n * p, sizeof a);
-    a += __builtin_convertvector(h, I);
-    std::memcpy(acc + n * p, &a, sizeof a);
+struct LutV {
+  static constexpr int W = VT < NB / 2 ? VT : NB / 2, P = VT / W;  // lanes per vector, vectors
+  typedef uint16_t N __attribute__((vector_size(2 * W)));
+  N v[P];
+  static __attribute__((always_inline)) LutV load(const void* p) {
+    LutV r;
+    for (int i = 0; i < P; ++i) std::memcpy(&r.v[i], static_cast<const char*>(p) + sizeof(N) * i, sizeof(N));
+    return r;
+  }
+  __attribute__((always_inline)) void store(void* p) const {
+    for (int i = 0; i < P; ++i) std::memcpy(static_cast<char*>(p) + sizeof(N) * i, &v[i], sizeof(N));
+  }
+  __attribute__((always_inline)) void add(const void* p) {  // += the VT lanes at p
+    for (int i = 0; i < P; ++i) {
+      N t;
+      std::memcpy(&t, static_cast<const char*>(p) + sizeof(N) * i, sizeof(N));
+      v[i] += t;
+    }
+  }
+  __attribute__((always_inline)) LutV& operator+=(const LutV& b) {
+    for (int p = 0; p < P; ++p) v[p] += b.v[p];
+    return *this;
+  }
+  __attribute__((always_inline)) friend LutV operator+(LutV a, const LutV& b) { return a += b; }
+  __attribute__((always_inline)) friend LutV operator-(LutV a, const LutV& b) {
+    for (int p = 0; p < P; ++p) a.v[p] -= b.v[p];
+    return a;
+  }
+  uint16_t* lanes() { return reinterpret_cast<uint16_t*>(v); }
+};
+
+// acc[0..VT) (= where init, else +=) the VT int16 lanes of s as signed, widened half a vector (at
+// most NB bytes of int32) at a time with a lane shuffle, so every piece is one vpmovsxwd and one
+// vpaddd on registers (a VT-lane int32 vector type wider than the unit's registers, or a memcpy
+// out of s, was lowered through the stack, with store-forwarding stalls).
+template <int Off, typename Ns, typename Hs, typename Iv, size_t... I>
+__attribute__((always_inline)) inline void widen_piece(int32_t* d, Ns sv, bool init, std::index_sequence<I...>) {
+  const Hs h = __builtin_shufflevector(sv, sv, (Off + static_cast<int>(I))...);
+  Iv a = __builtin_convertvector(h, Iv);
+  if (!init) {
+    Iv o;
+    std::memcpy(&o, d, sizeof o);
+    a += o;
+  }
+  std::memcpy(d, &a, sizeof a);
+}
+template <int VT, int NB>
+__attribute__((always_inline)) inline void widen_add(int32_t* acc, const LutV<VT, NB>& s, bool init) {
+  using V = LutV<VT, NB>;
+  constexpr int H = V::W / 2 < NB / 4 ? V::W / 2 : NB / 4;  // int32 lanes per piece
+  typedef int16_t Ns __attribute__((vector_size(2 * V::W)));
+  typedef int16_t Hs __attribute__((vector_size(2 * H)));
+  typedef int32_t Iv __attribute__((vector_size(4 * H)));
+  static_assert(V::W % H == 0 && V::W / H <= 4, "one to four pieces a vector");
+  constexpr std::make_index_sequence<H> seq{};
+  for (int p = 0; p < V::P; ++p) {
+    Ns sv;
+    std::memcpy(&sv, &s.v[p], sizeof sv);
+    int32_t* d = acc + V::W * p;
+    widen_piece<0, Ns, Hs, Iv>(d, sv, init, seq);
+    if constexpr (V::W / H >= 2) widen_piece<H, Ns, Hs, Iv>(d + H, sv, init, seq);
+    if constexpr (V::W / H >= 3) widen_piece<2 * H, Ns, Hs, Iv>(d + 2 * H, sv, init, seq);
+    if constexpr (V::W / H >= 4) widen_piece<3 * H, Ns, Hs, Iv>(d + 3 * H, sv, init, seq);
   }
 }
 
 // Per-thread scratch, grown on demand: 0 the tables of a block of tiles, 1 the int32 sums of a
-// call, 2 its activations by column.
+// call, 2 its activations by column, 3 its int16 sums.
 inline uint8_t* lut_scratch(size_t bytes, int which) {
   struct Buf {
     std::unique_ptr<uint8_t[]> p;
     size_t n = 0;
   };
-  thread_local Buf bufs[3];
+  thread_local Buf bufs[4];
   Buf& b = bufs[which];
   if (b.n < bytes + 64) {
     b.p.reset(new uint8_t[bytes + 64]);
@@ -101,9 +151,20 @@ inline const std::array<uint8_t, 243>& t5_bytes() {
 
 struct LutI2 {
   using Tile = TernaryTile;
-  static constexpr int kCols = kTileCols, kDigits = 4, kChunk = kLutChunkI2, kUsed = 81;
-  // The table of group j of a tile: tab[b] for the 81 bytes b = c0 | c1 << 2 | c2 << 4 | c3 << 6
-  // (c_i = q_i + 1 of column 4 i + j); a[i] = activations of that column.
+  static constexpr int kCols = kTileCols, kDigits = 4, kChunk = kLutChunkI2;
+  // Table rows per group: the 81 byte values that occur (codes c_i <= 2), compacted to the index
+  // c0 + 3 c1 + 9 c2 + 27 c3: a tile's 4 tables take 4 x 81 consecutive rows (20.25 KiB at 64-byte
+  // rows) instead of 4 sparse 256-row ones whose used rows pile up in 27 of L1's 64 sets.
+  static constexpr int kRows = 81;
+  // 16 weight bytes b = c0 | c1 << 2 | c2 << 4 | c3 << 6 -> their compact indices: one byte
+  // shuffle per nibble (each nibble holds two codes).
+  static LutBytes16 index(LutBytes16 b) {
+    const LutBytes16 lo = {0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 0, 0, 0, 0};         // c0 + 3 c1
+    const LutBytes16 hi = {0, 9, 18, 0, 27, 36, 45, 0, 54, 63, 72, 0, 0, 0, 0, 0};  // 9 (c2 + 3 c3)
+    return __builtin_shuffle(lo, b & 15) + __builtin_shuffle(hi, b >> 4);
+  }
+  // The table of one group: tab[c0 + 3 c1 + 9 c2 + 27 c3] = sum_i (c_i - 1) a[i] (a[i]: the
+  // activations of column 4 i + j of the tile, for group j).
   template <typename V>
   static void build(const V* a, V* tab) {
     const V z = {};
@@ -113,7 +174,7 @@ struct LutI2 {
         const V s2 = d[3][c3] + d[2][c2];
         for (int c1 = 0; c1 < 3; ++c1) {
           const V s1 = s2 + d[1][c1];
-          for (int c0 = 0; c0 < 3; ++c0) tab[c0 | c1 << 2 | c2 << 4 | c3 << 6] = s1 + d[0][c0];
+          for (int c0 = 0; c0 < 3; ++c0) tab[c0 + 3 * c1 + 9 * c2 + 27 * c3] = s1 + d[0][c0];
         }
       }
   }
@@ -121,7 +182,9 @@ struct LutI2 {
 
 struct LutT5 {
   using Tile = TernaryTile5;
-  static constexpr int kCols = kTile5Cols, kDigits = 5, kChunk = kLutChunkT5, kUsed = 243;
+  static constexpr int kCols = kTile5Cols, kDigits = 5, kChunk = kLutChunkT5;
+  static constexpr int kRows = 256;  // indexed by the stored byte itself (243 of 256 values occur)
+  static LutBytes16 index(LutBytes16 b) { return b; }
   // tab[t5 byte of v] for v = sum c_i 3^(4 - i) (c_i = q_i + 1 of column 4 i + j).
   template <typename V>
   static void build(const V* a, V* tab) {
@@ -146,56 +209,115 @@ struct LutT5 {
   }
 };
 
+// One row block's 16 rows against NK tiles' tables (tk: tile k's 4 tables at tk + k * kt bytes;
+// offs: 64 per tile, each row's 4 lookups as byte offsets from its tile's tables). First: the
+// row's int16 sum starts at zero (else at a16[r]); Last: it is widened into the int32 sums a32
+// (= where init32, else +=) instead of being stored back into a16 (the segment's last tiles).
+template <int NK, bool First, bool Last, int VT, int NB>
+__attribute__((always_inline)) inline void lut_rows16(const char* tk, int kt, const uint16_t* offs,
+                                                      LutV<VT, NB>* a16, int32_t* a32, bool init32) {
+  using V = LutV<VT, NB>;
+  for (int r = 0; r < kTileRows; ++r) {
+    // The lookups first, the running sum (from L2) last: its latency stays off the add chain.
+    V s = V::load(tk + offs[4 * r]);
+    for (int k = 0; k < NK; ++k) {
+      const uint16_t* o = offs + 64 * k + 4 * r;
+      const char* t = tk + k * kt;
+      if (k) s.add(t + o[0]);
+      s.add(t + o[1]);
+      s.add(t + o[2]);
+      s.add(t + o[3]);
+    }
+    if (!First) s.add(a16 + r);
+    if (Last) widen_add<VT, NB>(a32 + static_cast<size_t>(r) * VT, s, init32);
+    else s.store(a16 + r);
+  }
+}
+
+// Rows [16 mb0, 16 mb1) of NK tiles kb.. (their tables built at tk, kt bytes apart) for the whole
+// call: per row block, the 64 NK index bytes become byte offsets into their tile's tables (16 at a
+// time: F::index, widen, scale to the table row size, add the group's table offset), so a lookup
+// is one 16-bit load and the vector adds; then lut_rows16.
+template <typename F, int NK, bool First, bool Last, int VT, int NB>
+void lut_tile_rows(const typename F::Tile* w, int KB, int kb, int mb0, int mb1, const char* tk, int kt,
+                   LutV<VT, NB>* acc16, int32_t* acc32, bool init32) {
+  using V = LutV<VT, NB>;
+  constexpr int lg = __builtin_ctz(sizeof(V));
+  static_assert((sizeof(V) & (sizeof(V) - 1)) == 0 && 4 * F::kRows * sizeof(V) <= 65536, "16-bit offsets");
+  LutOffs16 gofs;  // lane i: group i % 4's table offset
+  for (int i = 0; i < 16; ++i) gofs[i] = static_cast<uint16_t>(((i & 3) * F::kRows) << lg);
+  alignas(64) uint16_t offs[64 * NK];
+  for (int mb = mb0; mb < mb1; ++mb) {
+    const uint8_t* wb = w[static_cast<size_t>(mb) * KB + kb].b;
+    for (int k = 0; k < NK; ++k)  // 4 row blocks ahead
+      __builtin_prefetch(wb + 4 * static_cast<size_t>(KB) * sizeof(typename F::Tile) + 64 * k);
+    for (int q = 0; q < 4 * NK; ++q) {
+      LutBytes16 b;
+      std::memcpy(&b, wb + 16 * q, 16);
+      const LutOffs16 o = (__builtin_convertvector(F::index(b), LutOffs16) << lg) + gofs;
+      std::memcpy(offs + 16 * q, &o, sizeof o);
+    }
+    const int r0 = (mb - mb0) * kTileRows;
+    lut_rows16<NK, First, Last, VT, NB>(tk, kt, offs, acc16 + r0, acc32 + static_cast<size_t>(r0) * VT, init32);
+  }
+}
+
+// Tiles per block: as many as keep the block's tables within kLutL1Bytes (at most 4).
+template <typename F, int VT, int NB>
+constexpr int lut_block_tiles() {
+  constexpr int t = kLutL1Bytes / (4 * F::kRows * static_cast<int>(sizeof(LutV<VT, NB>)));
+  return t < 1 ? 1 : t > 4 ? 4 : t;
+}
+
 // Rows [16 mb0, 16 mb1) against nt <= VT tokens (x rows t0 .. t0 + nt - 1), exact, into y.
-// The columns go in blocks of tiles whose tables fit L1 (chunk below; never past the flush interval
-// above): the block's tables are built, then every row of the call sums its 4 chunk lookups in
-// int16 registers and adds them, widened, into its int32 sums (acc32, VT lanes per row, in L2).
+// Loop order: block by block of NK tiles (lut_block_tiles: 2 at VT = 32 for i2, 4 x 81 rows of 64
+// bytes a tile), the block's tables are built once and shared by every row of the call, and every
+// row adds its 4 NK lookups in registers onto its running int16 sum, kept per row in memory
+// (acc16, VT lanes a row) across the F::kChunk tiles of a segment (the flush interval above) and
+// widened into its int32 sum (acc32) at the segment's end: a row costs a block 4 NK lookups, one
+// load and one store of its sum, and one int16 -> int32 flush per segment.
 template <typename F, int VT, int NB>
 void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int nt,
                     int32_t* y, int ldy) {
-  using V = typename LutTypes<VT>::V;
-  const int rows = (mb1 - mb0) * kTileRows;
-  // Tiles per block: as many as keep the block's table rows that weights can index (81 of 256 per
-  // group for i2, 243 for t5) within kLutL1Bytes, at least one, at most the flush interval.
-  const int chunk = std::min({F::kChunk, KB, std::max(1, kLutL1Bytes / (4 * F::kUsed * static_cast<int>(sizeof(V))))});
-  V* tab = reinterpret_cast<V*>(lut_scratch(sizeof(V) * 256 * 4 * chunk, 0));
+  using V = LutV<VT, NB>;
+  constexpr int NK = lut_block_tiles<F, VT, NB>();
+  const int rows = (mb1 - mb0) * kTileRows, kt = 4 * F::kRows * static_cast<int>(sizeof(V));
+  V* tab = reinterpret_cast<V*>(lut_scratch(static_cast<size_t>(kt) * NK, 0));
+  V* acc16 = reinterpret_cast<V*>(lut_scratch(sizeof(V) * rows, 3));                       // [row]
   int32_t* acc32 = reinterpret_cast<int32_t*>(lut_scratch(sizeof(int32_t) * VT * rows, 1));  // [row][lane]
-  std::memset(acc32, 0, sizeof(int32_t) * VT * rows);
-  // The tile's activations by column: xT[c] = lanes x[0..nt)[c] as int16, zero lanes past nt.
-  const int cols = KB * F::kCols;
-  V* xT = reinterpret_cast<V*>(lut_scratch(sizeof(V) * cols, 2));
-  for (int c = 0; c < cols; ++c) xT[c] = V{};
-  for (int t = 0; t < nt; ++t) {
-    const int8_t* xt = x + static_cast<size_t>(t) * ldx;
-    for (int c = 0; c < cols; ++c) xT[c][t] = static_cast<uint16_t>(static_cast<int16_t>(xt[c]));
-  }
-  for (int kb0 = 0; kb0 < KB; kb0 += chunk) {
-    const int nk = std::min(chunk, KB - kb0);
-    // Tables of the block's 4 nk groups: tab[(4 k + j) * 256 + b].
-    for (int k = 0; k < nk; ++k) {
-      const V* xc = xT + (kb0 + k) * F::kCols;
-      for (int j = 0; j < 4; ++j) {
-        V a[F::kDigits];
-        for (int i = 0; i < F::kDigits; ++i) a[i] = xc[4 * i + j];
-        F::build(a, tab + (4 * k + j) * 256);
-      }
-    }
-    // Every row: four lookups per tile (each index byte loaded by itself: a movzx, a shift and an
-    // add from memory per lookup), two chains, then one flush.
-    for (int mb = mb0; mb < mb1; ++mb) {
-      const uint8_t* wb = w[static_cast<size_t>(mb) * KB + kb0].b;
-      for (int r = 0; r < kTileRows; ++r) {
-        V s0 = {}, s1 = {};
-        for (int k = 0; k < nk; ++k) {
-          const uint8_t* b = wb + 64 * k + 4 * r;
-          const V* tk = tab + 4 * k * 256;
-          s0 += tk[b[0]];
-          s1 += tk[256 + b[1]];
-          s0 += tk[512 + b[2]];
-          s1 += tk[768 + b[3]];
+  const char* tk = reinterpret_cast<const char*>(tab);
+  for (int seg0 = 0; seg0 < KB; seg0 += F::kChunk) {
+    const int seg1 = std::min(KB, seg0 + F::kChunk);
+    const bool init32 = seg0 == 0;
+    for (int kb0 = seg0; kb0 < seg1; kb0 += NK) {
+      const int nk = std::min(NK, seg1 - kb0);
+      for (int k = 0; k < nk; ++k) {
+        // The tile's activations by column, VT int16 lanes (zero past nt), then its 4 tables
+        // (group j's at tab + (4 k + j) kRows).
+        alignas(64) V xc[F::kCols];
+        for (int c = 0; c < F::kCols; ++c) xc[c] = V{};
+        for (int t = 0; t < nt; ++t) {
+          const int8_t* xt = x + static_cast<size_t>(t) * ldx + (kb0 + k) * F::kCols;
+          for (int c = 0; c < F::kCols; ++c) xc[c].lanes()[t] = static_cast<uint16_t>(static_cast<int16_t>(xt[c]));
         }
-        widen_add<VT, NB>(acc32 + static_cast<size_t>((mb - mb0) * kTileRows + r) * VT, s0 + s1);
+        for (int j = 0; j < 4; ++j) {
+          V a[F::kDigits];
+          for (int i = 0; i < F::kDigits; ++i) a[i] = xc[4 * i + j];
+          F::build(a, tab + (4 * k + j) * F::kRows);
+        }
       }
+      const bool first = kb0 == seg0, last = kb0 + nk == seg1;
+      auto run = [&](auto nk_c) {
+        constexpr int n = decltype(nk_c)::value;
+        if (first && last) lut_tile_rows<F, n, true, true, VT, NB>(w, KB, kb0, mb0, mb1, tk, kt, acc16, acc32, init32);
+        else if (first) lut_tile_rows<F, n, true, false, VT, NB>(w, KB, kb0, mb0, mb1, tk, kt, acc16, acc32, init32);
+        else if (last) lut_tile_rows<F, n, false, true, VT, NB>(w, KB, kb0, mb0, mb1, tk, kt, acc16, acc32, init32);
+        else lut_tile_rows<F, n, false, false, VT, NB>(w, KB, kb0, mb0, mb1, tk, kt, acc16, acc32, init32);
+      };
+      auto run_rem = [&](auto nk_c, int) { run(nk_c); };
+      if (nk == NK) run(std::integral_constant<int, NK>{});
+      else if (nk == 1) run(std::integral_constant<int, 1>{});
+      else remainder_tile<NK - 1>(nk, run_rem, 0);
     }
   }
   for (int t = 0; t < nt; ++t) {
