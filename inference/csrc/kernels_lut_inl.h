@@ -43,8 +43,9 @@ static_assert(4 * kLutChunkI2 * 128 * 4 <= 32767, "i2: 4 lookups per tile, each 
 static_assert(4 * kLutChunkT5 * 128 * 5 <= 32767, "t5: 4 lookups per tile, each at most 128 * 5 in magnitude");
 
 // Table bytes a block of tiles may look up (L1D is 48 KiB on the x86 cores these kernels target).
-constexpr int kLutL1Bytes = 44 * 1024;
+constexpr int kLutL1Bytes = 24 * 1024;
 typedef uint8_t LutBytes16 __attribute__((vector_size(16)));
+typedef int8_t LutBytes16s __attribute__((vector_size(16)));
 typedef uint16_t LutOffs16 __attribute__((vector_size(32)));
 
 template <int VT>
@@ -269,6 +270,45 @@ constexpr int lut_block_tiles() {
   return t < 1 ? 1 : t > 4 ? 4 : t;
 }
 
+// v[0..16) (16 rows of 16 bytes) transposed in place: four rounds of interleaving the bytes of
+// rows i and i + 8 (one unpack each for the low and the high halves) transpose a 16 x 16 matrix.
+inline void lut_transpose16(LutBytes16s* v) {
+  for (int round = 0; round < 4; ++round) {
+    LutBytes16s u[16];
+    for (int i = 0; i < 8; ++i) {
+      u[2 * i] = __builtin_shufflevector(v[i], v[i + 8], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+      u[2 * i + 1] = __builtin_shufflevector(v[i], v[i + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    }
+    for (int i = 0; i < 16; ++i) v[i] = u[i];
+  }
+}
+
+// The activations of C consecutive columns (x: the first column of token 0) as VT int16 lanes over
+// the tokens, zero past nt: xc[c].lanes()[t] = x[t * ldx + c]. 16 tokens x 16 columns at a time
+// by byte transposition (lut_transpose16) and one widening per column; columns past 16 (t5 has
+// 20) one by one.
+template <int VT, int NB, int C>
+inline void lut_columns(const int8_t* x, int ldx, int nt, LutV<VT, NB>* xc) {
+  typedef int16_t W16 __attribute__((vector_size(32)));
+  for (int t0 = 0; t0 < VT; t0 += 16) {
+    LutBytes16s v[16];
+    for (int t = 0; t < 16; ++t) {
+      if (t0 + t < nt) std::memcpy(&v[t], x + static_cast<size_t>(t0 + t) * ldx, 16);
+      else v[t] = LutBytes16s{};
+    }
+    lut_transpose16(v);
+    constexpr int n = VT < 16 ? VT : 16;  // lanes of this token block
+    for (int c = 0; c < 16; ++c) {
+      const W16 wide = __builtin_convertvector(v[c], W16);
+      std::memcpy(xc[c].lanes() + t0, &wide, 2 * n);
+    }
+  }
+  for (int c = 16; c < C; ++c) {
+    uint16_t* l = xc[c].lanes();
+    for (int t = 0; t < VT; ++t) l[t] = t < nt ? static_cast<uint16_t>(static_cast<int16_t>(x[static_cast<size_t>(t) * ldx + c])) : 0;
+  }
+}
+
 // Rows [16 mb0, 16 mb1) against nt <= VT tokens (x rows t0 .. t0 + nt - 1), exact, into y.
 // Loop order: block by block of NK tiles (lut_block_tiles: 2 at VT = 32 for i2, 4 x 81 rows of 64
 // bytes a tile), the block's tables are built once and shared by every row of the call, and every
@@ -295,11 +335,7 @@ void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const i
         // The tile's activations by column, VT int16 lanes (zero past nt), then its 4 tables
         // (group j's at tab + (4 k + j) kRows).
         alignas(64) V xc[F::kCols];
-        for (int c = 0; c < F::kCols; ++c) xc[c] = V{};
-        for (int t = 0; t < nt; ++t) {
-          const int8_t* xt = x + static_cast<size_t>(t) * ldx + (kb0 + k) * F::kCols;
-          for (int c = 0; c < F::kCols; ++c) xc[c].lanes()[t] = static_cast<uint16_t>(static_cast<int16_t>(xt[c]));
-        }
+        lut_columns<VT, NB, F::kCols>(x + (kb0 + k) * F::kCols, ldx, nt, xc);
         for (int j = 0; j < 4; ++j) {
           V a[F::kDigits];
           for (int i = 0; i < F::kDigits; ++i) a[i] = xc[4 * i + j];
