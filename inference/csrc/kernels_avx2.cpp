@@ -372,7 +372,8 @@ void ternary5_gemm_lut_avx2(const TernaryTile5* w, int KB, int mb0, int mb1, con
 
 }  // namespace
 
-uint32_t lut_loop_avx2(const uint8_t* idx, int64_t iters) { return lut_peak_loop<16>(idx, iters); }
+// The lut bound at the kernels' own step: 32 tokens a lookup, two 256-bit adds.
+uint32_t lut_loop_avx2(const uint8_t* idx, int64_t iters) { return lut_peak_loop<32, 32>(idx, iters); }
 
 const Kernels kKernelsAvx2 = {
     "avx2",

@@ -48,11 +48,6 @@ typedef uint8_t LutBytes16 __attribute__((vector_size(16)));
 typedef int8_t LutBytes16s __attribute__((vector_size(16)));
 typedef uint16_t LutOffs16 __attribute__((vector_size(32)));
 
-template <int VT>
-struct LutTypes {
-  typedef uint16_t V __attribute__((vector_size(2 * VT)));  // int16 lanes, wrapping adds
-};
-
 // The kernels' VT int16 lanes (wrapping adds) as P vectors of the translation unit's width NB bytes
 // (one 64-byte vector type in a 32-byte unit was lowered through the stack: every add became a
 // store, two 64-bit reloads and inserts); every operation is P native ones on registers. Loads and
@@ -229,6 +224,7 @@ __attribute__((always_inline)) inline void lut_rows16(const char* tk, int kt, co
       s.add(t + o[2]);
       s.add(t + o[3]);
     }
+    __builtin_prefetch(a16 + r + 8);  // the running sums stream from L2: 8 rows ahead (harmless past the end)
     if (!First) s.add(a16 + r);
     if (Last) widen_add<VT, NB>(a32 + static_cast<size_t>(r) * VT, s, init32);
     else s.store(a16 + r);
@@ -379,33 +375,32 @@ void lut_gemm(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t*
 }
 
 // The LUT bound: iters x kLutLoopLookups lookups exactly as the kernels' inner step does them (a
-// 32-bit load of four index bytes, four table rows added into two int16 chains) on tables that
-// stay in L1 (four groups of 64 rows: 8 KiB at VT = 16, 16 KiB at VT = 32) and 1 KiB of index
-// bytes (idx, values below 64). Returns a value that depends on every lookup.
-template <int VT>
+// 16-bit byte offset loaded, a VT-lane int16 table row added from memory, NB-byte vectors) on
+// tables that stay in L1 (four groups of 64 rows: 16 KiB at VT = 32) and 2 KiB of offsets made
+// from idx (1 KiB of index bytes below 64). Returns a value that depends on every lookup.
+template <int VT, int NB = 2 * VT>
 uint32_t lut_peak_loop(const uint8_t* idx, int64_t iters) {
-  using V = typename LutTypes<VT>::V;
+  using V = LutV<VT, NB>;
   alignas(64) V tab[4 * 64];
   for (int i = 0; i < 4 * 64; ++i)
-    for (int t = 0; t < VT; ++t) tab[i][t] = static_cast<uint16_t>(i + t);
-  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
-  static_assert(kLutLoopLookups == 16, "four 4-lookup steps per iteration");
+    for (int t = 0; t < VT; ++t) tab[i].lanes()[t] = static_cast<uint16_t>(i + t);
+  alignas(64) uint16_t off[1024];
+  for (int i = 0; i < 1024; ++i) off[i] = static_cast<uint16_t>(((i & 3) * 64 + (idx[i] & 63)) * sizeof(V));
+  const char* tk = reinterpret_cast<const char*>(tab);
+  V s0 = V::load(tab), s1 = V::load(tab + 1);
+  static_assert(kLutLoopLookups == 16, "four 4-lookup rows per iteration");
   for (int64_t it = 0; it < iters; ++it) {
-    const uint8_t* p = idx + 16 * (it & 63);
+    const uint16_t* p = off + 16 * (it & 63);
     for (int k = 0; k < 4; ++k) {
-      uint32_t b;
-      std::memcpy(&b, p + 4 * k, 4);
-      V& a = (k & 1) ? s2 : s0;
-      V& c = (k & 1) ? s3 : s1;
-      a += tab[b & 63];
-      c += tab[64 + ((b >> 8) & 63)];
-      a += tab[128 + ((b >> 16) & 63)];
-      c += tab[192 + ((b >> 24) & 63)];
+      s0.add(tk + p[4 * k]);
+      s1.add(tk + p[4 * k + 1]);
+      s0.add(tk + p[4 * k + 2]);
+      s1.add(tk + p[4 * k + 3]);
     }
   }
-  const V s = s0 + s1 + s2 + s3;
+  const V s = s0 + s1;
   uint32_t r = 0;
-  for (int t = 0; t < VT; ++t) r += s[t];
+  for (int t = 0; t < VT; ++t) r += reinterpret_cast<const uint16_t*>(s.v)[t];
   return r;
 }
 
