@@ -159,20 +159,26 @@ struct LutI2 {
     const LutBytes16 hi = {0, 9, 18, 0, 27, 36, 45, 0, 54, 63, 72, 0, 0, 0, 0, 0};  // 9 (c2 + 3 c3)
     return __builtin_shuffle(lo, b & 15) + __builtin_shuffle(hi, b >> 4);
   }
-  // The table of one group: tab[c0 + 3 c1 + 9 c2 + 27 c3] = sum_i (c_i - 1) a[i] (a[i]: the
-  // activations of column 4 i + j of the tile, for group j).
+  // The table of one group: tab[c0 + 3 c1 + 9 c2 + 27 c3] = sum_i (c_i - 1) a[4 i] (a[4 i]: the
+  // activations of column 4 i + j of the tile, for group j: a = the tile's columns + j).
   template <typename V>
   static void build(const V* a, V* tab) {
+    // Nested partial sums (few live vectors: a[] is read from memory as it is needed); the three
+    // rows of each c0 triple are consecutive.
     const V z = {};
-    const V d[4][3] = {{z - a[0], z, a[0]}, {z - a[1], z, a[1]}, {z - a[2], z, a[2]}, {z - a[3], z, a[3]}};
-    for (int c3 = 0; c3 < 3; ++c3)
+    for (int c3 = 0; c3 < 3; ++c3) {
+      const V s3 = c3 == 0 ? z - a[12] : c3 == 1 ? z : a[12];
       for (int c2 = 0; c2 < 3; ++c2) {
-        const V s2 = d[3][c3] + d[2][c2];
+        const V s2 = c2 == 0 ? s3 - a[8] : c2 == 1 ? s3 : s3 + a[8];
         for (int c1 = 0; c1 < 3; ++c1) {
-          const V s1 = s2 + d[1][c1];
-          for (int c0 = 0; c0 < 3; ++c0) tab[c0 + 3 * c1 + 9 * c2 + 27 * c3] = s1 + d[0][c0];
+          const V s1 = c1 == 0 ? s2 - a[4] : c1 == 1 ? s2 : s2 + a[4];
+          V* e = tab + 3 * c1 + 9 * c2 + 27 * c3;
+          (s1 - a[0]).store(e);
+          s1.store(e + 1);
+          (s1 + a[0]).store(e + 2);
         }
       }
+    }
   }
 };
 
@@ -181,7 +187,8 @@ struct LutT5 {
   static constexpr int kCols = kTile5Cols, kDigits = 5, kChunk = kLutChunkT5;
   static constexpr int kRows = 256;  // indexed by the stored byte itself (243 of 256 values occur)
   static LutBytes16 index(LutBytes16 b) { return b; }
-  // tab[t5 byte of v] for v = sum c_i 3^(4 - i) (c_i = q_i + 1 of column 4 i + j).
+  // tab[t5 byte of v] for v = sum c_i 3^(4 - i) (c_i = q_i + 1 of column 4 i + j, whose activations
+  // are a[4 i]: a = the tile's columns + j).
   template <typename V>
   static void build(const V* a, V* tab) {
     const V z = {};
@@ -190,14 +197,14 @@ struct LutT5 {
     for (int c0 = 0; c0 < 3; ++c0) {
       const V s0 = c0 == 0 ? z - a[0] : c0 == 1 ? z : a[0];
       for (int c1 = 0; c1 < 3; ++c1) {
-        const V s1 = s0 + (c1 == 0 ? z - a[1] : c1 == 1 ? z : a[1]);
+        const V s1 = s0 + (c1 == 0 ? z - a[4] : c1 == 1 ? z : a[4]);
         for (int c2 = 0; c2 < 3; ++c2) {
-          const V s2 = s1 + (c2 == 0 ? z - a[2] : c2 == 1 ? z : a[2]);
+          const V s2 = s1 + (c2 == 0 ? z - a[8] : c2 == 1 ? z : a[8]);
           for (int c3 = 0; c3 < 3; ++c3) {
-            const V s3 = s2 + (c3 == 0 ? z - a[3] : c3 == 1 ? z : a[3]);
-            tab[enc[v++]] = s3 - a[4];
-            tab[enc[v++]] = s3;
-            tab[enc[v++]] = s3 + a[4];
+            const V s3 = s2 + (c3 == 0 ? z - a[12] : c3 == 1 ? z : a[12]);
+            (s3 - a[16]).store(tab + enc[v++]);
+            s3.store(tab + enc[v++]);
+            (s3 + a[16]).store(tab + enc[v++]);
           }
         }
       }
@@ -332,11 +339,7 @@ void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const i
         // (group j's at tab + (4 k + j) kRows).
         alignas(64) V xc[F::kCols];
         lut_columns<VT, NB, F::kCols>(x + (kb0 + k) * F::kCols, ldx, nt, xc);
-        for (int j = 0; j < 4; ++j) {
-          V a[F::kDigits];
-          for (int i = 0; i < F::kDigits; ++i) a[i] = xc[4 * i + j];
-          F::build(a, tab + (4 * k + j) * F::kRows);
-        }
+        for (int j = 0; j < 4; ++j) F::build(xc + j, tab + (4 * k + j) * F::kRows);
       }
       const bool first = kb0 == seg0, last = kb0 + nk == seg1;
       auto run = [&](auto nk_c) {
