@@ -13,7 +13,15 @@
 // so one lookup is one vector add of E[b] into the row's int16 accumulator: g * VT products per
 // add, with no multiply. Tables are built once per group and token tile and shared by every row
 // of the call (the build costs 3 + 9 + ... + 3^g vector adds per group; a call covers hundreds of
-// rows). Bytes that no weight holds (13 of 256 for t5, 175 for i2) are never looked up, never built.
+// rows). t5 tables are indexed by the byte itself (13 of 256 rows never built nor read); i2 ones by
+// the 81 byte values that occur, compacted (LutI2::index). VT = 32 on AVX2 and AVX-512 (a table row
+// is two 256-bit or one 512-bit vector), 16 or 8 for a short remainder of tokens.
+//
+// Where the time goes (AVX2, 2B4T shapes): per row and tile 4 offset loads, 8 table adds and the
+// load / store of the row's running int16 sum (lut_rows16); dropping that round trip (wrong
+// results, timing only) was 40% faster, but two tiles' tables per block, which would halve it,
+// crowd L1 (41 of 48 KiB) and came out no faster. Table builds and the activation transposition
+// are a fixed cost per tile and call (about a fifth of a 320-row call, a twentieth of 3456 rows).
 //
 // Overflow: |E[b][t]| <= 128 * g (x may be -128, q = -1 on every column: +128 g), so n lookups sum
 // to at most 128 g n in magnitude; int16 holds it while 128 g n <= 32767: n <= 63 for i2 (g = 4:
@@ -120,13 +128,13 @@ __attribute__((always_inline)) inline void widen_add(int32_t* acc, const LutV<VT
 }
 
 // Per-thread scratch, grown on demand: 0 the tables of a block of tiles, 1 the int32 sums of a
-// call, 2 its activations by column, 3 its int16 sums.
+// call, 2 its int16 sums.
 inline uint8_t* lut_scratch(size_t bytes, int which) {
   struct Buf {
     std::unique_ptr<uint8_t[]> p;
     size_t n = 0;
   };
-  thread_local Buf bufs[4];
+  thread_local Buf bufs[3];
   Buf& b = bufs[which];
   if (b.n < bytes + 64) {
     b.p.reset(new uint8_t[bytes + 64]);
@@ -326,7 +334,7 @@ void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const i
   constexpr int NK = lut_block_tiles<F, VT, NB>();
   const int rows = (mb1 - mb0) * kTileRows, kt = 4 * F::kRows * static_cast<int>(sizeof(V));
   V* tab = reinterpret_cast<V*>(lut_scratch(static_cast<size_t>(kt) * NK, 0));
-  V* acc16 = reinterpret_cast<V*>(lut_scratch(sizeof(V) * rows, 3));                       // [row]
+  V* acc16 = reinterpret_cast<V*>(lut_scratch(sizeof(V) * rows, 2));                       // [row]
   int32_t* acc32 = reinterpret_cast<int32_t*>(lut_scratch(sizeof(int32_t) * VT * rows, 1));  // [row][lane]
   const char* tk = reinterpret_cast<const char*>(tab);
   for (int seg0 = 0; seg0 < KB; seg0 += F::kChunk) {
