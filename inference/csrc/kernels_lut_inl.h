@@ -31,6 +31,8 @@
 // the exact one because the exact one lies in [-32768, 32767].
 #pragma once
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -54,7 +56,6 @@ static_assert(4 * kLutChunkT5 * 128 * 5 <= 32767, "t5: 4 lookups per tile, each 
 constexpr int kLutL1Bytes = 24 * 1024;
 typedef uint8_t LutBytes16 __attribute__((vector_size(16)));
 typedef int8_t LutBytes16s __attribute__((vector_size(16)));
-typedef uint16_t LutOffs16 __attribute__((vector_size(32)));
 
 // The kernels' VT int16 lanes (wrapping adds) as P vectors of the translation unit's width NB bytes
 // (one 64-byte vector type in a 32-byte unit was lowered through the stack: every add became a
@@ -160,12 +161,16 @@ struct LutI2 {
   // c0 + 3 c1 + 9 c2 + 27 c3: a tile's 4 tables take 4 x 81 consecutive rows (20.25 KiB at 64-byte
   // rows) instead of 4 sparse 256-row ones whose used rows pile up in 27 of L1's 64 sets.
   static constexpr int kRows = 81;
-  // 16 weight bytes b = c0 | c1 << 2 | c2 << 4 | c3 << 6 -> their compact indices: one byte
+  // 32 weight bytes b = c0 | c1 << 2 | c2 << 4 | c3 << 6 -> their compact indices: one byte
   // shuffle per nibble (each nibble holds two codes).
-  static LutBytes16 index(LutBytes16 b) {
-    const LutBytes16 lo = {0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 0, 0, 0, 0};         // c0 + 3 c1
-    const LutBytes16 hi = {0, 9, 18, 0, 27, 36, 45, 0, 54, 63, 72, 0, 0, 0, 0, 0};  // 9 (c2 + 3 c3)
-    return __builtin_shuffle(lo, b & 15) + __builtin_shuffle(hi, b >> 4);
+  static __m256i index32(__m256i b) {
+    const __m256i lo = _mm256_setr_epi8(0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 0, 0, 0, 0,  //
+                                        0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 0, 0, 0, 0);
+    const __m256i hi = _mm256_setr_epi8(0, 9, 18, 0, 27, 36, 45, 0, 54, 63, 72, 0, 0, 0, 0, 0,  //
+                                        0, 9, 18, 0, 27, 36, 45, 0, 54, 63, 72, 0, 0, 0, 0, 0);
+    const __m256i m15 = _mm256_set1_epi8(15);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lo, _mm256_and_si256(b, m15)),
+                           _mm256_shuffle_epi8(hi, _mm256_and_si256(_mm256_srli_epi16(b, 4), m15)));
   }
   // The table of one group: tab[c0 + 3 c1 + 9 c2 + 27 c3] = sum_i (c_i - 1) a[4 i] (a[4 i]: the
   // activations of column 4 i + j of the tile, for group j: a = the tile's columns + j).
@@ -194,7 +199,7 @@ struct LutT5 {
   using Tile = TernaryTile5;
   static constexpr int kCols = kTile5Cols, kDigits = 5, kChunk = kLutChunkT5;
   static constexpr int kRows = 256;  // indexed by the stored byte itself (243 of 256 values occur)
-  static LutBytes16 index(LutBytes16 b) { return b; }
+  static __m256i index32(__m256i b) { return b; }
   // tab[t5 byte of v] for v = sum c_i 3^(4 - i) (c_i = q_i + 1 of column 4 i + j, whose activations
   // are a[4 i]: a = the tile's columns + j).
   template <typename V>
@@ -220,26 +225,49 @@ struct LutT5 {
   }
 };
 
+// Row of slot s of a row block's offsets (lut_offsets): the byte unpacks that widen them keep
+// 128-bit lanes, so row pairs 1 and 2 (rows 2-3 and 4-5, and 10-11 / 12-13) trade places.
+constexpr int lut_slot_row(int s) { return (s & 9) | (s & 2) << 1 | (s & 4) >> 1; }
+
+// A row block's 64 index bytes (wb) as byte offsets into their tile's tables, in slot order
+// (lut_slot_row): F::index32, then each byte unpacked into the high byte of a 16-bit lane and
+// shifted down to idx << lg, plus the offset of its group's table (gofs: lane i has group i % 4).
+template <typename F, int LG>
+__attribute__((always_inline)) inline void lut_offsets(const uint8_t* wb, __m256i gofs, uint16_t* offs) {
+  static_assert(LG <= 8, "table rows of at most 256 bytes");
+  const __m256i z = _mm256_setzero_si256();
+  for (int h = 0; h < 2; ++h) {
+    const __m256i idx = F::index32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * h)));
+    const __m256i lo = _mm256_add_epi16(_mm256_srli_epi16(_mm256_unpacklo_epi8(z, idx), 8 - LG), gofs);
+    const __m256i hi = _mm256_add_epi16(_mm256_srli_epi16(_mm256_unpackhi_epi8(z, idx), 8 - LG), gofs);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(offs + 32 * h), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(offs + 32 * h + 16), hi);
+  }
+}
+
 // One row block's 16 rows against NK tiles' tables (tk: tile k's 4 tables at tk + k * kt bytes;
-// offs: 64 per tile, each row's 4 lookups as byte offsets from its tile's tables). First: the
-// row's int16 sum starts at zero (else at a16[r]); Last: it is widened into the int32 sums a32
-// (= where init32, else +=) instead of being stored back into a16 (the segment's last tiles).
+// offs: 64 per tile from lut_offsets, slot s holding the 4 lookups of row lut_slot_row(s)). First:
+// the row's int16 sum starts at zero (else at a16[r]); Last: it is widened into the int32 sums
+// a32 (= where init32, else +=) instead of being stored back into a16 (the segment's last tiles).
 template <int NK, bool First, bool Last, int VT, int NB>
 __attribute__((always_inline)) inline void lut_rows16(const char* tk, int kt, const uint16_t* offs,
                                                       LutV<VT, NB>* a16, int32_t* a32, bool init32) {
   using V = LutV<VT, NB>;
-  for (int r = 0; r < kTileRows; ++r) {
+  __builtin_prefetch(a16 + 16);  // the running sums stream from L2: the next row block's
+  __builtin_prefetch(a16 + 24);  // (harmless past the end)
+#pragma GCC unroll 16
+  for (int sl = 0; sl < kTileRows; ++sl) {
+    const int r = lut_slot_row(sl);  // a constant once unrolled
     // The lookups first, the running sum (from L2) last: its latency stays off the add chain.
-    V s = V::load(tk + offs[4 * r]);
+    V s = V::load(tk + offs[4 * sl]);
     for (int k = 0; k < NK; ++k) {
-      const uint16_t* o = offs + 64 * k + 4 * r;
+      const uint16_t* o = offs + 64 * k + 4 * sl;
       const char* t = tk + k * kt;
       if (k) s.add(t + o[0]);
       s.add(t + o[1]);
       s.add(t + o[2]);
       s.add(t + o[3]);
     }
-    __builtin_prefetch(a16 + r + 8);  // the running sums stream from L2: 8 rows ahead (harmless past the end)
     if (!First) s.add(a16 + r);
     if (Last) widen_add<VT, NB>(a32 + static_cast<size_t>(r) * VT, s, init32);
     else s.store(a16 + r);
@@ -247,27 +275,24 @@ __attribute__((always_inline)) inline void lut_rows16(const char* tk, int kt, co
 }
 
 // Rows [16 mb0, 16 mb1) of NK tiles kb.. (their tables built at tk, kt bytes apart) for the whole
-// call: per row block, the 64 NK index bytes become byte offsets into their tile's tables (16 at a
-// time: F::index, widen, scale to the table row size, add the group's table offset), so a lookup
-// is one 16-bit load and the vector adds; then lut_rows16.
+// call: per row block, the 64 NK index bytes become byte offsets into their tile's tables
+// (lut_offsets), so a lookup is one 16-bit load and the vector adds; then lut_rows16.
 template <typename F, int NK, bool First, bool Last, int VT, int NB>
 void lut_tile_rows(const typename F::Tile* w, int KB, int kb, int mb0, int mb1, const char* tk, int kt,
                    LutV<VT, NB>* acc16, int32_t* acc32, bool init32) {
   using V = LutV<VT, NB>;
   constexpr int lg = __builtin_ctz(sizeof(V));
   static_assert((sizeof(V) & (sizeof(V) - 1)) == 0 && 4 * F::kRows * sizeof(V) <= 65536, "16-bit offsets");
-  LutOffs16 gofs;  // lane i: group i % 4's table offset
-  for (int i = 0; i < 16; ++i) gofs[i] = static_cast<uint16_t>(((i & 3) * F::kRows) << lg);
+  const __m256i gofs = _mm256_setr_epi16(0, F::kRows << lg, 2 * F::kRows << lg, 3 * F::kRows << lg, 0,
+                                         F::kRows << lg, 2 * F::kRows << lg, 3 * F::kRows << lg, 0, F::kRows << lg,
+                                         2 * F::kRows << lg, 3 * F::kRows << lg, 0, F::kRows << lg,
+                                         2 * F::kRows << lg, 3 * F::kRows << lg);
   alignas(64) uint16_t offs[64 * NK];
   for (int mb = mb0; mb < mb1; ++mb) {
     const uint8_t* wb = w[static_cast<size_t>(mb) * KB + kb].b;
-    for (int k = 0; k < NK; ++k)  // 4 row blocks ahead
-      __builtin_prefetch(wb + 4 * static_cast<size_t>(KB) * sizeof(typename F::Tile) + 64 * k);
-    for (int q = 0; q < 4 * NK; ++q) {
-      LutBytes16 b;
-      std::memcpy(&b, wb + 16 * q, 16);
-      const LutOffs16 o = (__builtin_convertvector(F::index(b), LutOffs16) << lg) + gofs;
-      std::memcpy(offs + 16 * q, &o, sizeof o);
+    for (int k = 0; k < NK; ++k) {
+      __builtin_prefetch(wb + 4 * static_cast<size_t>(KB) * sizeof(typename F::Tile) + 64 * k);  // 4 row blocks ahead
+      lut_offsets<F, lg>(wb + 64 * k, gofs, offs + 64 * k);
     }
     const int r0 = (mb - mb0) * kTileRows;
     lut_rows16<NK, First, Last, VT, NB>(tk, kt, offs, acc16 + r0, acc32 + static_cast<size_t>(r0) * VT, init32);
