@@ -345,6 +345,37 @@ inline void lut_columns(const int8_t* x, int ldx, int nt, LutV<VT, NB>* xc) {
   }
 }
 
+// y[t * ldy + r] = acc32[r * VT + t] for r < rows (a multiple of 8), t < nt: 8 x 8 blocks through
+// registers (the standard unpack / lane-permute transpose), a last partial block of tokens one by one.
+template <int VT>
+inline void lut_store_y(const int32_t* acc32, int rows, int nt, int32_t* y, int ldy) {
+  int t0 = 0;
+  for (; t0 + 8 <= nt; t0 += 8)
+    for (int r = 0; r < rows; r += 8) {
+      __m256i v[8], u[8];
+      for (int i = 0; i < 8; ++i)
+        v[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc32 + static_cast<size_t>(r + i) * VT + t0));
+      for (int i = 0; i < 8; i += 2) {
+        u[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);
+        u[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        v[i] = _mm256_unpacklo_epi64(u[i], u[i + 2]);
+        v[i + 1] = _mm256_unpackhi_epi64(u[i], u[i + 2]);
+        v[i + 2] = _mm256_unpacklo_epi64(u[i + 1], u[i + 3]);
+        v[i + 3] = _mm256_unpackhi_epi64(u[i + 1], u[i + 3]);
+      }
+      for (int i = 0; i < 4; ++i) {  // v[i]: tokens t0 + i and t0 + 4 + i in its two halves
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + static_cast<size_t>(t0 + i) * ldy + r),
+                            _mm256_permute2x128_si256(v[i], v[i + 4], 0x20));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + static_cast<size_t>(t0 + 4 + i) * ldy + r),
+                            _mm256_permute2x128_si256(v[i], v[i + 4], 0x31));
+      }
+    }
+  for (int t = t0; t < nt; ++t)
+    for (int r = 0; r < rows; ++r) y[static_cast<size_t>(t) * ldy + r] = acc32[static_cast<size_t>(r) * VT + t];
+}
+
 // Rows [16 mb0, 16 mb1) against nt <= VT tokens (x rows t0 .. t0 + nt - 1), exact, into y.
 // Loop order: block by block of NK tiles (lut_block_tiles: 2 at VT = 32 for i2, 4 x 81 rows of 64
 // bytes a tile), the block's tables are built once and shared by every row of the call, and every
@@ -388,10 +419,7 @@ void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const i
       else remainder_tile<NK - 1>(nk, run_rem, 0);
     }
   }
-  for (int t = 0; t < nt; ++t) {
-    int32_t* yt = y + static_cast<size_t>(t) * ldy + mb0 * kTileRows;
-    for (int r = 0; r < rows; ++r) yt[r] = acc32[static_cast<size_t>(r) * VT + t];
-  }
+  lut_store_y<VT>(acc32, rows, nt, y + mb0 * kTileRows, ldy);
 }
 
 // The whole product (ternary_gemm's contract; xsum unused: the tables hold signed sums): tokens in
