@@ -1,7 +1,8 @@
 // Lookup-table ternary products for a tile of tokens (prefill, batched decode steps), written once
-// with GCC/Clang vector extensions and compiled inside each SIMD translation unit with that unit's
-// flags (kernels_avx2.cpp: 128/256-bit vectors, kernels_avx512.cpp: up to 512-bit). Everything
-// here has internal linkage, so no copy built with one file's flags is linked into another.
+// with GCC/Clang vector extensions (plus AVX2 intrinsics for the index offsets and the output
+// transpose: x86 only) and compiled inside each SIMD translation unit with that unit's flags
+// (kernels_avx2.cpp: 128/256-bit vectors, kernels_avx512.cpp: up to 512-bit). Everything here has
+// internal linkage, so no copy built with one file's flags is linked into another.
 // Scalar twin: ternary_gemm_lut_ref / ternary5_gemm_lut_ref (kernels_ref.cpp); exactness against
 // the multiply reference is tested in tests/inference/test_kernels_lut.py.
 //
