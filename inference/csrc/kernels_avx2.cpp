@@ -359,10 +359,11 @@ void ternary5_gemm_avx2(const TernaryTile5* w, int KB, int mb0, int mb1, const i
   }
 }
 
-// Lookup tables (kernels_lut_inl.h): 16 tokens per 256-bit int16 vector, 8 for a short remainder.
+// Lookup tables (kernels_lut_inl.h): i2 32 tokens per table row (two 256-bit int16 vectors), t5 16
+// (its 243-row tables would not fit L1 at 32), 16 or 8 for a short remainder.
 void ternary_gemm_lut_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                            const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
-  lut_gemm<LutI2, 16, 32>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+  lut_gemm<LutI2, 32, 32>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
 }
 void ternary5_gemm_lut_avx2(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                             const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
@@ -371,7 +372,8 @@ void ternary5_gemm_lut_avx2(const TernaryTile5* w, int KB, int mb0, int mb1, con
 
 }  // namespace
 
-uint32_t lut_loop_avx2(const uint8_t* idx, int64_t iters) { return lut_peak_loop<16>(idx, iters); }
+// The lut bound at the kernels' own step: 32 tokens a lookup, two 256-bit adds.
+uint32_t lut_loop_avx2(const uint8_t* idx, int64_t iters) { return lut_peak_loop<32, 32>(idx, iters); }
 
 const Kernels kKernelsAvx2 = {
     "avx2",

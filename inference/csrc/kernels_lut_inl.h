@@ -1,7 +1,8 @@
 // Lookup-table ternary products for a tile of tokens (prefill, batched decode steps), written once
-// with GCC/Clang vector extensions and compiled inside each SIMD translation unit with that unit's
-// flags (kernels_avx2.cpp: 128/256-bit vectors, kernels_avx512.cpp: up to 512-bit). Everything
-// here has internal linkage, so no copy built with one file's flags is linked into another.
+// with GCC/Clang vector extensions (plus AVX2 intrinsics for the index offsets and the output
+// transpose: x86 only) and compiled inside each SIMD translation unit with that unit's flags
+// (kernels_avx2.cpp: 128/256-bit vectors, kernels_avx512.cpp: up to 512-bit). Everything here has
+// internal linkage, so no copy built with one file's flags is linked into another.
 // Scalar twin: ternary_gemm_lut_ref / ternary5_gemm_lut_ref (kernels_ref.cpp); exactness against
 // the multiply reference is tested in tests/inference/test_kernels_lut.py.
 //
@@ -13,7 +14,15 @@
 // so one lookup is one vector add of E[b] into the row's int16 accumulator: g * VT products per
 // add, with no multiply. Tables are built once per group and token tile and shared by every row
 // of the call (the build costs 3 + 9 + ... + 3^g vector adds per group; a call covers hundreds of
-// rows). Bytes that no weight holds (13 of 256 for t5, 175 for i2) are never looked up, never built.
+// rows). t5 tables are indexed by the byte itself (13 of 256 rows never built nor read); i2 ones by
+// the 81 byte values that occur, compacted (LutI2::index). VT = 32 on AVX2 and AVX-512 (a table row
+// is two 256-bit or one 512-bit vector), 16 or 8 for a short remainder of tokens.
+//
+// Where the time goes (AVX2, 2B4T shapes): per row and tile 4 offset loads, 8 table adds and the
+// load / store of the row's running int16 sum (lut_rows16); dropping that round trip (wrong
+// results, timing only) was 40% faster, but two tiles' tables per block, which would halve it,
+// crowd L1 (41 of 48 KiB) and came out no faster. Table builds and the activation transposition
+// are a fixed cost per tile and call (about a fifth of a 320-row call, a twentieth of 3456 rows).
 //
 // Overflow: |E[b][t]| <= 128 * g (x may be -128, q = -1 on every column: +128 g), so n lookups sum
 // to at most 128 g n in magnitude; int16 holds it while 128 g n <= 32767: n <= 63 for i2 (g = 4:
@@ -23,11 +32,14 @@
 // the exact one because the exact one lies in [-32768, 32767].
 #pragma once
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels.h"
@@ -41,40 +53,84 @@ constexpr int kLutChunkT5 = 12;
 static_assert(4 * kLutChunkI2 * 128 * 4 <= 32767, "i2: 4 lookups per tile, each at most 128 * 4 in magnitude");
 static_assert(4 * kLutChunkT5 * 128 * 5 <= 32767, "t5: 4 lookups per tile, each at most 128 * 5 in magnitude");
 
-// Table bytes a block may look up (L1D is 32-48 KiB on the CPUs these kernels target).
-constexpr int kLutL1Bytes = 32 * 1024;
+// Table bytes a block of tiles may look up (L1D is 48 KiB on the x86 cores these kernels target).
+constexpr int kLutL1Bytes = 24 * 1024;
+typedef uint8_t LutBytes16 __attribute__((vector_size(16)));
+typedef int8_t LutBytes16s __attribute__((vector_size(16)));
 
-template <int VT>
-struct LutTypes {
-  typedef uint16_t V __attribute__((vector_size(2 * VT)));  // int16 lanes, wrapping adds
-};
-
-// acc[0..VT) += the VT int16 lanes of s (as signed), widened NB bytes of int32 at a time: NB is the
-// translation unit's vector width (32: AVX2, 64: AVX-512), so every piece is one vpmovsxwd and one
-// vpaddd on registers (a VT-lane int32 vector type wider than the unit's registers was lowered
-// through the stack, with store-forwarding stalls that cost more than the lookups).
-template <int N>
-struct WidenTypes {
-  typedef int16_t H __attribute__((vector_size(2 * N)));
-  typedef int32_t I __attribute__((vector_size(4 * N)));
-};
+// The kernels' VT int16 lanes (wrapping adds) as P vectors of the translation unit's width NB bytes
+// (one 64-byte vector type in a 32-byte unit was lowered through the stack: every add became a
+// store, two 64-bit reloads and inserts); every operation is P native ones on registers. Loads and
+// stores go vector by vector (a whole-struct copy was lowered to 16-byte moves through the stack).
 template <int VT, int NB>
-inline void widen_add(int32_t* acc, const typename LutTypes<VT>::V& s) {
-  constexpr int n = VT < NB / 4 ? VT : NB / 4;  // lanes per piece
-  using H = typename WidenTypes<n>::H;
-  using I = typename WidenTypes<n>::I;
-  for (int p = 0; p < VT / n; ++p) {
-    H h;
-    I a;
-    std::memcpy(&h, reinterpret_cast<const char*>(&s) + 2 * n * p, sizeof h);
-    std::memcpy(&a, acc + n * p, sizeof a);
-    a += __builtin_convertvector(h, I);
-    std::memcpy(acc + n * p, &a, sizeof a);
+struct LutV {
+  static constexpr int W = VT < NB / 2 ? VT : NB / 2, P = VT / W;  // lanes per vector, vectors
+  typedef uint16_t N __attribute__((vector_size(2 * W)));
+  N v[P];
+  static __attribute__((always_inline)) LutV load(const void* p) {
+    LutV r;
+    for (int i = 0; i < P; ++i) std::memcpy(&r.v[i], static_cast<const char*>(p) + sizeof(N) * i, sizeof(N));
+    return r;
+  }
+  __attribute__((always_inline)) void store(void* p) const {
+    for (int i = 0; i < P; ++i) std::memcpy(static_cast<char*>(p) + sizeof(N) * i, &v[i], sizeof(N));
+  }
+  __attribute__((always_inline)) void add(const void* p) {  // += the VT lanes at p
+    for (int i = 0; i < P; ++i) {
+      N t;
+      std::memcpy(&t, static_cast<const char*>(p) + sizeof(N) * i, sizeof(N));
+      v[i] += t;
+    }
+  }
+  __attribute__((always_inline)) LutV& operator+=(const LutV& b) {
+    for (int p = 0; p < P; ++p) v[p] += b.v[p];
+    return *this;
+  }
+  __attribute__((always_inline)) friend LutV operator+(LutV a, const LutV& b) { return a += b; }
+  __attribute__((always_inline)) friend LutV operator-(LutV a, const LutV& b) {
+    for (int p = 0; p < P; ++p) a.v[p] -= b.v[p];
+    return a;
+  }
+  uint16_t* lanes() { return reinterpret_cast<uint16_t*>(v); }
+};
+
+// acc[0..VT) (= where init, else +=) the VT int16 lanes of s as signed, widened half a vector (at
+// most NB bytes of int32) at a time with a lane shuffle, so every piece is one vpmovsxwd and one
+// vpaddd on registers (a VT-lane int32 vector type wider than the unit's registers, or a memcpy
+// out of s, was lowered through the stack, with store-forwarding stalls).
+template <int Off, typename Ns, typename Hs, typename Iv, size_t... I>
+__attribute__((always_inline)) inline void widen_piece(int32_t* d, Ns sv, bool init, std::index_sequence<I...>) {
+  const Hs h = __builtin_shufflevector(sv, sv, (Off + static_cast<int>(I))...);
+  Iv a = __builtin_convertvector(h, Iv);
+  if (!init) {
+    Iv o;
+    std::memcpy(&o, d, sizeof o);
+    a += o;
+  }
+  std::memcpy(d, &a, sizeof a);
+}
+template <int VT, int NB>
+__attribute__((always_inline)) inline void widen_add(int32_t* acc, const LutV<VT, NB>& s, bool init) {
+  using V = LutV<VT, NB>;
+  constexpr int H = V::W / 2 < NB / 4 ? V::W / 2 : NB / 4;  // int32 lanes per piece
+  typedef int16_t Ns __attribute__((vector_size(2 * V::W)));
+  typedef int16_t Hs __attribute__((vector_size(2 * H)));
+  typedef int32_t Iv __attribute__((vector_size(4 * H)));
+  static_assert(V::W % H == 0 && V::W / H <= 4, "one to four pieces a vector");
+  constexpr std::make_index_sequence<H> seq{};
+  for (int p = 0; p < V::P; ++p) {
+    Ns sv;
+    std::memcpy(&sv, &s.v[p], sizeof sv);
+    int32_t* d = acc + V::W * p;
+    widen_piece<0, Ns, Hs, Iv>(d, sv, init, seq);
+    if constexpr (V::W / H >= 2) widen_piece<H, Ns, Hs, Iv>(d + H, sv, init, seq);
+    if constexpr (V::W / H >= 3) widen_piece<2 * H, Ns, Hs, Iv>(d + 2 * H, sv, init, seq);
+    if constexpr (V::W / H >= 4) widen_piece<3 * H, Ns, Hs, Iv>(d + 3 * H, sv, init, seq);
   }
 }
 
 // Per-thread scratch, grown on demand: 0 the tables of a block of tiles, 1 the int32 sums of a
-// call, 2 its activations by column.
+// call, 2 its int16 sums.
 inline uint8_t* lut_scratch(size_t bytes, int which) {
   struct Buf {
     std::unique_ptr<uint8_t[]> p;
@@ -101,28 +157,52 @@ inline const std::array<uint8_t, 243>& t5_bytes() {
 
 struct LutI2 {
   using Tile = TernaryTile;
-  static constexpr int kCols = kTileCols, kDigits = 4, kChunk = kLutChunkI2, kUsed = 81;
-  // The table of group j of a tile: tab[b] for the 81 bytes b = c0 | c1 << 2 | c2 << 4 | c3 << 6
-  // (c_i = q_i + 1 of column 4 i + j); a[i] = activations of that column.
+  static constexpr int kCols = kTileCols, kDigits = 4, kChunk = kLutChunkI2;
+  // Table rows per group: the 81 byte values that occur (codes c_i <= 2), compacted to the index
+  // c0 + 3 c1 + 9 c2 + 27 c3: a tile's 4 tables take 4 x 81 consecutive rows (20.25 KiB at 64-byte
+  // rows) instead of 4 sparse 256-row ones whose used rows pile up in 27 of L1's 64 sets.
+  static constexpr int kRows = 81;
+  // 32 weight bytes b = c0 | c1 << 2 | c2 << 4 | c3 << 6 -> their compact indices: one byte
+  // shuffle per nibble (each nibble holds two codes).
+  static __m256i index32(__m256i b) {
+    const __m256i lo = _mm256_setr_epi8(0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 0, 0, 0, 0,  //
+                                        0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 0, 0, 0, 0);
+    const __m256i hi = _mm256_setr_epi8(0, 9, 18, 0, 27, 36, 45, 0, 54, 63, 72, 0, 0, 0, 0, 0,  //
+                                        0, 9, 18, 0, 27, 36, 45, 0, 54, 63, 72, 0, 0, 0, 0, 0);
+    const __m256i m15 = _mm256_set1_epi8(15);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lo, _mm256_and_si256(b, m15)),
+                           _mm256_shuffle_epi8(hi, _mm256_and_si256(_mm256_srli_epi16(b, 4), m15)));
+  }
+  // The table of one group: tab[c0 + 3 c1 + 9 c2 + 27 c3] = sum_i (c_i - 1) a[4 i] (a[4 i]: the
+  // activations of column 4 i + j of the tile, for group j: a = the tile's columns + j).
   template <typename V>
   static void build(const V* a, V* tab) {
+    // Nested partial sums (few live vectors: a[] is read from memory as it is needed); the three
+    // rows of each c0 triple are consecutive.
     const V z = {};
-    const V d[4][3] = {{z - a[0], z, a[0]}, {z - a[1], z, a[1]}, {z - a[2], z, a[2]}, {z - a[3], z, a[3]}};
-    for (int c3 = 0; c3 < 3; ++c3)
+    for (int c3 = 0; c3 < 3; ++c3) {
+      const V s3 = c3 == 0 ? z - a[12] : c3 == 1 ? z : a[12];
       for (int c2 = 0; c2 < 3; ++c2) {
-        const V s2 = d[3][c3] + d[2][c2];
+        const V s2 = c2 == 0 ? s3 - a[8] : c2 == 1 ? s3 : s3 + a[8];
         for (int c1 = 0; c1 < 3; ++c1) {
-          const V s1 = s2 + d[1][c1];
-          for (int c0 = 0; c0 < 3; ++c0) tab[c0 | c1 << 2 | c2 << 4 | c3 << 6] = s1 + d[0][c0];
+          const V s1 = c1 == 0 ? s2 - a[4] : c1 == 1 ? s2 : s2 + a[4];
+          V* e = tab + 3 * c1 + 9 * c2 + 27 * c3;
+          (s1 - a[0]).store(e);
+          s1.store(e + 1);
+          (s1 + a[0]).store(e + 2);
         }
       }
+    }
   }
 };
 
 struct LutT5 {
   using Tile = TernaryTile5;
-  static constexpr int kCols = kTile5Cols, kDigits = 5, kChunk = kLutChunkT5, kUsed = 243;
-  // tab[t5 byte of v] for v = sum c_i 3^(4 - i) (c_i = q_i + 1 of column 4 i + j).
+  static constexpr int kCols = kTile5Cols, kDigits = 5, kChunk = kLutChunkT5;
+  static constexpr int kRows = 256;  // indexed by the stored byte itself (243 of 256 values occur)
+  static __m256i index32(__m256i b) { return b; }
+  // tab[t5 byte of v] for v = sum c_i 3^(4 - i) (c_i = q_i + 1 of column 4 i + j, whose activations
+  // are a[4 i]: a = the tile's columns + j).
   template <typename V>
   static void build(const V* a, V* tab) {
     const V z = {};
@@ -131,14 +211,14 @@ struct LutT5 {
     for (int c0 = 0; c0 < 3; ++c0) {
       const V s0 = c0 == 0 ? z - a[0] : c0 == 1 ? z : a[0];
       for (int c1 = 0; c1 < 3; ++c1) {
-        const V s1 = s0 + (c1 == 0 ? z - a[1] : c1 == 1 ? z : a[1]);
+        const V s1 = s0 + (c1 == 0 ? z - a[4] : c1 == 1 ? z : a[4]);
         for (int c2 = 0; c2 < 3; ++c2) {
-          const V s2 = s1 + (c2 == 0 ? z - a[2] : c2 == 1 ? z : a[2]);
+          const V s2 = s1 + (c2 == 0 ? z - a[8] : c2 == 1 ? z : a[8]);
           for (int c3 = 0; c3 < 3; ++c3) {
-            const V s3 = s2 + (c3 == 0 ? z - a[3] : c3 == 1 ? z : a[3]);
-            tab[enc[v++]] = s3 - a[4];
-            tab[enc[v++]] = s3;
-            tab[enc[v++]] = s3 + a[4];
+            const V s3 = s2 + (c3 == 0 ? z - a[12] : c3 == 1 ? z : a[12]);
+            (s3 - a[16]).store(tab + enc[v++]);
+            s3.store(tab + enc[v++]);
+            (s3 + a[16]).store(tab + enc[v++]);
           }
         }
       }
@@ -146,62 +226,201 @@ struct LutT5 {
   }
 };
 
+// Row of slot s of a row block's offsets (lut_offsets): the byte unpacks that widen them keep
+// 128-bit lanes, so row pairs 1 and 2 (rows 2-3 and 4-5, and 10-11 / 12-13) trade places.
+constexpr int lut_slot_row(int s) { return (s & 9) | (s & 2) << 1 | (s & 4) >> 1; }
+
+// A row block's 64 index bytes (wb) as byte offsets into their tile's tables, in slot order
+// (lut_slot_row): F::index32, then each byte unpacked into the high byte of a 16-bit lane and
+// shifted down to idx << lg, plus the offset of its group's table (gofs: lane i has group i % 4).
+template <typename F, int LG>
+__attribute__((always_inline)) inline void lut_offsets(const uint8_t* wb, __m256i gofs, uint16_t* offs) {
+  static_assert(LG <= 8, "table rows of at most 256 bytes");
+  const __m256i z = _mm256_setzero_si256();
+  for (int h = 0; h < 2; ++h) {
+    const __m256i idx = F::index32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * h)));
+    const __m256i lo = _mm256_add_epi16(_mm256_srli_epi16(_mm256_unpacklo_epi8(z, idx), 8 - LG), gofs);
+    const __m256i hi = _mm256_add_epi16(_mm256_srli_epi16(_mm256_unpackhi_epi8(z, idx), 8 - LG), gofs);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(offs + 32 * h), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(offs + 32 * h + 16), hi);
+  }
+}
+
+// One row block's 16 rows against NK tiles' tables (tk: tile k's 4 tables at tk + k * kt bytes;
+// offs: 64 per tile from lut_offsets, slot s holding the 4 lookups of row lut_slot_row(s)). First:
+// the row's int16 sum starts at zero (else at a16[r]); Last: it is widened into the int32 sums
+// a32 (= where init32, else +=) instead of being stored back into a16 (the segment's last tiles).
+template <int NK, bool First, bool Last, int VT, int NB>
+__attribute__((always_inline)) inline void lut_rows16(const char* tk, int kt, const uint16_t* offs,
+                                                      LutV<VT, NB>* a16, int32_t* a32, bool init32) {
+  using V = LutV<VT, NB>;
+  __builtin_prefetch(a16 + 16);  // the running sums stream from L2: the next row block's
+  __builtin_prefetch(a16 + 24);  // (harmless past the end)
+#pragma GCC unroll 16
+  for (int sl = 0; sl < kTileRows; ++sl) {
+    const int r = lut_slot_row(sl);  // a constant once unrolled
+    // The lookups first, the running sum (from L2) last: its latency stays off the add chain.
+    V s = V::load(tk + offs[4 * sl]);
+    for (int k = 0; k < NK; ++k) {
+      const uint16_t* o = offs + 64 * k + 4 * sl;
+      const char* t = tk + k * kt;
+      if (k) s.add(t + o[0]);
+      s.add(t + o[1]);
+      s.add(t + o[2]);
+      s.add(t + o[3]);
+    }
+    if (!First) s.add(a16 + r);
+    if (Last) widen_add<VT, NB>(a32 + static_cast<size_t>(r) * VT, s, init32);
+    else s.store(a16 + r);
+  }
+}
+
+// Rows [16 mb0, 16 mb1) of NK tiles kb.. (their tables built at tk, kt bytes apart) for the whole
+// call: per row block, the 64 NK index bytes become byte offsets into their tile's tables
+// (lut_offsets), so a lookup is one 16-bit load and the vector adds; then lut_rows16.
+template <typename F, int NK, bool First, bool Last, int VT, int NB>
+void lut_tile_rows(const typename F::Tile* w, int KB, int kb, int mb0, int mb1, const char* tk, int kt,
+                   LutV<VT, NB>* acc16, int32_t* acc32, bool init32) {
+  using V = LutV<VT, NB>;
+  constexpr int lg = __builtin_ctz(sizeof(V));
+  static_assert((sizeof(V) & (sizeof(V) - 1)) == 0 && 4 * F::kRows * sizeof(V) <= 65536, "16-bit offsets");
+  const __m256i gofs = _mm256_setr_epi16(0, F::kRows << lg, 2 * F::kRows << lg, 3 * F::kRows << lg, 0,
+                                         F::kRows << lg, 2 * F::kRows << lg, 3 * F::kRows << lg, 0, F::kRows << lg,
+                                         2 * F::kRows << lg, 3 * F::kRows << lg, 0, F::kRows << lg,
+                                         2 * F::kRows << lg, 3 * F::kRows << lg);
+  alignas(64) uint16_t offs[64 * NK];
+  for (int mb = mb0; mb < mb1; ++mb) {
+    const uint8_t* wb = w[static_cast<size_t>(mb) * KB + kb].b;
+    for (int k = 0; k < NK; ++k) {
+      __builtin_prefetch(wb + 4 * static_cast<size_t>(KB) * sizeof(typename F::Tile) + 64 * k);  // 4 row blocks ahead
+      lut_offsets<F, lg>(wb + 64 * k, gofs, offs + 64 * k);
+    }
+    const int r0 = (mb - mb0) * kTileRows;
+    lut_rows16<NK, First, Last, VT, NB>(tk, kt, offs, acc16 + r0, acc32 + static_cast<size_t>(r0) * VT, init32);
+  }
+}
+
+// Tiles per block: as many as keep the block's tables within kLutL1Bytes (at most 4).
+template <typename F, int VT, int NB>
+constexpr int lut_block_tiles() {
+  constexpr int t = kLutL1Bytes / (4 * F::kRows * static_cast<int>(sizeof(LutV<VT, NB>)));
+  return t < 1 ? 1 : t > 4 ? 4 : t;
+}
+
+// v[0..16) (16 rows of 16 bytes) transposed in place: four rounds of interleaving the bytes of
+// rows i and i + 8 (one unpack each for the low and the high halves) transpose a 16 x 16 matrix.
+inline void lut_transpose16(LutBytes16s* v) {
+  for (int round = 0; round < 4; ++round) {
+    LutBytes16s u[16];
+    for (int i = 0; i < 8; ++i) {
+      u[2 * i] = __builtin_shufflevector(v[i], v[i + 8], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+      u[2 * i + 1] = __builtin_shufflevector(v[i], v[i + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    }
+    for (int i = 0; i < 16; ++i) v[i] = u[i];
+  }
+}
+
+// The activations of C consecutive columns (x: the first column of token 0) as VT int16 lanes over
+// the tokens, zero past nt: xc[c].lanes()[t] = x[t * ldx + c]. 16 tokens x 16 columns at a time
+// by byte transposition (lut_transpose16) and one widening per column; columns past 16 (t5 has
+// 20) one by one.
+template <int VT, int NB, int C>
+inline void lut_columns(const int8_t* x, int ldx, int nt, LutV<VT, NB>* xc) {
+  typedef int16_t W16 __attribute__((vector_size(32)));
+  for (int t0 = 0; t0 < VT; t0 += 16) {
+    LutBytes16s v[16];
+    for (int t = 0; t < 16; ++t) {
+      if (t0 + t < nt) std::memcpy(&v[t], x + static_cast<size_t>(t0 + t) * ldx, 16);
+      else v[t] = LutBytes16s{};
+    }
+    lut_transpose16(v);
+    constexpr int n = VT < 16 ? VT : 16;  // lanes of this token block
+    for (int c = 0; c < 16; ++c) {
+      const W16 wide = __builtin_convertvector(v[c], W16);
+      std::memcpy(xc[c].lanes() + t0, &wide, 2 * n);
+    }
+  }
+  for (int c = 16; c < C; ++c) {
+    uint16_t* l = xc[c].lanes();
+    for (int t = 0; t < VT; ++t) l[t] = t < nt ? static_cast<uint16_t>(static_cast<int16_t>(x[static_cast<size_t>(t) * ldx + c])) : 0;
+  }
+}
+
+// y[t * ldy + r] = acc32[r * VT + t] for r < rows (a multiple of 8), t < nt: 8 x 8 blocks through
+// registers (the standard unpack / lane-permute transpose), a last partial block of tokens one by one.
+template <int VT>
+inline void lut_store_y(const int32_t* acc32, int rows, int nt, int32_t* y, int ldy) {
+  int t0 = 0;
+  for (; t0 + 8 <= nt; t0 += 8)
+    for (int r = 0; r < rows; r += 8) {
+      __m256i v[8], u[8];
+      for (int i = 0; i < 8; ++i)
+        v[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc32 + static_cast<size_t>(r + i) * VT + t0));
+      for (int i = 0; i < 8; i += 2) {
+        u[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);
+        u[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        v[i] = _mm256_unpacklo_epi64(u[i], u[i + 2]);
+        v[i + 1] = _mm256_unpackhi_epi64(u[i], u[i + 2]);
+        v[i + 2] = _mm256_unpacklo_epi64(u[i + 1], u[i + 3]);
+        v[i + 3] = _mm256_unpackhi_epi64(u[i + 1], u[i + 3]);
+      }
+      for (int i = 0; i < 4; ++i) {  // v[i]: tokens t0 + i and t0 + 4 + i in its two halves
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + static_cast<size_t>(t0 + i) * ldy + r),
+                            _mm256_permute2x128_si256(v[i], v[i + 4], 0x20));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + static_cast<size_t>(t0 + 4 + i) * ldy + r),
+                            _mm256_permute2x128_si256(v[i], v[i + 4], 0x31));
+      }
+    }
+  for (int t = t0; t < nt; ++t)
+    for (int r = 0; r < rows; ++r) y[static_cast<size_t>(t) * ldy + r] = acc32[static_cast<size_t>(r) * VT + t];
+}
+
 // Rows [16 mb0, 16 mb1) against nt <= VT tokens (x rows t0 .. t0 + nt - 1), exact, into y.
-// The columns go in blocks of tiles whose tables fit L1 (chunk below; never past the flush interval
-// above): the block's tables are built, then every row of the call sums its 4 chunk lookups in
-// int16 registers and adds them, widened, into its int32 sums (acc32, VT lanes per row, in L2).
+// Loop order: block by block of NK tiles (lut_block_tiles: 2 at VT = 32 for i2, 4 x 81 rows of 64
+// bytes a tile), the block's tables are built once and shared by every row of the call, and every
+// row adds its 4 NK lookups in registers onto its running int16 sum, kept per row in memory
+// (acc16, VT lanes a row) across the F::kChunk tiles of a segment (the flush interval above) and
+// widened into its int32 sum (acc32) at the segment's end: a row costs a block 4 NK lookups, one
+// load and one store of its sum, and one int16 -> int32 flush per segment.
 template <typename F, int VT, int NB>
 void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int nt,
                     int32_t* y, int ldy) {
-  using V = typename LutTypes<VT>::V;
-  const int rows = (mb1 - mb0) * kTileRows;
-  // Tiles per block: as many as keep the block's table rows that weights can index (81 of 256 per
-  // group for i2, 243 for t5) within kLutL1Bytes, at least one, at most the flush interval.
-  const int chunk = std::min({F::kChunk, KB, std::max(1, kLutL1Bytes / (4 * F::kUsed * static_cast<int>(sizeof(V))))});
-  V* tab = reinterpret_cast<V*>(lut_scratch(sizeof(V) * 256 * 4 * chunk, 0));
+  using V = LutV<VT, NB>;
+  constexpr int NK = lut_block_tiles<F, VT, NB>();
+  const int rows = (mb1 - mb0) * kTileRows, kt = 4 * F::kRows * static_cast<int>(sizeof(V));
+  V* tab = reinterpret_cast<V*>(lut_scratch(static_cast<size_t>(kt) * NK, 0));
+  V* acc16 = reinterpret_cast<V*>(lut_scratch(sizeof(V) * rows, 2));                       // [row]
   int32_t* acc32 = reinterpret_cast<int32_t*>(lut_scratch(sizeof(int32_t) * VT * rows, 1));  // [row][lane]
-  std::memset(acc32, 0, sizeof(int32_t) * VT * rows);
-  // The tile's activations by column: xT[c] = lanes x[0..nt)[c] as int16, zero lanes past nt.
-  const int cols = KB * F::kCols;
-  V* xT = reinterpret_cast<V*>(lut_scratch(sizeof(V) * cols, 2));
-  for (int c = 0; c < cols; ++c) xT[c] = V{};
-  for (int t = 0; t < nt; ++t) {
-    const int8_t* xt = x + static_cast<size_t>(t) * ldx;
-    for (int c = 0; c < cols; ++c) xT[c][t] = static_cast<uint16_t>(static_cast<int16_t>(xt[c]));
-  }
-  for (int kb0 = 0; kb0 < KB; kb0 += chunk) {
-    const int nk = std::min(chunk, KB - kb0);
-    // Tables of the block's 4 nk groups: tab[(4 k + j) * 256 + b].
-    for (int k = 0; k < nk; ++k) {
-      const V* xc = xT + (kb0 + k) * F::kCols;
-      for (int j = 0; j < 4; ++j) {
-        V a[F::kDigits];
-        for (int i = 0; i < F::kDigits; ++i) a[i] = xc[4 * i + j];
-        F::build(a, tab + (4 * k + j) * 256);
+  const char* tk = reinterpret_cast<const char*>(tab);
+  for (int seg0 = 0; seg0 < KB; seg0 += F::kChunk) {
+    const int seg1 = std::min(KB, seg0 + F::kChunk);
+    const bool init32 = seg0 == 0;
+    for (int kb0 = seg0; kb0 < seg1; kb0 += NK) {
+      const int nk = std::min(NK, seg1 - kb0);
+      for (int k = 0; k < nk; ++k) {
+        // The tile's activations by column, VT int16 lanes (zero past nt), then its 4 tables
+        // (group j's at tab + (4 k + j) kRows).
+        alignas(64) V xc[F::kCols];
+        lut_columns<VT, NB, F::kCols>(x + (kb0 + k) * F::kCols, ldx, nt, xc);
+        for (int j = 0; j < 4; ++j) F::build(xc + j, tab + (4 * k + j) * F::kRows);
       }
-    }
-    // Every row: four lookups per tile (each index byte loaded by itself: a movzx, a shift and an
-    // add from memory per lookup), two chains, then one flush.
-    for (int mb = mb0; mb < mb1; ++mb) {
-      const uint8_t* wb = w[static_cast<size_t>(mb) * KB + kb0].b;
-      for (int r = 0; r < kTileRows; ++r) {
-        V s0 = {}, s1 = {};
-        for (int k = 0; k < nk; ++k) {
-          const uint8_t* b = wb + 64 * k + 4 * r;
-          const V* tk = tab + 4 * k * 256;
-          s0 += tk[b[0]];
-          s1 += tk[256 + b[1]];
-          s0 += tk[512 + b[2]];
-          s1 += tk[768 + b[3]];
-        }
-        widen_add<VT, NB>(acc32 + static_cast<size_t>((mb - mb0) * kTileRows + r) * VT, s0 + s1);
-      }
+      const bool first = kb0 == seg0, last = kb0 + nk == seg1;
+      auto run = [&](auto nk_c) {
+        constexpr int n = decltype(nk_c)::value;
+        if (first && last) lut_tile_rows<F, n, true, true, VT, NB>(w, KB, kb0, mb0, mb1, tk, kt, acc16, acc32, init32);
+        else if (first) lut_tile_rows<F, n, true, false, VT, NB>(w, KB, kb0, mb0, mb1, tk, kt, acc16, acc32, init32);
+        else if (last) lut_tile_rows<F, n, false, true, VT, NB>(w, KB, kb0, mb0, mb1, tk, kt, acc16, acc32, init32);
+        else lut_tile_rows<F, n, false, false, VT, NB>(w, KB, kb0, mb0, mb1, tk, kt, acc16, acc32, init32);
+      };
+      auto run_rem = [&](auto nk_c, int) { run(nk_c); };
+      if (nk == NK) run(std::integral_constant<int, NK>{});
+      else if (nk == 1) run(std::integral_constant<int, 1>{});
+      else remainder_tile<NK - 1>(nk, run_rem, 0);
     }
   }
-  for (int t = 0; t < nt; ++t) {
-    int32_t* yt = y + static_cast<size_t>(t) * ldy + mb0 * kTileRows;
-    for (int r = 0; r < rows; ++r) yt[r] = acc32[static_cast<size_t>(r) * VT + t];
-  }
+  lut_store_y<VT>(acc32, rows, nt, y + mb0 * kTileRows, ldy);
 }
 
 // The whole product (ternary_gemm's contract; xsum unused: the tables hold signed sums): tokens in
@@ -221,33 +440,32 @@ void lut_gemm(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t*
 }
 
 // The LUT bound: iters x kLutLoopLookups lookups exactly as the kernels' inner step does them (a
-// 32-bit load of four index bytes, four table rows added into two int16 chains) on tables that
-// stay in L1 (four groups of 64 rows: 8 KiB at VT = 16, 16 KiB at VT = 32) and 1 KiB of index
-// bytes (idx, values below 64). Returns a value that depends on every lookup.
-template <int VT>
+// 16-bit byte offset loaded, a VT-lane int16 table row added from memory, NB-byte vectors) on
+// tables that stay in L1 (four groups of 64 rows: 16 KiB at VT = 32) and 2 KiB of offsets made
+// from idx (1 KiB of index bytes below 64). Returns a value that depends on every lookup.
+template <int VT, int NB = 2 * VT>
 uint32_t lut_peak_loop(const uint8_t* idx, int64_t iters) {
-  using V = typename LutTypes<VT>::V;
+  using V = LutV<VT, NB>;
   alignas(64) V tab[4 * 64];
   for (int i = 0; i < 4 * 64; ++i)
-    for (int t = 0; t < VT; ++t) tab[i][t] = static_cast<uint16_t>(i + t);
-  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
-  static_assert(kLutLoopLookups == 16, "four 4-lookup steps per iteration");
+    for (int t = 0; t < VT; ++t) tab[i].lanes()[t] = static_cast<uint16_t>(i + t);
+  alignas(64) uint16_t off[1024];
+  for (int i = 0; i < 1024; ++i) off[i] = static_cast<uint16_t>(((i & 3) * 64 + (idx[i] & 63)) * sizeof(V));
+  const char* tk = reinterpret_cast<const char*>(tab);
+  V s0 = V::load(tab), s1 = V::load(tab + 1);
+  static_assert(kLutLoopLookups == 16, "four 4-lookup rows per iteration");
   for (int64_t it = 0; it < iters; ++it) {
-    const uint8_t* p = idx + 16 * (it & 63);
+    const uint16_t* p = off + 16 * (it & 63);
     for (int k = 0; k < 4; ++k) {
-      uint32_t b;
-      std::memcpy(&b, p + 4 * k, 4);
-      V& a = (k & 1) ? s2 : s0;
-      V& c = (k & 1) ? s3 : s1;
-      a += tab[b & 63];
-      c += tab[64 + ((b >> 8) & 63)];
-      a += tab[128 + ((b >> 16) & 63)];
-      c += tab[192 + ((b >> 24) & 63)];
+      s0.add(tk + p[4 * k]);
+      s1.add(tk + p[4 * k + 1]);
+      s0.add(tk + p[4 * k + 2]);
+      s1.add(tk + p[4 * k + 3]);
     }
   }
-  const V s = s0 + s1 + s2 + s3;
+  const V s = s0 + s1;
   uint32_t r = 0;
-  for (int t = 0; t < VT; ++t) r += s[t];
+  for (int t = 0; t < VT; ++t) r += reinterpret_cast<const uint16_t*>(s.v)[t];
   return r;
 }
 

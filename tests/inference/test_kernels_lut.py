@@ -16,7 +16,7 @@ from bitnet.inference import _C, Engine, available_isas, current_isa, set_isa
 from bitnet.quant import pack_ternary
 
 ISAS = available_isas()
-LUT_ISAS = [i for i in ISAS if i in ("ref", "avx2", "avx512")]
+LUT_ISAS = [i for i in ISAS if i in ("ref", "avx2", "avxvnni", "avx512")]
 MATMUL = {"i2": _C.ternary_matmul, "t5": _C.ternary5_matmul}
 
 
