@@ -275,9 +275,9 @@ def ternary_macs_per_token(cfg: Any) -> int:
 
 # The paths prefill is measured on against their own bound: (isa, kernel family). "auto" on amx: its
 # tiles are not an instruction the bound loops time, so it gets no bound.
-BOUND_PATHS = (("avx2", "mac"), ("avx2", "lut"), ("avxvnni", "mac"), ("avx512", "mac"), ("avx512", "lut"),
-               ("amx", "auto"))
-LUT_LANES = {"avx2": 16, "avx512": 32}  # tokens per table row (int16 lanes of a 256 / 512-bit vector)
+BOUND_PATHS = (("avx2", "mac"), ("avx2", "lut"), ("avx2", "auto"), ("avxvnni", "mac"), ("avxvnni", "auto"),
+               ("avx512", "mac"), ("avx512", "lut"), ("amx", "auto"))
+LUT_LANES = {"avx2": 32, "avxvnni": 32, "avx512": 32}  # tokens per table row (two ymm or one zmm of int16 lanes)
 LUT_GROUP = {"i2": 4, "t5": 5}  # weights per table lookup (trits per index byte)
 
 
@@ -334,7 +334,7 @@ def print_mac_bound(rows: list[dict], n_prompt: int) -> None:
     if any(r.get("family") == "lut" for r in rows):
         print("lut bound: every thread runs the lut kernels' inner step (an index byte, a table row added into an "
               "int16 accumulator) on an L1-resident table (_C.lut_peak), in lookups/s times the products one lookup "
-              "stands for (16 (avx2) or 32 (avx512) tokens x 4 (i2) or 5 (t5) weights), as G MAC/s")
+              "stands for (32 tokens x 4 (i2) or 5 (t5) weights), as G MAC/s")
     if any("acc_ceiling" in r for r in rows):
         print("avx2 has no VNNI: its kernels add every vpmaddubsw result into an accumulator (vpaddw). 'product + "
               "add' times that pair the same way (registers only, nothing loaded): the most an AVX2 kernel can "
