@@ -8,55 +8,34 @@
 #include <vector>
 
 #include "kernels.h"
+#include "kernels_avx512_inl.h"
 #include "kernels_lut_inl.h"
 
 namespace bitnet {
 namespace {
 
-inline __m512i bcast4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
-}
-
-// One row block (16 rows) against TT tokens.
-//
-// Invariants: codes c in {0,1,2} are the UNSIGNED operand of vpdpbusd and activations x in
-// [-128, 127] the signed one, so each product is in [-256, 254] and each 32-bit lane gains at most
-// 4 * 256 = 1024 in magnitude per instruction: K < 2^21 columns cannot overflow int32. Then
-// sum c*x = sum (q+1)*x = q.x + sum x, so subtracting xsum[t] gives q.x exactly.
-template <int TT>
-inline void block_tt(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum,
-                     int32_t* y, int ldy) {
-  const __m512i m3 = _mm512_set1_epi8(3);
-  __m512i acc[TT];
-  for (int t = 0; t < TT; ++t) acc[t] = _mm512_setzero_si512();
-  for (int kb = 0; kb < KB; ++kb) {
-    const __m512i p = _mm512_loadu_si512(wrow[kb].b);
-    // Shift within 16-bit lanes is safe: the mask keeps only the 2 bits that came from this byte.
-    const __m512i c0 = _mm512_and_si512(p, m3);
-    const __m512i c1 = _mm512_and_si512(_mm512_srli_epi16(p, 2), m3);
-    const __m512i c2 = _mm512_and_si512(_mm512_srli_epi16(p, 4), m3);
-    const __m512i c3 = _mm512_and_si512(_mm512_srli_epi16(p, 6), m3);
-    for (int t = 0; t < TT; ++t) {
-      const int8_t* xt = x + static_cast<size_t>(t) * ldx + kb * kTileCols;
-      acc[t] = _mm512_dpbusd_epi32(acc[t], c0, bcast4(xt + 0));
-      acc[t] = _mm512_dpbusd_epi32(acc[t], c1, bcast4(xt + 4));
-      acc[t] = _mm512_dpbusd_epi32(acc[t], c2, bcast4(xt + 8));
-      acc[t] = _mm512_dpbusd_epi32(acc[t], c3, bcast4(xt + 12));
-    }
+// Several tokens (kernels_avx512_inl.h): a tile's four code vectors c_i = (p >> 2i) & 3 (columns
+// 16 kb + 4 i .. + 3; in lane r the codes of row r); the 16-bit shift only moves bits that the
+// mask then drops.
+struct DecI2 {
+  using Tile = TernaryTile;
+  static constexpr int kDigits = 4;
+  __m512i m3 = _mm512_set1_epi8(3);
+  void operator()(const TernaryTile& t, __m512i* v) const {
+    const __m512i p = _mm512_loadu_si512(t.b);
+    v[0] = _mm512_and_si512(p, m3);
+    v[1] = _mm512_and_si512(_mm512_srli_epi16(p, 2), m3);
+    v[2] = _mm512_and_si512(_mm512_srli_epi16(p, 4), m3);
+    v[3] = _mm512_and_si512(_mm512_srli_epi16(p, 6), m3);
   }
-  for (int t = 0; t < TT; ++t)
-    _mm512_storeu_si512(y + static_cast<size_t>(t) * ldy,
-                        _mm512_sub_epi32(acc[t], _mm512_set1_epi32(xsum[t])));
-}
+};
 
 // Decode (one token): four independent accumulators (one per 2-bit plane) hide vpdpbusd latency.
 // The planes are masked in place instead of shifted down (shifts compete with vpdpbusd for port
 // 0): plane i is c_i * 4^i in {0, 4^i, 2*4^i} <= 128, still a valid u8 operand, and its
 // accumulator holds 4^i * sum(c_i * x) exactly, recovered with an arithmetic shift by 2i.
 // Invariant: |c_i * 4^i * x| <= 128 * 128, 4 per lane per tile, so KB < 2^15 tiles (K < 524288)
-// cannot overflow int32. Then sum c*x - xsum = q.x as in block_tt.
+// cannot overflow int32. Then sum c*x - xsum = q.x (c = q + 1).
 inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
   const __m512i m0 = _mm512_set1_epi8(0x03), m1 = _mm512_set1_epi8(0x0c);
   const __m512i m2 = _mm512_set1_epi8(0x30), m3 = _mm512_set1_epi8(static_cast<char>(0xc0));
@@ -67,10 +46,10 @@ inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t x
     _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
     const __m512i p = _mm512_loadu_si512(wrow[kb].b);
     const int8_t* xt = x + kb * kTileCols;
-    a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(p, m0), bcast4(xt + 0));
-    a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(p, m1), bcast4(xt + 4));
-    a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(p, m2), bcast4(xt + 8));
-    a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(p, m3), bcast4(xt + 12));
+    dpbusd_bcast(a0, _mm512_and_si512(p, m0), xt + 0);
+    dpbusd_bcast(a1, _mm512_and_si512(p, m1), xt + 4);
+    dpbusd_bcast(a2, _mm512_and_si512(p, m2), xt + 8);
+    dpbusd_bcast(a3, _mm512_and_si512(p, m3), xt + 12);
   }
   const __m512i s = _mm512_add_epi32(_mm512_add_epi32(a0, _mm512_srai_epi32(a1, 2)),
                                      _mm512_add_epi32(_mm512_srai_epi32(a2, 4), _mm512_srai_epi32(a3, 6)));
@@ -79,18 +58,11 @@ inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t x
 
 void ternary_gemm_avx512(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                          const int32_t* xsum, int T, int32_t* y, int ldy) {
-  constexpr int TT = 8;  // tokens per register tile: 8 accumulators + 4 code vectors
-  for (int mb = mb0; mb < mb1; ++mb) {
-    const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
-    int32_t* ym = y + mb * kTileRows;
-    for_token_tiles<TT>(
-        T,
-        [&](auto tt, int t) {
-          block_tt<decltype(tt)::value>(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t,
-                                        ym + static_cast<size_t>(t) * ldy, ldy);
-        },
-        [&](int t) { block_t1(wrow, KB, x + static_cast<size_t>(t) * ldx, xsum[t], ym + static_cast<size_t>(t) * ldy); });
+  if (T == 1) {
+    for (int mb = mb0; mb < mb1; ++mb) block_t1(w + static_cast<size_t>(mb) * KB, KB, x, xsum[0], y + mb * kTileRows);
+    return;
   }
+  gemm_tokens(DecI2{}, w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
 }
 
 inline __m512 load_bf16(const uint16_t* p) {

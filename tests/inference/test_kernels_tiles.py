@@ -1,0 +1,50 @@
+"""The several-token ternary products of every path against the scalar reference at every token count
+1..64 (register tiles of up to 8 tokens straight from the weight tiles, then groups of up to 12 from
+the decoded row blocks: every group size and split occurs), with an even and an odd number of row
+blocks (the AVX-512 kernels take row blocks in pairs, a lone one at an odd end), for both weight
+layouts (i2, t5), on random and on extreme inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from engine_helpers import every_isa
+
+from bitnet.inference import _C
+from bitnet.quant import pack_ternary
+
+ISAS = [i for i in every_isa() if i != "ref"]  # the ones this CPU cannot run are skipped (conftest.py)
+MATMUL = {"i2": _C.ternary_matmul, "t5": _C.ternary5_matmul}
+
+
+def _packed(q: np.ndarray) -> np.ndarray:
+    return pack_ternary(torch.from_numpy(q)).numpy()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", ["i2", "t5"])
+@pytest.mark.parametrize("out_f,in_f", [(48, 83), (64, 700)])  # 3 row blocks (odd) with padding, 4 (pairs)
+def test_every_token_count_equals_ref(isa, layout, out_f, in_f):
+    rng = np.random.default_rng(out_f * 7 + in_f)
+    q = rng.integers(-1, 2, size=(out_f, in_f)).astype(np.int8)
+    p = _packed(q)
+    f = MATMUL[layout]
+    for T in range(1, 65):
+        x = rng.integers(-128, 128, size=(T, in_f)).astype(np.int8)
+        np.testing.assert_array_equal(f(isa, p, x), f("ref", p, x), err_msg=f"T={T}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", ["i2", "t5"])
+@pytest.mark.parametrize("T", [3, 8, 13, 29])  # fused group alone, then with 1, 2 buffered groups
+def test_extremes_at_several_tokens(isa, layout, T):
+    """All +1 / all -1 rows against tokens of all -128 and all 127 (mixed in one call): the largest
+    sums, exact, in every accumulator of the register tile."""
+    K, out_f = 6912, 48
+    f = MATMUL[layout]
+    x = np.where(np.arange(T)[:, None] % 2 == 0, -128, 127).astype(np.int8).repeat(K, axis=1)
+    for qv in (1, -1):
+        q = np.full((out_f, K), qv, np.int8)
+        want = (x[:, :1].astype(np.int64) * qv * K).repeat(out_f, axis=1)
+        np.testing.assert_array_equal(f(isa, _packed(q), x), want)
