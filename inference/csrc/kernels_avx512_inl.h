@@ -40,6 +40,11 @@ inline void dpbusd_bcast(__m512i& acc, __m512i u8, const void* p) {
   asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*static_cast<const int32_t*>(p)));
 }
 
+// acc += u8 . s8 (registers), in place.
+inline void dpbusd_reg(__m512i& acc, __m512i u8, __m512i s8) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+}
+
 // 16 x 16 transpose of 32-bit words: r[i] word j -> r[j] word i.
 inline void transpose16x16(__m512i r[16]) {
   __m512i t[16];
@@ -89,15 +94,23 @@ inline void interleave(const int8_t* x, int ldx, int tt, int words, int32_t* xg)
 // The accumulators of a register tile (R row blocks x TT tokens): named variables updated in place
 // by dpbusd_bcast (an array updated by inline asm stays in memory); the unused ones are never
 // touched and cost nothing. BITNET_MAC(u0, u1, w): a_t += u0 . word t of w, b_t += u1 . word t.
+// Two row blocks share one register broadcast of the word (one load per two vpdpbusd: measured
+// 85% of the vpdpbusd peak at 128 tokens on one core against 77% with an embedded broadcast in
+// each, which issues a load per vpdpbusd); a lone row block takes the embedded broadcast.
 #define BITNET_ACCS                                                                                          \
   __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, \
           a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;                              \
   __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0, b6 = a0, b7 = a0, b8 = a0, b9 = a0, b10 = a0, \
           b11 = a0, b12 = a0, b13 = a0, b14 = a0, b15 = a0
-#define BITNET_MAC1(n, u0, u1, w)                       \
-  if constexpr (TT > n) {                               \
-    dpbusd_bcast(a##n, u0, (w) + n);                    \
-    if constexpr (R > 1) dpbusd_bcast(b##n, u1, (w) + n); \
+#define BITNET_MAC1(n, u0, u1, w)                           \
+  if constexpr (TT > n) {                                   \
+    if constexpr (R > 1) {                                  \
+      const __m512i xb = _mm512_set1_epi32((w)[n]);         \
+      dpbusd_reg(a##n, u0, xb);                             \
+      dpbusd_reg(b##n, u1, xb);                             \
+    } else {                                                \
+      dpbusd_bcast(a##n, u0, (w) + n);                      \
+    }                                                       \
   }
 #define BITNET_MAC(u0, u1, w)                                                                                     \
   BITNET_MAC1(0, u0, u1, w) BITNET_MAC1(1, u0, u1, w) BITNET_MAC1(2, u0, u1, w) BITNET_MAC1(3, u0, u1, w)          \
