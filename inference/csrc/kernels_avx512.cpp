@@ -141,19 +141,66 @@ inline void head_row_tt(const int8_t* e, int32_t rowsum, int Cp, const uint8_t* 
   for (int t = 0; t < TT; ++t) out[static_cast<size_t>(t) * ldo] = _mm512_reduce_add_epi32(acc[t]) - 128 * rowsum;
 }
 
+// int8 head, several tokens: rows r, r + 1 (R = 2; a lone row at an odd end: R = 1) against TT <= 8
+// tokens pre-biased to u8 (as head_row_tt), R * TT accumulators named and updated in place
+// (dpbusd_reg: through the intrinsic GCC copies each one around every vpdpbusd), each activation
+// vector loaded once for both rows: 16 independent chains at 8 tokens (head_row_tt's groups of 4
+// had 4, latency-bound), and the R * TT lane sums reduced together by one 16 x 16 transpose and
+// 15 adds instead of one horizontal reduction each. Invariant: as head_row_tt.
+template <int R, int TT>
+void head_rows_tt(const int8_t* e0, const int32_t* rowsum, int Cp, const uint8_t* xu, int32_t* out, int ldo) {
+  static_assert(R >= 1 && R <= 2 && TT >= 1 && TT <= 8, "at most 16 accumulators");
+  const int8_t* e1 = e0 + Cp;
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0, b6 = a0, b7 = a0;
+  for (int c = 0; c < Cp; c += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(e0 + c) + kHeadPrefetch, _MM_HINT_T0);
+    if constexpr (R > 1) _mm_prefetch(reinterpret_cast<const char*>(e1 + c) + kHeadPrefetch, _MM_HINT_T0);
+    const __m512i ev0 = _mm512_loadu_si512(e0 + c);
+    const __m512i ev1 = R > 1 ? _mm512_loadu_si512(e1 + c) : ev0;
+#define BITNET_HEAD_MAC(n)                                                                  \
+  if constexpr (TT > n) {                                                                   \
+    const __m512i xv = _mm512_loadu_si512(xu + static_cast<size_t>(n) * Cp + c);           \
+    dpbusd_reg(a##n, xv, ev0);                                                              \
+    if constexpr (R > 1) dpbusd_reg(b##n, xv, ev1);                                         \
+  }
+    BITNET_HEAD_MAC(0) BITNET_HEAD_MAC(1) BITNET_HEAD_MAC(2) BITNET_HEAD_MAC(3)
+    BITNET_HEAD_MAC(4) BITNET_HEAD_MAC(5) BITNET_HEAD_MAC(6) BITNET_HEAD_MAC(7)
+#undef BITNET_HEAD_MAC
+  }
+  __m512i v[16] = {a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7};
+  transpose16x16(v);  // v[j] lane i = lane j of accumulator i
+  __m512i s = v[0];
+  for (int j = 1; j < 16; ++j) s = _mm512_add_epi32(s, v[j]);  // lane i: the sum of accumulator i
+  alignas(64) int32_t sums[16];
+  _mm512_store_si512(sums, s);
+  for (int t = 0; t < TT; ++t) {
+    out[static_cast<size_t>(t) * ldo] = sums[t] - 128 * rowsum[0];
+    if constexpr (R > 1) out[static_cast<size_t>(t) * ldo + 1] = sums[8 + t] - 128 * rowsum[1];
+  }
+}
+
 void head_i8_avx512(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x,
                     int T, int32_t* out, int ldo) {
   std::vector<uint8_t> xu(static_cast<size_t>(T) * Cp);  // x + 128, once for every row
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
   for (size_t i = 0; i < xu.size(); i += 64)
     _mm512_storeu_si512(xu.data() + i, _mm512_xor_si512(_mm512_loadu_si512(x + i), bias));
-  for (int r = r0; r < r1; ++r) {
+  if (T == 1) {  // decode: one sequential stream of rows, memory-bound
+    for (int r = r0; r < r1; ++r)
+      head_row_tt<1>(E + static_cast<size_t>(r) * Cp, rowsum[r], Cp, xu.data(), out + r, ldo);
+    return;
+  }
+  for (int r = r0; r < r1; r += 2) {
     const int8_t* e = E + static_cast<size_t>(r) * Cp;
-    auto group = [&](auto tt, int t) {
-      head_row_tt<decltype(tt)::value>(e, rowsum[r], Cp, xu.data() + static_cast<size_t>(t) * Cp,
-                                       out + static_cast<size_t>(t) * ldo + r, ldo);
-    };
-    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
+    for_token_groups<8>(T, [&](int tt, int t) {
+      const uint8_t* xt = xu.data() + static_cast<size_t>(t) * Cp;
+      int32_t* ot = out + static_cast<size_t>(t) * ldo + r;
+      with_const<8>(tt, [&](auto k) {
+        if (r + 1 < r1) head_rows_tt<2, decltype(k)::value>(e, rowsum + r, Cp, xt, ot, ldo);
+        else head_rows_tt<1, decltype(k)::value>(e, rowsum + r, Cp, xt, ot, ldo);
+      });
+    });
   }
 }
 

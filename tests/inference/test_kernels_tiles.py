@@ -48,3 +48,18 @@ def test_extremes_at_several_tokens(isa, layout, T):
         q = np.full((out_f, K), qv, np.int8)
         want = (x[:, :1].astype(np.int64) * qv * K).repeat(out_f, axis=1)
         np.testing.assert_array_equal(f(isa, _packed(q), x), want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_head_every_token_count_equals_ref(isa):
+    """The int8 head's several-token kernels (AVX-512: rows in pairs, a lone row at an odd end,
+    token groups of up to 8) at every token count 1..24, random and extreme (+-127) values."""
+    rng = np.random.default_rng(5)
+    V, C = 7, 200
+    E = rng.integers(-127, 128, size=(V, C), dtype=np.int8)
+    E[0], E[1] = 127, -127  # the largest row sums
+    for T in range(1, 25):
+        x = rng.integers(-127, 128, size=(T, C), dtype=np.int8)
+        x[0] = 127
+        want = x.astype(np.int64) @ E.T.astype(np.int64)
+        np.testing.assert_array_equal(_C.head_i8(isa, E, x), want, err_msg=f"T={T}")
