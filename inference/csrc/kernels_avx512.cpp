@@ -14,20 +14,13 @@
 namespace bitnet {
 namespace {
 
-// Several tokens (kernels_avx512_inl.h): a tile's four code vectors c_i = (p >> 2i) & 3 (columns
-// 16 kb + 4 i .. + 3; in lane r the codes of row r); the 16-bit shift only moves bits that the
-// mask then drops.
+// Several tokens (kernels_avx512_inl.h): a tile's four code vectors c_i = field i of every byte
+// (columns 16 kb + 4 i .. + 3; in lane r the codes of row r).
+template <bool kGfni>
 struct DecI2 {
   using Tile = TernaryTile;
   static constexpr int kDigits = 4;
-  __m512i m3 = _mm512_set1_epi8(3);
-  void operator()(const TernaryTile& t, __m512i* v) const {
-    const __m512i p = _mm512_loadu_si512(t.b);
-    v[0] = _mm512_and_si512(p, m3);
-    v[1] = _mm512_and_si512(_mm512_srli_epi16(p, 2), m3);
-    v[2] = _mm512_and_si512(_mm512_srli_epi16(p, 4), m3);
-    v[3] = _mm512_and_si512(_mm512_srli_epi16(p, 6), m3);
-  }
+  void operator()(const TernaryTile& t, __m512i* v) const { fields2<kGfni>(_mm512_loadu_si512(t.b), v); }
 };
 
 // Decode (one token): four independent accumulators (one per 2-bit plane) hide vpdpbusd latency.
@@ -62,7 +55,8 @@ void ternary_gemm_avx512(const TernaryTile* w, int KB, int mb0, int mb1, const i
     for (int mb = mb0; mb < mb1; ++mb) block_t1(w + static_cast<size_t>(mb) * KB, KB, x, xsum[0], y + mb * kTileRows);
     return;
   }
-  gemm_tokens(DecI2{}, w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
+  if (have_gfni()) gemm_tokens(DecI2<true>{}, w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
+  else gemm_tokens(DecI2<false>{}, w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
 }
 
 inline __m512 load_bf16(const uint16_t* p) {

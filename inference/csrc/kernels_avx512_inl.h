@@ -18,8 +18,10 @@
 // instruction's latency at two per cycle), and share each activation word between them.
 #pragma once
 
+#include <cpuid.h>
 #include <immintrin.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -38,6 +40,46 @@ struct alignas(64) CodeVec {  // one decoded code vector: 64 codes in {0, 1, 2}
 // and broadcasts x with a separate instruction (48 instructions per 16 products instead of 18).
 inline void dpbusd_bcast(__m512i& acc, __m512i u8, const void* p) {
   asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u8), "m"(*static_cast<const int32_t*>(p)));
+}
+
+// GFNI (cpuid 7.0 ECX bit 8; every CPU with VBMI but Cannon Lake has it, as do Zen 4 and later):
+// checked here, not in dispatch.cpp, because only the decode below uses it, through inline asm
+// (the files are compiled without -mgfni) and only where this returns true. BITNET_NO_GFNI=1 turns
+// it off (the tests run the shift-and-mask decode that way on CPUs with GFNI).
+inline bool have_gfni() {
+  static const bool v = [] {
+    const char* off = std::getenv("BITNET_NO_GFNI");
+    if (off != nullptr && off[0] == '1') return false;
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((c >> 8) & 1);
+  }();
+  return v;
+}
+
+// The 2-bit field k of every byte of p moved down to bits 0..1, the rest zero: one
+// vgf2p8affineqb (a bit matrix per byte; output bit i is row 7 - i of the matrix ANDed with the
+// byte, parity) instead of a shift and a mask. Only where have_gfni().
+template <int k>
+inline __m512i field2_gfni(__m512i p) {
+  static_assert(k >= 0 && k < 4, "four 2-bit fields per byte");
+  const __m512i m = _mm512_set1_epi64(static_cast<long long>((1ull << (2 * k)) << 56 | (1ull << (2 * k + 1)) << 48));
+  __m512i r;
+  asm("vgf2p8affineqb $0, %2, %1, %0" : "=v"(r) : "v"(p), "v"(m));
+  return r;
+}
+// The same with a 16-bit shift and a mask (the shift only moves bits that the mask then drops).
+template <int k>
+inline __m512i field2_shift(__m512i p) {
+  const __m512i m3 = _mm512_set1_epi8(3);
+  return k == 0 ? _mm512_and_si512(p, m3) : _mm512_and_si512(_mm512_srli_epi16(p, 2 * k), m3);
+}
+// The four 2-bit fields of every byte of p as four u8 code vectors.
+template <bool kGfni>
+inline void fields2(__m512i p, __m512i* v) {
+  v[0] = field2_shift<0>(p);
+  v[1] = kGfni ? field2_gfni<1>(p) : field2_shift<1>(p);
+  v[2] = kGfni ? field2_gfni<2>(p) : field2_shift<2>(p);
+  v[3] = kGfni ? field2_gfni<3>(p) : field2_shift<3>(p);
 }
 
 // acc += u8 . s8 (registers), in place.

@@ -57,21 +57,17 @@ const T5Tables& tables() {
   return t;
 }
 
-// Several tokens (kernels_avx512_inl.h): a tile's five code vectors c_i in {0, 1, 2} (planes of A
-// shifted down and masked: the 16-bit shift only moves bits that the mask then drops; B is c4).
+// Several tokens (kernels_avx512_inl.h): a tile's five code vectors c_i in {0, 1, 2}: the four
+// fields of A, and B (c4).
+template <bool kGfni>
 struct DecT5 {
   using Tile = TernaryTile5;
   static constexpr int kDigits = kTile5Digits;
   Lut256 la, lb;
-  __m512i m3 = _mm512_set1_epi8(3);
   void operator()(const TernaryTile5& t, __m512i* v) const {
     const __m512i p = _mm512_loadu_si512(t.b);
     const __mmask64 hi = _mm512_movepi8_mask(p), lo = _knot_mask64(hi);
-    const __m512i a = la(p, hi, lo);
-    v[0] = _mm512_and_si512(a, m3);
-    v[1] = _mm512_and_si512(_mm512_srli_epi16(a, 2), m3);
-    v[2] = _mm512_and_si512(_mm512_srli_epi16(a, 4), m3);
-    v[3] = _mm512_and_si512(_mm512_srli_epi16(a, 6), m3);
+    fields2<kGfni>(la(p, hi, lo), v);
     v[4] = lb(p, hi, lo);
   }
 };
@@ -133,7 +129,8 @@ void ternary5_gemm_avx512vbmi(const TernaryTile5* w, int KB, int mb0, int mb1, c
       block_t1(w + static_cast<size_t>(mb) * KB, KB, la, lb, x, xsum[0], y + mb * kTileRows);
     return;
   }
-  gemm_tokens(DecT5{la, lb}, w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
+  if (have_gfni()) gemm_tokens(DecT5<true>{la, lb}, w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
+  else gemm_tokens(DecT5<false>{la, lb}, w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
 }
 
 }  // namespace bitnet

@@ -63,3 +63,32 @@ def test_int8_head_every_token_count_equals_ref(isa):
         x[0] = 127
         want = x.astype(np.int64) @ E.T.astype(np.int64)
         np.testing.assert_array_equal(_C.head_i8(isa, E, x), want, err_msg=f"T={T}")
+
+
+NO_GFNI_SCRIPT = """
+import numpy as np, torch
+from bitnet.inference import _C
+from bitnet.quant import pack_ternary
+rng = np.random.default_rng(3)
+q = rng.integers(-1, 2, size=(48, 300)).astype(np.int8)
+p = pack_ternary(torch.from_numpy(q)).numpy()
+for f in (_C.ternary_matmul, _C.ternary5_matmul):
+    for T in range(1, 30):
+        x = rng.integers(-128, 128, size=(T, 300)).astype(np.int8)
+        np.testing.assert_array_equal(f("avx512", p, x), f("ref", p, x), err_msg=f"T={T}")
+"""
+NO_GFNI_TIMEOUT_S = 120  # a fresh interpreter importing torch and the engine, then ~60 small products
+
+
+@pytest.mark.parametrize("isa", ["avx512"])
+def test_decode_without_gfni_equals_ref(isa):
+    """BITNET_NO_GFNI=1 makes the AVX-512 kernels decode 2-bit fields with shifts and masks instead of
+    vgf2p8affineqb: that path too equals the reference (this CPU may have GFNI; others do not)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BITNET_NO_GFNI": "1"}
+    r = subprocess.run([sys.executable, "-c", NO_GFNI_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=NO_GFNI_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr[-2000:]
