@@ -3,16 +3,17 @@
 // tests/inference/test_kernels_t5.py. dispatch.cpp puts it in the avx512 table only where the CPU
 // has VBMI (cpuid 7.0 ECX bit 1); without it that table uses the AVX2 t5 kernel.
 //
-// Decode by byte tables instead of arithmetic: vpermi2b looks up 64 bytes at once in a 128-entry
-// table (index bits 0..6), so a full 256-entry table is two merge-masked vpermi2b (bit 7 picks the
-// half). Two tables per tile: A[s] = c0 | c1 << 2 | c2 << 4 | c3 << 6 (the first four codes, in
-// the 2-bit tile's plane order) and B[s] = c4. Per tile that is 4 vpermi2b + 2 mask ops + 4 ands
-// against 5 vpdpbusd (the 2-bit kernel: 4 ands + 4 vpdpbusd), where TQ1_0's base-3 arithmetic
-// costs about 28 ops. Measured in L2 on one core (2.3 GHz Xeon): 4.3 ns per tile (14.8 GB/s of
-// weights) against 2.0 ns for the 2-bit tile, so one-token decode is memory-bound only where a
-// core streams under ~15 GB/s; several tokens decode each tile once (DecT5: in registers for the
-// first group of up to 8 tokens, kept in a buffer for the others; kernels_avx512_inl.h) and then
-// cost 1 vpdpbusd per 64 products, as the 2-bit kernel does.
+// Decode by byte tables instead of arithmetic. Two 256-entry tables per tile: A[s] = c0 | c1 << 2
+// | c2 << 4 | c3 << 6 (the first four codes, in the 2-bit tile's plane order) and B[s] = c4, each
+// looked up for 64 bytes at once by four one-source vpermb (64 entries, index bits 0..5) merged on
+// bit 6 and blended on bit 7 (Lut256::by_quarters; two merge-masked vpermi2b of 128 entries are
+// fewer instructions, but vpermi2b issues about 3 uops each on Intel cores: measured, 4 of them
+// cost as much as 12 vpdpbusd, 4 vpermb as 4). TQ1_0's base-3 arithmetic costs about 28 ops per
+// tile. One token, in L2 on one core of this Xeon (family 6 model 167): 20.5 GB/s of t5 weights
+// (18.4 with vpermi2b; 14.8 measured on a 2.3 GHz Xeon), so one-token decode is memory-bound
+// wherever a core streams less than that. Several tokens decode each tile once (DecT5: in
+// registers for the first group of up to 8 tokens, kept in a buffer for the others;
+// kernels_avx512_inl.h) and then cost 1 vpdpbusd per 64 products, as the 2-bit kernel does.
 #include <immintrin.h>
 
 #include <array>
@@ -44,15 +45,8 @@ struct Lut256 {
   explicit Lut256(const uint8_t* tab)
       : q0(_mm512_loadu_si512(tab)), q1(_mm512_loadu_si512(tab + 64)), q2(_mm512_loadu_si512(tab + 128)),
         q3(_mm512_loadu_si512(tab + 192)) {}
-  // tab[s] for every byte s of p; hi = bit 7 of each byte of p, lo = its complement. Two
-  // merge-masked vpermi2b into the index register, no blend: the first writes the lanes with
-  // s >= 128 and leaves s in the others, which the second then looks up in entries 0-127.
-  __m512i operator()(__m512i p, __mmask64 hi, __mmask64 lo) const {
-    return _mm512_mask2_permutex2var_epi8(q0, _mm512_mask2_permutex2var_epi8(q2, p, hi, q3), lo, q1);
-  }
-  // The same by four one-source vpermb (64 entries each, index bits 0..5) merged on bit 6 (b6) and
-  // blended on bit 7 (b7): 5 single-uop instructions where the two vpermi2b above issue about 3
-  // uops each (measured here: 4 vpermi2b cost as much as 12 vpdpbusd, 4 vpermb as 4).
+  // tab[s] for every byte s of p, by four one-source vpermb (64 entries each, index bits 0..5)
+  // merged on bit 6 (b6) and blended on bit 7 (b7): 5 single-uop instructions (see the top).
   __m512i by_quarters(__m512i p, __mmask64 b6, __mmask64 b7) const {
     const __m512i lo = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(p, q0), b6, p, q1);
     const __m512i hi = _mm512_mask_permutexvar_epi8(_mm512_permutexvar_epi8(p, q2), b6, p, q3);
@@ -96,14 +90,14 @@ inline void block_t1(const TernaryTile5* wrow, int KB, const Lut256& la, const L
     // Past the last row block this runs ahead into whatever follows; a prefetch never faults.
     _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
     const __m512i p = _mm512_loadu_si512(wrow[kb].b);
-    const __mmask64 hi = _mm512_movepi8_mask(p), lo = _knot_mask64(hi);
-    const __m512i a = la(p, hi, lo);
+    const __mmask64 b7 = _mm512_movepi8_mask(p), b6 = _mm512_test_epi8_mask(p, _mm512_set1_epi8(0x40));
+    const __m512i a = la.by_quarters(p, b6, b7);
     const int8_t* xt = x + kb * kTile5Cols;
     dpbusd_bcast(a0, _mm512_and_si512(a, m0), xt + 0);
     dpbusd_bcast(a1, _mm512_and_si512(a, m1), xt + 4);
     dpbusd_bcast(a2, _mm512_and_si512(a, m2), xt + 8);
     dpbusd_bcast(a3, _mm512_and_si512(a, m3), xt + 12);
-    dpbusd_bcast(a4, lb(p, hi, lo), xt + 16);
+    dpbusd_bcast(a4, lb.by_quarters(p, b6, b7), xt + 16);
   }
   const __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a4), _mm512_srai_epi32(a1, 2)),
                                      _mm512_add_epi32(_mm512_srai_epi32(a2, 4), _mm512_srai_epi32(a3, 6)));
@@ -117,14 +111,14 @@ void ternary5_unpack_q(const TernaryTile5* wrow, int KB, int rows, int8_t* b) {
   const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
   for (int kb = 0; kb < KB; ++kb) {
     const __m512i p = _mm512_loadu_si512(wrow[kb].b);
-    const __mmask64 hi = _mm512_movepi8_mask(p), lo = _knot_mask64(hi);
-    const __m512i a = la(p, hi, lo);
+    const __mmask64 b7 = _mm512_movepi8_mask(p), b6 = _mm512_test_epi8_mask(p, _mm512_set1_epi8(0x40));
+    const __m512i a = la.by_quarters(p, b6, b7);
     int8_t* dst = b + static_cast<size_t>(kb) * kTile5Digits * 64;
     _mm512_storeu_si512(dst + 0, _mm512_sub_epi8(_mm512_and_si512(a, m3), one));
     _mm512_storeu_si512(dst + 64, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 2), m3), one));
     _mm512_storeu_si512(dst + 128, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 4), m3), one));
     _mm512_storeu_si512(dst + 192, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 6), m3), one));
-    _mm512_storeu_si512(dst + 256, _mm512_sub_epi8(lb(p, hi, lo), one));
+    _mm512_storeu_si512(dst + 256, _mm512_sub_epi8(lb.by_quarters(p, b6, b7), one));
   }
   std::memset(b + static_cast<size_t>(KB) * kTile5Digits * 64, 0, static_cast<size_t>(rows - KB * kTile5Digits) * 64);
 }
