@@ -141,6 +141,7 @@ inline void head_row_tt(const int8_t* e, int32_t rowsum, int Cp, const uint8_t* 
 // vector loaded once for both rows: 16 independent chains at 8 tokens (head_row_tt's groups of 4
 // had 4, latency-bound), and the R * TT lane sums reduced together by one 16 x 16 transpose and
 // 15 adds instead of one horizontal reduction each. Invariant: as head_row_tt.
+constexpr int kHeadAheadRows = 4;
 template <int R, int TT>
 void head_rows_tt(const int8_t* e0, const int32_t* rowsum, int Cp, const uint8_t* xu, int32_t* out, int ldo) {
   static_assert(R >= 1 && R <= 2 && TT >= 1 && TT <= 8, "at most 16 accumulators");
@@ -148,8 +149,12 @@ void head_rows_tt(const int8_t* e0, const int32_t* rowsum, int Cp, const uint8_t
   __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
   __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0, b6 = a0, b7 = a0;
   for (int c = 0; c < Cp; c += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(e0 + c) + kHeadPrefetch, _MM_HINT_T0);
-    if constexpr (R > 1) _mm_prefetch(reinterpret_cast<const char*>(e1 + c) + kHeadPrefetch, _MM_HINT_T0);
+    // The rows kHeadAheadRows further on at the same column: far enough ahead that a row pair's
+    // arithmetic covers the memory latency, which the one-token kernel's byte distance
+    // (kHeadPrefetch) does not at this pace.
+    _mm_prefetch(reinterpret_cast<const char*>(e0 + static_cast<size_t>(kHeadAheadRows) * Cp + c), _MM_HINT_T0);
+    if constexpr (R > 1)
+      _mm_prefetch(reinterpret_cast<const char*>(e1 + static_cast<size_t>(kHeadAheadRows) * Cp + c), _MM_HINT_T0);
     const __m512i ev0 = _mm512_loadu_si512(e0 + c);
     const __m512i ev1 = R > 1 ? _mm512_loadu_si512(e1 + c) : ev0;
 #define BITNET_HEAD_MAC(n)                                                                  \
