@@ -250,13 +250,13 @@ inline void for_token_groups(int T, F&& f) {
   }
 }
 
-// The several-token product over row blocks [mb0, mb1) for either layout (Dec: the tile type, its
-// kDigits code vectors per tile and the in-register decode). Row blocks go in pairs (one alone at
-// an odd end); the first token group (up to 8 tokens) runs from the tiles (block_fused), the
-// others (up to 12) from the decoded buffer (block_rt).
+// The several-token product over row blocks [mb0, mb1) for T <= kTokenChunk tokens, either layout
+// (Dec: the tile type, its kDigits code vectors per tile and the in-register decode). Row blocks go
+// in pairs (one alone at an odd end); the first token group (up to 8 tokens) runs from the tiles
+// (block_fused), the others (up to 12) from the decoded buffer (block_rt).
 template <typename Dec>
-void gemm_tokens(const Dec& dec, const typename Dec::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
-                 const int32_t* xsum, int T, int32_t* y, int ldy) {
+void gemm_token_chunk(const Dec& dec, const typename Dec::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                      const int32_t* xsum, int T, int32_t* y, int ldy) {
   constexpr int TTF = 8, TTB = 12;  // tokens per group: fused (16 accumulators + decode), buffered (24)
   const int G = Dec::kDigits * KB;  // code vectors per row block = 4-byte activation words per token
   const int t1 = T <= TTF ? T : (T + (T + TTF - 1) / TTF - 1) / ((T + TTF - 1) / TTF);  // first group
@@ -292,6 +292,20 @@ void gemm_tokens(const Dec& dec, const typename Dec::Tile* w, int KB, int mb0, i
       });
     });
   }
+}
+
+// Any number of tokens, in near-equal chunks of at most kTokenChunk: the interleaved activations of
+// a chunk (kTokenChunk * K bytes, 885 KB at 2B4T's down_proj) stay within a core's L2 and the
+// per-thread buffer stays bounded however long the prompt; each chunk decodes the weights again,
+// under 2% of a 128-token chunk's work.
+constexpr int kTokenChunk = 128;
+template <typename Dec>
+void gemm_tokens(const Dec& dec, const typename Dec::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                 const int32_t* xsum, int T, int32_t* y, int ldy) {
+  for_token_groups<kTokenChunk>(T, [&](int n, int t) {
+    gemm_token_chunk(dec, w, KB, mb0, mb1, x + static_cast<size_t>(t) * ldx, ldx, xsum + t, n,
+                     y + static_cast<size_t>(t) * ldy, ldy);
+  });
 }
 
 }  // namespace

@@ -37,6 +37,17 @@ def test_every_token_count_equals_ref(isa, layout, out_f, in_f):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("layout", ["i2", "t5"])
+@pytest.mark.parametrize("T", [129, 300])  # the AVX-512 kernels take tokens in chunks of at most 128
+def test_long_prompts_equal_ref(isa, layout, T):
+    rng = np.random.default_rng(T)
+    q = rng.integers(-1, 2, size=(48, 130)).astype(np.int8)
+    x = rng.integers(-128, 128, size=(T, 130)).astype(np.int8)
+    f = MATMUL[layout]
+    np.testing.assert_array_equal(f(isa, _packed(q), x), f("ref", _packed(q), x))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("layout", ["i2", "t5"])
 @pytest.mark.parametrize("T", [3, 8, 13, 29])  # fused group alone, then with 1, 2 buffered groups
 def test_extremes_at_several_tokens(isa, layout, T):
     """All +1 / all -1 rows against tokens of all -128 and all 127 (mixed in one call): the largest
