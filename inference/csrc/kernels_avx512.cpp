@@ -8,55 +8,27 @@
 #include <vector>
 
 #include "kernels.h"
+#include "kernels_avx512_inl.h"
 #include "kernels_lut_inl.h"
 
 namespace bitnet {
 namespace {
 
-inline __m512i bcast4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
-}
-
-// One row block (16 rows) against TT tokens.
-//
-// Invariants: codes c in {0,1,2} are the UNSIGNED operand of vpdpbusd and activations x in
-// [-128, 127] the signed one, so each product is in [-256, 254] and each 32-bit lane gains at most
-// 4 * 256 = 1024 in magnitude per instruction: K < 2^21 columns cannot overflow int32. Then
-// sum c*x = sum (q+1)*x = q.x + sum x, so subtracting xsum[t] gives q.x exactly.
-template <int TT>
-inline void block_tt(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum,
-                     int32_t* y, int ldy) {
-  const __m512i m3 = _mm512_set1_epi8(3);
-  __m512i acc[TT];
-  for (int t = 0; t < TT; ++t) acc[t] = _mm512_setzero_si512();
-  for (int kb = 0; kb < KB; ++kb) {
-    const __m512i p = _mm512_loadu_si512(wrow[kb].b);
-    // Shift within 16-bit lanes is safe: the mask keeps only the 2 bits that came from this byte.
-    const __m512i c0 = _mm512_and_si512(p, m3);
-    const __m512i c1 = _mm512_and_si512(_mm512_srli_epi16(p, 2), m3);
-    const __m512i c2 = _mm512_and_si512(_mm512_srli_epi16(p, 4), m3);
-    const __m512i c3 = _mm512_and_si512(_mm512_srli_epi16(p, 6), m3);
-    for (int t = 0; t < TT; ++t) {
-      const int8_t* xt = x + static_cast<size_t>(t) * ldx + kb * kTileCols;
-      acc[t] = _mm512_dpbusd_epi32(acc[t], c0, bcast4(xt + 0));
-      acc[t] = _mm512_dpbusd_epi32(acc[t], c1, bcast4(xt + 4));
-      acc[t] = _mm512_dpbusd_epi32(acc[t], c2, bcast4(xt + 8));
-      acc[t] = _mm512_dpbusd_epi32(acc[t], c3, bcast4(xt + 12));
-    }
-  }
-  for (int t = 0; t < TT; ++t)
-    _mm512_storeu_si512(y + static_cast<size_t>(t) * ldy,
-                        _mm512_sub_epi32(acc[t], _mm512_set1_epi32(xsum[t])));
-}
+// Several tokens (kernels_avx512_inl.h): a tile's four code vectors c_i = field i of every byte
+// (columns 16 kb + 4 i .. + 3; in lane r the codes of row r).
+template <bool kGfni>
+struct DecI2 {
+  using Tile = TernaryTile;
+  static constexpr int kDigits = 4;
+  void operator()(const TernaryTile& t, __m512i* v) const { fields2<kGfni>(_mm512_loadu_si512(t.b), v); }
+};
 
 // Decode (one token): four independent accumulators (one per 2-bit plane) hide vpdpbusd latency.
 // The planes are masked in place instead of shifted down (shifts compete with vpdpbusd for port
 // 0): plane i is c_i * 4^i in {0, 4^i, 2*4^i} <= 128, still a valid u8 operand, and its
 // accumulator holds 4^i * sum(c_i * x) exactly, recovered with an arithmetic shift by 2i.
 // Invariant: |c_i * 4^i * x| <= 128 * 128, 4 per lane per tile, so KB < 2^15 tiles (K < 524288)
-// cannot overflow int32. Then sum c*x - xsum = q.x as in block_tt.
+// cannot overflow int32. Then sum c*x - xsum = q.x (c = q + 1).
 inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
   const __m512i m0 = _mm512_set1_epi8(0x03), m1 = _mm512_set1_epi8(0x0c);
   const __m512i m2 = _mm512_set1_epi8(0x30), m3 = _mm512_set1_epi8(static_cast<char>(0xc0));
@@ -67,10 +39,10 @@ inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t x
     _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
     const __m512i p = _mm512_loadu_si512(wrow[kb].b);
     const int8_t* xt = x + kb * kTileCols;
-    a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(p, m0), bcast4(xt + 0));
-    a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(p, m1), bcast4(xt + 4));
-    a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(p, m2), bcast4(xt + 8));
-    a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(p, m3), bcast4(xt + 12));
+    dpbusd_bcast(a0, _mm512_and_si512(p, m0), xt + 0);
+    dpbusd_bcast(a1, _mm512_and_si512(p, m1), xt + 4);
+    dpbusd_bcast(a2, _mm512_and_si512(p, m2), xt + 8);
+    dpbusd_bcast(a3, _mm512_and_si512(p, m3), xt + 12);
   }
   const __m512i s = _mm512_add_epi32(_mm512_add_epi32(a0, _mm512_srai_epi32(a1, 2)),
                                      _mm512_add_epi32(_mm512_srai_epi32(a2, 4), _mm512_srai_epi32(a3, 6)));
@@ -79,18 +51,12 @@ inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t x
 
 void ternary_gemm_avx512(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                          const int32_t* xsum, int T, int32_t* y, int ldy) {
-  constexpr int TT = 8;  // tokens per register tile: 8 accumulators + 4 code vectors
-  for (int mb = mb0; mb < mb1; ++mb) {
-    const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
-    int32_t* ym = y + mb * kTileRows;
-    for_token_tiles<TT>(
-        T,
-        [&](auto tt, int t) {
-          block_tt<decltype(tt)::value>(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t,
-                                        ym + static_cast<size_t>(t) * ldy, ldy);
-        },
-        [&](int t) { block_t1(wrow, KB, x + static_cast<size_t>(t) * ldx, xsum[t], ym + static_cast<size_t>(t) * ldy); });
+  if (T == 1) {
+    for (int mb = mb0; mb < mb1; ++mb) block_t1(w + static_cast<size_t>(mb) * KB, KB, x, xsum[0], y + mb * kTileRows);
+    return;
   }
+  if (have_gfni()) gemm_tokens(DecI2<true>{}, w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
+  else gemm_tokens(DecI2<false>{}, w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
 }
 
 inline __m512 load_bf16(const uint16_t* p) {
@@ -169,19 +135,71 @@ inline void head_row_tt(const int8_t* e, int32_t rowsum, int Cp, const uint8_t* 
   for (int t = 0; t < TT; ++t) out[static_cast<size_t>(t) * ldo] = _mm512_reduce_add_epi32(acc[t]) - 128 * rowsum;
 }
 
+// int8 head, several tokens: rows r, r + 1 (R = 2; a lone row at an odd end: R = 1) against TT <= 8
+// tokens pre-biased to u8 (as head_row_tt), R * TT accumulators named and updated in place
+// (dpbusd_reg: through the intrinsic GCC copies each one around every vpdpbusd), each activation
+// vector loaded once for both rows: 16 independent chains at 8 tokens (head_row_tt's groups of 4
+// had 4, latency-bound), and the R * TT lane sums reduced together by one 16 x 16 transpose and
+// 15 adds instead of one horizontal reduction each. Invariant: as head_row_tt.
+constexpr int kHeadAheadRows = 4;
+template <int R, int TT>
+void head_rows_tt(const int8_t* e0, const int32_t* rowsum, int Cp, const uint8_t* xu, int32_t* out, int ldo) {
+  static_assert(R >= 1 && R <= 2 && TT >= 1 && TT <= 8, "at most 16 accumulators");
+  const int8_t* e1 = e0 + Cp;
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0, b6 = a0, b7 = a0;
+  for (int c = 0; c < Cp; c += 64) {
+    // The rows kHeadAheadRows further on at the same column: far enough ahead that a row pair's
+    // arithmetic covers the memory latency, which the one-token kernel's byte distance
+    // (kHeadPrefetch) does not at this pace.
+    _mm_prefetch(reinterpret_cast<const char*>(e0 + static_cast<size_t>(kHeadAheadRows) * Cp + c), _MM_HINT_T0);
+    if constexpr (R > 1)
+      _mm_prefetch(reinterpret_cast<const char*>(e1 + static_cast<size_t>(kHeadAheadRows) * Cp + c), _MM_HINT_T0);
+    const __m512i ev0 = _mm512_loadu_si512(e0 + c);
+    const __m512i ev1 = R > 1 ? _mm512_loadu_si512(e1 + c) : ev0;
+#define BITNET_HEAD_MAC(n)                                                                  \
+  if constexpr (TT > n) {                                                                   \
+    const __m512i xv = _mm512_loadu_si512(xu + static_cast<size_t>(n) * Cp + c);           \
+    dpbusd_reg(a##n, xv, ev0);                                                              \
+    if constexpr (R > 1) dpbusd_reg(b##n, xv, ev1);                                         \
+  }
+    BITNET_HEAD_MAC(0) BITNET_HEAD_MAC(1) BITNET_HEAD_MAC(2) BITNET_HEAD_MAC(3)
+    BITNET_HEAD_MAC(4) BITNET_HEAD_MAC(5) BITNET_HEAD_MAC(6) BITNET_HEAD_MAC(7)
+#undef BITNET_HEAD_MAC
+  }
+  __m512i v[16] = {a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7};
+  transpose16x16(v);  // v[j] lane i = lane j of accumulator i
+  __m512i s = v[0];
+  for (int j = 1; j < 16; ++j) s = _mm512_add_epi32(s, v[j]);  // lane i: the sum of accumulator i
+  alignas(64) int32_t sums[16];
+  _mm512_store_si512(sums, s);
+  for (int t = 0; t < TT; ++t) {
+    out[static_cast<size_t>(t) * ldo] = sums[t] - 128 * rowsum[0];
+    if constexpr (R > 1) out[static_cast<size_t>(t) * ldo + 1] = sums[8 + t] - 128 * rowsum[1];
+  }
+}
+
 void head_i8_avx512(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x,
                     int T, int32_t* out, int ldo) {
   std::vector<uint8_t> xu(static_cast<size_t>(T) * Cp);  // x + 128, once for every row
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
   for (size_t i = 0; i < xu.size(); i += 64)
     _mm512_storeu_si512(xu.data() + i, _mm512_xor_si512(_mm512_loadu_si512(x + i), bias));
-  for (int r = r0; r < r1; ++r) {
+  if (T == 1) {  // decode: one sequential stream of rows, memory-bound
+    for (int r = r0; r < r1; ++r)
+      head_row_tt<1>(E + static_cast<size_t>(r) * Cp, rowsum[r], Cp, xu.data(), out + r, ldo);
+    return;
+  }
+  for (int r = r0; r < r1; r += 2) {
     const int8_t* e = E + static_cast<size_t>(r) * Cp;
-    auto group = [&](auto tt, int t) {
-      head_row_tt<decltype(tt)::value>(e, rowsum[r], Cp, xu.data() + static_cast<size_t>(t) * Cp,
-                                       out + static_cast<size_t>(t) * ldo + r, ldo);
-    };
-    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
+    for_token_groups<8>(T, [&](int tt, int t) {
+      const uint8_t* xt = xu.data() + static_cast<size_t>(t) * Cp;
+      int32_t* ot = out + static_cast<size_t>(t) * ldo + r;
+      with_const<8>(tt, [&](auto k) {
+        if (r + 1 < r1) head_rows_tt<2, decltype(k)::value>(e, rowsum + r, Cp, xt, ot, ldo);
+        else head_rows_tt<1, decltype(k)::value>(e, rowsum + r, Cp, xt, ot, ldo);
+      });
+    });
   }
 }
 
