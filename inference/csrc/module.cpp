@@ -613,6 +613,17 @@ NB_MODULE(_C, m) {
       .def_prop_ro("weight_format", &bitnet::Model::weight_format)
       .def("check_complete", &bitnet::Model::check_complete)
       .def("reset", &bitnet::Model::reset)
+      .def("set_profile", &bitnet::Model::set_profile, "on"_a,
+           "Phase profile on/off (clears it): each forward adds its phases' wall seconds (see profile()).")
+      .def(
+          "profile",
+          [](const bitnet::Model& self) {
+            nb::dict d;
+            for (const auto& [k, v] : self.profile()) d[k.c_str()] = v;
+            return d;
+          },
+          "Seconds per phase of the forwards since set_profile(True) (embed, quantize, product, rope_cache, "
+          "attention, norms, activation, head), 'calls' (forwards) and 'jobs' (thread-pool fork/joins).")
       .def(
           "forward",
           [](bitnet::Model& self, Arr<const int32_t, nb::ndim<1>> tokens, int pos0, int logits_from,
