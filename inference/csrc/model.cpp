@@ -952,13 +952,25 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     constexpr size_t kActBlock = 1024;
     const size_t n_act = static_cast<size_t>(T) * I;
     pool_.parallel_for(static_cast<int>((n_act + kActBlock - 1) / kActBlock), [&](int b0, int b1) {
-      const size_t end = std::min(n_act, static_cast<size_t>(b1) * kActBlock);
-      for (size_t i = static_cast<size_t>(b0) * kActBlock; i < end; ++i) {
-        const float a = g[i];
-        // relu(a)^2 in fp32 (it overflows fp16 on real checkpoints), or silu(a) = a * sigmoid(a).
-        const float act = cfg_.relu2 ? (a > 0.f ? a * a : 0.f) : a / (1.f + std::exp(-a));
-        g[i] = act * u[i];
-      }
+      float* gb = g.data();
+      const float* ub = u.data();
+      const size_t begin = static_cast<size_t>(b0) * kActBlock, end = std::min(n_act, static_cast<size_t>(b1) * kActBlock);
+      // Branch-free loops, one per function, so that both vectorize. relu(a)^2 in fp32 (it overflows
+      // fp16 on real checkpoints; max(0, a) is 0 for NaN and -0, as a > 0 ? a : 0 is), or
+      // silu(a) = a * sigmoid(a).
+      if (cfg_.relu2)
+        for (size_t i = begin; i < end; ++i) {
+          const float r = std::max(0.f, gb[i]);
+          gb[i] = (r * r) * ub[i];
+        }
+      else
+        for (size_t b = begin; b < end; b += kActBlock) {  // the clamp in a pass of its own (exp_f32)
+          const size_t n = std::min(kActBlock, end - b);
+          float e[kActBlock];
+          for (size_t i = 0; i < n; ++i) e[i] = clamp_exp_arg(-gb[b + i]);
+          for (size_t i = 0; i < n; ++i) e[i] = exp_f32_in_range(e[i]);
+          for (size_t i = 0; i < n; ++i) gb[b + i] = (gb[b + i] / (1.f + e[i])) * ub[b + i];
+        }
     });
     clk.lap(Phase::Norms);
     if (cfg_.sub_norms)

@@ -351,6 +351,16 @@ NB_MODULE(_C, m) {
       "isa"_a, "q"_a, "K"_a, "V"_a, "scale"_a,
       "attend over fp16 K and V (uint16 bit patterns, (n, hd)): softmax(scale * K q) . V in fp32 -> (hd,).");
   m.def(
+      "exp_f32",
+      [](Arr<const float, nb::ndim<1>> x) {
+        const size_t n = x.shape(0);
+        float* res = new float[n];
+        for (size_t i = 0; i < n; ++i) res[i] = bitnet::exp_f32(x.data()[i]);
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        return nb::ndarray<nb::numpy, float, nb::ndim<1>>(res, {n}, owner);
+      },
+      "x"_a, "The engine's e^x of the SiLU gate (fp32, vectorizable; within 2 ulp on [-87, 88]), for tests.");
+  m.def(
       "f32_to_f16",
       [](Arr<const float, nb::ndim<1>> x) {
         const size_t n = x.shape(0);
