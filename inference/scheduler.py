@@ -40,6 +40,7 @@ sampling settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
@@ -47,7 +48,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -304,6 +305,7 @@ class Scheduler:
         self._active: list[Request] = []  # admission order (= prefill order)
         self._pending: deque[Request] = deque()
         self._n_active = 0  # len(_active), readable under the lock from other threads
+        self._arriving = 0  # requests on their way to submit() (see arriving())
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -359,6 +361,20 @@ class Scheduler:
             self._pending.append(request)
             self._cv.notify()
         return request
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Marks a request on its way to :meth:`submit` (its body being parsed and tokenized on
+        another thread) for as long as the block runs: an idle engine thread's batch window waits
+        for it instead of stepping without it (``bitnet serve`` wraps each request's preparation)."""
+        with self._cv:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._arriving -= 1
+                self._cv.notify()
 
     def submit_async(self, request: Request, loop: asyncio.AbstractEventLoop | None = None,
                      stall_timeout: float | None = None) -> AsyncStream:
@@ -446,17 +462,18 @@ class Scheduler:
 
     def _gather(self) -> None:
         """(Engine thread, holding the lock, nothing running.) Wait for more requests to arrive, up to
-        ``batch_window`` seconds: until ``arrival_gap`` seconds bring none, every slot is taken or
-        the scheduler stops. Real time (``time.monotonic``): it is a wait on the condition."""
+        ``batch_window`` seconds: while requests are on their way (:meth:`arriving`), else until
+        ``arrival_gap`` seconds bring none; or until every slot is taken or the scheduler stops.
+        Real time (``time.monotonic``): it is a wait on the condition."""
         deadline = time.monotonic() + self.batch_window
         while not self._stopping and len(self._pending) < self.parallel:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            n = len(self._pending)
-            self._cv.wait(min(left, self.arrival_gap))
-            if len(self._pending) == n:  # a quiet gap: the burst is over
-                return
+            n, coming = len(self._pending), self._arriving
+            self._cv.wait(left if coming else min(left, self.arrival_gap))
+            if len(self._pending) == n and (not coming or not self._arriving):
+                return  # a quiet gap, or what was on its way ended without a request: the burst is over
 
     def run_once(self) -> None:
         """One iteration of the engine thread: end cancelled and timed-out requests, admit queued

@@ -57,8 +57,8 @@ from .protocol import (APIError, AssistantMessage, ChatChoice, ChatChunkChoice, 
                        ChatCompletionRequest, ChatCompletionResponse, CompletionChoice, CompletionChunk,
                        CompletionRequest, CompletionResponse, DeltaMessage, GenerationRequest, ModelCard, ModelList,
                        PromptTokensDetails, Usage, parse_request, validation_error)
-from .scheduler import (DEFAULT_BATCH_WINDOW, DEFAULT_PREFILL_CHUNK, PREFILL_ALONE, AsyncStream, Delta, PromptTooLong, QueueFull, Request,
-                        Scheduler, SchedulerObserver, SchedulerStopped)
+from .scheduler import (DEFAULT_BATCH_WINDOW, DEFAULT_PREFILL_CHUNK, PREFILL_ALONE, AsyncStream, Delta, PromptTooLong,
+                        QueueFull, Request, Scheduler, SchedulerObserver, SchedulerStopped)
 
 __all__ = ["create_app", "main", "APIError", "ServeConfig", "serve_limits"]
 
@@ -282,9 +282,10 @@ class OpenAIServer:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         t0 = time.monotonic()
         try:
-            raw = await http.body()  # already read and bounded by the Guard
-            prepared = await asyncio.get_running_loop().run_in_executor(self.pool, self.prepare, raw, chat, rid)
-            stream = self.submit(prepared)
+            with self.scheduler.arriving():  # an idle engine waits for it (a burst decodes together)
+                raw = await http.body()  # already read and bounded by the Guard
+                prepared = await asyncio.get_running_loop().run_in_executor(self.pool, self.prepare, raw, chat, rid)
+                stream = self.submit(prepared)
         except APIError as e:
             self.access(rid, http, e.status, t0, error=e.code)
             raise

@@ -428,3 +428,21 @@ def test_a_lone_request_waits_one_arrival_gap_at_most(sched_factory):
 def test_bad_batch_windows_are_refused(bad):
     with pytest.raises(ValueError, match="must be a number of seconds"):
         Scheduler(FakeEngine(), parallel=1, ctx_size=8, **bad)
+
+
+def test_the_batch_window_waits_for_requests_on_their_way():
+    """A request being prepared (Scheduler.arriving, as bitnet serve marks each one while it parses
+    and tokenizes) holds an idle engine's window open past the arrival gap, so it joins the first step."""
+    eng = FakeEngine()
+    sched = Scheduler(eng, parallel=2, ctx_size=64, batch_window=WAIT_S, arrival_gap=0.001)
+    sched.start()
+    try:
+        a, b = Collector(), Collector()
+        with sched.arriving():
+            sched.submit(req([1, 2, 3], max_tokens=2, temperature=0.0), a)
+            time.sleep(0.1)  # 100 arrival gaps: without the mark the engine would have stepped with a alone
+            sched.submit(req([4, 5, 6, 7], max_tokens=2, temperature=0.0), b)
+        a.wait(), b.wait()
+    finally:
+        sched.stop(timeout=WAIT_S)
+    assert [sorted(len(ids) for _, ids, _ in batch) for batch in eng.batches] == [[3, 4], [1, 1]]
