@@ -18,7 +18,11 @@ What it does, in one run on this machine:
    requests one after another (a fresh random prompt of ``--prompt-len`` token ids, greedy,
    ``ignore_eos`` so each generates exactly ``--max-tokens``), alternating servers level by level;
 4. prints aggregate generated tokens/s (all tokens / the level's wall time), time to first token and
-   the inter-token latency (gaps between streamed chunks) at p50 / p99, peak RSS, and the ratios.
+   the inter-token latency (gaps between streamed chunks) at p50 / p99, peak RSS, and the ratios;
+   per level also where the CPU went: the server's threads by name (ours: the engine thread, the
+   C++ pool's workers, the event loop), the clients (this process), and ours' engine thread split
+   into Engine.step and sampling / detokenizing / delivering, with its step count. On a shared
+   machine the server's CPU seconds per generated token are steadier than tokens/s.
 Everything is bounded: requests per level, and ``--level-timeout`` seconds per level. This is a
 measurement script, not a test: it asserts nothing.
 """

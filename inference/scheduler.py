@@ -10,6 +10,8 @@ A :class:`Request` carries one request from admission to its last delta; its ``s
 (:class:`RequestStatus`) says where it is: waiting, running, or how it finished.
 
 The engine thread repeats one *step*:
+0. (only when idle) wait up to ``batch_window`` for a burst of requests to arrive, so that their
+   prompts are read in one step and they decode in step (see :data:`DEFAULT_BATCH_WINDOW`);
 1. drop cancelled requests (their slot is free again) and admit queued ones into free slots. A new
    request takes the free slot whose cached tokens share the longest prefix with its prompt (least
    recently used on a tie), or copies a longer prefix from a busy slot (``Engine.copy_slot``), so
