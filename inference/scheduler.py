@@ -75,12 +75,17 @@ PREFILL_ALONE = 256
 DEFAULT_PREFILL_CHUNK = 8
 # An idle engine thread that gets a request waits for more before its first step (a burst of requests
 # then reads its prompts together and decodes in step, instead of each new prompt queueing behind the
-# others' in prefill_chunk pieces while a few sequences decode alone): until ARRIVAL_GAP seconds pass
-# without a new request, every slot is taken, or DEFAULT_BATCH_WINDOW seconds have passed. A lone
-# request waits ARRIVAL_GAP. Modelled on bench_serve's 8 streams (docs/benchmarks.md): 3.0x -> 3.4x
-# one stream's tok/s with AMX kernels, 1.9x -> 2.2x with AVX-512.
-DEFAULT_BATCH_WINDOW = 0.05
-ARRIVAL_GAP = 0.005
+# others' in prefill_chunk pieces while a few sequences decode alone): while requests are being
+# prepared (Scheduler.arriving), else until ARRIVAL_GAP seconds pass without a new request; never
+# past every slot taken or DEFAULT_BATCH_WINDOW seconds. A lone request through bitnet serve does not
+# wait (its preparation's end closes the window); one submitted directly waits ARRIVAL_GAP. At
+# bench_serve's 8 streams (prompt 32, 48 tokens) a level took 96 steps instead of 128, and the
+# server's CPU seconds per generated token fell by a fifth (AMX kernels; 2.8x -> 3.4x one stream's
+# in CPU terms, as modelled from the step costs: 3.0x -> 3.4x). Under heavy load a burst's HTTP
+# arrivals can be spread wider than this (one run in three still took 128 steps): raise
+# --batch-window there.
+DEFAULT_BATCH_WINDOW = 0.1
+ARRIVAL_GAP = 0.01
 
 
 class QueueFull(RuntimeError):

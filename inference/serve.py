@@ -57,8 +57,8 @@ from .protocol import (APIError, AssistantMessage, ChatChoice, ChatChunkChoice, 
                        ChatCompletionRequest, ChatCompletionResponse, CompletionChoice, CompletionChunk,
                        CompletionRequest, CompletionResponse, DeltaMessage, GenerationRequest, ModelCard, ModelList,
                        PromptTokensDetails, Usage, parse_request, validation_error)
-from .scheduler import (DEFAULT_BATCH_WINDOW, DEFAULT_PREFILL_CHUNK, PREFILL_ALONE, AsyncStream, Delta, PromptTooLong,
-                        QueueFull, Request, Scheduler, SchedulerObserver, SchedulerStopped)
+from .scheduler import (ARRIVAL_GAP, DEFAULT_BATCH_WINDOW, DEFAULT_PREFILL_CHUNK, PREFILL_ALONE, AsyncStream, Delta,
+                        PromptTooLong, QueueFull, Request, Scheduler, SchedulerObserver, SchedulerStopped)
 
 __all__ = ["create_app", "main", "APIError", "ServeConfig", "serve_limits"]
 
@@ -551,9 +551,10 @@ def main(argv: list[str]) -> int:
                         f"do not stall running streams (default {DEFAULT_PREFILL_CHUNK}; "
                         f"{PREFILL_ALONE} when none decodes)")
     p.add_argument("--batch-window", type=float, default=DEFAULT_BATCH_WINDOW, metavar="SECONDS",
-                   help="an idle server that gets a request waits up to this long for more (until 5 ms bring "
-                        "none or every slot is taken), so a burst of requests reads its prompts in one step and "
-                        f"decodes together (default {DEFAULT_BATCH_WINDOW:g}; 0 = no wait)")
+                   help="an idle server that gets a request waits up to this long for more (while requests are "
+                        f"being parsed, else until {ARRIVAL_GAP * 1e3:g} ms bring none, never past every slot "
+                        "taken), so a burst of requests reads its prompts in one step and decodes together "
+                        f"(default {DEFAULT_BATCH_WINDOW:g}; 0 = no wait)")
     p.add_argument("--model-name", default=None, help="the name clients use (default: the directory's name)")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1/* (repeatable; also --api-key-file and the "
