@@ -3,6 +3,7 @@
     python benchmarks/bench_paths.py                                   # 2B4T, silu, 2 threads, every path
     python benchmarks/bench_paths.py --paths avx2:mac,avxvnni:mac,avx2:lut --rounds 5 --layers 30
     python benchmarks/bench_paths.py --json out/paths.json
+    python benchmarks/bench_paths.py --breakdown --paths avx2:auto,avx512:auto,amx   # where a step's time goes
 
 A path is ``ISA:FAMILY`` (``_C.set_isa`` and ``_C.set_kernel_family``; family ``auto`` is what
 dispatch picks). One random model of the shape (random_model, int8 head) serves every path: the
@@ -12,8 +13,10 @@ from an empty cache (last token's logits), and one batched decode step of 1 and 
 (``forward_batch``, one token each, on slots holding ``--depth`` positions). The report keeps each
 figure's median over rounds and its ratio to the first path, and the step of `batch` against the
 step of 1 in wall time and in CPU time (``time.process_time`` over all threads: on a shared machine
-the wall-time ratio grows with whatever else runs, the CPU-time one does not). A measurement
-script, not a test.
+the wall-time ratio grows with whatever else runs, the CPU-time one does not). ``--breakdown``
+adds, per path, where the steps of 1 and of `batch` spend their time (``Model.profile``: wall time
+per phase on the calling thread, and the thread pool's fork/joins per step). A measurement script,
+not a test.
 """
 
 from __future__ import annotations
@@ -48,6 +51,23 @@ def step_s(m, slots: int, depth: int, vocab: int, rng: np.random.Generator, cloc
     return clock() - t0
 
 
+PHASES = ("embed", "quantize", "product", "rope_cache", "attention", "norms", "activation", "head")
+
+
+def step_profile(m, slots: int, depth: int, vocab: int, rng: np.random.Generator, reps: int = 3) -> dict[str, float]:
+    """Mean ms per phase of `reps` batched steps of `slots` sequences (Model.profile), plus "total"
+    (their sum) and "jobs" (thread-pool fork/joins per step)."""
+    m.set_profile(True)
+    for _ in range(reps):
+        step_s(m, slots, depth, vocab, rng)
+    p = m.profile()
+    m.set_profile(False)
+    out = {k: 1e3 * p[k] / reps for k in PHASES}
+    out["total"] = sum(out.values())
+    out["jobs"] = p["jobs"] / reps
+    return out
+
+
 def fill_slots(m, slots: int, depth: int, vocab: int, rng: np.random.Generator) -> None:
     """Give `m` `slots` slots (room for depth + 8 positions) each holding `depth` random positions."""
     m.set_slots(slots, depth + 8)
@@ -80,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=64, help="positions each slot holds before the batched steps")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--breakdown", action="store_true", help="per path: ms per phase of the steps of 1 and of --batch")
     a = p.parse_args(argv)
 
     from bitnet.config import BitNetConfig
@@ -95,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = rng.integers(0, V, size=a.prompt_len, dtype=np.int32)
     out = np.empty((1, V), np.float32)
     res: dict[str, dict[str, list[float]]] = {f"{i}:{f}": {"pp_s": [], "step1_s": [], f"step{a.batch}_s": [],
-                                                          "cpu_ratio": []}
+                                                          "cpu_ratio": [], "prof1": [], "profb": []}
                                                for i, f in paths}
     for rnd in range(a.rounds + 1):  # round 0 is a warm-up
         for isa, fam in paths:
@@ -109,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             sb = min(step_s(m, a.batch, a.depth, V, rng) for _ in range(2))
             c1 = min(step_s(m, 1, a.depth, V, rng, time.process_time) for _ in range(2))
             cb = min(step_s(m, a.batch, a.depth, V, rng, time.process_time) for _ in range(2))
+            if rnd and a.breakdown:
+                res[f"{isa}:{fam}"]["prof1"].append(step_profile(m, 1, a.depth, V, rng))
+                res[f"{isa}:{fam}"]["profb"].append(step_profile(m, a.batch, a.depth, V, rng))
             if rnd:
                 r = res[f"{isa}:{fam}"]
                 r["pp_s"].append(pp)
@@ -133,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
                       "pp_vs_first": first / pp, "cpu_ratio": cr, "raw": r}
         print(f"{name:<16} {a.prompt_len / pp:12.1f} {first / pp:6.2f} {1e3 * s1:10.1f} {1e3 * sb:10.1f} {sb / s1:6.2f} "
               f"{cr:9.2f}")
+    if a.breakdown:
+        print(f"\nms per phase of a step (median over rounds; wall time on the calling thread), "
+              f"and thread-pool fork/joins per step")
+        print(f"{'path':<16} {'T':>3} " + " ".join(f"{k[:10]:>10}" for k in PHASES) + f" {'total':>8} {'jobs':>6}")
+        for name, r in res.items():
+            for T, key in ((1, "prof1"), (a.batch, "profb")):
+                med = {k: statistics.median(p[k] for p in r[key]) for k in (*PHASES, "total", "jobs")}
+                rows[name][f"phases_{T}"] = med
+                print(f"{name:<16} {T:>3} " + " ".join(f"{med[k]:10.2f}" for k in PHASES) +
+                      f" {med['total']:8.1f} {med['jobs']:6.0f}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = a.json.with_suffix(".tmp")

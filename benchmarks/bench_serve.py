@@ -18,7 +18,11 @@ What it does, in one run on this machine:
    requests one after another (a fresh random prompt of ``--prompt-len`` token ids, greedy,
    ``ignore_eos`` so each generates exactly ``--max-tokens``), alternating servers level by level;
 4. prints aggregate generated tokens/s (all tokens / the level's wall time), time to first token and
-   the inter-token latency (gaps between streamed chunks) at p50 / p99, peak RSS, and the ratios.
+   the inter-token latency (gaps between streamed chunks) at p50 / p99, peak RSS, and the ratios;
+   per level also where the CPU went: the server's threads by name (ours: the engine thread, the
+   C++ pool's workers, the event loop), the clients (this process), and ours' engine thread split
+   into Engine.step and sampling / detokenizing / delivering, with its step count. On a shared
+   machine the server's CPU seconds per generated token are steadier than tokens/s.
 Everything is bounded: requests per level, and ``--level-timeout`` seconds per level. This is a
 measurement script, not a test: it asserts nothing.
 """
@@ -28,6 +32,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
+import resource
 import select
 import socket
 import subprocess
@@ -104,6 +110,71 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of ``pid``'s live threads, summed by OS thread name (``comm``; the
+    main thread, the event loop in ``bitnet serve``, as "main"). Ours names its engine thread
+    "bitnet-engine" and the C++ pool's workers "bitnet-pool"."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # from field 3 (state): utime, stime are fields 14, 15
+        name = "main" if task.name == str(pid) else stat[stat.index("(") + 1:stat.rindex(")")]
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (the benchmark's clients), all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def health(port: int) -> dict:
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/health")
+        return json.loads(c.getresponse().read())
+    except (OSError, ValueError):
+        return {}
+
+
+def measured_level(srv: "ServerProc", streams: int, requests: int, prompt_len: int, max_tokens: int, seed: int,
+                   timeout: float) -> dict:
+    """:func:`run_level` plus where the CPU went: the server's threads by name, the clients (this
+    process), and for ours the scheduler's counters (steps, seconds in Engine.step and in sampling /
+    detokenizing / delivering) from /health."""
+    cpu0, own0, h0 = thread_cpu(srv.proc.pid), own_cpu(), health(srv.port)
+    r = run_level(srv.port, streams, requests, prompt_len, max_tokens, seed, timeout)
+    cpu1, own1, h1 = thread_cpu(srv.proc.pid), own_cpu(), health(srv.port)
+    r["cpu"] = {k: v - cpu0.get(k, 0.0) for k, v in cpu1.items() if v - cpu0.get(k, 0.0) > 0}
+    r["client_cpu"] = own1 - own0
+    r["sched"] = {k: h1[k] - h0.get(k, 0) for k in ("steps", "step_seconds", "advance_seconds", "generated_tokens",
+                                                     "prompt_tokens", "cached_tokens") if k in h1}
+    return r
+
+
+def cpu_line(r: dict) -> str:
+    """One line: server CPU seconds by thread, the clients' CPU, and the engine thread's split."""
+    cpu, wall = r["cpu"], r["wall_s"]
+    parts = [f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])]
+    line = (f"    CPU s over {wall:.2f} s wall: server {sum(cpu.values()):.2f} ({', '.join(parts)}); "
+            f"clients {r['client_cpu']:.2f}")
+    sc = r.get("sched") or {}
+    if sc.get("steps"):
+        line += (f"\n    engine thread: {sc['steps']} steps, {sc['step_seconds']:.2f} s in Engine.step "
+                 f"({sc['step_seconds'] / wall:.0%} of wall, {1e3 * sc['step_seconds'] / sc['steps']:.1f} ms each), "
+                 f"{sc['advance_seconds']:.2f} s sampling / detokenizing / delivering")
+    return line
 
 
 def cpu_name() -> str:
@@ -453,6 +524,8 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--ctx-size", type=int, default=256, help="positions per slot, both servers")
     p.add_argument("--prefill-chunk", type=int, default=8, help="ours: prompt tokens per step while others decode")
+    p.add_argument("--batch-window", type=float, default=None,
+                   help="ours: seconds an idle server waits for more requests (default: bitnet serve's)")
     p.add_argument("--level-timeout", type=float, default=600.0, help="seconds per level and server, at most")
     p.add_argument("--soak", type=float, default=None, metavar="SECONDS", help="soak test of our server instead")
     p.add_argument("--soak-clients", type=int, default=16)
@@ -483,6 +556,8 @@ def main() -> int:
     ours_cmd = [sys.executable, "-m", "bitnet", "serve", str(hf), "--port", str(a.port), "--threads", str(a.threads),
                 "--parallel", str(parallel), "--ctx-size", str(a.ctx_size), "--prefill-chunk", str(a.prefill_chunk),
                 "--queue", "256", "--log-level", "warning"]
+    if a.batch_window is not None:
+        ours_cmd += ["--batch-window", str(a.batch_window)]
     servers: dict[str, ServerProc] = {}
     try:
         servers["ours"] = ServerProc("bitnet serve", ours_cmd, a.port, a.work / "ours.log")
@@ -510,12 +585,12 @@ def main() -> int:
         res: dict[tuple[str, int], dict] = {}
         for c in levels:
             for name, srv in servers.items():
-                r = res[name, c] = run_level(srv.port, c, a.requests, a.prompt_len, a.max_tokens, seed=c,
-                                             timeout=a.level_timeout)
+                r = res[name, c] = measured_level(srv, c, a.requests, a.prompt_len, a.max_tokens, seed=c,
+                                                  timeout=a.level_timeout)
                 r["peak_rss"] = srv.peak_rss
                 print(f"{name:<10} {c:>2} streams: {r['tok_s']:7.2f} tok/s  TTFT p50 {r['ttft_p50']:7.0f} ms  "
                       f"ITL p50 {r['itl_p50']:6.1f} / p99 {r['itl_p99']:6.1f} ms  failed {r['failed']}"
-                      + (f"  {r['errors']}" if r["errors"] else ""), flush=True)
+                      + (f"  {r['errors']}" if r["errors"] else "") + "\n" + cpu_line(r), flush=True)
     finally:
         for s in servers.values():
             s.stop()

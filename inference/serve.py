@@ -57,8 +57,8 @@ from .protocol import (APIError, AssistantMessage, ChatChoice, ChatChunkChoice, 
                        ChatCompletionRequest, ChatCompletionResponse, CompletionChoice, CompletionChunk,
                        CompletionRequest, CompletionResponse, DeltaMessage, GenerationRequest, ModelCard, ModelList,
                        PromptTokensDetails, Usage, parse_request, validation_error)
-from .scheduler import (DEFAULT_PREFILL_CHUNK, PREFILL_ALONE, AsyncStream, Delta, PromptTooLong, QueueFull, Request,
-                        Scheduler, SchedulerObserver, SchedulerStopped)
+from .scheduler import (ARRIVAL_GAP, DEFAULT_BATCH_WINDOW, DEFAULT_PREFILL_CHUNK, PREFILL_ALONE, AsyncStream, Delta,
+                        PromptTooLong, QueueFull, Request, Scheduler, SchedulerObserver, SchedulerStopped)
 
 __all__ = ["create_app", "main", "APIError", "ServeConfig", "serve_limits"]
 
@@ -282,9 +282,10 @@ class OpenAIServer:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         t0 = time.monotonic()
         try:
-            raw = await http.body()  # already read and bounded by the Guard
-            prepared = await asyncio.get_running_loop().run_in_executor(self.pool, self.prepare, raw, chat, rid)
-            stream = self.submit(prepared)
+            with self.scheduler.arriving():  # an idle engine waits for it (a burst decodes together)
+                raw = await http.body()  # already read and bounded by the Guard
+                prepared = await asyncio.get_running_loop().run_in_executor(self.pool, self.prepare, raw, chat, rid)
+                stream = self.submit(prepared)
         except APIError as e:
             self.access(rid, http, e.status, t0, error=e.code)
             raise
@@ -549,6 +550,11 @@ def main(argv: list[str]) -> int:
                    help="most prompt tokens read per step while other requests decode, so long prompts "
                         f"do not stall running streams (default {DEFAULT_PREFILL_CHUNK}; "
                         f"{PREFILL_ALONE} when none decodes)")
+    p.add_argument("--batch-window", type=float, default=DEFAULT_BATCH_WINDOW, metavar="SECONDS",
+                   help="an idle server that gets a request waits up to this long for more (while requests are "
+                        f"being parsed, else until {ARRIVAL_GAP * 1e3:g} ms bring none, never past every slot "
+                        "taken), so a burst of requests reads its prompts in one step and decodes together "
+                        f"(default {DEFAULT_BATCH_WINDOW:g}; 0 = no wait)")
     p.add_argument("--model-name", default=None, help="the name clients use (default: the directory's name)")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1/* (repeatable; also --api-key-file and the "
@@ -575,6 +581,8 @@ def main(argv: list[str]) -> int:
     for flag, v in (("--request-timeout", a.request_timeout), ("--stall-timeout", a.stall_timeout)):
         if v is not None and not v > 0:
             p.error(f"{flag} must be > 0 seconds, got {v}")
+    if not 0 <= a.batch_window < float("inf"):
+        p.error(f"--batch-window must be >= 0 seconds, got {a.batch_window}")
     keys = _api_keys(a.api_key, a.api_key_file)
     _setup_logging(a.log_level, a.log_format)
     from .engine import Engine, check_threads
@@ -592,7 +600,7 @@ def main(argv: list[str]) -> int:
                          request_timeout=a.request_timeout, stall_timeout=a.stall_timeout, log_format=a.log_format)
     metrics = ServeMetrics(name)
     sched = Scheduler(eng, parallel=a.parallel, ctx_size=ctx, max_queue=a.queue, prefill_chunk=a.prefill_chunk,
-                      observer=metrics)
+                      batch_window=a.batch_window, observer=metrics)
     app = create_app(eng, sched, config=config, metrics=metrics)
     import uvicorn
 

@@ -535,8 +535,10 @@ void Model::copy_slot(int src, int dst, int n) {
 // y[t][m] = (q.x_q)[m] * beta / s_t. One job over all their row blocks (q/k/v, gate/up) means one
 // thread-pool round trip per group, and the input is quantized once unless the linears carry
 // their own inner RMSNorm (then each quantizes its normed copy).
-void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int T) {
+void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int T,
+                           PhaseClock& clk) {
   const Kernels& kern = kernels();
+  clk.lap(Phase::Quantize);
   struct Item {
     const Linear* L;
     float* y;
@@ -586,6 +588,7 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
       }
     }
   });
+  clk.lap(Phase::Product);
   // The product for this many tokens (multiply-accumulate or lookup tables: dispatch.cpp). A lookup
   // table is built per call and shared by the call's rows, so the lut kernels get one long range
   // per thread (more rows per table) where the others take a few shorter ones (balance).
@@ -764,6 +767,21 @@ void Model::head_rescore(const float* h, int T, float* out) {
   });
 }
 
+void Model::set_profile(bool on) {
+  profile_on_ = on;
+  phase_s_.fill(0.0);
+  profile_calls_ = 0;
+  profile_jobs0_ = pool_.jobs();
+}
+
+std::vector<std::pair<std::string, double>> Model::profile() const {
+  std::vector<std::pair<std::string, double>> out;
+  for (int i = 0; i < static_cast<int>(Phase::kCount); ++i) out.emplace_back(phase_name(static_cast<Phase>(i)), phase_s_[i]);
+  out.emplace_back("calls", profile_calls_);
+  out.emplace_back("jobs", profile_on_ ? static_cast<double>(pool_.jobs() - profile_jobs0_) : 0.0);
+  return out;
+}
+
 void Model::validate_run(const Run& r, const std::string& what) const {
   if (r.T <= 0) throw std::invalid_argument(what + ": no tokens");
   if (r.pos0 < 0 || r.pos0 > r.cache->len) throw std::invalid_argument(what + ": pos0 beyond the cached positions");
@@ -807,6 +825,7 @@ void Model::forward_batch(const Segment* segs, int n, float* out) {
 
 void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& logit_rows, float* out) {
   check_complete();
+  if (profile_on_) profile_calls_ += 1;
   // Token rows of every run, concatenated: each row's cache and position.
   std::vector<KVCache*> cache_of;
   std::vector<int> pos;
@@ -821,6 +840,7 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     }
   }
   const int T = static_cast<int>(tokens.size());
+  PhaseClock clk(*this, Phase::Embed);
 
   const int C = cfg_.hidden, I = cfg_.intermediate, H = cfg_.heads, KV = cfg_.kv_heads, hd = cfg_.head_dim;
   const int QD = H * hd, KVD = KV * hd, half = hd / 2;
@@ -876,7 +896,8 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     });
   for (int li = 0; li < cfg_.layers; ++li) {
     Layer& ly = layers_[li];
-    linear_forward({{&ly.q, q.data()}, {&ly.k, k.data()}, {&ly.v, v.data()}}, xn.data(), T);
+    linear_forward({{&ly.q, q.data()}, {&ly.k, k.data()}, {&ly.v, v.data()}}, xn.data(), T, clk);
+    clk.lap(Phase::RopeCache);
     per_token([&](int t) {
       float* qt = q.data() + static_cast<size_t>(t) * QD;
       float* kt = k.data() + static_cast<size_t>(t) * KVD;
@@ -908,33 +929,50 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
         }
       }
     });
+    clk.lap(Phase::Attention);
     attention(li, q.data(), T, cache_of, pos, att.data());
+    clk.lap(Phase::Norms);
     if (cfg_.sub_norms)
       per_token([&](int t) {
         float* a = &att[static_cast<size_t>(t) * QD];
         rmsnorm(a, ly.attn_sub_norm.data(), QD, cfg_.eps, a);
       });
-    linear_forward({{&ly.o, tmp.data()}}, att.data(), T);
+    linear_forward({{&ly.o, tmp.data()}}, att.data(), T, clk);
+    clk.lap(Phase::Norms);
     if (!ly.o_bias.empty())
       per_token([&](int t) {
         float* ot = &tmp[static_cast<size_t>(t) * C];
         for (int i = 0; i < C; ++i) ot[i] += ly.o_bias[i];
       });
     residual_norm(ly.post_norm.data());
-    linear_forward({{&ly.gate, g.data()}, {&ly.up, u.data()}}, xn.data(), T);
+    linear_forward({{&ly.gate, g.data()}, {&ly.up, u.data()}}, xn.data(), T, clk);
+    clk.lap(Phase::Activation);
     // The gated activation elementwise over all T * I values in blocks (one token still uses every
     // thread), then the sub-norm per token.
     constexpr size_t kActBlock = 1024;
     const size_t n_act = static_cast<size_t>(T) * I;
     pool_.parallel_for(static_cast<int>((n_act + kActBlock - 1) / kActBlock), [&](int b0, int b1) {
-      const size_t end = std::min(n_act, static_cast<size_t>(b1) * kActBlock);
-      for (size_t i = static_cast<size_t>(b0) * kActBlock; i < end; ++i) {
-        const float a = g[i];
-        // relu(a)^2 in fp32 (it overflows fp16 on real checkpoints), or silu(a) = a * sigmoid(a).
-        const float act = cfg_.relu2 ? (a > 0.f ? a * a : 0.f) : a / (1.f + std::exp(-a));
-        g[i] = act * u[i];
-      }
+      float* gb = g.data();
+      const float* ub = u.data();
+      const size_t begin = static_cast<size_t>(b0) * kActBlock, end = std::min(n_act, static_cast<size_t>(b1) * kActBlock);
+      // Branch-free loops, one per function, so that both vectorize. relu(a)^2 in fp32 (it overflows
+      // fp16 on real checkpoints; max(0, a) is 0 for NaN and -0, as a > 0 ? a : 0 is), or
+      // silu(a) = a * sigmoid(a).
+      if (cfg_.relu2)
+        for (size_t i = begin; i < end; ++i) {
+          const float r = std::max(0.f, gb[i]);
+          gb[i] = (r * r) * ub[i];
+        }
+      else
+        for (size_t b = begin; b < end; b += kActBlock) {  // the clamp in a pass of its own (exp_f32)
+          const size_t n = std::min(kActBlock, end - b);
+          float e[kActBlock];
+          for (size_t i = 0; i < n; ++i) e[i] = clamp_exp_arg(-gb[b + i]);
+          for (size_t i = 0; i < n; ++i) e[i] = exp_f32_in_range(e[i]);
+          for (size_t i = 0; i < n; ++i) gb[b + i] = (gb[b + i] / (1.f + e[i])) * ub[b + i];
+        }
     });
+    clk.lap(Phase::Norms);
     if (cfg_.sub_norms)
       pool_.parallel_for(T, [&](int t0, int t1) {
         for (int t = t0; t < t1; ++t) {
@@ -942,11 +980,13 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
           rmsnorm(a, ly.ffn_sub_norm.data(), I, cfg_.eps, a);
         }
       });
-    linear_forward({{&ly.down, tmp.data()}}, g.data(), T);
+    linear_forward({{&ly.down, tmp.data()}}, g.data(), T, clk);
+    clk.lap(Phase::Norms);
     residual_norm(li + 1 < cfg_.layers ? layers_[li + 1].input_norm.data() : nullptr);
   }
   for (const Run& r : runs) r.cache->len = r.pos0 + r.T;
 
+  clk.lap(Phase::Head);
   const int n_out = static_cast<int>(logit_rows.size());
   if (n_out == 0) return;
   std::vector<float> hn(static_cast<size_t>(n_out) * C);

@@ -2,8 +2,12 @@
 // Mirrors bitnet/model.py (the PyTorch reference) operation for operation.
 #pragma once
 
+#include <array>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <algorithm>
 #include <initializer_list>
 #include <utility>
 #include <memory>
@@ -118,6 +122,54 @@ struct Matrix16 {  // a borrowed row-major (rows, cols) matrix in bf16/f16/f32 (
 };
 
 
+// e^x in fp32 for the SiLU gate, in arithmetic the compiler vectorizes (a std::exp call per value,
+// 1.7M per batched step of 8 at 2B4T, is not): x = n ln2 + r with n = round(x / ln2) and |r| <=
+// ln2 / 2 (ln2 in two parts, Cody-Waite), e^r by Cephes' degree-6 polynomial, 2^n from the
+// exponent bits. Within 1 ulp of the exact value (tests/inference/test_batch.py) for x in [-87, 88],
+// where the caller must keep it (exp_f32 clamps, for one value); NaN stays NaN.
+inline float exp_f32_in_range(float x) {
+  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round half even: |n| <= 127
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * (r * r) + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) * (1 << 23);  // 2^n, n in [-126, 127]
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return e * scale;
+}
+// x clamped to [-87, 88] first (e^x stays a normal finite number). A loop should clamp in a pass of
+// its own: with the clamp inline, GCC also evaluates the clamped branch's constant and blends,
+// and that branch's a / (1 + e^88) is a subnormal (a microcode assist) for every ordinary value.
+inline float clamp_exp_arg(float x) {
+  x = std::min(x, 88.f);  // NaN: (88 < NaN) is false, so x stays NaN
+  return std::max(x, -87.f);
+}
+inline float exp_f32(float x) { return exp_f32_in_range(clamp_exp_arg(x)); }
+
+// Where a forward pass spends its time (Model::set_profile): the phases of forward_runs, each
+// timed on the calling thread (wall time, so a parallel phase counts once, join included).
+enum class Phase : int {
+  Embed,      // embedding rows, RoPE tables, the first norm
+  Quantize,   // activations to int8 before each linear
+  Product,    // the ternary products and their rescale to fp32
+  RopeCache,  // biases, q/k norms, RoPE and the KV cache writes
+  Attention,  // the attention kernel over every (token, head)
+  Norms,      // sub-norms, residual adds and the next RMSNorm
+  Activation, // the gated activation
+  Head,       // the final norm and the output head
+  kCount
+};
+inline const char* phase_name(Phase p) {
+  static const char* names[] = {"embed", "quantize", "product", "rope_cache", "attention", "norms", "activation",
+                                "head"};
+  return names[static_cast<int>(p)];
+}
+
 class Model {
  public:
   Model(const ModelConfig& cfg, int threads);
@@ -190,6 +242,11 @@ class Model {
   // twice, pos0 beyond the slot's cached positions or positions past its limit.
   void forward_batch(const Segment* segs, int n, float* out);
 
+  // Phase profile: when on, every forward adds each phase's wall seconds (and one to "calls",
+  // the pool's fork/join count to "jobs"); profile() returns the sums, set_profile() clears them.
+  void set_profile(bool on);
+  std::vector<std::pair<std::string, double>> profile() const;
+
   size_t weight_bytes() const;  // bytes held by repacked ternary weights and the int8 head
 
   // Weight layout of every ternary linear: "i2" (TernaryTile, the default) or "t5" (TernaryTile5,
@@ -215,7 +272,10 @@ class Model {
   // The forward pass over runs whose tokens are concatenated (rows in run order); writes the
   // logits of rows logit_rows (indices into the concatenation, in order) to out.
   void forward_runs(const std::vector<Run>& runs, const std::vector<int>& logit_rows, float* out);
-  void linear_forward(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int T);
+  class PhaseClock;
+  // Laps `clk` to Phase::Quantize, then to Phase::Product for the products.
+  void linear_forward(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int T,
+                      PhaseClock& clk);
   // Causal attention of rows [0, T): row t (its run's cache, at position pos[t]) attends to
   // positions 0..pos[t] of that cache in layer li; q (T, heads*hd) already rotated.
   void attention(int li, const float* q, int T, const std::vector<KVCache*>& cache_of,
@@ -262,6 +322,32 @@ class Model {
   std::vector<float> rope_inv_freq_;
   std::vector<KVCache> caches_;  // [0]: the single-sequence cache; [1..]: serving slots
   bool kv_f16_ = false;          // every cache holds fp16 rows (k16/v16) instead of fp32 (k/v)
+  // The phase profile (set_profile): seconds per phase, forward calls, pool jobs at the start.
+  bool profile_on_ = false;
+  std::array<double, static_cast<int>(Phase::kCount)> phase_s_{};
+  double profile_calls_ = 0;
+  uint64_t profile_jobs0_ = 0;
+  // Adds the wall time from its construction to the next lap() (or its destruction) to a phase.
+  class PhaseClock {
+   public:
+    PhaseClock(Model& m, Phase p) : m_(m), p_(p) {
+      if (m_.profile_on_) t0_ = std::chrono::steady_clock::now();
+    }
+    ~PhaseClock() { lap(p_); }
+    // Ends the current phase and starts `next`.
+    void lap(Phase next) {
+      if (m_.profile_on_) {
+        const auto t = std::chrono::steady_clock::now();
+        m_.phase_s_[static_cast<int>(p_)] += std::chrono::duration<double>(t - t0_).count();
+        t0_ = t;
+      }
+      p_ = next;
+    }
+   private:
+    Model& m_;
+    Phase p_;
+    std::chrono::steady_clock::time_point t0_{};
+  };
   std::vector<int8_t> scratch_xq_;     // int8 activations of the current linear
   std::vector<int32_t> scratch_acc_;   // its integer outputs
 };

@@ -351,6 +351,16 @@ NB_MODULE(_C, m) {
       "isa"_a, "q"_a, "K"_a, "V"_a, "scale"_a,
       "attend over fp16 K and V (uint16 bit patterns, (n, hd)): softmax(scale * K q) . V in fp32 -> (hd,).");
   m.def(
+      "exp_f32",
+      [](Arr<const float, nb::ndim<1>> x) {
+        const size_t n = x.shape(0);
+        float* res = new float[n];
+        for (size_t i = 0; i < n; ++i) res[i] = bitnet::exp_f32(x.data()[i]);
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        return nb::ndarray<nb::numpy, float, nb::ndim<1>>(res, {n}, owner);
+      },
+      "x"_a, "The engine's e^x of the SiLU gate (fp32, vectorizable; within 2 ulp on [-87, 88]), for tests.");
+  m.def(
       "f32_to_f16",
       [](Arr<const float, nb::ndim<1>> x) {
         const size_t n = x.shape(0);
@@ -613,6 +623,17 @@ NB_MODULE(_C, m) {
       .def_prop_ro("weight_format", &bitnet::Model::weight_format)
       .def("check_complete", &bitnet::Model::check_complete)
       .def("reset", &bitnet::Model::reset)
+      .def("set_profile", &bitnet::Model::set_profile, "on"_a,
+           "Phase profile on/off (clears it): each forward adds its phases' wall seconds (see profile()).")
+      .def(
+          "profile",
+          [](const bitnet::Model& self) {
+            nb::dict d;
+            for (const auto& [k, v] : self.profile()) d[k.c_str()] = v;
+            return d;
+          },
+          "Seconds per phase of the forwards since set_profile(True) (embed, quantize, product, rope_cache, "
+          "attention, norms, activation, head), 'calls' (forwards) and 'jobs' (thread-pool fork/joins).")
       .def(
           "forward",
           [](bitnet::Model& self, Arr<const int32_t, nb::ndim<1>> tokens, int pos0, int logits_from,

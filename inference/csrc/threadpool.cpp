@@ -1,5 +1,9 @@
 #include "threadpool.h"
 
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define BITNET_PAUSE() _mm_pause()
@@ -46,6 +50,9 @@ void ThreadPool::run_chunks(uint32_t gen, const std::function<void(int, int)>* j
 }
 
 void ThreadPool::worker(int /*id*/) {
+#if defined(__linux__)
+  pthread_setname_np(pthread_self(), "bitnet-pool");  // what top -H and /proc/<pid>/task/*/comm show
+#endif
   uint64_t seen = 0;
   for (;;) {
     int spins = 0;

@@ -23,6 +23,8 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
+  // Jobs handed to the workers so far (fork/joins; a parallel_for that runs inline is not one).
+  uint64_t jobs() const { return generation_.load(std::memory_order_relaxed); }
   // fn(begin, end) over contiguous chunks of [0, n), chunks_per_thread per thread, claimed in
   // order; returns when all are done. One chunk per thread gives each thread a single sequential
   // stream (best for the memory-bound one-token products); more chunks balance uneven work.

@@ -114,3 +114,29 @@ def test_bad_batches_are_clear_errors(model_dir):
     with pytest.raises(ValueError, match="copy_slot"):
         eng.copy_slot(0, 1, 5)  # slot 0 holds nothing
     assert eng.slot_len(0) == 0 and eng.slot_len(1) == 0  # a failed step leaves the slots unchanged
+
+
+def test_phase_profile_adds_up_and_counts_the_pool_jobs(model_dir):
+    """Model.profile: each phase's seconds are >= 0, they sum to no more than the steps' wall time,
+    "calls" counts the forwards and "jobs" the thread pool's fork/joins (none with one thread);
+    set_profile clears it, and off means nothing is added."""
+    import time
+
+    phases = {"embed", "quantize", "product", "rope_cache", "attention", "norms", "activation", "head"}
+    for threads in (1, 2):
+        eng = Engine(model_dir, threads=threads)
+        m = eng._model
+        eng.configure_slots(4, 64)
+        m.set_profile(True)
+        t0 = time.perf_counter()
+        eng.step([(i, p, 0) for i, p in enumerate(_prompts(4))])
+        eng.step([(i, [7], 3) for i in range(4)])
+        wall = time.perf_counter() - t0
+        p = m.profile()
+        assert set(p) == phases | {"calls", "jobs"} and p["calls"] == 2
+        assert all(p[k] >= 0 for k in phases) and p["product"] > 0 and p["head"] > 0
+        assert sum(p[k] for k in phases) <= wall
+        assert (p["jobs"] > 0) == (threads > 1)
+        m.set_profile(False)
+        eng.step([(i, [7], 3) for i in range(4)])
+        assert m.profile() == {k: 0.0 for k in p}

@@ -392,3 +392,57 @@ def test_out_of_range_sampling_values_are_refused_when_made():
                {"seed": 2**70}, {"temperature": float("inf")}):
         with pytest.raises(ValueError):
             req([1], **kw)
+
+
+def test_an_idle_scheduler_gathers_a_burst_into_one_step(sched_factory):
+    """Requests that arrive together at an idle server read their prompts in one step and then
+    decode in step; without the window, the second prompt would be read behind the first one's
+    decoding (the window ends here as soon as both slots are taken, so the test does not race it)."""
+    eng = FakeEngine()
+    sched = Scheduler(eng, parallel=2, ctx_size=64, prefill_chunk=2, batch_window=WAIT_S, arrival_gap=WAIT_S)
+    sched.start()
+    try:
+        a, b = Collector(), Collector()
+        sched.submit(req([1, 2, 3, 4, 5], max_tokens=3, temperature=0.0), a)
+        time.sleep(0.05)  # the engine thread is waiting in the window now
+        sched.submit(req([6, 7, 8, 9, 10], max_tokens=3, temperature=0.0), b)
+        a.wait(), b.wait()
+    finally:
+        sched.stop(timeout=WAIT_S)
+    assert [sorted(len(ids) for _, ids, _ in batch) for batch in eng.batches] == [[5, 5], [1, 1], [1, 1]]
+    assert a.tokens == alone([1, 2, 3, 4, 5], 3, 64) and b.tokens == alone([6, 7, 8, 9, 10], 3, 64)
+    st = sched.status()
+    assert st["steps"] == 3 and st["step_seconds"] > 0 and st["advance_seconds"] > 0
+
+
+def test_a_lone_request_waits_one_arrival_gap_at_most(sched_factory):
+    eng = FakeEngine()
+    sched = sched_factory(eng, parallel=4, batch_window=WAIT_S, arrival_gap=0.05)
+    t0 = time.monotonic()
+    (c,) = run_all(sched, [req([1, 2, 3], max_tokens=1, temperature=0.0)])
+    assert c.tokens == alone([1, 2, 3], 1, 64)
+    assert time.monotonic() - t0 < WAIT_S / 2  # the gap ended the wait, not the window
+
+
+@pytest.mark.parametrize("bad", [{"batch_window": -1}, {"arrival_gap": float("nan")}, {"batch_window": "5"}])
+def test_bad_batch_windows_are_refused(bad):
+    with pytest.raises(ValueError, match="must be a number of seconds"):
+        Scheduler(FakeEngine(), parallel=1, ctx_size=8, **bad)
+
+
+def test_the_batch_window_waits_for_requests_on_their_way():
+    """A request being prepared (Scheduler.arriving, as bitnet serve marks each one while it parses
+    and tokenizes) holds an idle engine's window open past the arrival gap, so it joins the first step."""
+    eng = FakeEngine()
+    sched = Scheduler(eng, parallel=2, ctx_size=64, batch_window=WAIT_S, arrival_gap=0.001)
+    sched.start()
+    try:
+        a, b = Collector(), Collector()
+        with sched.arriving():
+            sched.submit(req([1, 2, 3], max_tokens=2, temperature=0.0), a)
+            time.sleep(0.1)  # 100 arrival gaps: without the mark the engine would have stepped with a alone
+            sched.submit(req([4, 5, 6, 7], max_tokens=2, temperature=0.0), b)
+        a.wait(), b.wait()
+    finally:
+        sched.stop(timeout=WAIT_S)
+    assert [sorted(len(ids) for _, ids, _ in batch) for batch in eng.batches] == [[3, 4], [1, 1]]
