@@ -286,9 +286,10 @@ void ternary5_gemm_avxvnni(const TernaryTile5* w, int KB, int mb0, int mb1, cons
 void head_i8_avxvnni(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x, int T,
                      int32_t* out, int ldo);
 uint32_t int8_mac_loop_avxvnni(int64_t iters);  // iters x kMacLoopInstrs vpdpbusd ymm (32 MACs each)
-// The LUT kernels' bound: iters x kLutLoopLookups table lookups (an index byte loaded, a 32-byte
-// (avx2) or 64-byte (avx512) table row added from L1 into an int16 accumulator), the inner step of
-// kernels_lut_inl.h on a table that fits L1. Timed by _C.lut_peak.
+// The LUT kernels' bound: iters x kLutLoopLookups table lookups (a 16-bit table offset loaded, a
+// 64-byte table row of 32 int16 lanes added from L1 into the row's sums: two ymm adds on AVX2, one
+// zmm add on AVX-512), the inner step of kernels_lut_inl.h on a table that fits L1. Timed by
+// _C.lut_peak.
 uint32_t lut_loop_avx2(const uint8_t* idx, int64_t iters);
 uint32_t lut_loop_avx512(const uint8_t* idx, int64_t iters);
 constexpr int kLutLoopLookups = 16;

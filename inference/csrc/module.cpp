@@ -405,8 +405,8 @@ NB_MODULE(_C, m) {
       [](const std::string& isa, int threads, double seconds) {
         // The LUT kernels' bound on this machine: every thread runs the lookup step on registers
         // and an L1-resident table (kernels.h, lut_loop_*) for about `seconds`; best of three
-        // rounds, in lookups/s summed over the threads (each lookup is one table row of 16 (avx2)
-        // or 32 (avx512) int16 lanes added into an accumulator).
+        // rounds, in lookups/s summed over the threads (each lookup is a 16-bit table offset and
+        // one 64-byte table row of 32 int16 lanes added into the row's sums, on both paths).
         if (threads < 1 || !(seconds > 0)) throw std::invalid_argument("bad lut_peak arguments");
         uint32_t (*loop)(const uint8_t*, int64_t) = nullptr;
         if (isa == "avx512") loop = bitnet::lut_loop_avx512;
