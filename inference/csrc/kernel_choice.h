@@ -5,54 +5,54 @@
 // listed run mac everywhere.
 // Measured on Intel(R) Xeon(R) Processor, 2026-12-06 (one layer, ms):
 //   path     layout class    T   mac ms   lut ms  lut/mac  choice
-//   avx2     i2     1        1     0.34     2.77     8.19  mac
-//   avx2     i2     2-8      2     0.82     2.74     3.37  mac
-//   avx2     i2     2-8      8     1.97     2.77     1.41  mac
-//   avx2     i2     9-32    16     3.64     2.89     0.80  lut
-//   avx2     i2     9-32    32     6.98     4.74     0.68  lut
-//   avx2     i2     >32    128    28.32    19.38     0.68  lut
-//   avx2     t5     1        1     0.84     2.33     2.79  mac
-//   avx2     t5     2-8      2     1.42     2.32     1.63  lut
-//   avx2     t5     2-8      8     3.60     2.37     0.66  lut
-//   avx2     t5     9-32    16     6.81     2.79     0.41  lut
-//   avx2     t5     9-32    32    13.79     5.17     0.38  lut
-//   avx2     t5     >32    128    55.37    22.22     0.40  lut
-//   avxvnni  i2     1        1     0.33     2.73     8.41  mac
-//   avxvnni  i2     2-8      2     0.86     2.70     3.14  mac
-//   avxvnni  i2     2-8      8     1.67     2.75     1.64  mac
-//   avxvnni  i2     9-32    16     3.06     2.87     0.94  lut
-//   avxvnni  i2     9-32    32     5.86     4.69     0.80  lut
-//   avxvnni  i2     >32    128    24.11    19.09     0.79  lut
-//   avxvnni  t5     1        1     0.60     2.31     3.85  mac
-//   avxvnni  t5     2-8      2     1.45     2.32     1.60  mac
-//   avxvnni  t5     2-8      8     1.94     2.30     1.19  mac
-//   avxvnni  t5     9-32    16     3.64     2.60     0.71  lut
-//   avxvnni  t5     9-32    32     7.31     5.18     0.71  lut
-//   avxvnni  t5     >32    128    30.31    21.61     0.71  lut
-//   avx512   i2     1        1     0.23     3.08    13.10  mac
-//   avx512   i2     2-8      2     0.80     3.09     3.87  mac
-//   avx512   i2     2-8      8     1.00     3.08     3.07  mac
-//   avx512   i2     9-32    16     1.79     3.76     2.10  mac
-//   avx512   i2     9-32    32     3.66     4.48     1.22  mac
-//   avx512   i2     >32    128    14.89    18.12     1.22  mac
-//   avx512   t5     1        1     0.37     2.32     6.35  mac
-//   avx512   t5     2-8      2     1.18     2.32     1.96  mac
-//   avx512   t5     2-8      8     1.46     2.33     1.60  mac
-//   avx512   t5     9-32    16     2.52     2.55     1.01  mac
-//   avx512   t5     9-32    32     4.69     4.70     1.00  mac
-//   avx512   t5     >32    128    16.45    19.17     1.17  mac
-//   amx      i2     1        1     0.27     3.10    11.69  mac
-//   amx      i2     2-8      2     0.48     3.09     6.39  mac
-//   amx      i2     2-8      8     0.77     3.14     4.08  mac
-//   amx      i2     9-32    16     1.20     3.81     3.18  mac
-//   amx      i2     9-32    32     1.95     4.47     2.30  mac
-//   amx      i2     >32    128     6.58    18.12     2.76  mac
-//   amx      t5     1        1     0.37     2.32     6.33  mac
-//   amx      t5     2-8      2     0.73     2.34     3.20  mac
-//   amx      t5     2-8      8     0.93     2.41     2.61  mac
-//   amx      t5     9-32    16     1.26     2.61     2.08  mac
-//   amx      t5     9-32    32     2.09     4.68     2.24  mac
-//   amx      t5     >32    128     5.79    19.28     3.33  mac
+//   avx2     i2     1        1     0.35     2.82     8.03  mac
+//   avx2     i2     2-8      2     0.90     2.80     3.11  mac
+//   avx2     i2     2-8      8     2.09     2.80     1.34  mac
+//   avx2     i2     9-32    16     3.85     2.95     0.77  lut
+//   avx2     i2     9-32    32     7.25     4.80     0.66  lut
+//   avx2     i2     >32    128    28.74    19.03     0.66  lut
+//   avx2     t5     1        1     0.85     2.36     2.77  mac
+//   avx2     t5     2-8      2     1.43     2.45     1.72  mac
+//   avx2     t5     2-8      8     3.47     2.39     0.69  mac
+//   avx2     t5     9-32    16     6.90     2.64     0.38  lut
+//   avx2     t5     9-32    32    13.71     5.27     0.38  lut
+//   avx2     t5     >32    128    56.03    21.27     0.38  lut
+//   avxvnni  i2     1        1     0.34     2.83     8.30  mac
+//   avxvnni  i2     2-8      2     0.90     2.76     3.05  mac
+//   avxvnni  i2     2-8      8     1.75     2.83     1.61  mac
+//   avxvnni  i2     9-32    16     3.23     2.96     0.92  lut
+//   avxvnni  i2     9-32    32     6.21     4.95     0.80  lut
+//   avxvnni  i2     >32    128    25.04    19.58     0.78  lut
+//   avxvnni  t5     1        1     0.61     2.42     3.96  mac
+//   avxvnni  t5     2-8      2     1.40     2.40     1.71  mac
+//   avxvnni  t5     2-8      8     2.06     2.39     1.16  mac
+//   avxvnni  t5     9-32    16     3.88     2.80     0.72  lut
+//   avxvnni  t5     9-32    32     7.55     5.52     0.73  lut
+//   avxvnni  t5     >32    128    31.06    22.43     0.72  lut
+//   avx512   i2     1        1     0.21     3.38    15.95  mac
+//   avx512   i2     2-8      2     0.50     3.26     6.52  mac
+//   avx512   i2     2-8      8     0.84     3.23     3.82  mac
+//   avx512   i2     9-32    16     1.75     3.85     2.20  mac
+//   avx512   i2     9-32    32     3.22     4.80     1.49  mac
+//   avx512   i2     >32    128    12.38    18.70     1.51  mac
+//   avx512   t5     1        1     0.36     2.48     6.90  mac
+//   avx512   t5     2-8      2     0.54     2.42     4.49  mac
+//   avx512   t5     2-8      8     1.03     2.39     2.31  mac
+//   avx512   t5     9-32    16     1.99     2.64     1.32  mac
+//   avx512   t5     9-32    32     3.34     4.70     1.41  mac
+//   avx512   t5     >32    128    12.58    18.96     1.51  mac
+//   amx      i2     1        1     0.21     3.16    15.20  mac
+//   amx      i2     2-8      2     0.54     3.12     5.83  mac
+//   amx      i2     2-8      8     0.87     3.17     3.63  mac
+//   amx      i2     9-32    16     1.06     3.77     3.57  mac
+//   amx      i2     9-32    32     2.16     4.63     2.14  mac
+//   amx      i2     >32    128     6.97    18.01     2.58  mac
+//   amx      t5     1        1     0.35     2.38     6.85  mac
+//   amx      t5     2-8      2     0.68     2.41     3.52  mac
+//   amx      t5     2-8      8     0.89     2.37     2.68  mac
+//   amx      t5     9-32    16     0.97     2.66     2.75  mac
+//   amx      t5     9-32    32     1.37     4.80     3.49  mac
+//   amx      t5     >32    128     5.12    18.52     3.62  mac
 #pragma once
 #include <cstdint>
 
@@ -64,7 +64,7 @@ struct KernelChoice {
 };
 
 constexpr KernelChoice kKernelChoice[] = {
-    {"avx2", 0xc, 0xe},
+    {"avx2", 0xc, 0xc},
     {"avxvnni", 0xc, 0xc},
     {"avx512", 0x0, 0x0},
     {"amx", 0x0, 0x0},
