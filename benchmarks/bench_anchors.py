@@ -277,7 +277,7 @@ def ternary_macs_per_token(cfg: Any) -> int:
 # tiles are not an instruction the bound loops time, so it gets no bound.
 BOUND_PATHS = (("avx2", "mac"), ("avx2", "lut"), ("avx2", "auto"), ("avxvnni", "mac"), ("avxvnni", "auto"),
                ("avx512", "mac"), ("avx512", "lut"), ("amx", "auto"))
-LUT_LANES = {"avx2": 32, "avxvnni": 32, "avx512": 32}  # tokens per table row (two ymm or one zmm of int16 lanes)
+LUT_LANES = 32  # tokens per table row on every lut path (two ymm or one zmm of int16 lanes)
 LUT_GROUP = {"i2": 4, "t5": 5}  # weights per table lookup (trits per index byte)
 
 
@@ -311,7 +311,7 @@ def mac_bound_rows(model: Path, threads: list[int], n_prompt: int, reps: int, ro
                 row["bound"] = _C.int8_mac_peak(isa, t, 0.5)
             elif fam == "lut" and w in LUT_GROUP:
                 row["lookups_per_s"] = _C.lut_peak(isa, t, 0.5)
-                row["bound"] = row["lookups_per_s"] * LUT_LANES[isa] * LUT_GROUP[w]
+                row["bound"] = row["lookups_per_s"] * LUT_LANES * LUT_GROUP[w]
             if isa == "avx2" and fam == "mac":  # no VNNI: every product also costs an add; the pair's own ceiling
                 row["acc_ceiling"] = _C.int8_mac_peak(isa, t, 0.5, accumulate=True)
             rows.append(row)
