@@ -67,7 +67,8 @@ void ThreadPool::worker(int /*id*/) {
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load()) return;
     // The job fields were written before the generation was published (release/acquire); the
-    // claim in run_chunks re-checks the generation, so reading a newer job here is harmless.
+    // claim in run_chunks re-checks the generation, so reading a newer job here is harmless
+    // (parallel_for moves the claim counter on before it writes a new job's fields).
     run_chunks(static_cast<uint32_t>(seen), job_.load(std::memory_order_acquire),
                job_n_.load(std::memory_order_acquire), job_chunks_.load(std::memory_order_acquire));
   }
@@ -84,11 +85,16 @@ void ThreadPool::parallel_for(int n, const std::function<void(int, int)>& fn, in
   {
     std::lock_guard<std::mutex> lock(mu_);
     gen = static_cast<uint32_t>(generation_.load() + 1);
+    // The claim counter moves to the new generation FIRST: a worker still on the previous
+    // generation may read some of the new job's fields below, and having seen any of them it
+    // sees this counter too (release/acquire), so its claim fails. Written last, a late worker
+    // could claim a chunk of the new job under the old generation and count it in done_,
+    // letting this call return while that chunk still ran (a crash seen under bitnet serve).
+    next_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
     job_.store(&fn, std::memory_order_release);
     job_n_.store(n, std::memory_order_release);
     job_chunks_.store(n_chunks, std::memory_order_release);
     done_.store(0, std::memory_order_release);
-    next_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
     generation_.fetch_add(1, std::memory_order_acq_rel);
   }
   cv_.notify_all();
