@@ -5,8 +5,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "kernels.h"
 
@@ -38,18 +40,32 @@ inline float hsum_ps(__m256 v) {
 }
 
 // The int8 head's row loop shared by the AVX2 and AVX-VNNI files: rows [r0, r1) of E, each against
-// the T tokens of x in tiles of up to 4, by row_tt(tt, e, x_t, out_t) with tt an
-// std::integral_constant tile size (the file's own one-row kernel, which reads the row once per tile).
-template <class RowTT>
-inline void head_i8_rows(RowTT row_tt, const int8_t* E, int Cp, int r0, int r1, const int8_t* x, int T, int32_t* out,
-                         int ldo) {
+// the T tokens in tiles of up to TT, by row_tt(tt, r, e, t, out_t) with tt an std::integral_constant
+// tile size (the file's own one-row kernel, which reads row e once per tile of tokens t, t + 1, ...).
+template <int TT, class RowTT>
+inline void head_i8_rows(RowTT row_tt, const int8_t* E, int Cp, int r0, int r1, int T, int32_t* out, int ldo) {
   for (int r = r0; r < r1; ++r) {
     const int8_t* e = E + static_cast<size_t>(r) * Cp;
-    auto group = [&](auto tt, int t) {
-      row_tt(tt, e, x + static_cast<size_t>(t) * Cp, out + static_cast<size_t>(t) * ldo + r);
-    };
-    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
+    auto group = [&](auto tt, int t) { row_tt(tt, r, e, t, out + static_cast<size_t>(t) * ldo + r); };
+    for_token_tiles<TT>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
   }
+}
+
+// Per-thread scratch for a head call's converted activations (grown on demand, 32-byte aligned).
+inline uint8_t* head_scratch(size_t bytes) {
+  thread_local std::vector<uint8_t> buf;
+  if (buf.size() < bytes + 32) buf.resize(bytes + 32);
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 31) & ~uintptr_t(31));
+}
+
+// x (T * Cp int8, Cp a multiple of 32) biased to u8: x + 128 (a flip of the sign bit), per thread.
+inline const uint8_t* head_x_biased(const int8_t* x, int T, int Cp) {
+  const size_t n = static_cast<size_t>(T) * Cp;
+  uint8_t* xu = head_scratch(n);
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (size_t i = 0; i < n; i += 32)
+    _mm256_store_si256((__m256i*)(xu + i), _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(x + i)), bias));
+  return xu;
 }
 
 // ---- i2 chunks (several-token kernels): kChunkTiles tiles of one row block unpacked once into

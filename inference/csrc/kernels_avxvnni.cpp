@@ -89,26 +89,32 @@ inline void t5_block_t1(const TernaryTile5* wrow, int KB, const int8_t* x, int32
   _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(_mm256_srai_epi32(_mm256_add_epi32(b0, b1), 6), xs));
 }
 
-// int8 head: one row against TT tokens with the sign trick (|e| is the u8 operand, sign(e) x the
-// s8 one; both within [-127, 127], so |e| * sign(e) x = e x and no bias is needed). Four products
-// of at most 127 * 127 per lane per instruction: exact in int32 for Cp < 2^17 columns. A single
-// token alternates two accumulators (ILP).
+// int8 head: one row against TT tokens biased to u8 (xu = x + 128, once per call for every row),
+// so each 32 products are ONE vpdpbusd per token (the sign trick's vpsignb per token was a second
+// uop on the same ports): the lanes sum (x + 128) e = x e + 128 e, and 128 rowsum[r] comes off at
+// the end. Invariant: |(x + 128) e| <= 255 * 127, four per lane per instruction; the int32 lanes
+// wrap modulo 2^32 past Cp = 16575 columns, but the exact result x . e and 128 rowsum both lie in
+// int32 (|x . e| <= Cp * 127 * 127, |rowsum| <= Cp * 127), so the wrapped difference is exact (the
+// head_i4 argument). The row is read once per tile of up to kHeadTT tokens; a single token
+// alternates two accumulators (ILP).
+constexpr int kHeadTT = 8;  // 8 accumulators + the row chunk + an activation load: 10 ymm registers
 template <int TT>
-inline void head_row_tt(const int8_t* e, int Cp, const int8_t* x, int32_t* out, int ldo) {
+inline void head_row_tt(const int8_t* e, int Cp, const uint8_t* xu, int32_t rowsum, int32_t* out, int ldo) {
   __m256i acc[TT], acc2 = _mm256_setzero_si256();
   for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
   for (int c = 0; c < Cp; c += 32) {
     if (c % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(e + c) + kPrefetchBytes, _MM_HINT_T0);
     const __m256i ev = _mm256_loadu_si256((const __m256i*)(e + c));
-    const __m256i ae = _mm256_sign_epi8(ev, ev);
     for (int t = 0; t < TT; ++t) {
-      const __m256i xv = _mm256_loadu_si256((const __m256i*)(x + static_cast<size_t>(t) * Cp + c));
+      const __m256i xv = _mm256_loadu_si256((const __m256i*)(xu + static_cast<size_t>(t) * Cp + c));
       __m256i& a = (TT == 1 && (c / 32) % 2) ? acc2 : acc[t];
-      a = dpbusd(a, ae, _mm256_sign_epi8(xv, ev));
+      a = dpbusd(a, xv, ev);
     }
   }
   if (TT == 1) acc[0] = _mm256_add_epi32(acc[0], acc2);
-  for (int t = 0; t < TT; ++t) out[static_cast<size_t>(t) * ldo] = hsum_epi32(acc[t]);
+  const uint32_t bias = static_cast<uint32_t>(rowsum) * 128u;
+  for (int t = 0; t < TT; ++t)
+    out[static_cast<size_t>(t) * ldo] = static_cast<int32_t>(static_cast<uint32_t>(hsum_epi32(acc[t])) - bias);
 }
 
 struct I2Avxvnni {
@@ -146,11 +152,12 @@ void ternary5_gemm_avxvnni(const TernaryTile5* w, int KB, int mb0, int mb1, cons
   }
 }
 
-void head_i8_avxvnni(const int8_t* E, const int32_t* /*rowsum: not needed with the sign trick*/, int Cp, int r0,
-                     int r1, const int8_t* x, int T, int32_t* out, int ldo) {
-  head_i8_rows([&](auto tt, const int8_t* e, const int8_t* xt, int32_t* o) {
-    head_row_tt<decltype(tt)::value>(e, Cp, xt, o, ldo);
-  }, E, Cp, r0, r1, x, T, out, ldo);
+void head_i8_avxvnni(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x, int T,
+                     int32_t* out, int ldo) {
+  const uint8_t* xu = head_x_biased(x, T, Cp);
+  head_i8_rows<kHeadTT>([&](auto tt, int r, const int8_t* e, int t, int32_t* o) {
+    head_row_tt<decltype(tt)::value>(e, Cp, xu + static_cast<size_t>(t) * Cp, rowsum[r], o, ldo);
+  }, E, Cp, r0, r1, T, out, ldo);
 }
 
 // The bound this path's prefill is measured against: independent vpdpbusd ymm on registers only,
