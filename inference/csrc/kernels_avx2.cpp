@@ -76,9 +76,68 @@ inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t x
   _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(b, xs));
 }
 
+// Two tokens, streaming like block_t1 (no chunk unpacked to L1: at 2 tokens the unpack's stores
+// and reloads cost as much as the products): each half tile decoded once (one shift, four masks)
+// and used by both tokens, whose four broadcasts per tile are shared by the two halves. Same
+// invariants as block_t1 per token (kWiden16 tiles per int16 accumulator); the int32 sums go
+// through y (eight int16 accumulators, two masks and the operands fill the registers).
+inline void block_t2(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum, int32_t* y,
+                     int ldy) {
+  const __m256i m3 = _mm256_set1_epi8(3), m12 = _mm256_set1_epi8(12);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int8_t* x0 = x;
+  const int8_t* x1 = x + ldx;
+  int32_t* y0 = y;
+  int32_t* y1 = y + ldy;
+  // Adds c (planes 0, 2) and 4c (planes 1, 3) products of one half tile p for one token (xt).
+  auto planes = [&](__m256i lo, __m256i hi, const int8_t* xt, __m256i& acc1, __m256i& acc4) {
+    acc1 = _mm256_add_epi16(acc1, _mm256_maddubs_epi16(_mm256_and_si256(lo, m3), bcast4(xt)));
+    acc4 = _mm256_add_epi16(acc4, _mm256_maddubs_epi16(_mm256_and_si256(lo, m12), bcast4(xt + 4)));
+    acc1 = _mm256_add_epi16(acc1, _mm256_maddubs_epi16(_mm256_and_si256(hi, m3), bcast4(xt + 8)));
+    acc4 = _mm256_add_epi16(acc4, _mm256_maddubs_epi16(_mm256_and_si256(hi, m12), bcast4(xt + 12)));
+    pin(acc1);
+    pin(acc4);
+  };
+  auto widen = [&](__m256i acc1, __m256i acc4, int32_t* yp, bool first) {
+    const __m256i v = _mm256_add_epi32(_mm256_madd_epi16(acc1, ones), _mm256_srai_epi32(_mm256_madd_epi16(acc4, ones), 2));
+    _mm256_storeu_si256((__m256i*)yp, first ? v : _mm256_add_epi32(_mm256_loadu_si256((const __m256i*)yp), v));
+  };
+  for (int kb0 = 0; kb0 < KB; kb0 += kWiden16) {
+    const int kb1 = std::min(KB, kb0 + kWiden16);
+    __m256i a1 = _mm256_setzero_si256(), a4 = a1, b1 = a1, b4 = a1;  // token 0: rows 0-7, rows 8-15
+    __m256i c1 = a1, c4 = a1, d1 = a1, d4 = a1;                      // token 1
+    for (int kb = kb0; kb < kb1; ++kb) {
+      _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
+      const int col = kb * kTileCols;
+      const __m256i p = _mm256_loadu_si256((const __m256i*)wrow[kb].b);
+      const __m256i ph = _mm256_srli_epi16(p, 4);
+      planes(p, ph, x0 + col, a1, a4);
+      planes(p, ph, x1 + col, c1, c4);
+      const __m256i q = _mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32));
+      const __m256i qh = _mm256_srli_epi16(q, 4);
+      planes(q, qh, x0 + col, b1, b4);
+      planes(q, qh, x1 + col, d1, d4);
+    }
+    widen(a1, a4, y0, kb0 == 0);
+    widen(b1, b4, y0 + 8, kb0 == 0);
+    widen(c1, c4, y1, kb0 == 0);
+    widen(d1, d4, y1 + 8, kb0 == 0);
+  }
+  for (int t = 0; t < 2; ++t) {
+    int32_t* yp = t ? y1 : y0;
+    const __m256i xs = _mm256_set1_epi32(xsum[t]);
+    _mm256_storeu_si256((__m256i*)yp, _mm256_sub_epi32(_mm256_loadu_si256((const __m256i*)yp), xs));
+    _mm256_storeu_si256((__m256i*)(yp + 8), _mm256_sub_epi32(_mm256_loadu_si256((const __m256i*)(yp + 8)), xs));
+  }
+}
+
 struct I2Avx2 {
+  static constexpr int kStreamMaxT = 4;  // 2-4 tokens: block_t2 (+ block_t1), see i2_gemm_chunked
   static void one(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
     block_t1(wrow, KB, x, xsum, y);
+  }
+  static void two(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum, int32_t* y, int ldy) {
+    block_t2(wrow, KB, x, ldx, xsum, y, ldy);
   }
   template <int N>
   static void chunk(const uint8_t* c, int n, const int8_t* const* xt, int32_t* const* yt, bool first) {

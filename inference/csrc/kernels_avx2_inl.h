@@ -174,13 +174,27 @@ inline void t5_half_tt(const TernaryTile5* wrow, int KB, int half, const int8_t*
 // own K::one(wrow, KB, x, xsum, y) (one token: a streaming row block) and K::chunk<N>(c, n, xt, yt,
 // first) (N <= 4 tokens against n unpacked tiles, adding int32 sums c.x into yt[t], or storing them
 // if first): one row block at a time, chunks of kChunkTiles tiles unpacked once into L1 and reused
-// by every token, then q.x = sum c x - xsum.
+// by every token, then q.x = sum c x - xsum. Up to K::kStreamMaxT tokens (when 2 or more) the row
+// blocks stream instead, two tokens at a time through K::two(wrow, KB, x, ldx, xsum, y, ldy) and a
+// last odd one through K::one.
 template <typename K>
 void i2_gemm_chunked(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, const int32_t* xsum,
                      int T, int32_t* y, int ldy) {
   if (T == 1) {  // decode: stream the weights once, no unpacking
     for (int mb = mb0; mb < mb1; ++mb) K::one(w + static_cast<size_t>(mb) * KB, KB, x, xsum[0], y + mb * kTileRows);
     return;
+  }
+  if constexpr (K::kStreamMaxT >= 2) {
+    if (T <= K::kStreamMaxT) {  // a few tokens: stream each row block in pairs of tokens (+ one), no unpacking
+      for (int mb = mb0; mb < mb1; ++mb) {
+        const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
+        int t = 0;
+        for (; t + 2 <= T; t += 2)
+          K::two(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t, y + static_cast<size_t>(t) * ldy + mb * kTileRows, ldy);
+        if (t < T) K::one(wrow, KB, x + static_cast<size_t>(t) * ldx, xsum[t], y + static_cast<size_t>(t) * ldy + mb * kTileRows);
+      }
+      return;
+    }
   }
   alignas(32) uint8_t c[kChunkBytes];  // the chunk buffer, in L1
   for (int mb = mb0; mb < mb1; ++mb) {

@@ -29,30 +29,45 @@ struct Dpbusd {
 };
 
 // ---- i2, one token: both halves of each tile in one pass over the weight stream (prefetched
-// kPrefetchBytes ahead), codes c = (p >> 2i) & 3 in {0, 1, 2}. Four accumulators (half x plane
-// parity): two vpdpbusd per tile each, so the vpdpbusd latency (5 cycles) stays under the time a
-// tile takes to stream in. Few live registers on purpose: with eight accumulators and four masks
-// GCC kept some on the stack and decode ran at half speed. Invariant: |c x| <= 256, four products
-// per lane per vpdpbusd, eight per tile and accumulator: KB < 2^20 tiles cannot overflow int32.
+// kPrefetchBytes ahead). As the AVX2 kernel does: one shift gives the high nibbles, and masking
+// each nibble with 3 and with 12 gives the four planes, two as codes c in {0, 1, 2} and two as 4c
+// (at most 8: a valid u8 operand), so a half tile costs one shift, four ands and four vpdpbusd
+// (the shift-per-plane form cost three more uops per half tile and ran the 2B4T decode products
+// at 1.2x AVX2's time from DRAM). Eight accumulators: half x (c, 4c) x tile parity, so each
+// chain takes two vpdpbusd every other tile. Invariant: |c x| <= 256 and |4c x| <= 1024, four
+// products per lane per vpdpbusd, two vpdpbusd per tile per chain: KB < 2^18 tiles cannot
+// overflow int32; the 4c sums are multiples of 4, divided exactly by an arithmetic shift.
 inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
-  const __m256i m3 = _mm256_set1_epi8(3);
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;  // rows 0-7 / 8-15, planes 0, 2 / 1, 3
-  for (int kb = 0; kb < KB; ++kb) {
+  const __m256i m3 = _mm256_set1_epi8(3), m12 = _mm256_set1_epi8(12);
+  // rows 0-7 (a) and 8-15 (b); c sums (1) and 4c sums (4); even tiles (e) and odd tiles (o)
+  __m256i a1e = _mm256_setzero_si256(), a4e = a1e, b1e = a1e, b4e = a1e, a1o = a1e, a4o = a1e, b1o = a1e, b4o = a1e;
+  auto planes = [&](__m256i p, __m256i& a1, __m256i& a4, const __m256i* xv) {
+    const __m256i h = _mm256_srli_epi16(p, 4);
+    a1 = dpbusd(a1, _mm256_and_si256(p, m3), xv[0]);
+    a4 = dpbusd(a4, _mm256_and_si256(p, m12), xv[1]);
+    a1 = dpbusd(a1, _mm256_and_si256(h, m3), xv[2]);
+    a4 = dpbusd(a4, _mm256_and_si256(h, m12), xv[3]);
+  };
+  auto tile = [&](int kb, __m256i& a1, __m256i& a4, __m256i& b1, __m256i& b4) {
     _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
-    const __m256i p0 = _mm256_loadu_si256((const __m256i*)wrow[kb].b);
-    const __m256i p1 = _mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32));
     const int8_t* xt = x + kb * kTileCols;
-    for (int i = 0; i < 4; ++i) {
-      const __m256i xb = bcast4(xt + 4 * i);
-      __m256i& a = (i & 1) ? a1 : a0;
-      __m256i& b = (i & 1) ? b1 : b0;
-      a = dpbusd(a, _mm256_and_si256(_mm256_srli_epi16(p0, 2 * i), m3), xb);
-      b = dpbusd(b, _mm256_and_si256(_mm256_srli_epi16(p1, 2 * i), m3), xb);
-    }
+    const __m256i xv[4] = {bcast4(xt), bcast4(xt + 4), bcast4(xt + 8), bcast4(xt + 12)};
+    planes(_mm256_loadu_si256((const __m256i*)wrow[kb].b), a1, a4, xv);
+    planes(_mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32)), b1, b4, xv);
+  };
+  int kb = 0;
+  for (; kb + 2 <= KB; kb += 2) {
+    tile(kb, a1e, a4e, b1e, b4e);
+    tile(kb + 1, a1o, a4o, b1o, b4o);
   }
+  if (kb < KB) tile(kb, a1e, a4e, b1e, b4e);
   const __m256i xs = _mm256_set1_epi32(xsum);
-  _mm256_storeu_si256((__m256i*)y, _mm256_sub_epi32(_mm256_add_epi32(a0, a1), xs));
-  _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(_mm256_add_epi32(b0, b1), xs));
+  auto out = [&](__m256i c1a, __m256i c1b, __m256i c4a, __m256i c4b, int32_t* yp) {
+    const __m256i c4 = _mm256_srai_epi32(_mm256_add_epi32(c4a, c4b), 2);
+    _mm256_storeu_si256((__m256i*)yp, _mm256_sub_epi32(_mm256_add_epi32(_mm256_add_epi32(c1a, c1b), c4), xs));
+  };
+  out(a1e, a1o, a4e, a4o, y);
+  out(b1e, b1o, b4e, b4o, y + 8);
 }
 
 // ---- t5, several tokens: half a row block (8 rows) against TT tokens; each half tile decoded
@@ -118,6 +133,8 @@ inline void head_row_tt(const int8_t* e, int Cp, const uint8_t* xu, int32_t rows
 }
 
 struct I2Avxvnni {
+  static constexpr int kStreamMaxT = 1;  // the chunks from 2 tokens
+  static void two(const TernaryTile*, int, const int8_t*, int, const int32_t*, int32_t*, int) {}
   static void one(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
     block_t1(wrow, KB, x, xsum, y);
   }
