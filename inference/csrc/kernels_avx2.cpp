@@ -133,6 +133,7 @@ inline void block_t2(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, 
 
 struct I2Avx2 {
   static constexpr int kStreamMaxT = 4;  // 2-4 tokens: block_t2 (+ block_t1), see i2_gemm_chunked
+  static constexpr int kChunkTT = 4;     // tokens per pass over an unpacked chunk (chunk_n)
   static void one(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
     block_t1(wrow, KB, x, xsum, y);
   }

@@ -216,7 +216,7 @@ void i2_gemm_chunked(const TernaryTile* w, int KB, int mb0, int mb1, const int8_
         }
         K::template chunk<N>(c, n, xt, yt, kb0 == 0);
       };
-      for_token_tiles<4>(T, tile, [&](int t) { tile(std::integral_constant<int, 1>{}, t); });
+      for_token_tiles<K::kChunkTT>(T, tile, [&](int t) { tile(std::integral_constant<int, 1>{}, t); });
     }
     for (int t = 0; t < T; ++t) {  // q.x = sum c x - xsum
       const __m256i xs = _mm256_set1_epi32(xsum[t]);

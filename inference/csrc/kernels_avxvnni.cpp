@@ -16,18 +16,6 @@ namespace {
 
 inline __m256i dpbusd(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
 
-// ---- i2, several tokens: the AVX2 kernel's chunks (codes c in {0, 1, 2} unpacked once per
-// kChunkTiles tiles, kernels_avx2_inl.h), every token multiplying them straight into int32.
-// Invariant: each vpdpbusd adds four products c * x in [-256, 254] to a lane (at most 1024 in
-// magnitude), so K < 2^21 columns cannot overflow int32; sum c x - xsum = q.x (c = q + 1).
-struct Dpbusd {
-  static void step(__m256i c, __m256i xb, __m256i& a) {
-    a = dpbusd(a, c, xb);
-    pin(a);
-  }
-  static __m256i widen(__m256i a) { return a; }
-};
-
 // ---- i2, one token: both halves of each tile in one pass over the weight stream (prefetched
 // kPrefetchBytes ahead). As the AVX2 kernel does: one shift gives the high nibbles, and masking
 // each nibble with 3 and with 12 gives the four planes, two as codes c in {0, 1, 2} and two as 4c
@@ -171,6 +159,57 @@ inline void head_row_tt(const int8_t* e, int Cp, const uint8_t* xu, int32_t rows
     out[static_cast<size_t>(t) * ldo] = static_cast<int32_t>(static_cast<uint32_t>(hsum_epi32(acc[t])) - bias);
 }
 
+// ---- i2, several tokens: the AVX2 kernel's chunks (codes c in {0, 1, 2} unpacked once per
+// kChunkTiles tiles, kernels_avx2_inl.h), every token multiplying them straight into int32: N <= 3
+// tokens against n unpacked tiles, adding int32 sums c.x into yt[t] (stored if first); then
+// sum c x - xsum = q.x (c = q + 1). Even and odd planes go to separate accumulators: chunk_n's
+// eight (4 tokens x 2 halves) each took a vpdpbusd every plane, and with its 5-cycle latency
+// eight chains issue at most 1.6 a cycle of the two the ports take; twelve chains (3 tokens x 2
+// halves x 2 parities) leave the ports the limit (0.62x the time at 6 tokens, 0.77x at 8 with
+// the unpack's prefetch, 2B4T gate-sized matrices from DRAM). Named accumulators, pinned (see
+// chunk_n). Invariant: each vpdpbusd adds four products c * x in [-256, 254] to a lane (at most
+// 1024 in magnitude), so K < 2^21 columns cannot overflow int32.
+template <int N>
+inline void chunk_par(const uint8_t* c, int n, const int8_t* const* xt, int32_t* const* yt, bool first) {
+  static_assert(N >= 1 && N <= 3, "three tokens at most: twelve accumulators");
+  __m256i a0 = _mm256_setzero_si256(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0;  // even planes
+  __m256i e0 = a0, f0 = a0, e1 = a0, f1 = a0, e2 = a0, f2 = a0;                      // odd planes
+  const int8_t* x0 = xt[0];
+  const int8_t* x1 = xt[N > 1 ? 1 : 0];
+  const int8_t* x2 = xt[N > 2 ? 2 : 0];
+  auto step = [](const int8_t* x, __m256i c0, __m256i c1, __m256i& a, __m256i& b) {
+    const __m256i xb = bcast4(x);
+    a = dpbusd(a, c0, xb);
+    b = dpbusd(b, c1, xb);
+    pin(a);
+    pin(b);
+  };
+  for (int j = 0; j < n; ++j) {
+    for (int i = 0; i < 4; i += 2) {
+      const __m256i* cv = (const __m256i*)(c + (4 * j + i) * 64);
+      const int col = j * kTileCols + 4 * i;
+      __m256i c0 = _mm256_load_si256(cv), c1 = _mm256_load_si256(cv + 1);
+      step(x0 + col, c0, c1, a0, b0);
+      if constexpr (N > 1) step(x1 + col, c0, c1, a1, b1);
+      if constexpr (N > 2) step(x2 + col, c0, c1, a2, b2);
+      c0 = _mm256_load_si256(cv + 2);
+      c1 = _mm256_load_si256(cv + 3);
+      step(x0 + col + 4, c0, c1, e0, f0);
+      if constexpr (N > 1) step(x1 + col + 4, c0, c1, e1, f1);
+      if constexpr (N > 2) step(x2 + col + 4, c0, c1, e2, f2);
+    }
+  }
+  const __m256i acc[3][2] = {{_mm256_add_epi32(a0, e0), _mm256_add_epi32(b0, f0)},
+                             {_mm256_add_epi32(a1, e1), _mm256_add_epi32(b1, f1)},
+                             {_mm256_add_epi32(a2, e2), _mm256_add_epi32(b2, f2)}};
+  for (int t = 0; t < N; ++t) {
+    for (int h = 0; h < 2; ++h) {
+      __m256i* yp = (__m256i*)(yt[t] + 8 * h);
+      _mm256_storeu_si256(yp, first ? acc[t][h] : _mm256_add_epi32(_mm256_loadu_si256(yp), acc[t][h]));
+    }
+  }
+}
+
 struct I2Avxvnni {
   // 2-3 tokens: block_t2 (+ block_t1), see i2_gemm_chunked (0.67x / 0.84x the chunks; 1.04x at 4)
   static constexpr int kStreamMaxT = 3;
@@ -180,9 +219,10 @@ struct I2Avxvnni {
   static void one(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
     block_t1(wrow, KB, x, xsum, y);
   }
+  static constexpr int kChunkTT = 3;  // tokens per pass over an unpacked chunk (chunk_par)
   template <int N>
   static void chunk(const uint8_t* c, int n, const int8_t* const* xt, int32_t* const* yt, bool first) {
-    chunk_n<N, Dpbusd>(c, n, xt, yt, first);
+    chunk_par<N>(c, n, xt, yt, first);
   }
 };
 

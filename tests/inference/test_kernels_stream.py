@@ -1,7 +1,9 @@
 """The i2 products at a few tokens (issue 21: AVX2 streams the row blocks two tokens at a time, plus a
-last odd one, from 2 to 4 tokens instead of unpacking chunks) against the scalar reference: every
-token count 1..16, K not a multiple of 16 nor of the 7-tile int16 runs, and the largest sums of
-either sign in every accumulator (all +1 / all -1 rows against -128 / 127 tokens mixed in one call)."""
+last odd one, from 2 to 4 tokens, AVX-VNNI from 2 to 3, instead of unpacking chunks; AVX-VNNI runs
+the chunks 3 tokens a pass with even / odd plane accumulators) against the scalar reference: every
+token count 1..16, K not a multiple of 16 nor of the 7-tile int16 runs nor of the 16-tile chunks,
+and the largest sums of either sign in every accumulator (all +1 / all -1 rows against -128 / 127
+tokens mixed in one call)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def test_every_token_count_equals_ref(isa, out_f, in_f):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("T", [2, 3, 4, 5])
+@pytest.mark.parametrize("T", [2, 3, 4, 5, 6, 7, 8, 9, 16])
 def test_extremes(isa, T):
     # K = 16 * 7 * 9 + 48: nine whole 7-tile runs at their largest int16 magnitudes and a partial one
     K = 16 * 7 * 9 + 48
