@@ -196,29 +196,38 @@ void dot_rows_avx2(const E* W, int C, int r0, int r1, const float* h, int T, flo
 // int8 head with the sign trick: |e| (unsigned) times sign(e)*x (signed) equals e*x; with both in
 // [-127, 127] a vpmaddubsw pair is at most 2*127*127 = 32258 < 32767, so it never saturates;
 // vpmaddwd with ones widens it. One row against TT <= 4 tokens: the row is read from memory once
-// for every TT tokens; |e| is taken once per 32 columns and shared. A single token alternates two
-// accumulators (ILP). Up to 4 tokens this streams the head at the read bandwidth.
+// for every TT tokens; |e| is taken once per 32 columns and shared. Up to 4 tokens this streams
+// the head at the read bandwidth.
+inline __m256i head_sign_dot32(__m256i ev, __m256i ae, const int8_t* x) {
+  const __m256i xv = _mm256_loadu_si256((const __m256i*)x);
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(ae, _mm256_sign_epi8(xv, ev)), _mm256_set1_epi16(1));
+}
 template <int TT>
 inline void head_i8_row_sign(const int8_t* e, int Cp, const int8_t* x, int32_t* out, int ldo) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[TT], acc2 = _mm256_setzero_si256();
+  __m256i acc[TT];
   for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
   for (int c = 0; c < Cp; c += 32) {
     if (c % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(e + c) + kPrefetchBytes, _MM_HINT_T0);
     const __m256i ev = _mm256_loadu_si256((const __m256i*)(e + c));
     const __m256i ae = _mm256_sign_epi8(ev, ev);
-    if (TT == 1 && (c / 32) % 2) {
-      const __m256i xv = _mm256_loadu_si256((const __m256i*)(x + c));
-      acc2 = _mm256_add_epi32(acc2, _mm256_madd_epi16(_mm256_maddubs_epi16(ae, _mm256_sign_epi8(xv, ev)), ones));
-      continue;
-    }
-    for (int t = 0; t < TT; ++t) {
-      const __m256i xv = _mm256_loadu_si256((const __m256i*)(x + static_cast<size_t>(t) * Cp + c));
-      acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(ae, _mm256_sign_epi8(xv, ev)), ones));
-    }
+    for (int t = 0; t < TT; ++t) acc[t] = _mm256_add_epi32(acc[t], head_sign_dot32(ev, ae, x + static_cast<size_t>(t) * Cp + c));
   }
-  if (TT == 1) acc[0] = _mm256_add_epi32(acc[0], acc2);
   for (int t = 0; t < TT; ++t) out[static_cast<size_t>(t) * ldo] = hsum_epi32(acc[t]);
+}
+// One token (decode): 64 columns an iteration (Cp is a multiple of kHeadColAlign = 64) into two
+// accumulators (ILP), no branch in the loop.
+template <>
+inline void head_i8_row_sign<1>(const int8_t* e, int Cp, const int8_t* x, int32_t* out, int /*ldo*/) {
+  static_assert(kHeadColAlign % 64 == 0, "two 32-column steps an iteration");
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+  for (int c = 0; c < Cp; c += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(e + c) + kPrefetchBytes, _MM_HINT_T0);
+    const __m256i e0 = _mm256_loadu_si256((const __m256i*)(e + c));
+    const __m256i e1 = _mm256_loadu_si256((const __m256i*)(e + c + 32));
+    a0 = _mm256_add_epi32(a0, head_sign_dot32(e0, _mm256_sign_epi8(e0, e0), x + c));
+    a1 = _mm256_add_epi32(a1, head_sign_dot32(e1, _mm256_sign_epi8(e1, e1), x + c + 32));
+  }
+  *out = hsum_epi32(_mm256_add_epi32(a0, a1));
 }
 
 // int8 head, one tile of 5 to 8 tokens (a server's batched decode step): compute bound, not read
