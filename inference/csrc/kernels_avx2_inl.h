@@ -175,9 +175,9 @@ inline void t5_half_tt(const TernaryTile5* wrow, int KB, int half, const int8_t*
 
 // The i2 product both AVX2-level paths run (kernels_avx2.cpp, kernels_avxvnni.cpp), over the path's
 // own K::one(wrow, KB, x, xsum, y) (one token: a streaming row block) and K::chunk<N>(c, n, xt, yt,
-// first) (N <= 4 tokens against n unpacked tiles, adding int32 sums c.x into yt[t], or storing them
-// if first): one row block at a time, chunks of kChunkTiles tiles unpacked once into L1 and reused
-// by every token, then q.x = sum c x - xsum. Up to K::kStreamMaxT tokens (when 2 or more) the row
+// first) (N <= K::kChunkTT tokens against n unpacked tiles, adding int32 sums c.x into yt[t], or
+// storing them if first): one row block at a time, chunks of kChunkTiles tiles unpacked once into
+// L1 and reused by every token, then q.x = sum c x - xsum. Up to K::kStreamMaxT tokens (when 2 or more) the row
 // blocks stream instead, two tokens at a time through K::two(wrow, KB, x, ldx, xsum, y, ldy) and a
 // last odd one through K::one.
 template <typename K>
