@@ -76,9 +76,69 @@ inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t x
   _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(b, xs));
 }
 
+// Two tokens, streaming like block_t1 (no chunk unpacked to L1: at 2 tokens the unpack's stores
+// and reloads cost as much as the products): each half tile decoded once (one shift, four masks)
+// and used by both tokens, whose four broadcasts per tile are shared by the two halves. Same
+// invariants as block_t1 per token (kWiden16 tiles per int16 accumulator); the int32 sums go
+// through y (eight int16 accumulators, two masks and the operands fill the registers).
+inline void block_t2(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum, int32_t* y,
+                     int ldy) {
+  const __m256i m3 = _mm256_set1_epi8(3), m12 = _mm256_set1_epi8(12);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int8_t* x0 = x;
+  const int8_t* x1 = x + ldx;
+  int32_t* y0 = y;
+  int32_t* y1 = y + ldy;
+  // Adds c (planes 0, 2) and 4c (planes 1, 3) products of one half tile p for one token (xt).
+  auto planes = [&](__m256i lo, __m256i hi, const int8_t* xt, __m256i& acc1, __m256i& acc4) {
+    acc1 = _mm256_add_epi16(acc1, _mm256_maddubs_epi16(_mm256_and_si256(lo, m3), bcast4(xt)));
+    acc4 = _mm256_add_epi16(acc4, _mm256_maddubs_epi16(_mm256_and_si256(lo, m12), bcast4(xt + 4)));
+    acc1 = _mm256_add_epi16(acc1, _mm256_maddubs_epi16(_mm256_and_si256(hi, m3), bcast4(xt + 8)));
+    acc4 = _mm256_add_epi16(acc4, _mm256_maddubs_epi16(_mm256_and_si256(hi, m12), bcast4(xt + 12)));
+    pin(acc1);
+    pin(acc4);
+  };
+  auto widen = [&](__m256i acc1, __m256i acc4, int32_t* yp, bool first) {
+    const __m256i v = _mm256_add_epi32(_mm256_madd_epi16(acc1, ones), _mm256_srai_epi32(_mm256_madd_epi16(acc4, ones), 2));
+    _mm256_storeu_si256((__m256i*)yp, first ? v : _mm256_add_epi32(_mm256_loadu_si256((const __m256i*)yp), v));
+  };
+  for (int kb0 = 0; kb0 < KB; kb0 += kWiden16) {
+    const int kb1 = std::min(KB, kb0 + kWiden16);
+    __m256i a1 = _mm256_setzero_si256(), a4 = a1, b1 = a1, b4 = a1;  // token 0: rows 0-7, rows 8-15
+    __m256i c1 = a1, c4 = a1, d1 = a1, d4 = a1;                      // token 1
+    for (int kb = kb0; kb < kb1; ++kb) {
+      _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
+      const int col = kb * kTileCols;
+      const __m256i p = _mm256_loadu_si256((const __m256i*)wrow[kb].b);
+      const __m256i ph = _mm256_srli_epi16(p, 4);
+      planes(p, ph, x0 + col, a1, a4);
+      planes(p, ph, x1 + col, c1, c4);
+      const __m256i q = _mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32));
+      const __m256i qh = _mm256_srli_epi16(q, 4);
+      planes(q, qh, x0 + col, b1, b4);
+      planes(q, qh, x1 + col, d1, d4);
+    }
+    widen(a1, a4, y0, kb0 == 0);
+    widen(b1, b4, y0 + 8, kb0 == 0);
+    widen(c1, c4, y1, kb0 == 0);
+    widen(d1, d4, y1 + 8, kb0 == 0);
+  }
+  for (int t = 0; t < 2; ++t) {
+    int32_t* yp = t ? y1 : y0;
+    const __m256i xs = _mm256_set1_epi32(xsum[t]);
+    _mm256_storeu_si256((__m256i*)yp, _mm256_sub_epi32(_mm256_loadu_si256((const __m256i*)yp), xs));
+    _mm256_storeu_si256((__m256i*)(yp + 8), _mm256_sub_epi32(_mm256_loadu_si256((const __m256i*)(yp + 8)), xs));
+  }
+}
+
 struct I2Avx2 {
+  static constexpr int kStreamMaxT = 4;  // 2-4 tokens: block_t2 (+ block_t1), see i2_gemm_chunked
+  static constexpr int kChunkTT = 4;     // tokens per pass over an unpacked chunk (chunk_n)
   static void one(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
     block_t1(wrow, KB, x, xsum, y);
+  }
+  static void two(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum, int32_t* y, int ldy) {
+    block_t2(wrow, KB, x, ldx, xsum, y, ldy);
   }
   template <int N>
   static void chunk(const uint8_t* c, int n, const int8_t* const* xt, int32_t* const* yt, bool first) {
@@ -134,38 +194,85 @@ void dot_rows_avx2(const E* W, int C, int r0, int r1, const float* h, int T, flo
 }
 
 // int8 head with the sign trick: |e| (unsigned) times sign(e)*x (signed) equals e*x; with both in
-// [-127, 127] a vpmaddubsw pair is at most 2*127*127 = 32258 < 32767, so it never saturates.
-// One row against TT tokens: the row is read from memory once for every TT tokens (a batched decode
-// step of a server reads the 0.33 GB head of 2B4T once, not once per sequence); |e| is taken once
-// per 32 columns and shared. A single token alternates two accumulators (ILP).
+// [-127, 127] a vpmaddubsw pair is at most 2*127*127 = 32258 < 32767, so it never saturates;
+// vpmaddwd with ones widens it. One row against TT <= 4 tokens: the row is read from memory once
+// for every TT tokens; |e| is taken once per 32 columns and shared. Up to 4 tokens this streams
+// the head at the read bandwidth.
+inline __m256i head_sign_dot32(__m256i ev, __m256i ae, const int8_t* x) {
+  const __m256i xv = _mm256_loadu_si256((const __m256i*)x);
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(ae, _mm256_sign_epi8(xv, ev)), _mm256_set1_epi16(1));
+}
 template <int TT>
-inline void head_i8_row_tt(const int8_t* e, int Cp, const int8_t* x, int32_t* out, int ldo) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[TT], acc2 = _mm256_setzero_si256();
+inline void head_i8_row_sign(const int8_t* e, int Cp, const int8_t* x, int32_t* out, int ldo) {
+  __m256i acc[TT];
   for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
   for (int c = 0; c < Cp; c += 32) {
     if (c % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(e + c) + kPrefetchBytes, _MM_HINT_T0);
     const __m256i ev = _mm256_loadu_si256((const __m256i*)(e + c));
     const __m256i ae = _mm256_sign_epi8(ev, ev);
-    if (TT == 1 && (c / 32) % 2) {
-      const __m256i xv = _mm256_loadu_si256((const __m256i*)(x + c));
-      acc2 = _mm256_add_epi32(acc2, _mm256_madd_epi16(_mm256_maddubs_epi16(ae, _mm256_sign_epi8(xv, ev)), ones));
-      continue;
-    }
+    for (int t = 0; t < TT; ++t) acc[t] = _mm256_add_epi32(acc[t], head_sign_dot32(ev, ae, x + static_cast<size_t>(t) * Cp + c));
+  }
+  for (int t = 0; t < TT; ++t) out[static_cast<size_t>(t) * ldo] = hsum_epi32(acc[t]);
+}
+// One token (decode): 64 columns an iteration (Cp is a multiple of kHeadColAlign = 64) into two
+// accumulators (ILP), no branch in the loop.
+template <>
+inline void head_i8_row_sign<1>(const int8_t* e, int Cp, const int8_t* x, int32_t* out, int /*ldo*/) {
+  static_assert(kHeadColAlign % 64 == 0, "two 32-column steps an iteration");
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+  for (int c = 0; c < Cp; c += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(e + c) + kPrefetchBytes, _MM_HINT_T0);
+    const __m256i e0 = _mm256_loadu_si256((const __m256i*)(e + c));
+    const __m256i e1 = _mm256_loadu_si256((const __m256i*)(e + c + 32));
+    a0 = _mm256_add_epi32(a0, head_sign_dot32(e0, _mm256_sign_epi8(e0, e0), x + c));
+    a1 = _mm256_add_epi32(a1, head_sign_dot32(e1, _mm256_sign_epi8(e1, e1), x + c + 32));
+  }
+  *out = hsum_epi32(_mm256_add_epi32(a0, a1));
+}
+
+// int8 head, one tile of 5 to 8 tokens (a server's batched decode step): compute bound, not read
+// bound, at that many tokens. The row is read once for the tile, each 16 columns sign-extended to
+// int16 once (vpmovsxbw) and shared by the tile; the activations were widened to int16 once per
+// call (x16). Each 16 products are then one vpmaddwd and one vpaddd per token, without the sign
+// trick's per-token vpsignb: 0.93x its time at 8 tokens (one thread, 2B4T's head; at 2-4 tokens
+// both stream at the read bandwidth and the sign trick was a little faster, at 16 two tiles' int16
+// activations crowd L1 and it was 1.14x slower, so those keep it). Invariant: |e x| <= 127 * 127,
+// a vpmaddwd pair at most 32258, and the int32 lanes hold Cp * 127 * 127 for Cp < 133144: exact.
+constexpr int kHeadTT16 = 8;  // 8 accumulators + 2 row halves + 2 products: 12 ymm registers
+template <int TT>
+inline void head_i8_row_i16(const int8_t* e, int Cp, const int16_t* x16, int32_t* out, int ldo) {
+  __m256i acc[TT];
+  for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
+  for (int c = 0; c < Cp; c += 32) {
+    if (c % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(e + c) + kPrefetchBytes, _MM_HINT_T0);
+    const __m256i e0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(e + c)));
+    const __m256i e1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(e + c + 16)));
     for (int t = 0; t < TT; ++t) {
-      const __m256i xv = _mm256_loadu_si256((const __m256i*)(x + static_cast<size_t>(t) * Cp + c));
-      acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(_mm256_maddubs_epi16(ae, _mm256_sign_epi8(xv, ev)), ones));
+      const int16_t* xt = x16 + static_cast<size_t>(t) * Cp + c;
+      const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(e0, _mm256_load_si256((const __m256i*)xt)),
+                                         _mm256_madd_epi16(e1, _mm256_load_si256((const __m256i*)(xt + 16))));
+      acc[t] = _mm256_add_epi32(acc[t], p);
+      pin(acc[t]);  // GCC otherwise spilled an accumulator to the stack inside the loop
     }
   }
-  if (TT == 1) acc[0] = _mm256_add_epi32(acc[0], acc2);
   for (int t = 0; t < TT; ++t) out[static_cast<size_t>(t) * ldo] = hsum_epi32(acc[t]);
 }
 
-void head_i8_avx2(const int8_t* E, const int32_t* /*rowsum: not needed with the sign trick*/, int Cp,
-                  int r0, int r1, const int8_t* x, int T, int32_t* out, int ldo) {
-  head_i8_rows([&](auto tt, const int8_t* e, const int8_t* xt, int32_t* o) {
-    head_i8_row_tt<decltype(tt)::value>(e, Cp, xt, o, ldo);
-  }, E, Cp, r0, r1, x, T, out, ldo);
+void head_i8_avx2(const int8_t* E, const int32_t* /*rowsum: not needed*/, int Cp, int r0, int r1, const int8_t* x,
+                  int T, int32_t* out, int ldo) {
+  if (T < 5 || T > kHeadTT16) {  // the sign trick, tiles of 4
+    head_i8_rows<4>([&](auto tt, int /*r*/, const int8_t* e, int t, int32_t* o) {
+      head_i8_row_sign<decltype(tt)::value>(e, Cp, x + static_cast<size_t>(t) * Cp, o, ldo);
+    }, E, Cp, r0, r1, T, out, ldo);
+    return;
+  }
+  // x sign-extended to int16 once for every row, then one tile of all T tokens per row
+  int16_t* x16 = reinterpret_cast<int16_t*>(head_scratch(static_cast<size_t>(T) * Cp * sizeof(int16_t)));
+  for (size_t i = 0; i < static_cast<size_t>(T) * Cp; i += 16)
+    _mm256_store_si256((__m256i*)(x16 + i), _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(x + i))));
+  head_i8_rows<kHeadTT16>([&](auto tt, int /*r*/, const int8_t* e, int t, int32_t* o) {
+    head_i8_row_i16<decltype(tt)::value>(e, Cp, x16 + static_cast<size_t>(t) * Cp, o, ldo);
+  }, E, Cp, r0, r1, T, out, ldo);
 }
 
 // int4 head: one row against TT tokens pre-biased to u8 (xu = x + 128). The two 32-byte halves of

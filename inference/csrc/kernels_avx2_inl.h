@@ -5,8 +5,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "kernels.h"
 
@@ -38,18 +40,32 @@ inline float hsum_ps(__m256 v) {
 }
 
 // The int8 head's row loop shared by the AVX2 and AVX-VNNI files: rows [r0, r1) of E, each against
-// the T tokens of x in tiles of up to 4, by row_tt(tt, e, x_t, out_t) with tt an
-// std::integral_constant tile size (the file's own one-row kernel, which reads the row once per tile).
-template <class RowTT>
-inline void head_i8_rows(RowTT row_tt, const int8_t* E, int Cp, int r0, int r1, const int8_t* x, int T, int32_t* out,
-                         int ldo) {
+// the T tokens in tiles of up to TT, by row_tt(tt, r, e, t, out_t) with tt an std::integral_constant
+// tile size (the file's own one-row kernel, which reads row e once per tile of tokens t, t + 1, ...).
+template <int TT, class RowTT>
+inline void head_i8_rows(RowTT row_tt, const int8_t* E, int Cp, int r0, int r1, int T, int32_t* out, int ldo) {
   for (int r = r0; r < r1; ++r) {
     const int8_t* e = E + static_cast<size_t>(r) * Cp;
-    auto group = [&](auto tt, int t) {
-      row_tt(tt, e, x + static_cast<size_t>(t) * Cp, out + static_cast<size_t>(t) * ldo + r);
-    };
-    for_token_tiles<4>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
+    auto group = [&](auto tt, int t) { row_tt(tt, r, e, t, out + static_cast<size_t>(t) * ldo + r); };
+    for_token_tiles<TT>(T, group, [&](int t) { group(std::integral_constant<int, 1>{}, t); });
   }
+}
+
+// Per-thread scratch for a head call's converted activations (grown on demand, 32-byte aligned).
+inline uint8_t* head_scratch(size_t bytes) {
+  thread_local std::vector<uint8_t> buf;
+  if (buf.size() < bytes + 32) buf.resize(bytes + 32);
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 31) & ~uintptr_t(31));
+}
+
+// x (T * Cp int8, Cp a multiple of 32) biased to u8: x + 128 (a flip of the sign bit), per thread.
+inline const uint8_t* head_x_biased(const int8_t* x, int T, int Cp) {
+  const size_t n = static_cast<size_t>(T) * Cp;
+  uint8_t* xu = head_scratch(n);
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (size_t i = 0; i < n; i += 32)
+    _mm256_store_si256((__m256i*)(xu + i), _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(x + i)), bias));
+  return xu;
 }
 
 // ---- i2 chunks (several-token kernels): kChunkTiles tiles of one row block unpacked once into
@@ -63,6 +79,9 @@ constexpr int kChunkBytes = kChunkTiles * 4 * 2 * 32;
 inline void unpack_chunk(const TernaryTile* wrow, int n, uint8_t* c) {
   const __m256i m3 = _mm256_set1_epi8(3);
   for (int j = 0; j < n; ++j) {
+    // The weight stream runs on sequentially through the row blocks: fetch it kPrefetchBytes ahead,
+    // so the chunk after this one is in cache when its tokens are done with this one.
+    _mm_prefetch(reinterpret_cast<const char*>(wrow + j) + kPrefetchBytes, _MM_HINT_T0);
     for (int h = 0; h < 2; ++h) {
       const __m256i p = _mm256_loadu_si256((const __m256i*)(wrow[j].b + 32 * h));
       uint8_t* cj = c + (4 * j * 2 + h) * 32;
@@ -156,15 +175,29 @@ inline void t5_half_tt(const TernaryTile5* wrow, int KB, int half, const int8_t*
 
 // The i2 product both AVX2-level paths run (kernels_avx2.cpp, kernels_avxvnni.cpp), over the path's
 // own K::one(wrow, KB, x, xsum, y) (one token: a streaming row block) and K::chunk<N>(c, n, xt, yt,
-// first) (N <= 4 tokens against n unpacked tiles, adding int32 sums c.x into yt[t], or storing them
-// if first): one row block at a time, chunks of kChunkTiles tiles unpacked once into L1 and reused
-// by every token, then q.x = sum c x - xsum.
+// first) (N <= K::kChunkTT tokens against n unpacked tiles, adding int32 sums c.x into yt[t], or
+// storing them if first): one row block at a time, chunks of kChunkTiles tiles unpacked once into
+// L1 and reused by every token, then q.x = sum c x - xsum. Up to K::kStreamMaxT tokens (when 2 or more) the row
+// blocks stream instead, two tokens at a time through K::two(wrow, KB, x, ldx, xsum, y, ldy) and a
+// last odd one through K::one.
 template <typename K>
 void i2_gemm_chunked(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, const int32_t* xsum,
                      int T, int32_t* y, int ldy) {
   if (T == 1) {  // decode: stream the weights once, no unpacking
     for (int mb = mb0; mb < mb1; ++mb) K::one(w + static_cast<size_t>(mb) * KB, KB, x, xsum[0], y + mb * kTileRows);
     return;
+  }
+  if constexpr (K::kStreamMaxT >= 2) {
+    if (T <= K::kStreamMaxT) {  // a few tokens: stream each row block in pairs of tokens (+ one), no unpacking
+      for (int mb = mb0; mb < mb1; ++mb) {
+        const TernaryTile* wrow = w + static_cast<size_t>(mb) * KB;
+        int t = 0;
+        for (; t + 2 <= T; t += 2)
+          K::two(wrow, KB, x + static_cast<size_t>(t) * ldx, ldx, xsum + t, y + static_cast<size_t>(t) * ldy + mb * kTileRows, ldy);
+        if (t < T) K::one(wrow, KB, x + static_cast<size_t>(t) * ldx, xsum[t], y + static_cast<size_t>(t) * ldy + mb * kTileRows);
+      }
+      return;
+    }
   }
   alignas(32) uint8_t c[kChunkBytes];  // the chunk buffer, in L1
   for (int mb = mb0; mb < mb1; ++mb) {
@@ -183,7 +216,7 @@ void i2_gemm_chunked(const TernaryTile* w, int KB, int mb0, int mb1, const int8_
         }
         K::template chunk<N>(c, n, xt, yt, kb0 == 0);
       };
-      for_token_tiles<4>(T, tile, [&](int t) { tile(std::integral_constant<int, 1>{}, t); });
+      for_token_tiles<K::kChunkTT>(T, tile, [&](int t) { tile(std::integral_constant<int, 1>{}, t); });
     }
     for (int t = 0; t < T; ++t) {  // q.x = sum c x - xsum
       const __m256i xs = _mm256_set1_epi32(xsum[t]);

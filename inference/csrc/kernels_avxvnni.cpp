@@ -16,43 +16,85 @@ namespace {
 
 inline __m256i dpbusd(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
 
-// ---- i2, several tokens: the AVX2 kernel's chunks (codes c in {0, 1, 2} unpacked once per
-// kChunkTiles tiles, kernels_avx2_inl.h), every token multiplying them straight into int32.
-// Invariant: each vpdpbusd adds four products c * x in [-256, 254] to a lane (at most 1024 in
-// magnitude), so K < 2^21 columns cannot overflow int32; sum c x - xsum = q.x (c = q + 1).
-struct Dpbusd {
-  static void step(__m256i c, __m256i xb, __m256i& a) {
-    a = dpbusd(a, c, xb);
-    pin(a);
-  }
-  static __m256i widen(__m256i a) { return a; }
-};
-
 // ---- i2, one token: both halves of each tile in one pass over the weight stream (prefetched
-// kPrefetchBytes ahead), codes c = (p >> 2i) & 3 in {0, 1, 2}. Four accumulators (half x plane
-// parity): two vpdpbusd per tile each, so the vpdpbusd latency (5 cycles) stays under the time a
-// tile takes to stream in. Few live registers on purpose: with eight accumulators and four masks
-// GCC kept some on the stack and decode ran at half speed. Invariant: |c x| <= 256, four products
-// per lane per vpdpbusd, eight per tile and accumulator: KB < 2^20 tiles cannot overflow int32.
+// kPrefetchBytes ahead). As the AVX2 kernel does: one shift gives the high nibbles, and masking
+// each nibble with 3 and with 12 gives the four planes, two as codes c in {0, 1, 2} and two as 4c
+// (at most 8: a valid u8 operand), so a half tile costs one shift, four ands and four vpdpbusd
+// (the shift-per-plane form cost three more uops per half tile and ran the 2B4T decode products
+// at 1.2x AVX2's time from DRAM). Eight accumulators: half x (c, 4c) x tile parity, so each
+// chain takes two vpdpbusd every other tile. Invariant: |c x| <= 256 and |4c x| <= 1024, four
+// products per lane per vpdpbusd, two vpdpbusd per tile per chain: KB < 2^18 tiles cannot
+// overflow int32; the 4c sums are multiples of 4, divided exactly by an arithmetic shift.
 inline void block_t1(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
-  const __m256i m3 = _mm256_set1_epi8(3);
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;  // rows 0-7 / 8-15, planes 0, 2 / 1, 3
+  const __m256i m3 = _mm256_set1_epi8(3), m12 = _mm256_set1_epi8(12);
+  // rows 0-7 (a) and 8-15 (b); c sums (1) and 4c sums (4); even tiles (e) and odd tiles (o)
+  __m256i a1e = _mm256_setzero_si256(), a4e = a1e, b1e = a1e, b4e = a1e, a1o = a1e, a4o = a1e, b1o = a1e, b4o = a1e;
+  auto planes = [&](__m256i p, __m256i& a1, __m256i& a4, const __m256i* xv) {
+    const __m256i h = _mm256_srli_epi16(p, 4);
+    a1 = dpbusd(a1, _mm256_and_si256(p, m3), xv[0]);
+    a4 = dpbusd(a4, _mm256_and_si256(p, m12), xv[1]);
+    a1 = dpbusd(a1, _mm256_and_si256(h, m3), xv[2]);
+    a4 = dpbusd(a4, _mm256_and_si256(h, m12), xv[3]);
+  };
+  auto tile = [&](int kb, __m256i& a1, __m256i& a4, __m256i& b1, __m256i& b4) {
+    _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
+    const int8_t* xt = x + kb * kTileCols;
+    const __m256i xv[4] = {bcast4(xt), bcast4(xt + 4), bcast4(xt + 8), bcast4(xt + 12)};
+    planes(_mm256_loadu_si256((const __m256i*)wrow[kb].b), a1, a4, xv);
+    planes(_mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32)), b1, b4, xv);
+  };
+  int kb = 0;
+  for (; kb + 2 <= KB; kb += 2) {
+    tile(kb, a1e, a4e, b1e, b4e);
+    tile(kb + 1, a1o, a4o, b1o, b4o);
+  }
+  if (kb < KB) tile(kb, a1e, a4e, b1e, b4e);
+  const __m256i xs = _mm256_set1_epi32(xsum);
+  auto out = [&](__m256i c1a, __m256i c1b, __m256i c4a, __m256i c4b, int32_t* yp) {
+    const __m256i c4 = _mm256_srai_epi32(_mm256_add_epi32(c4a, c4b), 2);
+    _mm256_storeu_si256((__m256i*)yp, _mm256_sub_epi32(_mm256_add_epi32(_mm256_add_epi32(c1a, c1b), c4), xs));
+  };
+  out(a1e, a1o, a4e, a4o, y);
+  out(b1e, b1o, b4e, b4o, y + 8);
+}
+
+// ---- i2, two tokens: streaming like block_t1 (no chunk unpacked to L1), each half tile decoded
+// once (one shift, four masks) for both tokens. Eight int32 accumulators: token x half x (c, 4c).
+// Invariant: as block_t1 (|4c x| <= 1024, four products per lane per vpdpbusd, two vpdpbusd per
+// tile per accumulator: KB < 2^17 tiles stay within int32).
+inline void block_t2(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum, int32_t* y,
+                     int ldy) {
+  const __m256i m3 = _mm256_set1_epi8(3), m12 = _mm256_set1_epi8(12);
+  __m256i a1 = _mm256_setzero_si256(), a4 = a1, b1 = a1, b4 = a1;  // token 0: rows 0-7, rows 8-15
+  __m256i c1 = a1, c4 = a1, d1 = a1, d4 = a1;                      // token 1
+  auto planes = [&](__m256i lo, __m256i hi, const int8_t* xt, __m256i& acc1, __m256i& acc4) {
+    acc1 = dpbusd(acc1, _mm256_and_si256(lo, m3), bcast4(xt));
+    acc4 = dpbusd(acc4, _mm256_and_si256(lo, m12), bcast4(xt + 4));
+    acc1 = dpbusd(acc1, _mm256_and_si256(hi, m3), bcast4(xt + 8));
+    acc4 = dpbusd(acc4, _mm256_and_si256(hi, m12), bcast4(xt + 12));
+    pin(acc1);
+    pin(acc4);
+  };
   for (int kb = 0; kb < KB; ++kb) {
     _mm_prefetch(reinterpret_cast<const char*>(wrow + kb) + kPrefetchBytes, _MM_HINT_T0);
-    const __m256i p0 = _mm256_loadu_si256((const __m256i*)wrow[kb].b);
-    const __m256i p1 = _mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32));
-    const int8_t* xt = x + kb * kTileCols;
-    for (int i = 0; i < 4; ++i) {
-      const __m256i xb = bcast4(xt + 4 * i);
-      __m256i& a = (i & 1) ? a1 : a0;
-      __m256i& b = (i & 1) ? b1 : b0;
-      a = dpbusd(a, _mm256_and_si256(_mm256_srli_epi16(p0, 2 * i), m3), xb);
-      b = dpbusd(b, _mm256_and_si256(_mm256_srli_epi16(p1, 2 * i), m3), xb);
-    }
+    const int col = kb * kTileCols;
+    const __m256i p = _mm256_loadu_si256((const __m256i*)wrow[kb].b);
+    const __m256i ph = _mm256_srli_epi16(p, 4);
+    planes(p, ph, x + col, a1, a4);
+    planes(p, ph, x + ldx + col, c1, c4);
+    const __m256i q = _mm256_loadu_si256((const __m256i*)(wrow[kb].b + 32));
+    const __m256i qh = _mm256_srli_epi16(q, 4);
+    planes(q, qh, x + col, b1, b4);
+    planes(q, qh, x + ldx + col, d1, d4);
   }
-  const __m256i xs = _mm256_set1_epi32(xsum);
-  _mm256_storeu_si256((__m256i*)y, _mm256_sub_epi32(_mm256_add_epi32(a0, a1), xs));
-  _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(_mm256_add_epi32(b0, b1), xs));
+  auto out = [&](__m256i acc1, __m256i acc4, int32_t xs, int32_t* yp) {
+    const __m256i v = _mm256_add_epi32(acc1, _mm256_srai_epi32(acc4, 2));
+    _mm256_storeu_si256((__m256i*)yp, _mm256_sub_epi32(v, _mm256_set1_epi32(xs)));
+  };
+  out(a1, a4, xsum[0], y);
+  out(b1, b4, xsum[0], y + 8);
+  out(c1, c4, xsum[1], y + ldy);
+  out(d1, d4, xsum[1], y + ldy + 8);
 }
 
 // ---- t5, several tokens: half a row block (8 rows) against TT tokens; each half tile decoded
@@ -89,35 +131,98 @@ inline void t5_block_t1(const TernaryTile5* wrow, int KB, const int8_t* x, int32
   _mm256_storeu_si256((__m256i*)(y + 8), _mm256_sub_epi32(_mm256_srai_epi32(_mm256_add_epi32(b0, b1), 6), xs));
 }
 
-// int8 head: one row against TT tokens with the sign trick (|e| is the u8 operand, sign(e) x the
-// s8 one; both within [-127, 127], so |e| * sign(e) x = e x and no bias is needed). Four products
-// of at most 127 * 127 per lane per instruction: exact in int32 for Cp < 2^17 columns. A single
-// token alternates two accumulators (ILP).
+// int8 head: one row against TT tokens biased to u8 (xu = x + 128, once per call for every row),
+// so each 32 products are ONE vpdpbusd per token (the sign trick's vpsignb per token was a second
+// uop on the same ports): the lanes sum (x + 128) e = x e + 128 e, and 128 rowsum[r] comes off at
+// the end. Invariant: |(x + 128) e| <= 255 * 127, four per lane per instruction; the int32 lanes
+// wrap modulo 2^32 past Cp = 16575 columns, but the exact result x . e and 128 rowsum both lie in
+// int32 (|x . e| <= Cp * 127 * 127, |rowsum| <= Cp * 127), so the wrapped difference is exact (the
+// head_i4 argument). The row is read once per tile of up to kHeadTT tokens; a single token
+// alternates two accumulators (ILP).
+constexpr int kHeadTT = 8;  // 8 accumulators + the row chunk + an activation load: 10 ymm registers
 template <int TT>
-inline void head_row_tt(const int8_t* e, int Cp, const int8_t* x, int32_t* out, int ldo) {
+inline void head_row_tt(const int8_t* e, int Cp, const uint8_t* xu, int32_t rowsum, int32_t* out, int ldo) {
   __m256i acc[TT], acc2 = _mm256_setzero_si256();
   for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_si256();
   for (int c = 0; c < Cp; c += 32) {
     if (c % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(e + c) + kPrefetchBytes, _MM_HINT_T0);
     const __m256i ev = _mm256_loadu_si256((const __m256i*)(e + c));
-    const __m256i ae = _mm256_sign_epi8(ev, ev);
     for (int t = 0; t < TT; ++t) {
-      const __m256i xv = _mm256_loadu_si256((const __m256i*)(x + static_cast<size_t>(t) * Cp + c));
+      const __m256i xv = _mm256_loadu_si256((const __m256i*)(xu + static_cast<size_t>(t) * Cp + c));
       __m256i& a = (TT == 1 && (c / 32) % 2) ? acc2 : acc[t];
-      a = dpbusd(a, ae, _mm256_sign_epi8(xv, ev));
+      a = dpbusd(a, xv, ev);
     }
   }
   if (TT == 1) acc[0] = _mm256_add_epi32(acc[0], acc2);
-  for (int t = 0; t < TT; ++t) out[static_cast<size_t>(t) * ldo] = hsum_epi32(acc[t]);
+  const uint32_t bias = static_cast<uint32_t>(rowsum) * 128u;
+  for (int t = 0; t < TT; ++t)
+    out[static_cast<size_t>(t) * ldo] = static_cast<int32_t>(static_cast<uint32_t>(hsum_epi32(acc[t])) - bias);
+}
+
+// ---- i2, several tokens: the AVX2 kernel's chunks (codes c in {0, 1, 2} unpacked once per
+// kChunkTiles tiles, kernels_avx2_inl.h), every token multiplying them straight into int32: N <= 3
+// tokens against n unpacked tiles, adding int32 sums c.x into yt[t] (stored if first); then
+// sum c x - xsum = q.x (c = q + 1). Even and odd planes go to separate accumulators: chunk_n's
+// eight (4 tokens x 2 halves) each took a vpdpbusd every plane, and with its 5-cycle latency
+// eight chains issue at most 1.6 a cycle of the two the ports take; twelve chains (3 tokens x 2
+// halves x 2 parities) leave the ports the limit (0.62x the time at 6 tokens, 0.77x at 8 with
+// the unpack's prefetch, 2B4T gate-sized matrices from DRAM). Named accumulators, pinned (see
+// chunk_n). Invariant: each vpdpbusd adds four products c * x in [-256, 254] to a lane (at most
+// 1024 in magnitude), so K < 2^21 columns cannot overflow int32.
+template <int N>
+inline void chunk_par(const uint8_t* c, int n, const int8_t* const* xt, int32_t* const* yt, bool first) {
+  static_assert(N >= 1 && N <= 3, "three tokens at most: twelve accumulators");
+  __m256i a0 = _mm256_setzero_si256(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0;  // even planes
+  __m256i e0 = a0, f0 = a0, e1 = a0, f1 = a0, e2 = a0, f2 = a0;                      // odd planes
+  const int8_t* x0 = xt[0];
+  const int8_t* x1 = xt[N > 1 ? 1 : 0];
+  const int8_t* x2 = xt[N > 2 ? 2 : 0];
+  auto step = [](const int8_t* x, __m256i c0, __m256i c1, __m256i& a, __m256i& b) {
+    const __m256i xb = bcast4(x);
+    a = dpbusd(a, c0, xb);
+    b = dpbusd(b, c1, xb);
+    pin(a);
+    pin(b);
+  };
+  for (int j = 0; j < n; ++j) {
+    for (int i = 0; i < 4; i += 2) {
+      const __m256i* cv = (const __m256i*)(c + (4 * j + i) * 64);
+      const int col = j * kTileCols + 4 * i;
+      __m256i c0 = _mm256_load_si256(cv), c1 = _mm256_load_si256(cv + 1);
+      step(x0 + col, c0, c1, a0, b0);
+      if constexpr (N > 1) step(x1 + col, c0, c1, a1, b1);
+      if constexpr (N > 2) step(x2 + col, c0, c1, a2, b2);
+      c0 = _mm256_load_si256(cv + 2);
+      c1 = _mm256_load_si256(cv + 3);
+      step(x0 + col + 4, c0, c1, e0, f0);
+      if constexpr (N > 1) step(x1 + col + 4, c0, c1, e1, f1);
+      if constexpr (N > 2) step(x2 + col + 4, c0, c1, e2, f2);
+    }
+  }
+  const __m256i acc[3][2] = {{_mm256_add_epi32(a0, e0), _mm256_add_epi32(b0, f0)},
+                             {_mm256_add_epi32(a1, e1), _mm256_add_epi32(b1, f1)},
+                             {_mm256_add_epi32(a2, e2), _mm256_add_epi32(b2, f2)}};
+  for (int t = 0; t < N; ++t) {
+    for (int h = 0; h < 2; ++h) {
+      __m256i* yp = (__m256i*)(yt[t] + 8 * h);
+      _mm256_storeu_si256(yp, first ? acc[t][h] : _mm256_add_epi32(_mm256_loadu_si256(yp), acc[t][h]));
+    }
+  }
 }
 
 struct I2Avxvnni {
+  // 2-3 tokens: block_t2 (+ block_t1), see i2_gemm_chunked (0.67x / 0.84x the chunks; 1.04x at 4)
+  static constexpr int kStreamMaxT = 3;
+  static void two(const TernaryTile* wrow, int KB, const int8_t* x, int ldx, const int32_t* xsum, int32_t* y, int ldy) {
+    block_t2(wrow, KB, x, ldx, xsum, y, ldy);
+  }
   static void one(const TernaryTile* wrow, int KB, const int8_t* x, int32_t xsum, int32_t* y) {
     block_t1(wrow, KB, x, xsum, y);
   }
+  static constexpr int kChunkTT = 3;  // tokens per pass over an unpacked chunk (chunk_par)
   template <int N>
   static void chunk(const uint8_t* c, int n, const int8_t* const* xt, int32_t* const* yt, bool first) {
-    chunk_n<N, Dpbusd>(c, n, xt, yt, first);
+    chunk_par<N>(c, n, xt, yt, first);
   }
 };
 
@@ -146,11 +251,12 @@ void ternary5_gemm_avxvnni(const TernaryTile5* w, int KB, int mb0, int mb1, cons
   }
 }
 
-void head_i8_avxvnni(const int8_t* E, const int32_t* /*rowsum: not needed with the sign trick*/, int Cp, int r0,
-                     int r1, const int8_t* x, int T, int32_t* out, int ldo) {
-  head_i8_rows([&](auto tt, const int8_t* e, const int8_t* xt, int32_t* o) {
-    head_row_tt<decltype(tt)::value>(e, Cp, xt, o, ldo);
-  }, E, Cp, r0, r1, x, T, out, ldo);
+void head_i8_avxvnni(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1, const int8_t* x, int T,
+                     int32_t* out, int ldo) {
+  const uint8_t* xu = head_x_biased(x, T, Cp);
+  head_i8_rows<kHeadTT>([&](auto tt, int r, const int8_t* e, int t, int32_t* o) {
+    head_row_tt<decltype(tt)::value>(e, Cp, xu + static_cast<size_t>(t) * Cp, rowsum[r], o, ldo);
+  }, E, Cp, r0, r1, T, out, ldo);
 }
 
 // The bound this path's prefill is measured against: independent vpdpbusd ymm on registers only,
