@@ -18,11 +18,19 @@
 // the 81 byte values that occur, compacted (LutI2::index). VT = 32 on AVX2 and AVX-512 (a table row
 // is two 256-bit or one 512-bit vector), 16 or 8 for a short remainder of tokens.
 //
-// Where the time goes (AVX2, 2B4T shapes): per row and tile 4 offset loads, 8 table adds and the
-// load / store of the row's running int16 sum (lut_rows16); dropping that round trip (wrong
-// results, timing only) was 40% faster, but two tiles' tables per block, which would halve it,
-// crowd L1 (41 of 48 KiB) and came out no faster. Table builds and the activation transposition
-// are a fixed cost per tile and call (about a fifth of a 320-row call, a twentieth of 3456 rows).
+// Where the time goes (AVX2, 2B4T shapes, 128 tokens, one thread's half of a layer, about 18 ms
+// on the Xeon of docs/benchmarks.md): per row and tile 4 offset loads, 8 table adds and the load /
+// store of the row's running int16 sum (lut_rows16). Timing-only variants of this file (wrong
+// results) put the lookups at about 13 ms, the running sums' round trip at 2.7, the weights'
+// fetch and the offsets at 2.3, table builds and transpositions at 1.1. The rate follows the
+// 256-bit loads (tables and sums: about 1.5 a cycle here, the 16-bit offset loads come nearly
+// free): 32 B table rows (16 tokens) run nearly twice the lookups a cycle of 64 B ones, so the
+// products per second hardly depend on the tokens per row, and what would pay is fewer 256-bit
+// loads per product: 5 trits a lookup (t5) or fewer round trips. Neither fits L1 at 32 tokens
+// (t5: 61 KiB of tables a tile; two i2 tiles: 41 KiB): the variants past 24 KiB of tables (two
+// tiles, 48 or 64 tokens a row, six groups a block) came out at most a few percent faster, and t5
+// at 16 tokens a row loses in table builds what it gains in lookups. Also no faster: offsets taken
+// apart from 32- or 64-bit loads in integer registers, weight prefetch at other distances.
 //
 // Overflow: |E[b][t]| <= 128 * g (x may be -128, q = -1 on every column: +128 g), so n lookups sum
 // to at most 128 g n in magnitude; int16 holds it while 128 g n <= 32767: n <= 63 for i2 (g = 4:
