@@ -20,11 +20,12 @@
 //
 // Where the time goes (AVX2, 2B4T shapes, 128 tokens, one thread's half of a layer, about 18 ms
 // on the Xeon of docs/benchmarks.md): per row and tile 4 offset loads, 8 table adds and the load /
-// store of the row's running int16 sum (lut_rows16). Timing-only variants of this file (wrong
-// results) put the lookups at about 13 ms, the running sums' round trip at 2.7, the weights'
-// fetch and the offsets at 2.3, table builds and transpositions at 1.1. The rate follows the
-// 256-bit loads (tables and sums: about 1.5 a cycle here, the 16-bit offset loads come nearly
-// free): 32 B table rows (16 tokens) run nearly twice the lookups a cycle of 64 B ones, so the
+// store of the row's running int16 sum (lut_rows16). Timing-only variants of this file: without
+// the running sums' round trip (wrong results) 15% faster; with every offset made once per call
+// and read back (the four token tiles share them) 3%; table builds and transpositions alone
+// (no lookups) take 1.1 ms, the other 17 are the row loop. The rate follows the 256-bit loads
+// (tables and sums: about 1.5 a cycle here, the 16-bit offset loads come nearly free): 32 B table
+// rows (16 tokens) run nearly twice the lookups a cycle of 64 B ones, so the
 // products per second hardly depend on the tokens per row, and what would pay is fewer 256-bit
 // loads per product: 5 trits a lookup (t5) or fewer round trips. Neither fits L1 at 32 tokens
 // (t5: 61 KiB of tables a tile; two i2 tiles: 41 KiB): the variants past 24 KiB of tables (two
