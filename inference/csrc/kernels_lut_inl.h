@@ -25,9 +25,9 @@
 // and read back (the four token tiles share them) 3%; table builds and transpositions alone
 // (no lookups) take 1.1 ms, the other 17 are the row loop. The rate follows the 256-bit loads
 // (tables and sums: about 1.5 a cycle here, the 16-bit offset loads come nearly free): 32 B table
-// rows (16 tokens) run nearly twice the lookups a cycle of 64 B ones, so the
-// products per second hardly depend on the tokens per row, and what would pay is fewer 256-bit
-// loads per product: 5 trits a lookup (t5) or fewer round trips. Neither fits L1 at 32 tokens
+// rows (16 tokens) run nearly twice the lookups a cycle of 64 B ones, so the products per second
+// hardly depend on the tokens per row, and what would pay is fewer 256-bit loads per product:
+// 5 trits a lookup (t5) or fewer round trips. Neither fits L1 at 32 tokens
 // (t5: 61 KiB of tables a tile; two i2 tiles: 41 KiB): the variants past 24 KiB of tables (two
 // tiles, 48 or 64 tokens a row, six groups a block) came out at most a few percent faster, and t5
 // at 16 tokens a row loses in table builds what it gains in lookups. Also no faster: offsets taken
