@@ -18,11 +18,20 @@
 // the 81 byte values that occur, compacted (LutI2::index). VT = 32 on AVX2 and AVX-512 (a table row
 // is two 256-bit or one 512-bit vector), 16 or 8 for a short remainder of tokens.
 //
-// Where the time goes (AVX2, 2B4T shapes): per row and tile 4 offset loads, 8 table adds and the
-// load / store of the row's running int16 sum (lut_rows16); dropping that round trip (wrong
-// results, timing only) was 40% faster, but two tiles' tables per block, which would halve it,
-// crowd L1 (41 of 48 KiB) and came out no faster. Table builds and the activation transposition
-// are a fixed cost per tile and call (about a fifth of a 320-row call, a twentieth of 3456 rows).
+// Where the time goes (AVX2, 2B4T shapes, 128 tokens, one thread's half of a layer, about 18 ms
+// on the Xeon of docs/benchmarks.md): per row and tile 4 offset loads, 8 table adds and the load /
+// store of the row's running int16 sum (lut_rows16). Timing-only variants of this file: without
+// the running sums' round trip (wrong results) 15% faster; with every offset made once per call
+// and read back (the four token tiles share them) 3%; table builds and transpositions alone
+// (no lookups) take 1.1 ms, the other 17 are the row loop. The rate follows the 256-bit loads
+// (tables and sums: about 1.5 a cycle here, the 16-bit offset loads come nearly free): 32 B table
+// rows (16 tokens) run nearly twice the lookups a cycle of 64 B ones, so the products per second
+// hardly depend on the tokens per row, and what would pay is fewer 256-bit loads per product:
+// 5 trits a lookup (t5) or fewer round trips. Neither fits L1 at 32 tokens
+// (t5: 61 KiB of tables a tile; two i2 tiles: 41 KiB): the variants past 24 KiB of tables (two
+// tiles, 48 or 64 tokens a row, six groups a block) came out at most a few percent faster, and t5
+// at 16 tokens a row loses in table builds what it gains in lookups. Also no faster: offsets taken
+// apart from 32- or 64-bit loads in integer registers, weight prefetch at other distances.
 //
 // Overflow: |E[b][t]| <= 128 * g (x may be -128, q = -1 on every column: +128 g), so n lookups sum
 // to at most 128 g n in magnitude; int16 holds it while 128 g n <= 32767: n <= 63 for i2 (g = 4:
@@ -112,6 +121,24 @@ __attribute__((always_inline)) inline void widen_piece(int32_t* d, Ns sv, bool i
 template <int VT, int NB>
 __attribute__((always_inline)) inline void widen_add(int32_t* acc, const LutV<VT, NB>& s, bool init) {
   using V = LutV<VT, NB>;
+  if constexpr (NB == 32 && V::W == 16) {
+    // 256-bit units: one vpmovsxwd ymm per 8 lanes (the generic pieces below became a shift, two
+    // 128-bit widenings and an insert each).
+    for (int p = 0; p < V::P; ++p) {
+      __m256i sv;
+      std::memcpy(&sv, &s.v[p], sizeof sv);
+      __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sv));
+      __m256i hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(sv, 1));
+      __m256i* d = reinterpret_cast<__m256i*>(acc + V::W * p);
+      if (!init) {
+        lo = _mm256_add_epi32(lo, _mm256_loadu_si256(d));
+        hi = _mm256_add_epi32(hi, _mm256_loadu_si256(d + 1));
+      }
+      _mm256_storeu_si256(d, lo);
+      _mm256_storeu_si256(d + 1, hi);
+    }
+    return;
+  }
   constexpr int H = V::W / 2 < NB / 4 ? V::W / 2 : NB / 4;  // int32 lanes per piece
   typedef int16_t Ns __attribute__((vector_size(2 * V::W)));
   typedef int16_t Hs __attribute__((vector_size(2 * H)));
@@ -277,7 +304,11 @@ __attribute__((always_inline)) inline void lut_rows16(const char* tk, int kt, co
 
 // Rows [16 mb0, 16 mb1) of NK tiles kb.. (their tables built at tk, kt bytes apart) for the whole
 // call: per row block, the 64 NK index bytes become byte offsets into their tile's tables
-// (lut_offsets), so a lookup is one 16-bit load and the vector adds; then lut_rows16.
+// (lut_offsets), so a lookup is one 16-bit load and the vector adds; then lut_rows16. The offsets
+// of the next row block are made before this block's lookups (two buffers), so their weight load
+// and shuffles are off the lookups' path; the lookups load them from memory (left to itself, the
+// compiler kept them in vector registers and took each apart with vpextrw: two vector-port uops
+// per lookup on top of the two adds).
 template <typename F, int NK, bool First, bool Last, int VT, int NB>
 void lut_tile_rows(const typename F::Tile* w, int KB, int kb, int mb0, int mb1, const char* tk, int kt,
                    LutV<VT, NB>* acc16, int32_t* acc32, bool init32) {
@@ -288,15 +319,21 @@ void lut_tile_rows(const typename F::Tile* w, int KB, int kb, int mb0, int mb1, 
                                          F::kRows << lg, 2 * F::kRows << lg, 3 * F::kRows << lg, 0, F::kRows << lg,
                                          2 * F::kRows << lg, 3 * F::kRows << lg, 0, F::kRows << lg,
                                          2 * F::kRows << lg, 3 * F::kRows << lg);
-  alignas(64) uint16_t offs[64 * NK];
-  for (int mb = mb0; mb < mb1; ++mb) {
+  alignas(64) uint16_t offs[2][64 * NK];
+  auto offsets = [&](int mb, uint16_t* o) {
     const uint8_t* wb = w[static_cast<size_t>(mb) * KB + kb].b;
     for (int k = 0; k < NK; ++k) {
       __builtin_prefetch(wb + 4 * static_cast<size_t>(KB) * sizeof(typename F::Tile) + 64 * k);  // 4 row blocks ahead
-      lut_offsets<F, lg>(wb + 64 * k, gofs, offs + 64 * k);
+      lut_offsets<F, lg>(wb + 64 * k, gofs, o + 64 * k);
     }
+  };
+  if (mb0 < mb1) offsets(mb0, offs[0]);
+  for (int mb = mb0; mb < mb1; ++mb) {
+    const uint16_t* op = offs[(mb - mb0) & 1];
+    if (mb + 1 < mb1) offsets(mb + 1, offs[(mb + 1 - mb0) & 1]);
+    asm volatile("" : "+r"(op) : : "memory");  // the offsets stay in memory: loads, not vpextrw
     const int r0 = (mb - mb0) * kTileRows;
-    lut_rows16<NK, First, Last, VT, NB>(tk, kt, offs, acc16 + r0, acc32 + static_cast<size_t>(r0) * VT, init32);
+    lut_rows16<NK, First, Last, VT, NB>(tk, kt, op, acc16 + r0, acc32 + static_cast<size_t>(r0) * VT, init32);
   }
 }
 

@@ -71,6 +71,23 @@ def test_lut_mixed_extremes_and_random(isa, fmt):
     np.testing.assert_array_equal(want, x.astype(np.int64) @ q.T.astype(np.int64))
 
 
+@pytest.mark.parametrize("isa", LUT_ISAS)
+@pytest.mark.parametrize("fmt", ["i2", "t5"])
+@pytest.mark.parametrize("rows", [4, 16, 48, 80])
+def test_lut_row_block_counts(isa, fmt, rows):
+    """One row block (padded or full), an odd and an even number of them: the kernels make the next
+    block's table offsets while this block's lookups run (two buffers), so the first, the last and a
+    lone block must each read their own."""
+    rng = np.random.default_rng(rows)
+    K = 700
+    q = rng.integers(-1, 2, size=(rows, K)).astype(np.int8)
+    x = rng.integers(-128, 128, size=(40, K)).astype(np.int8)
+    want = x.astype(np.int64) @ q.T.astype(np.int64)
+    for T in (9, 32, 40):
+        got = MATMUL[fmt](isa, _packed(q), x[:T], family="lut")
+        np.testing.assert_array_equal(got, want[:T], err_msg=f"T={T}")
+
+
 def test_family_names_are_checked():
     q = np.zeros((16, 16), np.int8)
     with pytest.raises(ValueError, match="family must be"):
