@@ -1,11 +1,14 @@
 #include "model.h"
 
+#include "attention.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <string_view>
 #include <tuple>
 
 #if defined(__linux__)
@@ -628,6 +631,48 @@ void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   int most = 0;
   for (int t = 0; t < T; ++t) most = std::max(most, pos[t] + 1);
+  const std::string_view isa = kern.name;
+  if (!kv_f16_ && (isa == "avx512" || isa == "amx") && attend_group_supports(hd) && attention_mode() == "blocked") {
+    // Blocked (attention.h): one job per block of consecutive tokens of one sequence (a prefill's
+    // run, at most kAttnBlockTokens) and KV head, with every query head of that KV head, so each
+    // cache row is read once per job. Few jobs (a one-token step) split the query heads in two.
+    constexpr int kAttnBlockTokens = 16;
+    std::vector<std::pair<int, int>> blocks;  // [t0, t1)
+    for (int t = 0; t < T;) {
+      int t1 = t + 1;
+      while (t1 < T && t1 - t < kAttnBlockTokens && cache_of[t1] == cache_of[t]) ++t1;
+      blocks.emplace_back(t, t1);
+      t = t1;
+    }
+    const int KV = cfg_.kv_heads, nb = static_cast<int>(blocks.size());
+    const int split = group % 2 == 0 && nb * KV < 4 * pool_.size() ? 2 : 1, gs = group / split;
+    const size_t stride = static_cast<size_t>(most + 15) / 16 * 16;
+    pool_.parallel_for(nb * KV * split, [&](int b, int e) {
+      std::vector<float> sc(static_cast<size_t>(kAttnBlockTokens) * gs * stride);
+      std::vector<const float*> qs;
+      std::vector<float*> outs;
+      std::vector<int> ns;
+      for (int job = b; job < e; ++job) {
+        const auto [t0, t1] = blocks[job / (KV * split)];
+        const int g = job / split % KV, h0 = g * group + job % split * gs;
+        qs.clear();
+        outs.clear();
+        ns.clear();
+        for (int t = t0; t < t1; ++t)
+          for (int h = h0; h < h0 + gs; ++h) {
+            const size_t off = static_cast<size_t>(t) * H * hd + h * hd;
+            qs.push_back(q + off);
+            outs.push_back(out + off);
+            ns.push_back(pos[t] + 1);
+          }
+        const KVCache& c = *cache_of[t0];
+        const size_t kv = static_cast<size_t>(g) * c.cap * hd;
+        attend_group(qs.data(), outs.data(), ns.data(), static_cast<int>(qs.size()), c.k[li].data() + kv,
+                     c.v[li].data() + kv, hd, hd, scale, sc.data());
+      }
+    });
+    return;
+  }
   pool_.parallel_for(T * H, [&](int b, int e) {
     std::vector<float> sc(most);
     for (int job = b; job < e; ++job) {
