@@ -166,7 +166,9 @@ void gemm_chunked(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int
 // 8 tokens). Their B tiles rotate through tmm4..6, A is tmm7. The unpack of the next chunk (16
 // packed tiles per row block) is spread over this chunk's k-steps, one row block per k-step, so the
 // vector unpack and the tile work overlap instead of alternating. Measured (one 2B4T layer, t5,
-// 8 tokens, one core): tiles alone 0.64 ms and unpack alone 1.04 ms summed to 1.82 ms in gemm_chunked.
+// 8 tokens, one core, CPU time): gemm_chunked's tiles alone 0.64 ms and unpack alone 1.04 ms summed
+// to 1.82 ms; here 1.46-1.53 ms (tiles alone 0.47, unpack alone 1.1: the unpack is the bound now).
+// 2 or 3 row blocks at a time measured the same within noise.
 constexpr int kFewBlocks = 4;
 constexpr int kFewMaxTokens = 16;  // one token tile
 
@@ -206,9 +208,9 @@ void gemm_few_group(Unpack& unpack, const uint8_t* w, int KB, int S, int nks, in
                     int32_t* y, int ldy, int8_t (*buf)[kFewBlocks][5 * 1024]) {
   const int nchunks = (KB + 15) / 16;
   auto unpack_chunk = [&](int r, int c) {
+    // No software prefetch: the four row blocks are four sequential streams the hardware follows
+    // (with gemm_chunked's prefetch here: ~5% slower, one core).
     const uint8_t* chunk = w + (static_cast<size_t>(g0 + r) * KB + static_cast<size_t>(c) * 16) * 64;
-    for (int i = 0; i < 16; ++i)  // a prefetch never faults, past the last row block too
-      _mm_prefetch(reinterpret_cast<const char*>(chunk) + kPrefetchBytes + 64 * i, _MM_HINT_T0);
     unpack(chunk, std::min(16, KB - 16 * c), std::min(S, nks - c * S), buf[c & 1][r]);
   };
   _tile_zero(0);
@@ -217,7 +219,8 @@ void gemm_few_group(Unpack& unpack, const uint8_t* w, int KB, int S, int nks, in
   if constexpr (NG > 3) _tile_zero(3);
   for (int r = 0; r < NG; ++r) unpack_chunk(r, 0);
   for (int c = 0; c < nchunks; ++c) {
-    const int8_t* b[kFewBlocks] = {buf[c & 1][0], buf[c & 1][1], buf[c & 1][2], buf[c & 1][3]};
+    const int8_t* b[kFewBlocks];
+    for (int r = 0; r < NG; ++r) b[r] = buf[c & 1][r];
     const int ks0 = c * S, steps = std::min(S, nks - ks0);
     const bool more = c + 1 < nchunks;
     int r = 0;  // next row block whose following chunk is unpacked
