@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "kernels_avx512_inl.h"
 
 namespace bitnet {
 namespace {
@@ -52,20 +53,21 @@ void configure_tiles(int rem) {  // rem: rows of tmm6 / tmm7 (0: unused)
   _tile_loadconfig(&cfg);
 }
 
-// 2-bit codes of one row block -> int8 q in B-tile layout, zero past KB tiles. b: nks * 1024 bytes.
-void unpack_block(const TernaryTile* wrow, int KB, int nks, int8_t* b) {
-  const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+// 2-bit codes of one row block -> in B-tile layout, zero past KB tiles: the codes c = q + 1 (u8;
+// fields2, one vgf2p8affineqb a field where the CPU has GFNI), or with kQ the int8 q = c - 1 (shift
+// and mask, as gemm_chunked always ran). b: nks * 1024 bytes.
+template <bool kQ, bool kGfni>
+void unpack_block(const TernaryTile* wrow, int KB, int nks, uint8_t* b) {
+  const __m512i one = _mm512_set1_epi8(1);
   for (int kb = 0; kb < nks * 4; ++kb) {
-    int8_t* dst = b + static_cast<size_t>(kb) * 256;  // rows 4*(kb%4) .. +3 of k-step kb/4
+    uint8_t* dst = b + static_cast<size_t>(kb) * 256;  // rows 4*(kb%4) .. +3 of k-step kb/4
     if (kb >= KB) {
       std::memset(dst, 0, 256);
       continue;
     }
-    const __m512i p = _mm512_loadu_si512(wrow[kb].b);
-    _mm512_storeu_si512(dst + 0, _mm512_sub_epi8(_mm512_and_si512(p, m3), one));
-    _mm512_storeu_si512(dst + 64, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(p, 2), m3), one));
-    _mm512_storeu_si512(dst + 128, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(p, 4), m3), one));
-    _mm512_storeu_si512(dst + 192, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(p, 6), m3), one));
+    __m512i v[4];
+    fields2<kGfni && !kQ>(_mm512_loadu_si512(wrow[kb].b), v);
+    for (int i = 0; i < 4; ++i) _mm512_storeu_si512(dst + 64 * i, kQ ? _mm512_sub_epi8(v[i], one) : v[i]);
   }
 }
 
@@ -96,7 +98,7 @@ void configure_head_tiles(int nt) {
 template <typename Unpack>
 void gemm_chunked(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int mb0, int mb1, const int8_t* x,
                   int ldx, int T, int32_t* y, int ldy) {
-  alignas(64) int8_t buf[2][5 * 1024];
+  alignas(64) uint8_t buf[2][5 * 1024];
   const int rem = T % 16, T16 = T - rem, nchunks = (KB + 15) / 16;
   configure_tiles(rem);
   const size_t sx = static_cast<size_t>(ldx), sy = static_cast<size_t>(ldy) * sizeof(int32_t);
@@ -109,7 +111,7 @@ void gemm_chunked(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int
       const uint8_t* wrow = w + static_cast<size_t>(mb) * KB * 64;
       auto compute = [&](int c) {
         const int ks0 = c * S, ks1 = std::min(nks, ks0 + S);
-        const int8_t* b = buf[c & 1];
+        const uint8_t* b = buf[c & 1];
         for (int ks = ks0; ks < ks1; ++ks) {
           _tile_loadd(4, b + static_cast<size_t>(ks - ks0) * 1024, 64);
           if (nt > 0) {
@@ -185,27 +187,27 @@ void configure_few_tiles(int T) {
 
 // k-step ks of the row blocks' panels b[r] (r < ng): C_r += A . B_r, A = tokens' columns 64 ks ...
 template <int NG>
-inline void few_kstep(const int8_t* const* b, int off, const int8_t* xa, int sx) {
+inline void few_kstep(const uint8_t* const* b, int off, const int8_t* xa, int sx) {
   _tile_loadd(7, xa, sx);
   _tile_loadd(4, b[0] + off, 64);
-  _tile_dpbssd(0, 7, 4);
+  _tile_dpbsud(0, 7, 4);
   if constexpr (NG > 1) {
     _tile_loadd(5, b[1] + off, 64);
-    _tile_dpbssd(1, 7, 5);
+    _tile_dpbsud(1, 7, 5);
   }
   if constexpr (NG > 2) {
     _tile_loadd(6, b[2] + off, 64);
-    _tile_dpbssd(2, 7, 6);
+    _tile_dpbsud(2, 7, 6);
   }
   if constexpr (NG > 3) {
     _tile_loadd(4, b[3] + off, 64);
-    _tile_dpbssd(3, 7, 4);
+    _tile_dpbsud(3, 7, 4);
   }
 }
 
 template <int NG, typename Unpack>
 void gemm_few_group(Unpack& unpack, const uint8_t* w, int KB, int S, int nks, int g0, const int8_t* x, int ldx,
-                    int32_t* y, int ldy, int8_t (*buf)[kFewBlocks][5 * 1024]) {
+                    int32_t* y, int ldy, uint8_t (*buf)[kFewBlocks][5 * 1024]) {
   const int nchunks = (KB + 15) / 16;
   auto unpack_chunk = [&](int r, int c) {
     // No software prefetch: the four row blocks are four sequential streams the hardware follows
@@ -219,7 +221,7 @@ void gemm_few_group(Unpack& unpack, const uint8_t* w, int KB, int S, int nks, in
   if constexpr (NG > 3) _tile_zero(3);
   for (int r = 0; r < NG; ++r) unpack_chunk(r, 0);
   for (int c = 0; c < nchunks; ++c) {
-    const int8_t* b[kFewBlocks];
+    const uint8_t* b[kFewBlocks];
     for (int r = 0; r < NG; ++r) b[r] = buf[c & 1][r];
     const int ks0 = c * S, steps = std::min(S, nks - ks0);
     const bool more = c + 1 < nchunks;
@@ -242,7 +244,7 @@ void gemm_few_group(Unpack& unpack, const uint8_t* w, int KB, int S, int nks, in
 template <typename Unpack>
 void gemm_few(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int mb0, int mb1, const int8_t* x, int ldx,
               int T, int32_t* y, int ldy) {
-  alignas(64) int8_t buf[2][kFewBlocks][5 * 1024];
+  alignas(64) uint8_t buf[2][kFewBlocks][5 * 1024];
   configure_few_tiles(T);
   int g0 = mb0;
   for (; g0 + kFewBlocks <= mb1; g0 += kFewBlocks)
@@ -254,6 +256,26 @@ void gemm_few(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int mb0
     default: break;
   }
   _tile_release();
+}
+
+// One token tile (T <= kFewMaxTokens) through gemm_few over the codes c = q + 1 (TDPBSUD: s8
+// activations x u8 codes; then q.x = c.x - xsum for every token and output): a decode step is bound
+// by the unpack, and the codes skip a subtraction per byte. More tokens through gemm_chunked over q
+// (TDPBSSD), whose unpack is spread over up to 64 tokens. unpack(tiles, n, ks, q, dst).
+template <typename Unpack>
+void gemm_amx(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int mb0, int mb1, const int8_t* x,
+              int ldx, const int32_t* xsum, int T, int32_t* y, int ldy) {
+  if (T > kFewMaxTokens) {
+    gemm_chunked([&](const uint8_t* t, int n, int ks, uint8_t* b) { unpack(t, n, ks, true, b); }, w, KB, S, nks,
+                 mb0, mb1, x, ldx, T, y, ldy);
+    return;
+  }
+  gemm_few([&](const uint8_t* t, int n, int ks, uint8_t* b) { unpack(t, n, ks, false, b); }, w, KB, S, nks, mb0,
+           mb1, x, ldx, T, y, ldy);
+  for (int t = 0; t < T; ++t) {
+    int32_t* yt = y + static_cast<size_t>(t) * ldy;
+    for (int m = mb0 * kTileRows; m < mb1 * kTileRows; ++m) yt[m] -= xsum[t];
+  }
 }
 
 }  // namespace
@@ -299,11 +321,13 @@ void ternary_gemm_amx(const TernaryTile* w, int KB, int mb0, int mb1, const int8
     return;
   }
   const int nks = (KB + 3) / 4;  // 64-column steps; ldx >= 64 * nks (kernels.h contract)
-  auto unpack = [](const uint8_t* t, int n, int ks, int8_t* b) {
-    unpack_block(reinterpret_cast<const TernaryTile*>(t), n, ks, b);
+  auto unpack = [](const uint8_t* t, int n, int ks, bool q, uint8_t* b) {
+    const auto* tiles = reinterpret_cast<const TernaryTile*>(t);
+    if (q) unpack_block<true, false>(tiles, n, ks, b);
+    else if (have_gfni()) unpack_block<false, true>(tiles, n, ks, b);
+    else unpack_block<false, false>(tiles, n, ks, b);
   };
-  if (T <= kFewMaxTokens) gemm_few(unpack, reinterpret_cast<const uint8_t*>(w), KB, 4, nks, mb0, mb1, x, ldx, T, y, ldy);
-  else gemm_chunked(unpack, reinterpret_cast<const uint8_t*>(w), KB, 4, nks, mb0, mb1, x, ldx, T, y, ldy);
+  gemm_amx(unpack, reinterpret_cast<const uint8_t*>(w), KB, 4, nks, mb0, mb1, x, ldx, xsum, T, y, ldy);
 }
 
 void ternary5_gemm_amx(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
@@ -313,12 +337,10 @@ void ternary5_gemm_amx(const TernaryTile5* w, int KB, int mb0, int mb1, const in
     return;
   }
   const int nks = (KB * kTile5Digits + 15) / 16;  // 64-column steps; ldx >= 20 * KB rounded up to 64
-  auto unpack = [](const uint8_t* t, int n, int ks, int8_t* b) {
-    ternary5_unpack_q(reinterpret_cast<const TernaryTile5*>(t), n, 16 * ks, b);
+  auto unpack = [](const uint8_t* t, int n, int ks, bool q, uint8_t* b) {
+    ternary5_unpack(reinterpret_cast<const TernaryTile5*>(t), n, 16 * ks, q, b);
   };
-  if (T <= kFewMaxTokens)
-    gemm_few(unpack, reinterpret_cast<const uint8_t*>(w), KB, kTile5Digits, nks, mb0, mb1, x, ldx, T, y, ldy);
-  else gemm_chunked(unpack, reinterpret_cast<const uint8_t*>(w), KB, kTile5Digits, nks, mb0, mb1, x, ldx, T, y, ldy);
+  gemm_amx(unpack, reinterpret_cast<const uint8_t*>(w), KB, kTile5Digits, nks, mb0, mb1, x, ldx, xsum, T, y, ldy);
 }
 
 }  // namespace bitnet
