@@ -62,12 +62,52 @@ std::string where(int layer, const std::string& name) {
   return "model.layers." + std::to_string(layer) + "." + name;
 }
 
-// y = w * (x * rsqrt(mean(x^2) + eps)), in fp32 (bitnet.layers.RMSNorm).
+// y = w * (x * r) with r = rsqrt(mean(x^2) + eps) from the row's sum of squares ss.
+void rmsnorm_scale(const float* x, const float* w, int n, float eps, float ss, float* y) {
+  const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
+  for (int i = 0; i < n; ++i) y[i] = w[i] * (x[i] * r);
+}
+
+// y = w * (x * rsqrt(mean(x^2) + eps)), in fp32 (bitnet.layers.RMSNorm); the sum of squares in
+// index order (the reference for rmsnorm_rows). y may alias x.
 void rmsnorm(const float* x, const float* w, int n, float eps, float* y) {
   float ss = 0.f;
   for (int i = 0; i < n; ++i) ss += x[i] * x[i];
-  const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
-  for (int i = 0; i < n; ++i) y[i] = w[i] * (x[i] * r);
+  rmsnorm_scale(x, w, n, eps, ss, y);
+}
+
+// rmsnorm of R consecutive rows of n: each row's sum in rmsnorm's order (index order, one rounding
+// per product and per add: the same floats), the R chains interleaved so that R adds are in flight
+// instead of one (a row's serial sum is bound by the add's latency: at 2B4T a token's four norms
+// are ~15k dependent adds a layer).
+template <int R>
+void rmsnorm_group(const float* x, const float* w, int n, float eps, float* y) {
+  float ss[R] = {};
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < R; ++j) {
+      const float v = x[static_cast<size_t>(j) * n + i];
+      ss[j] += v * v;
+    }
+  for (int j = 0; j < R; ++j) rmsnorm_scale(x + static_cast<size_t>(j) * n, w, n, eps, ss[j], y + static_cast<size_t>(j) * n);
+}
+
+// rmsnorm of `rows` rows of n (row-major), equal to rmsnorm row by row bit for bit; y may alias x.
+void rmsnorm_rows(const float* x, const float* w, int rows, int n, float eps, float* y) {
+  constexpr int kChains = 8;
+  int t = 0;
+  for (; t + kChains <= rows; t += kChains)
+    rmsnorm_group<kChains>(x + static_cast<size_t>(t) * n, w, n, eps, y + static_cast<size_t>(t) * n);
+  const size_t o = static_cast<size_t>(t) * n;
+  switch (rows - t) {
+    case 7: rmsnorm_group<7>(x + o, w, n, eps, y + o); break;
+    case 6: rmsnorm_group<6>(x + o, w, n, eps, y + o); break;
+    case 5: rmsnorm_group<5>(x + o, w, n, eps, y + o); break;
+    case 4: rmsnorm_group<4>(x + o, w, n, eps, y + o); break;
+    case 3: rmsnorm_group<3>(x + o, w, n, eps, y + o); break;
+    case 2: rmsnorm_group<2>(x + o, w, n, eps, y + o); break;
+    case 1: rmsnorm(x + o, w, n, eps, y + o); break;
+    default: break;
+  }
 }
 
 }  // namespace
@@ -925,19 +965,25 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
       for (int t = t0; t < t1; ++t) fn(t);
     });
   };
+  // The norms over ranges of tokens, one range per thread (rmsnorm_rows runs several rows' sums at
+  // once); one token on the calling thread.
+  auto per_rows = [&](auto&& fn) {
+    if (T == 1) fn(0, 1);
+    else pool_.parallel_for(T, fn, 1);
+  };
   // x[t] += tmp[t], then xn[t] = rmsnorm(x[t]) with `norm` (or only the add when norm is null).
   auto residual_norm = [&](const float* norm) {
-    per_token([&](int t) {
-      float* xt = &x[static_cast<size_t>(t) * C];
-      const float* dt = &tmp[static_cast<size_t>(t) * C];
-      for (int i = 0; i < C; ++i) xt[i] += dt[i];
-      if (norm != nullptr) rmsnorm(xt, norm, C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
+    per_rows([&](int t0, int t1) {
+      const size_t o = static_cast<size_t>(t0) * C, n = static_cast<size_t>(t1 - t0) * C;
+      for (size_t i = 0; i < n; ++i) x[o + i] += tmp[o + i];
+      if (norm != nullptr) rmsnorm_rows(&x[o], norm, t1 - t0, C, cfg_.eps, &xn[o]);
     });
   };
 
   if (cfg_.layers > 0)
-    per_token([&](int t) {
-      rmsnorm(&x[static_cast<size_t>(t) * C], layers_[0].input_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
+    per_rows([&](int t0, int t1) {
+      const size_t o = static_cast<size_t>(t0) * C;
+      rmsnorm_rows(&x[o], layers_[0].input_norm.data(), t1 - t0, C, cfg_.eps, &xn[o]);
     });
   for (int li = 0; li < cfg_.layers; ++li) {
     Layer& ly = layers_[li];
@@ -978,9 +1024,9 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     attention(li, q.data(), T, cache_of, pos, att.data());
     clk.lap(Phase::Norms);
     if (cfg_.sub_norms)
-      per_token([&](int t) {
-        float* a = &att[static_cast<size_t>(t) * QD];
-        rmsnorm(a, ly.attn_sub_norm.data(), QD, cfg_.eps, a);
+      per_rows([&](int t0, int t1) {
+        float* a = &att[static_cast<size_t>(t0) * QD];
+        rmsnorm_rows(a, ly.attn_sub_norm.data(), t1 - t0, QD, cfg_.eps, a);
       });
     linear_forward({{&ly.o, tmp.data()}}, att.data(), T, clk);
     clk.lap(Phase::Norms);
@@ -1019,11 +1065,9 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     });
     clk.lap(Phase::Norms);
     if (cfg_.sub_norms)
-      pool_.parallel_for(T, [&](int t0, int t1) {
-        for (int t = t0; t < t1; ++t) {
-          float* a = &g[static_cast<size_t>(t) * I];
-          rmsnorm(a, ly.ffn_sub_norm.data(), I, cfg_.eps, a);
-        }
+      per_rows([&](int t0, int t1) {
+        float* a = &g[static_cast<size_t>(t0) * I];
+        rmsnorm_rows(a, ly.ffn_sub_norm.data(), t1 - t0, I, cfg_.eps, a);
       });
     linear_forward({{&ly.down, tmp.data()}}, g.data(), T, clk);
     clk.lap(Phase::Norms);
