@@ -76,29 +76,35 @@ inline __m512 exp16(__m512 x) {
   return _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
 }
 
-inline void prefetch_row(const float* p, int n) {
-  for (int i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
+// One prefetch per 64-byte line of a row of n elements of E.
+template <typename E>
+inline void prefetch_row(const E* p, int n) {
+  for (int i = 0; i < n; i += 64 / static_cast<int>(sizeof(E))) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
 }
+
+// 16 cache values as fp32: fp32 as stored, fp16 (IEEE bit patterns) widened exactly (vcvtph2ps).
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 
 inline __mmask16 first(int k) { return static_cast<__mmask16>((1u << k) - 1); }  // k in [0, 16]
 
 // Scores of rows K_0 .. K_15 (stride ld) against q: sc[r] = scale * (q . K_r).
-template <int NV>
-inline void scores16(const float* q, const float* K, int ld, __m512 scale, float* sc) {
+template <int NV, typename E>
+inline void scores16(const float* q, const E* K, int ld, __m512 scale, float* sc) {
   __m512 acc[kRows];
   for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
   for (int c = 0; c < NV; ++c) {
     const __m512 qc = _mm512_loadu_ps(q + 16 * c);
     for (int r = 0; r < kRows; ++r)
-      acc[r] = _mm512_fmadd_ps(qc, _mm512_loadu_ps(K + static_cast<size_t>(r) * ld + 16 * c), acc[r]);
+      acc[r] = _mm512_fmadd_ps(qc, load16(K + static_cast<size_t>(r) * ld + 16 * c), acc[r]);
   }
   _mm512_storeu_ps(sc, _mm512_mul_ps(reduce16(acc), scale));
 }
 
-template <int NV>
-inline float score1(const float* q, const float* Kj) {
+template <int NV, typename E>
+inline float score1(const float* q, const E* Kj) {
   __m512 acc = _mm512_setzero_ps();
-  for (int c = 0; c < NV; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), _mm512_loadu_ps(Kj + 16 * c), acc);
+  for (int c = 0; c < NV; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), load16(Kj + 16 * c), acc);
   return _mm512_reduce_add_ps(acc);
 }
 
@@ -122,16 +128,16 @@ inline void softmax(float* sc, int n) {
   }
 }
 
-template <int NV>
-void attend_group_nv(const float* const* qs, float* const* outs, const int* n, int nq, const float* K,
-                     const float* V, int ld, float scale, float* scratch) {
+template <int NV, typename E>
+void attend_group_nv(const float* const* qs, float* const* outs, const int* n, int nq, const E* K, const E* V,
+                     int ld, float scale, float* scratch) {
   int most = 0;
   for (int i = 0; i < nq; ++i) most = std::max(most, n[i]);
   const size_t stride = static_cast<size_t>(most + kRows - 1) / kRows * kRows;
   const __m512 sv = _mm512_set1_ps(scale);
   for (int r = 0; r < std::min(most, 2 * kRows); ++r) prefetch_row(K + static_cast<size_t>(r) * ld, 16 * NV);
   for (int j0 = 0; j0 < most; j0 += kRows) {  // 1. scores, a block of K rows for every query
-    const float* Kb = K + static_cast<size_t>(j0) * ld;
+    const E* Kb = K + static_cast<size_t>(j0) * ld;
     // The cache was last read a whole step ago: fetch the K block after next and this V block
     // (read in pass 3) while the queries work on this one, several misses in flight.
     for (int r = 0; r < kRows; ++r) {
@@ -148,7 +154,7 @@ void attend_group_nv(const float* const* qs, float* const* outs, const int* n, i
   }
   for (int i = 0; i < nq; ++i) softmax(scratch + i * stride, n[i]);  // 2.
   for (int j0 = 0; j0 < most; j0 += kRows) {  // 3. out += p_j V_j, a block of V rows for every query
-    const float* Vb = V + static_cast<size_t>(j0) * ld;
+    const E* Vb = V + static_cast<size_t>(j0) * ld;
     for (int i = 0; i < nq; ++i) {
       const int rows = std::min(kRows, n[i] - j0);
       if (rows <= 0) continue;
@@ -157,18 +163,25 @@ void attend_group_nv(const float* const* qs, float* const* outs, const int* n, i
       for (int c = 0; c < NV; ++c) o[c] = j0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(outs[i] + 16 * c);
       for (int r = 0; r < rows; ++r) {
         const __m512 pr = _mm512_set1_ps(p[r]);
-        const float* vr = Vb + static_cast<size_t>(r) * ld;
-        for (int c = 0; c < NV; ++c) o[c] = _mm512_fmadd_ps(pr, _mm512_loadu_ps(vr + 16 * c), o[c]);
+        const E* vr = Vb + static_cast<size_t>(r) * ld;
+        for (int c = 0; c < NV; ++c) o[c] = _mm512_fmadd_ps(pr, load16(vr + 16 * c), o[c]);
       }
       for (int c = 0; c < NV; ++c) _mm512_storeu_ps(outs[i] + 16 * c, o[c]);
     }
   }
 }
 
-template <int... NVs>
-void dispatch_nv(int nv, const float* const* qs, float* const* outs, const int* n, int nq, const float* K,
-                 const float* V, int ld, float scale, float* scratch, std::integer_sequence<int, NVs...>) {
+template <typename E, int... NVs>
+void dispatch_nv(int nv, const float* const* qs, float* const* outs, const int* n, int nq, const E* K, const E* V,
+                 int ld, float scale, float* scratch, std::integer_sequence<int, NVs...>) {
   ((nv == NVs + 1 ? (attend_group_nv<NVs + 1>(qs, outs, n, nq, K, V, ld, scale, scratch), true) : false) || ...);
+}
+
+template <typename E>
+void attend_group_any(const float* const* qs, float* const* outs, const int* n, int nq, const E* K, const E* V,
+                      int ld, int hd, float scale, float* scratch) {
+  if (!attend_group_supports(hd)) throw std::invalid_argument("attend_group: head_dim must be a multiple of 16, at most 256");
+  dispatch_nv(hd / 16, qs, outs, n, nq, K, V, ld, scale, scratch, std::make_integer_sequence<int, kAttendGroupMaxHd / 16>{});
 }
 
 }  // namespace
@@ -177,8 +190,12 @@ bool attend_group_supports(int hd) { return hd > 0 && hd % 16 == 0 && hd <= kAtt
 
 void attend_group(const float* const* qs, float* const* outs, const int* n, int nq, const float* K,
                   const float* V, int ld, int hd, float scale, float* scratch) {
-  if (!attend_group_supports(hd)) throw std::invalid_argument("attend_group: head_dim must be a multiple of 16, at most 256");
-  dispatch_nv(hd / 16, qs, outs, n, nq, K, V, ld, scale, scratch, std::make_integer_sequence<int, kAttendGroupMaxHd / 16>{});
+  attend_group_any(qs, outs, n, nq, K, V, ld, hd, scale, scratch);
+}
+
+void attend_group(const float* const* qs, float* const* outs, const int* n, int nq, const uint16_t* K,
+                  const uint16_t* V, int ld, int hd, float scale, float* scratch) {
+  attend_group_any(qs, outs, n, nq, K, V, ld, hd, scale, scratch);
 }
 
 #else  // no AVX-512 in this build: the engine keeps each path's attend
@@ -187,6 +204,10 @@ bool attend_group_supports(int) { return false; }
 
 void attend_group(const float* const*, float* const*, const int*, int, const float*, const float*, int, int, float,
                   float*) {
+  throw std::invalid_argument("attend_group: not built for this CPU");
+}
+void attend_group(const float* const*, float* const*, const int*, int, const uint16_t*, const uint16_t*, int, int,
+                  float, float*) {
   throw std::invalid_argument("attend_group: not built for this CPU");
 }
 

@@ -1,4 +1,4 @@
-// Blocked attention over an fp32 KV cache (attention.cpp, AVX-512; the avx512 and amx paths use it).
+// Blocked attention over the KV cache, fp32 or fp16 (attention.cpp, AVX-512; the avx512 and amx paths use it).
 // The reference is each path's attend (kernels.h, one query head at a time over the whole cache):
 // this one takes every query that reads the same K/V rows (the query heads sharing a KV head under
 // GQA, and for prefill a block of tokens of one sequence) and runs them together, 16 cache rows at
@@ -6,9 +6,10 @@
 // the scores, softmax and weighted sum are vectorized across rows (16 dot products reduced
 // together, a vector exp). Same arithmetic as attend, in another float order (the 16 partial sums
 // of a dot product and the softmax denominator are added in a different order): tested against
-// attend("ref") with a tolerance in tests/inference/test_attention.py.
+// attend("ref") / attend_f16("ref") with a tolerance in tests/inference/test_attention.py.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace bitnet {
@@ -31,5 +32,8 @@ bool attend_group_supports(int hd);
 // outs[i]: out_i = sum_j softmax_j(scale * q_i . K_j) V_j. scratch: nq * round_up(max n, 16) floats.
 void attend_group(const float* const* qs, float* const* outs, const int* n, int nq, const float* K,
                   const float* V, int ld, int hd, float scale, float* scratch);
+// The same over an fp16 cache (kv dtype "f16": IEEE half bit patterns, widened exactly as read).
+void attend_group(const float* const* qs, float* const* outs, const int* n, int nq, const uint16_t* K,
+                  const uint16_t* V, int ld, int hd, float scale, float* scratch);
 
 }  // namespace bitnet

@@ -672,7 +672,7 @@ void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>
   int most = 0;
   for (int t = 0; t < T; ++t) most = std::max(most, pos[t] + 1);
   const std::string_view isa = kern.name;
-  if (!kv_f16_ && (isa == "avx512" || isa == "amx") && attend_group_supports(hd) && attention_mode() == "blocked") {
+  if ((isa == "avx512" || isa == "amx") && attend_group_supports(hd) && attention_mode() == "blocked") {
     // Blocked (attention.h): one job per block of consecutive tokens of one sequence (a prefill's
     // run, at most kAttnBlockTokens) and KV head, with every query head of that KV head, so each
     // cache row is read once per job. Few jobs (a one-token step) split the query heads in two.
@@ -707,8 +707,12 @@ void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>
           }
         const KVCache& c = *cache_of[t0];
         const size_t kv = static_cast<size_t>(g) * c.cap * hd;
-        attend_group(qs.data(), outs.data(), ns.data(), static_cast<int>(qs.size()), c.k[li].data() + kv,
-                     c.v[li].data() + kv, hd, hd, scale, sc.data());
+        if (kv_f16_)
+          attend_group(qs.data(), outs.data(), ns.data(), static_cast<int>(qs.size()), c.k16[li].data() + kv,
+                       c.v16[li].data() + kv, hd, hd, scale, sc.data());
+        else
+          attend_group(qs.data(), outs.data(), ns.data(), static_cast<int>(qs.size()), c.k[li].data() + kv,
+                       c.v[li].data() + kv, hd, hd, scale, sc.data());
       }
     });
     return;

@@ -338,34 +338,41 @@ NB_MODULE(_C, m) {
   m.def("set_attention_mode", &bitnet::set_attention_mode, "name"_a,
         "Attention on the avx512 / amx paths: 'blocked' (default) or 'per-head' (each path's attend), for comparison.");
   m.def("attention_mode", &bitnet::attention_mode, "The attention mode in force.");
-  m.def(
-      "attend_group",
-      [](Arr<const float, nb::ndim<2>> q, Arr<const float, nb::ndim<2>> K, Arr<const float, nb::ndim<2>> V,
-         std::vector<int> n, float scale) {
-        // The blocked attention (attention.h) the avx512 and amx paths run: query i over rows 0..n[i]-1.
-        const int nq = static_cast<int>(q.shape(0)), hd = static_cast<int>(q.shape(1)), rows = static_cast<int>(K.shape(0));
-        if (!bitnet::attend_group_supports(hd) || !bitnet::cpu_features().avx512f)
-          throw std::invalid_argument("attend_group: needs AVX-512 and head_dim a multiple of 16, at most 256");
-        if (static_cast<int>(K.shape(1)) != hd || V.shape(0) != K.shape(0) || V.shape(1) != K.shape(1) ||
-            static_cast<int>(n.size()) != nq || nq < 1)
-          throw std::invalid_argument("attend_group: q (nq, hd), K and V (rows, hd) and n (nq) must agree");
-        for (int v : n)
-          if (v < 1 || v > rows) throw std::invalid_argument("attend_group: each n must be in [1, rows]");
-        const int most = *std::max_element(n.begin(), n.end());
-        std::vector<float> scratch(static_cast<size_t>(nq) * ((most + 15) / 16 * 16));
-        auto* res = new float[static_cast<size_t>(nq) * hd];
-        std::vector<const float*> qs(nq);
-        std::vector<float*> outs(nq);
-        for (int i = 0; i < nq; ++i) {
-          qs[i] = q.data() + static_cast<size_t>(i) * hd;
-          outs[i] = res + static_cast<size_t>(i) * hd;
-        }
-        bitnet::attend_group(qs.data(), outs.data(), n.data(), nq, K.data(), V.data(), hd, hd, scale, scratch.data());
-        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-        return nb::ndarray<nb::numpy, float, nb::ndim<2>>(res, {static_cast<size_t>(nq), static_cast<size_t>(hd)}, owner);
-      },
-      "q"_a, "K"_a, "V"_a, "n"_a, "scale"_a,
-      "Blocked attention (avx512 / amx paths): row i of q over the first n[i] rows of K, V -> (nq, hd).");
+  // The blocked attention (attention.h) the avx512 and amx paths run: query i over rows 0..n[i]-1
+  // of K and V (fp32, or fp16 bit patterns as uint16).
+  auto attend_group_binding = [](auto q, auto K, auto V, std::vector<int> n, float scale) {
+    const int nq = static_cast<int>(q.shape(0)), hd = static_cast<int>(q.shape(1)), rows = static_cast<int>(K.shape(0));
+    if (!bitnet::attend_group_supports(hd) || !bitnet::cpu_features().avx512f)
+      throw std::invalid_argument("attend_group: needs AVX-512 and head_dim a multiple of 16, at most 256");
+    if (static_cast<int>(K.shape(1)) != hd || V.shape(0) != K.shape(0) || V.shape(1) != K.shape(1) ||
+        static_cast<int>(n.size()) != nq || nq < 1)
+      throw std::invalid_argument("attend_group: q (nq, hd), K and V (rows, hd) and n (nq) must agree");
+    for (int v : n)
+      if (v < 1 || v > rows) throw std::invalid_argument("attend_group: each n must be in [1, rows]");
+    const int most = *std::max_element(n.begin(), n.end());
+    std::vector<float> scratch(static_cast<size_t>(nq) * ((most + 15) / 16 * 16));
+    auto* res = new float[static_cast<size_t>(nq) * hd];
+    std::vector<const float*> qs(nq);
+    std::vector<float*> outs(nq);
+    for (int i = 0; i < nq; ++i) {
+      qs[i] = q.data() + static_cast<size_t>(i) * hd;
+      outs[i] = res + static_cast<size_t>(i) * hd;
+    }
+    bitnet::attend_group(qs.data(), outs.data(), n.data(), nq, K.data(), V.data(), hd, hd, scale, scratch.data());
+    nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+    return nb::ndarray<nb::numpy, float, nb::ndim<2>>(res, {static_cast<size_t>(nq), static_cast<size_t>(hd)}, owner);
+  };
+  // One overload per cache element type (no implicit conversion: a uint16 array must not become floats).
+  auto def_attend_group = [&](auto elem, const char* doc) {
+    using E = decltype(elem);
+    m.def(
+        "attend_group",
+        [attend_group_binding](Arr<const float, nb::ndim<2>> q, Arr<const E, nb::ndim<2>> K, Arr<const E, nb::ndim<2>> V,
+                               std::vector<int> n, float scale) { return attend_group_binding(q, K, V, std::move(n), scale); },
+        "q"_a, "K"_a.noconvert(), "V"_a.noconvert(), "n"_a, "scale"_a, doc);
+  };
+  def_attend_group(float{}, "Blocked attention (avx512 / amx paths): row i of q over the first n[i] rows of K, V -> (nq, hd).");
+  def_attend_group(uint16_t{}, "attend_group over an fp16 cache (K, V: uint16 bit patterns).");
   m.def(
       "attend_f16",
       [](const std::string& isa, Arr<const float, nb::ndim<1>> q, Arr<const uint16_t, nb::ndim<2>> K,

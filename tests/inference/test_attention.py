@@ -42,6 +42,29 @@ def test_attend_group_matches_reference(hd, ns):
         np.testing.assert_allclose(got[i], want, rtol=RTOL, atol=atol, err_msg=f"query {i}, n={n}")
 
 
+@pytest.mark.parametrize("hd", [64, 128])
+@pytest.mark.parametrize("ns", [[3], [16, 17, 40], list(range(60, 68))])
+def test_attend_group_f16_cache_matches_reference(hd, ns):
+    # The fp16 cache (serve's default): the same rows widened exactly, against attend_f16("ref").
+    rng = np.random.default_rng(hd + len(ns))
+    rows = max(ns)
+    q = rng.standard_normal((len(ns), hd)).astype(np.float32)
+    K = (3 * rng.standard_normal((rows, hd))).astype(np.float16).view(np.uint16)
+    V = rng.standard_normal((rows, hd)).astype(np.float16).view(np.uint16)
+    scale = float(1 / np.sqrt(hd))
+    got = _C.attend_group(q, K, V, ns, scale)
+    for i, n in enumerate(ns):
+        ref = _C.attend_f16("ref", q[i], np.ascontiguousarray(K[:n]), np.ascontiguousarray(V[:n]), scale)
+        want = _float64_attention(q[i], K[:n].view(np.float16), V[:n].view(np.float16), scale)
+        atol = RTOL * np.abs(want).max()
+        np.testing.assert_allclose(got[i], ref, rtol=RTOL, atol=atol, err_msg=f"query {i}, n={n}")
+        np.testing.assert_allclose(got[i], want, rtol=RTOL, atol=atol, err_msg=f"query {i}, n={n}")
+    # fp16 rows equal their fp32 widening through the fp32 cache's kernel bit for bit
+    Kf = K.view(np.float16).astype(np.float32)
+    Vf = V.view(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(got, _C.attend_group(q, Kf, Vf, ns, scale))
+
+
 def test_attend_group_very_negative_scores_and_nan():
     # Scores far below the max (their e^x underflows: clamped at e^-87, still ~0 next to 1) and a NaN
     # query (NaN must reach the output, as in the reference, never a silent number).
