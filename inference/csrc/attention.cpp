@@ -1,4 +1,4 @@
-// Blocked attention (attention.h), compiled with -mavx512f -mavx512dq -mfma only where the build is
+// Blocked attention (attention.h), compiled with -mavx512f -mavx512dq -mfma -ffp-contract=off only where the build is
 // x86-64; the engine calls it on the avx512 and amx paths alone. Three passes per group of queries,
 // each over the cache in blocks of 16 rows with the queries inside the block loop, so a block of K
 // (or V) is read from memory by the first query and from L1 by the others:
@@ -19,6 +19,8 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+#include "exp_avx512_inl.h"
 #endif
 
 namespace bitnet {
@@ -57,23 +59,6 @@ inline __m512 reduce16(const __m512* a) {
   // k + 1: lane 4b + m = in(4m + b) = a[4b + m]
   return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(1, 0, 1, 0)),
                        _mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));
-}
-
-// exp_f32_in_range (model.h) on 16 lanes, the same operations in the same order (no contraction).
-inline __m512 exp16(__m512 x) {
-  const __m512 big = _mm512_set1_ps(12582912.f);
-  const __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), big), big);
-  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
-                                 _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 e = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r), _mm512_set1_ps(1.f));
-  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
 }
 
 // One prefetch per 64-byte line of a row of n elements of E.
@@ -117,7 +102,7 @@ inline void softmax(float* sc, int n) {
   for (int j = 0; j < n; j += 16) {
     const __mmask16 k = first(std::min(16, n - j));
     // max(-87, x) keeps a NaN x (the second operand is returned when either is NaN)
-    _mm512_mask_storeu_ps(sc + j, k, exp16(_mm512_max_ps(lo, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, sc + j), m))));
+    _mm512_mask_storeu_ps(sc + j, k, exp16_in_range(_mm512_max_ps(lo, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, sc + j), m))));
   }
   float sum = 0.f;  // in row order, as attend adds it
   for (int j = 0; j < n; ++j) sum += sc[j];

@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include "attention.h"
+#include "elementwise.h"
 
 #include <algorithm>
 #include <atomic>
@@ -90,6 +91,31 @@ void rmsnorm_group(const float* x, const float* w, int n, float eps, float* y) {
     }
   for (int j = 0; j < R; ++j) rmsnorm_scale(x + static_cast<size_t>(j) * n, w, n, eps, ss[j], y + static_cast<size_t>(j) * n);
 }
+
+}  // namespace
+
+void gated_act_ref(float* g, const float* u, size_t n, bool relu2) {
+  // Branch-free loops, one per function, so that both vectorize. relu(a)^2 in fp32 (it overflows
+  // fp16 on real checkpoints; max(0, a) is 0 for NaN and -0, as a > 0 ? a : 0 is), or
+  // silu(a) = a * sigmoid(a).
+  if (relu2) {
+    for (size_t i = 0; i < n; ++i) {
+      const float r = std::max(0.f, g[i]);
+      g[i] = (r * r) * u[i];
+    }
+    return;
+  }
+  constexpr size_t kBlock = 1024;
+  for (size_t b = 0; b < n; b += kBlock) {  // the clamp in a pass of its own (exp_f32)
+    const size_t m = std::min(kBlock, n - b);
+    float e[kBlock];
+    for (size_t i = 0; i < m; ++i) e[i] = clamp_exp_arg(-g[b + i]);
+    for (size_t i = 0; i < m; ++i) e[i] = exp_f32_in_range(e[i]);
+    for (size_t i = 0; i < m; ++i) g[b + i] = (g[b + i] / (1.f + e[i])) * u[b + i];
+  }
+}
+
+namespace {
 
 // rmsnorm of `rows` rows of n (row-major), equal to rmsnorm row by row bit for bit; y may alias x.
 void rmsnorm_rows(const float* x, const float* w, int rows, int n, float eps, float* y) {
@@ -1046,26 +1072,11 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     // thread), then the sub-norm per token.
     constexpr size_t kActBlock = 1024;
     const size_t n_act = static_cast<size_t>(T) * I;
+    const std::string_view isa = kernels().name;
+    const bool act512 = isa == "avx512" || isa == "amx";  // the same values on 16 lanes (elementwise.h)
     pool_.parallel_for(static_cast<int>((n_act + kActBlock - 1) / kActBlock), [&](int b0, int b1) {
-      float* gb = g.data();
-      const float* ub = u.data();
       const size_t begin = static_cast<size_t>(b0) * kActBlock, end = std::min(n_act, static_cast<size_t>(b1) * kActBlock);
-      // Branch-free loops, one per function, so that both vectorize. relu(a)^2 in fp32 (it overflows
-      // fp16 on real checkpoints; max(0, a) is 0 for NaN and -0, as a > 0 ? a : 0 is), or
-      // silu(a) = a * sigmoid(a).
-      if (cfg_.relu2)
-        for (size_t i = begin; i < end; ++i) {
-          const float r = std::max(0.f, gb[i]);
-          gb[i] = (r * r) * ub[i];
-        }
-      else
-        for (size_t b = begin; b < end; b += kActBlock) {  // the clamp in a pass of its own (exp_f32)
-          const size_t n = std::min(kActBlock, end - b);
-          float e[kActBlock];
-          for (size_t i = 0; i < n; ++i) e[i] = clamp_exp_arg(-gb[b + i]);
-          for (size_t i = 0; i < n; ++i) e[i] = exp_f32_in_range(e[i]);
-          for (size_t i = 0; i < n; ++i) gb[b + i] = (gb[b + i] / (1.f + e[i])) * ub[b + i];
-        }
+      (act512 ? gated_act_avx512 : gated_act_ref)(g.data() + begin, u.data() + begin, end - begin, cfg_.relu2);
     });
     clk.lap(Phase::Norms);
     if (cfg_.sub_norms)

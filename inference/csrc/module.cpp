@@ -16,6 +16,7 @@
 
 #include "attention.h"
 #include "cpu_features.h"
+#include "elementwise.h"
 #include "kernels.h"
 #include "model.h"
 
@@ -335,6 +336,22 @@ NB_MODULE(_C, m) {
         return nb::ndarray<nb::numpy, float, nb::ndim<1>>(res, {static_cast<size_t>(hd)}, owner);
       },
       "isa"_a, "q"_a, "K"_a, "V"_a, "scale"_a, "One head's softmax(scale * K q) . V over n positions -> (hd,).");
+  m.def(
+      "gated_act",
+      [](const std::string& impl, Arr<const float, nb::ndim<1>> g, Arr<const float, nb::ndim<1>> u, bool relu2) {
+        // The FFN's gated activation: "ref" (the baseline loop every path but avx512 / amx runs) or
+        // "avx512" (the 16-lane twin those paths run).
+        if (impl != "ref" && impl != "avx512") throw std::invalid_argument("gated_act: impl must be 'ref' or 'avx512'");
+        if (impl == "avx512" && !bitnet::cpu_features().avx512f) throw std::invalid_argument("gated_act: this CPU has no AVX-512");
+        if (g.shape(0) != u.shape(0)) throw std::invalid_argument("gated_act: g and u must have the same size");
+        const size_t n = g.shape(0);
+        auto* res = new float[std::max<size_t>(n, 1)];
+        std::copy(g.data(), g.data() + n, res);
+        (impl == "ref" ? bitnet::gated_act_ref : bitnet::gated_act_avx512)(res, u.data(), n, relu2);
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        return nb::ndarray<nb::numpy, float, nb::ndim<1>>(res, {n}, owner);
+      },
+      "impl"_a, "g"_a, "u"_a, "relu2"_a, "act(g) * u (relu2: max(0, g)^2, else silu) by the reference or the AVX-512 loop.");
   m.def("set_attention_mode", &bitnet::set_attention_mode, "name"_a,
         "Attention on the avx512 / amx paths: 'blocked' (default) or 'per-head' (each path's attend), for comparison.");
   m.def("attention_mode", &bitnet::attention_mode, "The attention mode in force.");
