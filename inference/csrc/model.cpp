@@ -995,11 +995,14 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
       for (int t = t0; t < t1; ++t) fn(t);
     });
   };
-  // The norms over ranges of tokens, one range per thread (rmsnorm_rows runs several rows' sums at
-  // once); one token on the calling thread.
+  // The norms over ranges of tokens (rmsnorm_rows runs several rows' sums at once: a prefill's
+  // ranges hold 16 tokens and more); one token on the calling thread. The pool's default chunking,
+  // as the loops before: one chunk per thread here crashed a server once (a pool worker that wakes
+  // late may claim a chunk of the next job when that job has more chunks than the one it woke for,
+  // counting it done twice, so parallel_for can return while a chunk still runs: ThreadPool's to fix).
   auto per_rows = [&](auto&& fn) {
     if (T == 1) fn(0, 1);
-    else pool_.parallel_for(T, fn, 1);
+    else pool_.parallel_for(T, fn);
   };
   // x[t] += tmp[t], then xn[t] = rmsnorm(x[t]) with `norm` (or only the add when norm is null).
   auto residual_norm = [&](const float* norm) {
