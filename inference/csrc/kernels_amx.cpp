@@ -53,21 +53,36 @@ void configure_tiles(int rem) {  // rem: rows of tmm6 / tmm7 (0: unused)
   _tile_loadconfig(&cfg);
 }
 
-// 2-bit codes of one row block -> in B-tile layout, zero past KB tiles: the codes c = q + 1 (u8;
-// fields2, one vgf2p8affineqb a field where the CPU has GFNI), or with kQ the int8 q = c - 1 (shift
-// and mask, as gemm_chunked always ran). b: nks * 1024 bytes.
-template <bool kQ, bool kGfni>
-void unpack_block(const TernaryTile* wrow, int KB, int nks, uint8_t* b) {
-  const __m512i one = _mm512_set1_epi8(1);
+// 2-bit codes of one row block -> int8 q in B-tile layout, zero past KB tiles. b: nks * 1024 bytes.
+void unpack_block(const TernaryTile* wrow, int KB, int nks, int8_t* b) {
+  const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
   for (int kb = 0; kb < nks * 4; ++kb) {
-    uint8_t* dst = b + static_cast<size_t>(kb) * 256;  // rows 4*(kb%4) .. +3 of k-step kb/4
+    int8_t* dst = b + static_cast<size_t>(kb) * 256;  // rows 4*(kb%4) .. +3 of k-step kb/4
+    if (kb >= KB) {
+      std::memset(dst, 0, 256);
+      continue;
+    }
+    const __m512i p = _mm512_loadu_si512(wrow[kb].b);
+    _mm512_storeu_si512(dst + 0, _mm512_sub_epi8(_mm512_and_si512(p, m3), one));
+    _mm512_storeu_si512(dst + 64, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(p, 2), m3), one));
+    _mm512_storeu_si512(dst + 128, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(p, 4), m3), one));
+    _mm512_storeu_si512(dst + 192, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(p, 6), m3), one));
+  }
+}
+
+// The same block as the codes c = q + 1 (u8) for the few-token kernel (fields2: one vgf2p8affineqb
+// a field where the CPU has GFNI).
+template <bool kGfni>
+void unpack_block_c(const TernaryTile* wrow, int KB, int nks, uint8_t* b) {
+  for (int kb = 0; kb < nks * 4; ++kb) {
+    uint8_t* dst = b + static_cast<size_t>(kb) * 256;
     if (kb >= KB) {
       std::memset(dst, 0, 256);
       continue;
     }
     __m512i v[4];
-    fields2<kGfni && !kQ>(_mm512_loadu_si512(wrow[kb].b), v);
-    for (int i = 0; i < 4; ++i) _mm512_storeu_si512(dst + 64 * i, kQ ? _mm512_sub_epi8(v[i], one) : v[i]);
+    fields2<kGfni>(_mm512_loadu_si512(wrow[kb].b), v);
+    for (int i = 0; i < 4; ++i) _mm512_storeu_si512(dst + 64 * i, v[i]);
   }
 }
 
@@ -98,7 +113,7 @@ void configure_head_tiles(int nt) {
 template <typename Unpack>
 void gemm_chunked(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int mb0, int mb1, const int8_t* x,
                   int ldx, int T, int32_t* y, int ldy) {
-  alignas(64) uint8_t buf[2][5 * 1024];
+  alignas(64) int8_t buf[2][5 * 1024];
   const int rem = T % 16, T16 = T - rem, nchunks = (KB + 15) / 16;
   configure_tiles(rem);
   const size_t sx = static_cast<size_t>(ldx), sy = static_cast<size_t>(ldy) * sizeof(int32_t);
@@ -111,7 +126,7 @@ void gemm_chunked(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int
       const uint8_t* wrow = w + static_cast<size_t>(mb) * KB * 64;
       auto compute = [&](int c) {
         const int ks0 = c * S, ks1 = std::min(nks, ks0 + S);
-        const uint8_t* b = buf[c & 1];
+        const int8_t* b = buf[c & 1];
         for (int ks = ks0; ks < ks1; ++ks) {
           _tile_loadd(4, b + static_cast<size_t>(ks - ks0) * 1024, 64);
           if (nt > 0) {
@@ -261,17 +276,15 @@ void gemm_few(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int mb0
 // One token tile (T <= kFewMaxTokens) through gemm_few over the codes c = q + 1 (TDPBSUD: s8
 // activations x u8 codes; then q.x = c.x - xsum for every token and output): a decode step is bound
 // by the unpack, and the codes skip a subtraction per byte. More tokens through gemm_chunked over q
-// (TDPBSSD), whose unpack is spread over up to 64 tokens. unpack(tiles, n, ks, q, dst).
-template <typename Unpack>
-void gemm_amx(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int mb0, int mb1, const int8_t* x,
-              int ldx, const int32_t* xsum, int T, int32_t* y, int ldy) {
+// (TDPBSSD), its unpack spread over up to 64 tokens. unpack_q / unpack_c(tiles, n, ks, dst).
+template <typename UnpackQ, typename UnpackC>
+void gemm_amx(UnpackQ&& unpack_q, UnpackC&& unpack_c, const uint8_t* w, int KB, int S, int nks, int mb0, int mb1,
+              const int8_t* x, int ldx, const int32_t* xsum, int T, int32_t* y, int ldy) {
   if (T > kFewMaxTokens) {
-    gemm_chunked([&](const uint8_t* t, int n, int ks, uint8_t* b) { unpack(t, n, ks, true, b); }, w, KB, S, nks,
-                 mb0, mb1, x, ldx, T, y, ldy);
+    gemm_chunked(unpack_q, w, KB, S, nks, mb0, mb1, x, ldx, T, y, ldy);
     return;
   }
-  gemm_few([&](const uint8_t* t, int n, int ks, uint8_t* b) { unpack(t, n, ks, false, b); }, w, KB, S, nks, mb0,
-           mb1, x, ldx, T, y, ldy);
+  gemm_few(unpack_c, w, KB, S, nks, mb0, mb1, x, ldx, T, y, ldy);
   for (int t = 0; t < T; ++t) {
     int32_t* yt = y + static_cast<size_t>(t) * ldy;
     for (int m = mb0 * kTileRows; m < mb1 * kTileRows; ++m) yt[m] -= xsum[t];
@@ -321,13 +334,14 @@ void ternary_gemm_amx(const TernaryTile* w, int KB, int mb0, int mb1, const int8
     return;
   }
   const int nks = (KB + 3) / 4;  // 64-column steps; ldx >= 64 * nks (kernels.h contract)
-  auto unpack = [](const uint8_t* t, int n, int ks, bool q, uint8_t* b) {
-    const auto* tiles = reinterpret_cast<const TernaryTile*>(t);
-    if (q) unpack_block<true, false>(tiles, n, ks, b);
-    else if (have_gfni()) unpack_block<false, true>(tiles, n, ks, b);
-    else unpack_block<false, false>(tiles, n, ks, b);
+  auto unpack_q = [](const uint8_t* t, int n, int ks, int8_t* b) {
+    unpack_block(reinterpret_cast<const TernaryTile*>(t), n, ks, b);
   };
-  gemm_amx(unpack, reinterpret_cast<const uint8_t*>(w), KB, 4, nks, mb0, mb1, x, ldx, xsum, T, y, ldy);
+  auto unpack_c = [](const uint8_t* t, int n, int ks, uint8_t* b) {
+    if (have_gfni()) unpack_block_c<true>(reinterpret_cast<const TernaryTile*>(t), n, ks, b);
+    else unpack_block_c<false>(reinterpret_cast<const TernaryTile*>(t), n, ks, b);
+  };
+  gemm_amx(unpack_q, unpack_c, reinterpret_cast<const uint8_t*>(w), KB, 4, nks, mb0, mb1, x, ldx, xsum, T, y, ldy);
 }
 
 void ternary5_gemm_amx(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
@@ -337,10 +351,14 @@ void ternary5_gemm_amx(const TernaryTile5* w, int KB, int mb0, int mb1, const in
     return;
   }
   const int nks = (KB * kTile5Digits + 15) / 16;  // 64-column steps; ldx >= 20 * KB rounded up to 64
-  auto unpack = [](const uint8_t* t, int n, int ks, bool q, uint8_t* b) {
-    ternary5_unpack(reinterpret_cast<const TernaryTile5*>(t), n, 16 * ks, q, b);
+  auto unpack_q = [](const uint8_t* t, int n, int ks, int8_t* b) {
+    ternary5_unpack_q(reinterpret_cast<const TernaryTile5*>(t), n, 16 * ks, b);
   };
-  gemm_amx(unpack, reinterpret_cast<const uint8_t*>(w), KB, kTile5Digits, nks, mb0, mb1, x, ldx, xsum, T, y, ldy);
+  auto unpack_c = [](const uint8_t* t, int n, int ks, uint8_t* b) {
+    ternary5_unpack_c(reinterpret_cast<const TernaryTile5*>(t), n, 16 * ks, b);
+  };
+  gemm_amx(unpack_q, unpack_c, reinterpret_cast<const uint8_t*>(w), KB, kTile5Digits, nks, mb0, mb1, x, ldx, xsum, T,
+           y, ldy);
 }
 
 }  // namespace bitnet

@@ -18,7 +18,6 @@
 
 #include <array>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -107,23 +106,35 @@ inline void block_t1(const TernaryTile5* wrow, int KB, const Lut256& la, const L
 
 }  // namespace
 
-void ternary5_unpack(const TernaryTile5* wrow, int KB, int rows, bool q, uint8_t* b) {
-  // DecT5's decode (the several-token kernel's), each code vector stored (minus 1 for q): 5 rows of
-  // 64 bytes a tile.
-  auto run = [&](auto dec, auto minus_one) {
-    const __m512i one = _mm512_set1_epi8(1);
+void ternary5_unpack_q(const TernaryTile5* wrow, int KB, int rows, int8_t* b) {
+  const Lut256 la(tables().a.data()), lb(tables().b.data());
+  const __m512i m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+  for (int kb = 0; kb < KB; ++kb) {
+    const __m512i p = _mm512_loadu_si512(wrow[kb].b);
+    const __mmask64 b7 = _mm512_movepi8_mask(p), b6 = _mm512_test_epi8_mask(p, _mm512_set1_epi8(0x40));
+    const __m512i a = la.by_quarters(p, b6, b7);
+    int8_t* dst = b + static_cast<size_t>(kb) * kTile5Digits * 64;
+    _mm512_storeu_si512(dst + 0, _mm512_sub_epi8(_mm512_and_si512(a, m3), one));
+    _mm512_storeu_si512(dst + 64, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 2), m3), one));
+    _mm512_storeu_si512(dst + 128, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 4), m3), one));
+    _mm512_storeu_si512(dst + 192, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(a, 6), m3), one));
+    _mm512_storeu_si512(dst + 256, _mm512_sub_epi8(lb.by_quarters(p, b6, b7), one));
+  }
+  std::memset(b + static_cast<size_t>(KB) * kTile5Digits * 64, 0, static_cast<size_t>(rows - KB * kTile5Digits) * 64);
+}
+
+void ternary5_unpack_c(const TernaryTile5* wrow, int KB, int rows, uint8_t* b) {
+  // DecT5's decode (the several-token kernel's), each code vector stored: 5 rows of 64 bytes a tile.
+  auto run = [&](auto dec) {
     __m512i v[kTile5Digits];
     for (int kb = 0; kb < KB; ++kb) {
       dec(wrow[kb], v);
-      for (int i = 0; i < kTile5Digits; ++i)
-        _mm512_storeu_si512(b + (static_cast<size_t>(kb) * kTile5Digits + i) * 64,
-                            decltype(minus_one)::value ? _mm512_sub_epi8(v[i], one) : v[i]);
+      for (int i = 0; i < kTile5Digits; ++i) _mm512_storeu_si512(b + (static_cast<size_t>(kb) * kTile5Digits + i) * 64, v[i]);
     }
   };
   const Lut256 la(tables().a.data()), lb(tables().b.data());
-  if (q) run(DecT5<false>{la, lb}, std::true_type{});  // shift and mask: what the q unpack always ran
-  else if (have_gfni()) run(DecT5<true>{la, lb}, std::false_type{});
-  else run(DecT5<false>{la, lb}, std::false_type{});
+  if (have_gfni()) run(DecT5<true>{la, lb});
+  else run(DecT5<false>{la, lb});
   std::memset(b + static_cast<size_t>(KB) * kTile5Digits * 64, 0, static_cast<size_t>(rows - KB * kTile5Digits) * 64);
 }
 
