@@ -6,7 +6,8 @@
     python benchmarks/bench_paths.py --breakdown --paths avx2:auto,avx512:auto,amx   # where a step's time goes
 
 A path is ``ISA:FAMILY`` (``_C.set_isa`` and ``_C.set_kernel_family``; family ``auto`` is what
-dispatch picks). One random model of the shape (random_model, int8 head) serves every path: the
+dispatch picks), or ``ISA:FAMILY:per-head`` for the avx512 / amx paths with each query head's attention
+on its own (``_C.set_attention_mode``) instead of the blocked attention. One random model of the shape (random_model, int8 head) serves every path: the
 weight tiles do not depend on the path, so the paths alternate inside each round (A/B/A/B...) and
 drift of a shared machine hits them alike. Per round and path: prefill of ``--prompt-len`` tokens
 from an empty cache (last token's logits), and one batched decode step of 1 and of 8 sequences
@@ -33,11 +34,23 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def parse_paths(text: str, isas: list[str]) -> list[tuple[str, str]]:
+def parse_paths(text: str, isas: list[str]) -> list[tuple[str, str, str]]:
+    """``ISA[:FAMILY[:ATTENTION]]`` items -> (isa, family, attention mode); defaults auto, blocked."""
     if not text:
         out = [(i, "mac") for i in isas if i != "ref"] + [(i, "lut") for i in isas if i in ("avx2", "avx512")]
-        return out
-    return [tuple(p.split(":")) if ":" in p else (p, "auto") for p in text.split(",")]  # type: ignore[misc]
+        return [(i, f, "blocked") for i, f in out]
+    paths = []
+    for item in text.split(","):
+        parts = item.split(":")
+        if len(parts) > 3:
+            raise SystemExit(f"--paths: {item!r} is not ISA[:FAMILY[:ATTENTION]]")
+        isa, fam, attn = (parts + ["auto", "blocked"][len(parts) - 1:])[:3]
+        paths.append((isa, fam, attn))
+    return paths
+
+
+def path_name(isa: str, fam: str, attn: str) -> str:
+    return f"{isa}:{fam}" + ("" if attn == "blocked" else f":{attn}")
 
 
 def step_s(m, slots: int, depth: int, vocab: int, rng: np.random.Generator, clock=time.perf_counter) -> float:
@@ -115,13 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     fill_slots(m, a.batch, a.depth, V, rng)
     ids = rng.integers(0, V, size=a.prompt_len, dtype=np.int32)
     out = np.empty((1, V), np.float32)
-    res: dict[str, dict[str, list[float]]] = {f"{i}:{f}": {"pp_s": [], "step1_s": [], f"step{a.batch}_s": [],
+    res: dict[str, dict[str, list[float]]] = {path_name(i, f, at): {"pp_s": [], "step1_s": [], f"step{a.batch}_s": [],
                                                           "cpu_ratio": [], "prof1": [], "profb": []}
-                                               for i, f in paths}
+                                               for i, f, at in paths}
     for rnd in range(a.rounds + 1):  # round 0 is a warm-up
-        for isa, fam in paths:
+        for isa, fam, attn in paths:
+            name = path_name(isa, fam, attn)
             _C.set_isa(isa)
             _C.set_kernel_family(fam)
+            _C.set_attention_mode(attn)
             m.reset()
             t0 = time.perf_counter()
             m.forward(ids, 0, a.prompt_len - 1, out)
@@ -131,21 +146,22 @@ def main(argv: list[str] | None = None) -> int:
             c1 = min(step_s(m, 1, a.depth, V, rng, time.process_time) for _ in range(2))
             cb = min(step_s(m, a.batch, a.depth, V, rng, time.process_time) for _ in range(2))
             if rnd and a.breakdown:
-                res[f"{isa}:{fam}"]["prof1"].append(step_profile(m, 1, a.depth, V, rng))
-                res[f"{isa}:{fam}"]["profb"].append(step_profile(m, a.batch, a.depth, V, rng))
+                res[name]["prof1"].append(step_profile(m, 1, a.depth, V, rng))
+                res[name]["profb"].append(step_profile(m, a.batch, a.depth, V, rng))
             if rnd:
-                r = res[f"{isa}:{fam}"]
+                r = res[name]
                 r["pp_s"].append(pp)
                 r["step1_s"].append(s1)
                 r[f"step{a.batch}_s"].append(sb)
                 r["cpu_ratio"].append(cb / c1)
     _C.set_kernel_family("auto")
+    _C.set_attention_mode("blocked")
     layers = a.layers or cfg.num_hidden_layers
     print(f"{a.shape} ({layers} layers, {a.act}, {a.weights}), {a.threads} threads, {a.rounds} interleaved rounds, "
           f"medians; ratios against the first path")
     first = None
     rows = {}
-    print(f"{'path':<16} {'pp' + str(a.prompt_len) + ' tok/s':>12} {'x':>6} {'step 1 ms':>10} "
+    print(f"{'path':<20} {'pp' + str(a.prompt_len) + ' tok/s':>12} {'x':>6} {'step 1 ms':>10} "
           f"{'step ' + str(a.batch) + ' ms':>10} {'ratio':>6} {'CPU ratio':>9}")
     for name, r in res.items():
         pp = statistics.median(r["pp_s"])
@@ -155,17 +171,17 @@ def main(argv: list[str] | None = None) -> int:
         cr = statistics.median(r["cpu_ratio"])
         rows[name] = {"pp_tok_s": a.prompt_len / pp, "step1_ms": 1e3 * s1, f"step{a.batch}_ms": 1e3 * sb,
                       "pp_vs_first": first / pp, "cpu_ratio": cr, "raw": r}
-        print(f"{name:<16} {a.prompt_len / pp:12.1f} {first / pp:6.2f} {1e3 * s1:10.1f} {1e3 * sb:10.1f} {sb / s1:6.2f} "
+        print(f"{name:<20} {a.prompt_len / pp:12.1f} {first / pp:6.2f} {1e3 * s1:10.1f} {1e3 * sb:10.1f} {sb / s1:6.2f} "
               f"{cr:9.2f}")
     if a.breakdown:
         print(f"\nms per phase of a step (median over rounds; wall time on the calling thread), "
               f"and thread-pool fork/joins per step")
-        print(f"{'path':<16} {'T':>3} " + " ".join(f"{k[:10]:>10}" for k in PHASES) + f" {'total':>8} {'jobs':>6}")
+        print(f"{'path':<20} {'T':>3} " + " ".join(f"{k[:10]:>10}" for k in PHASES) + f" {'total':>8} {'jobs':>6}")
         for name, r in res.items():
             for T, key in ((1, "prof1"), (a.batch, "profb")):
                 med = {k: statistics.median(p[k] for p in r[key]) for k in (*PHASES, "total", "jobs")}
                 rows[name][f"phases_{T}"] = med
-                print(f"{name:<16} {T:>3} " + " ".join(f"{med[k]:10.2f}" for k in PHASES) +
+                print(f"{name:<20} {T:>3} " + " ".join(f"{med[k]:10.2f}" for k in PHASES) +
                       f" {med['total']:8.1f} {med['jobs']:6.0f}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

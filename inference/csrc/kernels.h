@@ -259,7 +259,7 @@ extern const Kernels kKernelsAvx2;
 extern const Kernels kKernelsAvx512;
 // AMX-INT8 tiles (kernels_amx.cpp) for kAmxMinTokens tokens or more (prefill, and the batched decode
 // steps of a server); fewer go to the streaming AVX-512 VNNI kernels. The t5 one decodes with VBMI
-// (ternary5_unpack_q), which every AMX CPU has; dispatch.cpp checks it all the same.
+// (ternary5_unpack_q / _c), which every AMX CPU has; dispatch.cpp checks it all the same.
 constexpr int kAmxMinTokens = 2;
 void ternary_gemm_amx(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                       const int32_t* xsum, int T, int32_t* y, int ldy);
@@ -300,6 +300,9 @@ void ternary5_gemm_avx512vbmi(const TernaryTile5* w, int KB, int mb0, int mb1, c
 // One t5 row block (KB tiles) -> int8 q = c - 1 in AMX B-tile order: 64-byte row g = digit g % 5 of
 // tile g / 5 (16 outputs x columns 4g .. 4g + 3), rows [5 KB, rows) zero. b: rows * 64 bytes.
 void ternary5_unpack_q(const TernaryTile5* wrow, int KB, int rows, int8_t* b);
+// The same layout holding the codes c = q + 1 in {0, 1, 2} (u8; the AMX kernels of a few tokens
+// multiply them as unsigned bytes and subtract xsum), by the several-token kernel's decode.
+void ternary5_unpack_c(const TernaryTile5* wrow, int KB, int rows, uint8_t* b);
 #endif
 #if defined(__aarch64__)
 extern const Kernels kKernelsNeon;

@@ -123,6 +123,21 @@ void ternary5_unpack_q(const TernaryTile5* wrow, int KB, int rows, int8_t* b) {
   std::memset(b + static_cast<size_t>(KB) * kTile5Digits * 64, 0, static_cast<size_t>(rows - KB * kTile5Digits) * 64);
 }
 
+void ternary5_unpack_c(const TernaryTile5* wrow, int KB, int rows, uint8_t* b) {
+  // DecT5's decode (the several-token kernel's), each code vector stored: 5 rows of 64 bytes a tile.
+  auto run = [&](auto dec) {
+    __m512i v[kTile5Digits];
+    for (int kb = 0; kb < KB; ++kb) {
+      dec(wrow[kb], v);
+      for (int i = 0; i < kTile5Digits; ++i) _mm512_storeu_si512(b + (static_cast<size_t>(kb) * kTile5Digits + i) * 64, v[i]);
+    }
+  };
+  const Lut256 la(tables().a.data()), lb(tables().b.data());
+  if (have_gfni()) run(DecT5<true>{la, lb});
+  else run(DecT5<false>{la, lb});
+  std::memset(b + static_cast<size_t>(KB) * kTile5Digits * 64, 0, static_cast<size_t>(rows - KB * kTile5Digits) * 64);
+}
+
 void ternary5_gemm_avx512vbmi(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                               const int32_t* xsum, int T, int32_t* y, int ldy) {
   const Lut256 la(tables().a.data()), lb(tables().b.data());

@@ -1,11 +1,15 @@
 #include "model.h"
 
+#include "attention.h"
+#include "elementwise.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <string_view>
 #include <tuple>
 
 #if defined(__linux__)
@@ -59,12 +63,77 @@ std::string where(int layer, const std::string& name) {
   return "model.layers." + std::to_string(layer) + "." + name;
 }
 
-// y = w * (x * rsqrt(mean(x^2) + eps)), in fp32 (bitnet.layers.RMSNorm).
+// y = w * (x * r) with r = rsqrt(mean(x^2) + eps) from the row's sum of squares ss.
+void rmsnorm_scale(const float* x, const float* w, int n, float eps, float ss, float* y) {
+  const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
+  for (int i = 0; i < n; ++i) y[i] = w[i] * (x[i] * r);
+}
+
+// y = w * (x * rsqrt(mean(x^2) + eps)), in fp32 (bitnet.layers.RMSNorm); the sum of squares in
+// index order (the reference for rmsnorm_rows). y may alias x.
 void rmsnorm(const float* x, const float* w, int n, float eps, float* y) {
   float ss = 0.f;
   for (int i = 0; i < n; ++i) ss += x[i] * x[i];
-  const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
-  for (int i = 0; i < n; ++i) y[i] = w[i] * (x[i] * r);
+  rmsnorm_scale(x, w, n, eps, ss, y);
+}
+
+// rmsnorm of R consecutive rows of n: each row's sum in rmsnorm's order (index order, one rounding
+// per product and per add: the same floats), the R chains interleaved so that R adds are in flight
+// instead of one (a row's serial sum is bound by the add's latency: at 2B4T a token's four norms
+// are ~15k dependent adds a layer).
+template <int R>
+void rmsnorm_group(const float* x, const float* w, int n, float eps, float* y) {
+  float ss[R] = {};
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < R; ++j) {
+      const float v = x[static_cast<size_t>(j) * n + i];
+      ss[j] += v * v;
+    }
+  for (int j = 0; j < R; ++j) rmsnorm_scale(x + static_cast<size_t>(j) * n, w, n, eps, ss[j], y + static_cast<size_t>(j) * n);
+}
+
+}  // namespace
+
+void gated_act_ref(float* g, const float* u, size_t n, bool relu2) {
+  // Branch-free loops, one per function, so that both vectorize. relu(a)^2 in fp32 (it overflows
+  // fp16 on real checkpoints; max(0, a) is 0 for NaN and -0, as a > 0 ? a : 0 is), or
+  // silu(a) = a * sigmoid(a).
+  if (relu2) {
+    for (size_t i = 0; i < n; ++i) {
+      const float r = std::max(0.f, g[i]);
+      g[i] = (r * r) * u[i];
+    }
+    return;
+  }
+  constexpr size_t kBlock = 1024;
+  for (size_t b = 0; b < n; b += kBlock) {  // the clamp in a pass of its own (exp_f32)
+    const size_t m = std::min(kBlock, n - b);
+    float e[kBlock];
+    for (size_t i = 0; i < m; ++i) e[i] = clamp_exp_arg(-g[b + i]);
+    for (size_t i = 0; i < m; ++i) e[i] = exp_f32_in_range(e[i]);
+    for (size_t i = 0; i < m; ++i) g[b + i] = (g[b + i] / (1.f + e[i])) * u[b + i];
+  }
+}
+
+namespace {
+
+// rmsnorm of `rows` rows of n (row-major), equal to rmsnorm row by row bit for bit; y may alias x.
+void rmsnorm_rows(const float* x, const float* w, int rows, int n, float eps, float* y) {
+  constexpr int kChains = 8;
+  int t = 0;
+  for (; t + kChains <= rows; t += kChains)
+    rmsnorm_group<kChains>(x + static_cast<size_t>(t) * n, w, n, eps, y + static_cast<size_t>(t) * n);
+  const size_t o = static_cast<size_t>(t) * n;
+  switch (rows - t) {
+    case 7: rmsnorm_group<7>(x + o, w, n, eps, y + o); break;
+    case 6: rmsnorm_group<6>(x + o, w, n, eps, y + o); break;
+    case 5: rmsnorm_group<5>(x + o, w, n, eps, y + o); break;
+    case 4: rmsnorm_group<4>(x + o, w, n, eps, y + o); break;
+    case 3: rmsnorm_group<3>(x + o, w, n, eps, y + o); break;
+    case 2: rmsnorm_group<2>(x + o, w, n, eps, y + o); break;
+    case 1: rmsnorm(x + o, w, n, eps, y + o); break;
+    default: break;
+  }
 }
 
 }  // namespace
@@ -628,6 +697,52 @@ void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   int most = 0;
   for (int t = 0; t < T; ++t) most = std::max(most, pos[t] + 1);
+  const std::string_view isa = kern.name;
+  if ((isa == "avx512" || isa == "amx") && attend_group_supports(hd) && attention_mode() == "blocked") {
+    // Blocked (attention.h): one job per block of consecutive tokens of one sequence (a prefill's
+    // run, at most kAttnBlockTokens) and KV head, with every query head of that KV head, so each
+    // cache row is read once per job. Few jobs (a one-token step) split the query heads in two.
+    constexpr int kAttnBlockTokens = 16;
+    std::vector<std::pair<int, int>> blocks;  // [t0, t1)
+    for (int t = 0; t < T;) {
+      int t1 = t + 1;
+      while (t1 < T && t1 - t < kAttnBlockTokens && cache_of[t1] == cache_of[t]) ++t1;
+      blocks.emplace_back(t, t1);
+      t = t1;
+    }
+    const int KV = cfg_.kv_heads, nb = static_cast<int>(blocks.size());
+    const int split = group % 2 == 0 && nb * KV < 4 * pool_.size() ? 2 : 1, gs = group / split;
+    const size_t stride = static_cast<size_t>(most + 15) / 16 * 16;
+    pool_.parallel_for(nb * KV * split, [&](int b, int e) {
+      std::vector<float> sc(static_cast<size_t>(kAttnBlockTokens) * gs * stride);
+      std::vector<const float*> qs;
+      std::vector<float*> outs;
+      std::vector<int> ns;
+      for (int job = b; job < e; ++job) {
+        const auto [t0, t1] = blocks[job / (KV * split)];
+        const int g = job / split % KV, h0 = g * group + job % split * gs;
+        qs.clear();
+        outs.clear();
+        ns.clear();
+        for (int t = t0; t < t1; ++t)
+          for (int h = h0; h < h0 + gs; ++h) {
+            const size_t off = static_cast<size_t>(t) * H * hd + h * hd;
+            qs.push_back(q + off);
+            outs.push_back(out + off);
+            ns.push_back(pos[t] + 1);
+          }
+        const KVCache& c = *cache_of[t0];
+        const size_t kv = static_cast<size_t>(g) * c.cap * hd;
+        if (kv_f16_)
+          attend_group(qs.data(), outs.data(), ns.data(), static_cast<int>(qs.size()), c.k16[li].data() + kv,
+                       c.v16[li].data() + kv, hd, hd, scale, sc.data());
+        else
+          attend_group(qs.data(), outs.data(), ns.data(), static_cast<int>(qs.size()), c.k[li].data() + kv,
+                       c.v[li].data() + kv, hd, hd, scale, sc.data());
+      }
+    });
+    return;
+  }
   pool_.parallel_for(T * H, [&](int b, int e) {
     std::vector<float> sc(most);
     for (int job = b; job < e; ++job) {
@@ -880,19 +995,28 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
       for (int t = t0; t < t1; ++t) fn(t);
     });
   };
+  // The norms over ranges of tokens (rmsnorm_rows runs several rows' sums at once: a prefill's
+  // ranges hold 16 tokens and more); one token on the calling thread. The pool's default chunking,
+  // as the loops before: one chunk per thread here crashed a server once (a pool worker that wakes
+  // late may claim a chunk of the next job when that job has more chunks than the one it woke for,
+  // counting it done twice, so parallel_for can return while a chunk still runs: ThreadPool's to fix).
+  auto per_rows = [&](auto&& fn) {
+    if (T == 1) fn(0, 1);
+    else pool_.parallel_for(T, fn);
+  };
   // x[t] += tmp[t], then xn[t] = rmsnorm(x[t]) with `norm` (or only the add when norm is null).
   auto residual_norm = [&](const float* norm) {
-    per_token([&](int t) {
-      float* xt = &x[static_cast<size_t>(t) * C];
-      const float* dt = &tmp[static_cast<size_t>(t) * C];
-      for (int i = 0; i < C; ++i) xt[i] += dt[i];
-      if (norm != nullptr) rmsnorm(xt, norm, C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
+    per_rows([&](int t0, int t1) {
+      const size_t o = static_cast<size_t>(t0) * C, n = static_cast<size_t>(t1 - t0) * C;
+      for (size_t i = 0; i < n; ++i) x[o + i] += tmp[o + i];
+      if (norm != nullptr) rmsnorm_rows(&x[o], norm, t1 - t0, C, cfg_.eps, &xn[o]);
     });
   };
 
   if (cfg_.layers > 0)
-    per_token([&](int t) {
-      rmsnorm(&x[static_cast<size_t>(t) * C], layers_[0].input_norm.data(), C, cfg_.eps, &xn[static_cast<size_t>(t) * C]);
+    per_rows([&](int t0, int t1) {
+      const size_t o = static_cast<size_t>(t0) * C;
+      rmsnorm_rows(&x[o], layers_[0].input_norm.data(), t1 - t0, C, cfg_.eps, &xn[o]);
     });
   for (int li = 0; li < cfg_.layers; ++li) {
     Layer& ly = layers_[li];
@@ -933,9 +1057,9 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     attention(li, q.data(), T, cache_of, pos, att.data());
     clk.lap(Phase::Norms);
     if (cfg_.sub_norms)
-      per_token([&](int t) {
-        float* a = &att[static_cast<size_t>(t) * QD];
-        rmsnorm(a, ly.attn_sub_norm.data(), QD, cfg_.eps, a);
+      per_rows([&](int t0, int t1) {
+        float* a = &att[static_cast<size_t>(t0) * QD];
+        rmsnorm_rows(a, ly.attn_sub_norm.data(), t1 - t0, QD, cfg_.eps, a);
       });
     linear_forward({{&ly.o, tmp.data()}}, att.data(), T, clk);
     clk.lap(Phase::Norms);
@@ -951,34 +1075,17 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     // thread), then the sub-norm per token.
     constexpr size_t kActBlock = 1024;
     const size_t n_act = static_cast<size_t>(T) * I;
+    const std::string_view isa = kernels().name;
+    const bool act512 = isa == "avx512" || isa == "amx";  // the same values on 16 lanes (elementwise.h)
     pool_.parallel_for(static_cast<int>((n_act + kActBlock - 1) / kActBlock), [&](int b0, int b1) {
-      float* gb = g.data();
-      const float* ub = u.data();
       const size_t begin = static_cast<size_t>(b0) * kActBlock, end = std::min(n_act, static_cast<size_t>(b1) * kActBlock);
-      // Branch-free loops, one per function, so that both vectorize. relu(a)^2 in fp32 (it overflows
-      // fp16 on real checkpoints; max(0, a) is 0 for NaN and -0, as a > 0 ? a : 0 is), or
-      // silu(a) = a * sigmoid(a).
-      if (cfg_.relu2)
-        for (size_t i = begin; i < end; ++i) {
-          const float r = std::max(0.f, gb[i]);
-          gb[i] = (r * r) * ub[i];
-        }
-      else
-        for (size_t b = begin; b < end; b += kActBlock) {  // the clamp in a pass of its own (exp_f32)
-          const size_t n = std::min(kActBlock, end - b);
-          float e[kActBlock];
-          for (size_t i = 0; i < n; ++i) e[i] = clamp_exp_arg(-gb[b + i]);
-          for (size_t i = 0; i < n; ++i) e[i] = exp_f32_in_range(e[i]);
-          for (size_t i = 0; i < n; ++i) gb[b + i] = (gb[b + i] / (1.f + e[i])) * ub[b + i];
-        }
+      (act512 ? gated_act_avx512 : gated_act_ref)(g.data() + begin, u.data() + begin, end - begin, cfg_.relu2);
     });
     clk.lap(Phase::Norms);
     if (cfg_.sub_norms)
-      pool_.parallel_for(T, [&](int t0, int t1) {
-        for (int t = t0; t < t1; ++t) {
-          float* a = &g[static_cast<size_t>(t) * I];
-          rmsnorm(a, ly.ffn_sub_norm.data(), I, cfg_.eps, a);
-        }
+      per_rows([&](int t0, int t1) {
+        float* a = &g[static_cast<size_t>(t0) * I];
+        rmsnorm_rows(a, ly.ffn_sub_norm.data(), t1 - t0, I, cfg_.eps, a);
       });
     linear_forward({{&ly.down, tmp.data()}}, g.data(), T, clk);
     clk.lap(Phase::Norms);

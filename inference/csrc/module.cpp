@@ -14,7 +14,9 @@
 #include <optional>
 #include <stdexcept>
 
+#include "attention.h"
 #include "cpu_features.h"
+#include "elementwise.h"
 #include "kernels.h"
 #include "model.h"
 
@@ -334,6 +336,60 @@ NB_MODULE(_C, m) {
         return nb::ndarray<nb::numpy, float, nb::ndim<1>>(res, {static_cast<size_t>(hd)}, owner);
       },
       "isa"_a, "q"_a, "K"_a, "V"_a, "scale"_a, "One head's softmax(scale * K q) . V over n positions -> (hd,).");
+  m.def(
+      "gated_act",
+      [](const std::string& impl, Arr<const float, nb::ndim<1>> g, Arr<const float, nb::ndim<1>> u, bool relu2) {
+        // The FFN's gated activation: "ref" (the baseline loop every path but avx512 / amx runs) or
+        // "avx512" (the 16-lane twin those paths run).
+        if (impl != "ref" && impl != "avx512") throw std::invalid_argument("gated_act: impl must be 'ref' or 'avx512'");
+        if (impl == "avx512" && !bitnet::cpu_features().avx512f) throw std::invalid_argument("gated_act: this CPU has no AVX-512");
+        if (g.shape(0) != u.shape(0)) throw std::invalid_argument("gated_act: g and u must have the same size");
+        const size_t n = g.shape(0);
+        auto* res = new float[std::max<size_t>(n, 1)];
+        std::copy(g.data(), g.data() + n, res);
+        (impl == "ref" ? bitnet::gated_act_ref : bitnet::gated_act_avx512)(res, u.data(), n, relu2);
+        nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+        return nb::ndarray<nb::numpy, float, nb::ndim<1>>(res, {n}, owner);
+      },
+      "impl"_a, "g"_a, "u"_a, "relu2"_a, "act(g) * u (relu2: max(0, g)^2, else silu) by the reference or the AVX-512 loop.");
+  m.def("set_attention_mode", &bitnet::set_attention_mode, "name"_a,
+        "Attention on the avx512 / amx paths: 'blocked' (default) or 'per-head' (each path's attend), for comparison.");
+  m.def("attention_mode", &bitnet::attention_mode, "The attention mode in force.");
+  // The blocked attention (attention.h) the avx512 and amx paths run: query i over rows 0..n[i]-1
+  // of K and V (fp32, or fp16 bit patterns as uint16).
+  auto attend_group_binding = [](auto q, auto K, auto V, std::vector<int> n, float scale) {
+    const int nq = static_cast<int>(q.shape(0)), hd = static_cast<int>(q.shape(1)), rows = static_cast<int>(K.shape(0));
+    if (!bitnet::attend_group_supports(hd) || !bitnet::cpu_features().avx512f)
+      throw std::invalid_argument("attend_group: needs AVX-512 and head_dim a multiple of 16, at most 256");
+    if (static_cast<int>(K.shape(1)) != hd || V.shape(0) != K.shape(0) || V.shape(1) != K.shape(1) ||
+        static_cast<int>(n.size()) != nq || nq < 1)
+      throw std::invalid_argument("attend_group: q (nq, hd), K and V (rows, hd) and n (nq) must agree");
+    for (int v : n)
+      if (v < 1 || v > rows) throw std::invalid_argument("attend_group: each n must be in [1, rows]");
+    const int most = *std::max_element(n.begin(), n.end());
+    std::vector<float> scratch(static_cast<size_t>(nq) * ((most + 15) / 16 * 16));
+    auto* res = new float[static_cast<size_t>(nq) * hd];
+    std::vector<const float*> qs(nq);
+    std::vector<float*> outs(nq);
+    for (int i = 0; i < nq; ++i) {
+      qs[i] = q.data() + static_cast<size_t>(i) * hd;
+      outs[i] = res + static_cast<size_t>(i) * hd;
+    }
+    bitnet::attend_group(qs.data(), outs.data(), n.data(), nq, K.data(), V.data(), hd, hd, scale, scratch.data());
+    nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+    return nb::ndarray<nb::numpy, float, nb::ndim<2>>(res, {static_cast<size_t>(nq), static_cast<size_t>(hd)}, owner);
+  };
+  // One overload per cache element type (no implicit conversion: a uint16 array must not become floats).
+  auto def_attend_group = [&](auto elem, const char* doc) {
+    using E = decltype(elem);
+    m.def(
+        "attend_group",
+        [attend_group_binding](Arr<const float, nb::ndim<2>> q, Arr<const E, nb::ndim<2>> K, Arr<const E, nb::ndim<2>> V,
+                               std::vector<int> n, float scale) { return attend_group_binding(q, K, V, std::move(n), scale); },
+        "q"_a, "K"_a.noconvert(), "V"_a.noconvert(), "n"_a, "scale"_a, doc);
+  };
+  def_attend_group(float{}, "Blocked attention (avx512 / amx paths): row i of q over the first n[i] rows of K, V -> (nq, hd).");
+  def_attend_group(uint16_t{}, "attend_group over an fp16 cache (K, V: uint16 bit patterns).");
   m.def(
       "attend_f16",
       [](const std::string& isa, Arr<const float, nb::ndim<1>> q, Arr<const uint16_t, nb::ndim<2>> K,

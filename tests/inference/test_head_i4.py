@@ -94,7 +94,7 @@ def test_neon_int4_head_matches_ref_under_emulation(tmp_path):
     """The C++ self-test (random blocks, the extremes at the widest rows, 1..11 tokens) for aarch64
     under qemu: NEON's int4 head equals ref exactly."""
     run = run_neon_selftest(tmp_path, ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "layouts.cpp", "model.cpp",
-                                       "threadpool.cpp", "selftest/kernel_selftest.cpp", "kernels_neon.cpp"])
+                                       "threadpool.cpp", "attention.cpp", "elementwise.cpp", "selftest/kernel_selftest.cpp", "kernels_neon.cpp"])
     assert "neon head_i4 ok" in run.stdout, run.stdout + run.stderr
 
 

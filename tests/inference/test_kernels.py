@@ -139,7 +139,7 @@ def test_activation_quantizer_matches_the_python_oracle(isa):
 def test_neon_path_matches_ref_under_emulation(tmp_path):
     """Cross-compile the C++ kernel self-test for aarch64 and run it with qemu: NEON vs ref, exact."""
     run = run_neon_selftest(tmp_path, ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "layouts.cpp", "model.cpp",
-                                       "threadpool.cpp", "selftest/kernel_selftest.cpp", "kernels_neon.cpp"])
+                                       "threadpool.cpp", "attention.cpp", "elementwise.cpp", "selftest/kernel_selftest.cpp", "kernels_neon.cpp"])
     assert run.returncode == 0, run.stdout + run.stderr
     assert "neon ok" in run.stdout
 

@@ -169,6 +169,6 @@ def test_weight_format_must_precede_the_linears(tiny_export):
 def test_t5_neon_matches_ref_under_emulation(tmp_path):
     """Cross-compile the t5 self-test for aarch64 and run it with qemu: NEON vs ref vs q.x, exact."""
     run = run_neon_selftest(tmp_path, ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "layouts.cpp", "model.cpp",
-                                       "threadpool.cpp", "selftest/t5_selftest.cpp", "kernels_neon.cpp"])
+                                       "threadpool.cpp", "attention.cpp", "elementwise.cpp", "selftest/t5_selftest.cpp", "kernels_neon.cpp"])
     assert run.returncode == 0, run.stdout + run.stderr
     assert "codec ok" in run.stdout and "neon ok" in run.stdout

@@ -1,0 +1,39 @@
+// Blocked attention over the KV cache, fp32 or fp16 (attention.cpp, AVX-512; the avx512 and amx paths use it).
+// The reference is each path's attend (kernels.h, one query head at a time over the whole cache):
+// this one takes every query that reads the same K/V rows (the query heads sharing a KV head under
+// GQA, and for prefill a block of tokens of one sequence) and runs them together, 16 cache rows at
+// a time, so each K and V row is read from memory once per group instead of once per query, and
+// the scores, softmax and weighted sum are vectorized across rows (16 dot products reduced
+// together, a vector exp). Same arithmetic as attend, in another float order (the 16 partial sums
+// of a dot product and the softmax denominator are added in a different order): tested against
+// attend("ref") / attend_f16("ref") with a tolerance in tests/inference/test_attention.py.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace bitnet {
+
+// Which attention the engine runs where attend_group can: "blocked" (the default) or "per-head"
+// (each path's attend, one query head at a time: for comparison in one process). Process-wide;
+// set_attention_mode throws std::invalid_argument on another name.
+void set_attention_mode(const std::string& name);
+std::string attention_mode();
+
+// The largest head size attend_group takes (head_dim a multiple of 16, at most this).
+constexpr int kAttendGroupMaxHd = 256;
+
+// True where attend_group runs for this head size (x86-64 builds with AVX-512, hd % 16 == 0 and
+// hd <= kAttendGroupMaxHd). The caller checks that the CPU has AVX-512 (the avx512 / amx paths).
+bool attend_group_supports(int hd);
+
+// nq queries over one KV head's rows: query i is qs[i] (hd floats) and attends to rows 0..n[i]-1
+// (K_j = K + j * ld, V_j = V + j * ld, hd floats each; n[i] >= 1); its output (hd floats) goes to
+// outs[i]: out_i = sum_j softmax_j(scale * q_i . K_j) V_j. scratch: nq * round_up(max n, 16) floats.
+void attend_group(const float* const* qs, float* const* outs, const int* n, int nq, const float* K,
+                  const float* V, int ld, int hd, float scale, float* scratch);
+// The same over an fp16 cache (kv dtype "f16": IEEE half bit patterns, widened exactly as read).
+void attend_group(const float* const* qs, float* const* outs, const int* n, int nq, const uint16_t* K,
+                  const uint16_t* V, int ld, int hd, float scale, float* scratch);
+
+}  // namespace bitnet

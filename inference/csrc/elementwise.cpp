@@ -1,0 +1,54 @@
+// gated_act_avx512 (elementwise.h), compiled with -mavx512f -ffp-contract=off only where the build
+// is x86-64: 16 values a step, the reference's operations in its order, so every value equals
+// gated_act_ref's (the reference's SSE2 loop and this differ in width only).
+#include "elementwise.h"
+
+#include <cstdint>
+#include <stdexcept>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+#include "exp_avx512_inl.h"
+#endif
+
+namespace bitnet {
+
+#if defined(__AVX512F__)
+namespace {
+
+// relu2 or silu of 16 values of g, times u (the tail: masked lanes, never stored).
+inline __m512 gate16(__m512 a, __m512 u, bool relu2) {
+  if (relu2) {
+    // std::max(0.f, a) = (0 < a) ? a : 0: MAXPS(a, 0) returns the second operand for NaN, as it does
+    const __m512 r = _mm512_max_ps(a, _mm512_setzero_ps());
+    return _mm512_mul_ps(_mm512_mul_ps(r, r), u);
+  }
+  // clamp_exp_arg(-a): std::min(x, 88) = (88 < x) ? 88 : x, then std::max(x, -87) = (x < -87) ? -87
+  // : x; MINPS / MAXPS with the constant first return x when x is NaN, as those do.
+  const __m512 neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32(INT32_MIN)));
+  const __m512 x = _mm512_max_ps(_mm512_set1_ps(-87.f), _mm512_min_ps(_mm512_set1_ps(88.f), neg));
+  const __m512 e = exp16_in_range(x);
+  return _mm512_mul_ps(_mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.f), e)), u);
+}
+
+}  // namespace
+
+void gated_act_avx512(float* g, const float* u, size_t n, bool relu2) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(g + i, gate16(_mm512_loadu_ps(g + i), _mm512_loadu_ps(u + i), relu2));
+  if (i < n) {
+    const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(g + i, k, gate16(_mm512_maskz_loadu_ps(k, g + i), _mm512_maskz_loadu_ps(k, u + i), relu2));
+  }
+}
+
+#else
+
+void gated_act_avx512(float*, const float*, size_t, bool) {
+  throw std::invalid_argument("gated_act_avx512: not built for this CPU");
+}
+
+#endif
+
+}  // namespace bitnet

@@ -1,0 +1,87 @@
+"""The blocked attention of the avx512 and amx paths (attention.h) against the reference attend.
+
+attend_group runs several queries over the same K/V rows at once (GQA's query heads, a prefill's
+block of tokens), each over its own prefix of the rows; each query's result must match
+attend("ref") on that prefix, and a float64 softmax, within fp32 summation-order error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bitnet.inference import _C
+
+pytestmark = pytest.mark.skipif("avx512" not in _C.available_isas(), reason="attend_group needs AVX-512")
+
+RTOL = 1e-5  # fp32 dots and sums in another order, as test_kernels.DOT_RTOL
+
+
+def _float64_attention(q: np.ndarray, K: np.ndarray, V: np.ndarray, scale: float) -> np.ndarray:
+    s = K.astype(np.float64) @ q.astype(np.float64) * scale
+    p = np.exp(s - s.max())
+    return (p / p.sum()) @ V.astype(np.float64)
+
+
+@pytest.mark.parametrize("hd", [16, 64, 128, 256])
+@pytest.mark.parametrize("ns", [[1], [15], [16], [17], [5, 5, 5, 5], [1, 2, 3, 31, 32, 33], list(range(60, 76)), [193, 7, 64]])
+def test_attend_group_matches_reference(hd, ns):
+    rng = np.random.default_rng(hd * 1000 + sum(ns))
+    rows = max(ns) + 3  # rows past every n: never read
+    q = rng.standard_normal((len(ns), hd)).astype(np.float32)
+    K = (3 * rng.standard_normal((rows, hd))).astype(np.float32)  # peaked scores: the max shift matters
+    V = rng.standard_normal((rows, hd)).astype(np.float32)
+    scale = float(1 / np.sqrt(hd))
+    got = _C.attend_group(q, K, V, ns, scale)
+    assert got.shape == (len(ns), hd)
+    for i, n in enumerate(ns):
+        ref = _C.attend("ref", q[i], K[:n], V[:n], scale)
+        want = _float64_attention(q[i], K[:n], V[:n], scale)
+        atol = RTOL * np.abs(want).max()
+        np.testing.assert_allclose(got[i], ref, rtol=RTOL, atol=atol, err_msg=f"query {i}, n={n}")
+        np.testing.assert_allclose(got[i], want, rtol=RTOL, atol=atol, err_msg=f"query {i}, n={n}")
+
+
+@pytest.mark.parametrize("hd", [64, 128])
+@pytest.mark.parametrize("ns", [[3], [16, 17, 40], list(range(60, 68))])
+def test_attend_group_f16_cache_matches_reference(hd, ns):
+    # The fp16 cache (serve's default): the same rows widened exactly, against attend_f16("ref").
+    rng = np.random.default_rng(hd + len(ns))
+    rows = max(ns)
+    q = rng.standard_normal((len(ns), hd)).astype(np.float32)
+    K = (3 * rng.standard_normal((rows, hd))).astype(np.float16).view(np.uint16)
+    V = rng.standard_normal((rows, hd)).astype(np.float16).view(np.uint16)
+    scale = float(1 / np.sqrt(hd))
+    got = _C.attend_group(q, K, V, ns, scale)
+    for i, n in enumerate(ns):
+        ref = _C.attend_f16("ref", q[i], np.ascontiguousarray(K[:n]), np.ascontiguousarray(V[:n]), scale)
+        want = _float64_attention(q[i], K[:n].view(np.float16), V[:n].view(np.float16), scale)
+        atol = RTOL * np.abs(want).max()
+        np.testing.assert_allclose(got[i], ref, rtol=RTOL, atol=atol, err_msg=f"query {i}, n={n}")
+        np.testing.assert_allclose(got[i], want, rtol=RTOL, atol=atol, err_msg=f"query {i}, n={n}")
+    # fp16 rows equal their fp32 widening through the fp32 cache's kernel bit for bit
+    Kf = K.view(np.float16).astype(np.float32)
+    Vf = V.view(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(got, _C.attend_group(q, Kf, Vf, ns, scale))
+
+
+def test_attend_group_very_negative_scores_and_nan():
+    # Scores far below the max (their e^x underflows: clamped at e^-87, still ~0 next to 1) and a NaN
+    # query (NaN must reach the output, as in the reference, never a silent number).
+    hd, n = 32, 40
+    rng = np.random.default_rng(5)
+    K = rng.standard_normal((n, hd)).astype(np.float32)
+    K[7] *= 1000
+    V = rng.standard_normal((n, hd)).astype(np.float32)
+    q = np.stack([K[7] / 1000, np.full(hd, np.nan, np.float32)]).astype(np.float32)
+    got = _C.attend_group(q, K, V, [n, n], 1.0)
+    np.testing.assert_allclose(got[0], _C.attend("ref", q[0], K, V, 1.0), rtol=RTOL, atol=RTOL)
+    assert np.isnan(got[1]).all()
+
+
+@pytest.mark.parametrize("hd,ns", [(24, [4]), (272, [4]), (64, [0]), (64, [9])])
+def test_attend_group_rejects_bad_shapes(hd, ns):
+    q = np.zeros((1, hd), np.float32)
+    K = np.zeros((8, hd), np.float32)
+    with pytest.raises(ValueError, match="attend_group"):
+        _C.attend_group(q, K, K, ns, 1.0)
