@@ -224,10 +224,16 @@ template <int NG, typename Unpack>
 void gemm_few_group(Unpack& unpack, const uint8_t* w, int KB, int S, int nks, int g0, const int8_t* x, int ldx,
                     int32_t* y, int ldy, uint8_t (*buf)[kFewBlocks][5 * 1024]) {
   const int nchunks = (KB + 15) / 16;
+  const size_t next_group = static_cast<size_t>(kFewBlocks) * KB * 64;
   auto unpack_chunk = [&](int r, int c) {
-    // No software prefetch: the four row blocks are four sequential streams the hardware follows
-    // (with gemm_chunked's prefetch here: ~5% slower, one core).
     const uint8_t* chunk = w + (static_cast<size_t>(g0 + r) * KB + static_cast<size_t>(c) * 16) * 64;
+    // The same chunk of the next group's row block (kFewBlocks row blocks on) into L2: the group
+    // after this one needs it in about one group's time. Past the range's last row block this runs
+    // ahead into whatever follows; a prefetch never faults. Measured (t5, 8 tokens, 2 threads, CPU
+    // time, weights out of L2): 2560-column rows 31.3-34.2 -> 30.5-31.3 ns a row, 6912-column rows
+    // 76-82 -> 66-69; a fixed 4 KB ahead into L1 (gemm_chunked's) was slower than none.
+    for (int i = 0; i < 16; ++i)
+      _mm_prefetch(reinterpret_cast<const char*>(chunk) + next_group + 64 * i, _MM_HINT_T1);
     unpack(chunk, std::min(16, KB - 16 * c), std::min(S, nks - c * S), buf[c & 1][r]);
   };
   _tile_zero(0);
