@@ -222,7 +222,7 @@ inline void few_kstep(const uint8_t* const* b, int off, const int8_t* xa, int sx
 
 template <int NG, typename Unpack>
 void gemm_few_group(Unpack& unpack, const uint8_t* w, int KB, int S, int nks, int g0, const int8_t* x, int ldx,
-                    int32_t* y, int ldy, uint8_t (*buf)[kFewBlocks][5 * 1024]) {
+                    int32_t* y, int ldy, uint8_t (*buf)[kFewBlocks][5 * 1024], const int32_t* c0) {
   const int nchunks = (KB + 15) / 16;
   const size_t next_group = static_cast<size_t>(kFewBlocks) * KB * 64;
   auto unpack_chunk = [&](int r, int c) {
@@ -236,10 +236,10 @@ void gemm_few_group(Unpack& unpack, const uint8_t* w, int KB, int S, int nks, in
       _mm_prefetch(reinterpret_cast<const char*>(chunk) + next_group + 64 * i, _MM_HINT_T1);
     unpack(chunk, std::min(16, KB - 16 * c), std::min(S, nks - c * S), buf[c & 1][r]);
   };
-  _tile_zero(0);
-  if constexpr (NG > 1) _tile_zero(1);
-  if constexpr (NG > 2) _tile_zero(2);
-  if constexpr (NG > 3) _tile_zero(3);
+  _tile_loadd(0, c0, 64);
+  if constexpr (NG > 1) _tile_loadd(1, c0, 64);
+  if constexpr (NG > 2) _tile_loadd(2, c0, 64);
+  if constexpr (NG > 3) _tile_loadd(3, c0, 64);
   for (int r = 0; r < NG; ++r) unpack_chunk(r, 0);
   for (int c = 0; c < nchunks; ++c) {
     const uint8_t* b[kFewBlocks];
@@ -264,23 +264,28 @@ void gemm_few_group(Unpack& unpack, const uint8_t* w, int KB, int S, int nks, in
 
 template <typename Unpack>
 void gemm_few(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int mb0, int mb1, const int8_t* x, int ldx,
-              int T, int32_t* y, int ldy) {
+              const int32_t* xsum, int T, int32_t* y, int ldy) {
   alignas(64) uint8_t buf[2][kFewBlocks][5 * 1024];
+  // The accumulators start at -xsum[t] in every column (c0: row t = token t), so that the codes'
+  // sum c.x comes out as q.x = c.x - xsum without another pass over y.
+  alignas(64) int32_t c0[kFewMaxTokens][kTileRows];
+  for (int t = 0; t < T; ++t)
+    for (int m = 0; m < kTileRows; ++m) c0[t][m] = -xsum[t];
   configure_few_tiles(T);
   int g0 = mb0;
   for (; g0 + kFewBlocks <= mb1; g0 += kFewBlocks)
-    gemm_few_group<kFewBlocks>(unpack, w, KB, S, nks, g0, x, ldx, y, ldy, buf);
+    gemm_few_group<kFewBlocks>(unpack, w, KB, S, nks, g0, x, ldx, y, ldy, buf, c0[0]);
   switch (mb1 - g0) {
-    case 3: gemm_few_group<3>(unpack, w, KB, S, nks, g0, x, ldx, y, ldy, buf); break;
-    case 2: gemm_few_group<2>(unpack, w, KB, S, nks, g0, x, ldx, y, ldy, buf); break;
-    case 1: gemm_few_group<1>(unpack, w, KB, S, nks, g0, x, ldx, y, ldy, buf); break;
+    case 3: gemm_few_group<3>(unpack, w, KB, S, nks, g0, x, ldx, y, ldy, buf, c0[0]); break;
+    case 2: gemm_few_group<2>(unpack, w, KB, S, nks, g0, x, ldx, y, ldy, buf, c0[0]); break;
+    case 1: gemm_few_group<1>(unpack, w, KB, S, nks, g0, x, ldx, y, ldy, buf, c0[0]); break;
     default: break;
   }
   _tile_release();
 }
 
 // One token tile (T <= kFewMaxTokens) through gemm_few over the codes c = q + 1 (TDPBSUD: s8
-// activations x u8 codes; then q.x = c.x - xsum for every token and output): a decode step is bound
+// activations x u8 codes; q.x = c.x - xsum, the accumulators starting at -xsum): a decode step is bound
 // by the unpack, and the codes skip a subtraction per byte. More tokens through gemm_chunked over q
 // (TDPBSSD), its unpack spread over up to 64 tokens. unpack_q / unpack_c(tiles, n, ks, dst).
 template <typename UnpackQ, typename UnpackC>
@@ -290,11 +295,7 @@ void gemm_amx(UnpackQ&& unpack_q, UnpackC&& unpack_c, const uint8_t* w, int KB, 
     gemm_chunked(unpack_q, w, KB, S, nks, mb0, mb1, x, ldx, T, y, ldy);
     return;
   }
-  gemm_few(unpack_c, w, KB, S, nks, mb0, mb1, x, ldx, T, y, ldy);
-  for (int t = 0; t < T; ++t) {
-    int32_t* yt = y + static_cast<size_t>(t) * ldy;
-    for (int m = mb0 * kTileRows; m < mb1 * kTileRows; ++m) yt[m] -= xsum[t];
-  }
+  gemm_few(unpack_c, w, KB, S, nks, mb0, mb1, x, ldx, xsum, T, y, ldy);
 }
 
 }  // namespace
