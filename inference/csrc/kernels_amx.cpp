@@ -186,6 +186,10 @@ void gemm_chunked(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int
 // 8 tokens, one core, CPU time): gemm_chunked's tiles alone 0.64 ms and unpack alone 1.04 ms summed
 // to 1.82 ms; here 1.46-1.53 ms (tiles alone 0.47, unpack alone 1.1: the unpack is the bound now).
 // 2 or 3 row blocks at a time measured the same within noise.
+// Those figures have the weights hot in L2 (time_ternary_product repeats one linear). The engine
+// streams them from L3 / DRAM, where, before the next-group prefetch in gemm_few_group, 8 tokens
+// cost 26% more a row than hot (25.1 -> 31.7 ns, 2560 columns, 2 threads, CPU time; the one-token
+// VNNI kernel, with its own prefetch: 14%): why the kernel's gain hardly showed in the engine's step.
 constexpr int kFewBlocks = 4;
 constexpr int kFewMaxTokens = 16;  // one token tile
 
