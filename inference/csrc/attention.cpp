@@ -198,4 +198,16 @@ void attend_group(const float* const*, float* const*, const int*, int, const uin
 
 #endif
 
+#if !defined(__x86_64__)  // attention_avx2.cpp is built for x86-64 only
+bool attend_group_avx2_supports(int) { return false; }
+void attend_group_avx2(const float* const*, float* const*, const int*, int, const float*, const float*, int, int,
+                       float, float*) {
+  throw std::invalid_argument("attend_group_avx2: not built for this CPU");
+}
+void attend_group_avx2(const float* const*, float* const*, const int*, int, const uint16_t*, const uint16_t*, int,
+                       int, float, float*) {
+  throw std::invalid_argument("attend_group_avx2: not built for this CPU");
+}
+#endif
+
 }  // namespace bitnet
