@@ -15,7 +15,7 @@
 
 namespace bitnet {
 
-// Which attention the engine runs where attend_group can: "blocked" (the default) or "per-head"
+// Which attention the engine runs where attend_group (or attend_group_avx2) can: "blocked" (the default) or "per-head"
 // (each path's attend, one query head at a time: for comparison in one process). Process-wide;
 // set_attention_mode throws std::invalid_argument on another name.
 void set_attention_mode(const std::string& name);

@@ -355,7 +355,7 @@ NB_MODULE(_C, m) {
       },
       "impl"_a, "g"_a, "u"_a, "relu2"_a, "act(g) * u (relu2: max(0, g)^2, else silu) by the reference, the AVX-512 or the AVX2 loop.");
   m.def("set_attention_mode", &bitnet::set_attention_mode, "name"_a,
-        "Attention on the avx512 / amx paths: 'blocked' (default) or 'per-head' (each path's attend), for comparison.");
+        "Attention on the avx512 / amx / avx2 / avxvnni paths: 'blocked' (default) or 'per-head' (each path's attend), for comparison.");
   m.def("attention_mode", &bitnet::attention_mode, "The attention mode in force.");
   // The blocked attention (attention.h): impl "avx512" (the avx512 and amx paths) or "avx2" (the
   // avx2 and avxvnni paths); query i over rows 0..n[i]-1 of K and V (fp32, or fp16 bit patterns as uint16).
