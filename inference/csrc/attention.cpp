@@ -1,7 +1,6 @@
 // Blocked attention (attention.h), compiled with -mavx512f -mavx512dq -mfma -ffp-contract=off only where the build is
-// x86-64; the engine calls it on the avx512 and amx paths alone. Three passes per group of queries,
-// each over the cache in blocks of 16 rows with the queries inside the block loop, so a block of K
-// (or V) is read from memory by the first query and from L1 by the others:
+// x86-64; the engine calls it on the avx512 and amx paths. attention_blocked_inl.h's three passes
+// with these 16-lane steps, over the cache in blocks of 16 rows:
 //   1. scores: per query, 16 dot products of hd values accumulated in 16 vectors and reduced
 //      together (one 16-lane transpose-add instead of 16 horizontal sums), times scale;
 //   2. softmax per query: max, e = exp(s - max) (exp_f32's arithmetic, 16 lanes; the argument is
@@ -15,11 +14,11 @@
 #include <cstddef>
 #include <limits>
 #include <stdexcept>
-#include <utility>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+#include "attention_blocked_inl.h"
 #include "exp_avx512_inl.h"
 #endif
 
@@ -38,8 +37,6 @@ std::string attention_mode() { return g_per_head ? "per-head" : "blocked"; }
 
 #if defined(__AVX512F__)
 namespace {
-
-constexpr int kRows = 16;  // cache rows per block: one vector of scores
 
 // a[r] (16 vectors) -> one vector whose lane r is the sum of a[r]'s 16 lanes, each added in the
 // order of _mm512_reduce_add_ps (lanes k + 8, then k + 4, k + 2, k + 1), so a score equals the one
@@ -61,112 +58,75 @@ inline __m512 reduce16(const __m512* a) {
                        _mm512_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));
 }
 
-// One prefetch per 64-byte line of a row of n elements of E.
-template <typename E>
-inline void prefetch_row(const E* p, int n) {
-  for (int i = 0; i < n; i += 64 / static_cast<int>(sizeof(E))) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
-}
-
 // 16 cache values as fp32: fp32 as stored, fp16 (IEEE bit patterns) widened exactly (vcvtph2ps).
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 
 inline __mmask16 first(int k) { return static_cast<__mmask16>((1u << k) - 1); }  // k in [0, 16]
 
-// Scores of rows K_0 .. K_15 (stride ld) against q: sc[r] = scale * (q . K_r).
-template <int NV, typename E>
-inline void scores16(const float* q, const E* K, int ld, __m512 scale, float* sc) {
-  __m512 acc[kRows];
-  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
-  for (int c = 0; c < NV; ++c) {
-    const __m512 qc = _mm512_loadu_ps(q + 16 * c);
-    for (int r = 0; r < kRows; ++r)
-      acc[r] = _mm512_fmadd_ps(qc, load16(K + static_cast<size_t>(r) * ld + 16 * c), acc[r]);
-  }
-  _mm512_storeu_ps(sc, _mm512_mul_ps(reduce16(acc), scale));
-}
+// The vector steps of attention_blocked_inl.h's driver on 16 lanes.
+struct Avx512 {
+  static constexpr int kLanes = 16, kRows = 16;  // kRows: cache rows per score block
 
-template <int NV, typename E>
-inline float score1(const float* q, const E* Kj) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int c = 0; c < NV; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), load16(Kj + 16 * c), acc);
-  return _mm512_reduce_add_ps(acc);
-}
-
-// Row scores in place -> softmax probabilities, over n values.
-inline void softmax(float* sc, int n) {
-  __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  const __m512 neg_inf = mx;
-  for (int j = 0; j < n; j += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(neg_inf, first(std::min(16, n - j)), sc + j));
-  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), lo = _mm512_set1_ps(-87.f);
-  for (int j = 0; j < n; j += 16) {
-    const __mmask16 k = first(std::min(16, n - j));
-    // max(-87, x) keeps a NaN x (the second operand is returned when either is NaN)
-    _mm512_mask_storeu_ps(sc + j, k, exp16_in_range(_mm512_max_ps(lo, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, sc + j), m))));
-  }
-  float sum = 0.f;  // in row order, as attend adds it
-  for (int j = 0; j < n; ++j) sum += sc[j];
-  const __m512 denom = _mm512_set1_ps(sum);
-  for (int j = 0; j < n; j += 16) {
-    const __mmask16 k = first(std::min(16, n - j));
-    _mm512_mask_storeu_ps(sc + j, k, _mm512_div_ps(_mm512_maskz_loadu_ps(k, sc + j), denom));
-  }
-}
-
-template <int NV, typename E>
-void attend_group_nv(const float* const* qs, float* const* outs, const int* n, int nq, const E* K, const E* V,
-                     int ld, float scale, float* scratch) {
-  int most = 0;
-  for (int i = 0; i < nq; ++i) most = std::max(most, n[i]);
-  const size_t stride = static_cast<size_t>(most + kRows - 1) / kRows * kRows;
-  const __m512 sv = _mm512_set1_ps(scale);
-  for (int r = 0; r < std::min(most, 2 * kRows); ++r) prefetch_row(K + static_cast<size_t>(r) * ld, 16 * NV);
-  for (int j0 = 0; j0 < most; j0 += kRows) {  // 1. scores, a block of K rows for every query
-    const E* Kb = K + static_cast<size_t>(j0) * ld;
-    // The cache was last read a whole step ago: fetch the K block after next and this V block
-    // (read in pass 3) while the queries work on this one, several misses in flight.
-    for (int r = 0; r < kRows; ++r) {
-      if (j0 + 2 * kRows + r < most) prefetch_row(Kb + static_cast<size_t>(2 * kRows + r) * ld, 16 * NV);
-      if (j0 + r < most) prefetch_row(V + static_cast<size_t>(j0 + r) * ld, 16 * NV);
+  // Scores of rows K_0 .. K_15 (stride ld) against q: sc[r] = scale * (q . K_r).
+  template <int NV, typename E>
+  static void scores(const float* q, const E* K, int ld, float scale, float* sc) {
+    __m512 acc[kRows];
+    for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+    for (int c = 0; c < NV; ++c) {
+      const __m512 qc = _mm512_loadu_ps(q + 16 * c);
+      for (int r = 0; r < kRows; ++r)
+        acc[r] = _mm512_fmadd_ps(qc, load16(K + static_cast<size_t>(r) * ld + 16 * c), acc[r]);
     }
-    for (int i = 0; i < nq; ++i) {
-      float* sc = scratch + i * stride + j0;
-      const int rows = n[i] - j0;
-      if (rows >= kRows) scores16<NV>(qs[i], Kb, ld, sv, sc);
-      else
-        for (int r = 0; r < rows; ++r) sc[r] = score1<NV>(qs[i], Kb + static_cast<size_t>(r) * ld) * scale;
+    _mm512_storeu_ps(sc, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
+  }
+
+  template <int NV, typename E>
+  static float score1(const float* q, const E* Kj) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int c = 0; c < NV; ++c) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), load16(Kj + 16 * c), acc);
+    return _mm512_reduce_add_ps(acc);
+  }
+
+  // Row scores in place -> softmax probabilities, over n values.
+  static void softmax(float* sc, int n) {
+    __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    const __m512 neg_inf = mx;
+    for (int j = 0; j < n; j += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(neg_inf, first(std::min(16, n - j)), sc + j));
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx)), lo = _mm512_set1_ps(-87.f);
+    for (int j = 0; j < n; j += 16) {
+      const __mmask16 k = first(std::min(16, n - j));
+      // max(-87, x) keeps a NaN x (the second operand is returned when either is NaN)
+      _mm512_mask_storeu_ps(sc + j, k, exp16_in_range(_mm512_max_ps(lo, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, sc + j), m))));
+    }
+    float sum = 0.f;  // in row order, as attend adds it
+    for (int j = 0; j < n; ++j) sum += sc[j];
+    const __m512 denom = _mm512_set1_ps(sum);
+    for (int j = 0; j < n; j += 16) {
+      const __mmask16 k = first(std::min(16, n - j));
+      _mm512_mask_storeu_ps(sc + j, k, _mm512_div_ps(_mm512_maskz_loadu_ps(k, sc + j), denom));
     }
   }
-  for (int i = 0; i < nq; ++i) softmax(scratch + i * stride, n[i]);  // 2.
-  for (int j0 = 0; j0 < most; j0 += kRows) {  // 3. out += p_j V_j, a block of V rows for every query
-    const E* Vb = V + static_cast<size_t>(j0) * ld;
-    for (int i = 0; i < nq; ++i) {
-      const int rows = std::min(kRows, n[i] - j0);
-      if (rows <= 0) continue;
-      const float* p = scratch + i * stride + j0;
-      __m512 o[NV];
-      for (int c = 0; c < NV; ++c) o[c] = j0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(outs[i] + 16 * c);
-      for (int r = 0; r < rows; ++r) {
-        const __m512 pr = _mm512_set1_ps(p[r]);
-        const E* vr = Vb + static_cast<size_t>(r) * ld;
-        for (int c = 0; c < NV; ++c) o[c] = _mm512_fmadd_ps(pr, load16(vr + 16 * c), o[c]);
-      }
-      for (int c = 0; c < NV; ++c) _mm512_storeu_ps(outs[i] + 16 * c, o[c]);
-    }
-  }
-}
 
-template <typename E, int... NVs>
-void dispatch_nv(int nv, const float* const* qs, float* const* outs, const int* n, int nq, const E* K, const E* V,
-                 int ld, float scale, float* scratch, std::integer_sequence<int, NVs...>) {
-  ((nv == NVs + 1 ? (attend_group_nv<NVs + 1>(qs, outs, n, nq, K, V, ld, scale, scratch), true) : false) || ...);
-}
+  // out (= where init, else +=) sum_r p[r] V_r over rows rows of stride ld, the output in registers.
+  template <int NV, typename E>
+  static void accumulate(const float* p, int rows, const E* Vb, int ld, float* out, bool init) {
+    __m512 o[NV];
+    for (int c = 0; c < NV; ++c) o[c] = init ? _mm512_setzero_ps() : _mm512_loadu_ps(out + 16 * c);
+    for (int r = 0; r < rows; ++r) {
+      const __m512 pr = _mm512_set1_ps(p[r]);
+      const E* vr = Vb + static_cast<size_t>(r) * ld;
+      for (int c = 0; c < NV; ++c) o[c] = _mm512_fmadd_ps(pr, load16(vr + 16 * c), o[c]);
+    }
+    for (int c = 0; c < NV; ++c) _mm512_storeu_ps(out + 16 * c, o[c]);
+  }
+};
 
 template <typename E>
 void attend_group_any(const float* const* qs, float* const* outs, const int* n, int nq, const E* K, const E* V,
                       int ld, int hd, float scale, float* scratch) {
   if (!attend_group_supports(hd)) throw std::invalid_argument("attend_group: head_dim must be a multiple of 16, at most 256");
-  dispatch_nv(hd / 16, qs, outs, n, nq, K, V, ld, scale, scratch, std::make_integer_sequence<int, kAttendGroupMaxHd / 16>{});
+  attend_group_blocked<Avx512>(qs, outs, n, nq, K, V, ld, hd, scale, scratch);
 }
 
 }  // namespace
@@ -196,6 +156,18 @@ void attend_group(const float* const*, float* const*, const int*, int, const uin
   throw std::invalid_argument("attend_group: not built for this CPU");
 }
 
+#endif
+
+#if !defined(__x86_64__)  // attention_avx2.cpp is built for x86-64 only
+bool attend_group_avx2_supports(int) { return false; }
+void attend_group_avx2(const float* const*, float* const*, const int*, int, const float*, const float*, int, int,
+                       float, float*) {
+  throw std::invalid_argument("attend_group_avx2: not built for this CPU");
+}
+void attend_group_avx2(const float* const*, float* const*, const int*, int, const uint16_t*, const uint16_t*, int,
+                       int, float, float*) {
+  throw std::invalid_argument("attend_group_avx2: not built for this CPU");
+}
 #endif
 
 }  // namespace bitnet

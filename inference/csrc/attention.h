@@ -1,4 +1,5 @@
-// Blocked attention over the KV cache, fp32 or fp16 (attention.cpp, AVX-512; the avx512 and amx paths use it).
+// Blocked attention over the KV cache, fp32 or fp16 (attention.cpp, AVX-512: the avx512 and amx paths;
+// attention_avx2.cpp, AVX2: the avx2 and avxvnni paths).
 // The reference is each path's attend (kernels.h, one query head at a time over the whole cache):
 // this one takes every query that reads the same K/V rows (the query heads sharing a KV head under
 // GQA, and for prefill a block of tokens of one sequence) and runs them together, 16 cache rows at
@@ -14,7 +15,7 @@
 
 namespace bitnet {
 
-// Which attention the engine runs where attend_group can: "blocked" (the default) or "per-head"
+// Which attention the engine runs where attend_group (or attend_group_avx2) can: "blocked" (the default) or "per-head"
 // (each path's attend, one query head at a time: for comparison in one process). Process-wide;
 // set_attention_mode throws std::invalid_argument on another name.
 void set_attention_mode(const std::string& name);
@@ -35,5 +36,14 @@ void attend_group(const float* const* qs, float* const* outs, const int* n, int 
 // The same over an fp16 cache (kv dtype "f16": IEEE half bit patterns, widened exactly as read).
 void attend_group(const float* const* qs, float* const* outs, const int* n, int nq, const uint16_t* K,
                   const uint16_t* V, int ld, int hd, float scale, float* scratch);
+
+// The same on 8-lane AVX2 + FMA vectors (attention_avx2.cpp; the avx2 and avxvnni paths): blocks of
+// 8 cache rows, hd a multiple of 8 (attend_group_avx2_supports), the same scratch size. Only where
+// the CPU has AVX2, FMA and F16C (the caller checks: those paths).
+bool attend_group_avx2_supports(int hd);
+void attend_group_avx2(const float* const* qs, float* const* outs, const int* n, int nq, const float* K,
+                       const float* V, int ld, int hd, float scale, float* scratch);
+void attend_group_avx2(const float* const* qs, float* const* outs, const int* n, int nq, const uint16_t* K,
+                       const uint16_t* V, int ld, int hd, float scale, float* scratch);
 
 }  // namespace bitnet

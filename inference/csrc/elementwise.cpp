@@ -51,4 +51,10 @@ void gated_act_avx512(float*, const float*, size_t, bool) {
 
 #endif
 
+#if !defined(__x86_64__)  // elementwise_avx2.cpp is built for x86-64 only
+void gated_act_avx2(float*, const float*, size_t, bool) {
+  throw std::invalid_argument("gated_act_avx2: not built for this CPU");
+}
+#endif
+
 }  // namespace bitnet

@@ -698,7 +698,9 @@ void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>
   int most = 0;
   for (int t = 0; t < T; ++t) most = std::max(most, pos[t] + 1);
   const std::string_view isa = kern.name;
-  if ((isa == "avx512" || isa == "amx") && attend_group_supports(hd) && attention_mode() == "blocked") {
+  const bool wide = isa == "avx512" || isa == "amx", narrow = isa == "avx2" || isa == "avxvnni";
+  if (((wide && attend_group_supports(hd)) || (narrow && attend_group_avx2_supports(hd))) &&
+      attention_mode() == "blocked") {
     // Blocked (attention.h): one job per block of consecutive tokens of one sequence (a prefill's
     // run, at most kAttnBlockTokens) and KV head, with every query head of that KV head, so each
     // cache row is read once per job. Few jobs (a one-token step) split the query heads in two.
@@ -733,12 +735,14 @@ void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>
           }
         const KVCache& c = *cache_of[t0];
         const size_t kv = static_cast<size_t>(g) * c.cap * hd;
-        if (kv_f16_)
-          attend_group(qs.data(), outs.data(), ns.data(), static_cast<int>(qs.size()), c.k16[li].data() + kv,
-                       c.v16[li].data() + kv, hd, hd, scale, sc.data());
-        else
-          attend_group(qs.data(), outs.data(), ns.data(), static_cast<int>(qs.size()), c.k[li].data() + kv,
-                       c.v[li].data() + kv, hd, hd, scale, sc.data());
+        // attention.cpp (16 lanes) on avx512 / amx, attention_avx2.cpp (8 lanes) on avx2 / avxvnni
+        auto run = [&](const auto* K, const auto* V) {
+          const int nq = static_cast<int>(qs.size());
+          if (wide) attend_group(qs.data(), outs.data(), ns.data(), nq, K, V, hd, hd, scale, sc.data());
+          else attend_group_avx2(qs.data(), outs.data(), ns.data(), nq, K, V, hd, hd, scale, sc.data());
+        };
+        if (kv_f16_) run(c.k16[li].data() + kv, c.v16[li].data() + kv);
+        else run(c.k[li].data() + kv, c.v[li].data() + kv);
       }
     });
     return;
@@ -1076,10 +1080,12 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     constexpr size_t kActBlock = 1024;
     const size_t n_act = static_cast<size_t>(T) * I;
     const std::string_view isa = kernels().name;
-    const bool act512 = isa == "avx512" || isa == "amx";  // the same values on 16 lanes (elementwise.h)
+    // the same values on 16 lanes (avx512 / amx) or 8 (avx2 / avxvnni): elementwise.h
+    const auto act = isa == "avx512" || isa == "amx" ? gated_act_avx512
+                     : isa == "avx2" || isa == "avxvnni" ? gated_act_avx2 : gated_act_ref;
     pool_.parallel_for(static_cast<int>((n_act + kActBlock - 1) / kActBlock), [&](int b0, int b1) {
       const size_t begin = static_cast<size_t>(b0) * kActBlock, end = std::min(n_act, static_cast<size_t>(b1) * kActBlock);
-      (act512 ? gated_act_avx512 : gated_act_ref)(g.data() + begin, u.data() + begin, end - begin, cfg_.relu2);
+      act(g.data() + begin, u.data() + begin, end - begin, cfg_.relu2);
     });
     clk.lap(Phase::Norms);
     if (cfg_.sub_norms)

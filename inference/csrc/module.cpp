@@ -339,27 +339,33 @@ NB_MODULE(_C, m) {
   m.def(
       "gated_act",
       [](const std::string& impl, Arr<const float, nb::ndim<1>> g, Arr<const float, nb::ndim<1>> u, bool relu2) {
-        // The FFN's gated activation: "ref" (the baseline loop every path but avx512 / amx runs) or
-        // "avx512" (the 16-lane twin those paths run).
-        if (impl != "ref" && impl != "avx512") throw std::invalid_argument("gated_act: impl must be 'ref' or 'avx512'");
+        // The FFN's gated activation: "ref" (the baseline loop the ref / neon paths run), "avx512"
+        // (the 16-lane twin of the avx512 / amx paths) or "avx2" (8 lanes: the avx2 / avxvnni paths).
+        if (impl != "ref" && impl != "avx512" && impl != "avx2")
+          throw std::invalid_argument("gated_act: impl must be 'ref', 'avx512' or 'avx2'");
         if (impl == "avx512" && !bitnet::cpu_features().avx512f) throw std::invalid_argument("gated_act: this CPU has no AVX-512");
+        if (impl == "avx2" && !bitnet::cpu_features().avx2) throw std::invalid_argument("gated_act: this CPU has no AVX2");
         if (g.shape(0) != u.shape(0)) throw std::invalid_argument("gated_act: g and u must have the same size");
         const size_t n = g.shape(0);
         auto* res = new float[std::max<size_t>(n, 1)];
         std::copy(g.data(), g.data() + n, res);
-        (impl == "ref" ? bitnet::gated_act_ref : bitnet::gated_act_avx512)(res, u.data(), n, relu2);
+        (impl == "ref" ? bitnet::gated_act_ref : impl == "avx2" ? bitnet::gated_act_avx2 : bitnet::gated_act_avx512)(res, u.data(), n, relu2);
         nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
         return nb::ndarray<nb::numpy, float, nb::ndim<1>>(res, {n}, owner);
       },
-      "impl"_a, "g"_a, "u"_a, "relu2"_a, "act(g) * u (relu2: max(0, g)^2, else silu) by the reference or the AVX-512 loop.");
+      "impl"_a, "g"_a, "u"_a, "relu2"_a, "act(g) * u (relu2: max(0, g)^2, else silu) by the reference, the AVX-512 or the AVX2 loop.");
   m.def("set_attention_mode", &bitnet::set_attention_mode, "name"_a,
-        "Attention on the avx512 / amx paths: 'blocked' (default) or 'per-head' (each path's attend), for comparison.");
+        "Attention on the avx512 / amx / avx2 / avxvnni paths: 'blocked' (default) or 'per-head' (each path's attend), for comparison.");
   m.def("attention_mode", &bitnet::attention_mode, "The attention mode in force.");
-  // The blocked attention (attention.h) the avx512 and amx paths run: query i over rows 0..n[i]-1
-  // of K and V (fp32, or fp16 bit patterns as uint16).
-  auto attend_group_binding = [](auto q, auto K, auto V, std::vector<int> n, float scale) {
+  // The blocked attention (attention.h): impl "avx512" (the avx512 and amx paths) or "avx2" (the
+  // avx2 and avxvnni paths); query i over rows 0..n[i]-1 of K and V (fp32, or fp16 bit patterns as uint16).
+  auto attend_group_binding = [](auto q, auto K, auto V, std::vector<int> n, float scale, const std::string& impl) {
     const int nq = static_cast<int>(q.shape(0)), hd = static_cast<int>(q.shape(1)), rows = static_cast<int>(K.shape(0));
-    if (!bitnet::attend_group_supports(hd) || !bitnet::cpu_features().avx512f)
+    const bool avx2 = impl == "avx2";
+    if (!avx2 && impl != "avx512") throw std::invalid_argument("attend_group: impl must be 'avx512' or 'avx2'");
+    if (avx2 && (!bitnet::attend_group_avx2_supports(hd) || !bitnet::cpu_features().avx2))
+      throw std::invalid_argument("attend_group: avx2 needs AVX2 and head_dim a multiple of 8, at most 256");
+    if (!avx2 && (!bitnet::attend_group_supports(hd) || !bitnet::cpu_features().avx512f))
       throw std::invalid_argument("attend_group: needs AVX-512 and head_dim a multiple of 16, at most 256");
     if (static_cast<int>(K.shape(1)) != hd || V.shape(0) != K.shape(0) || V.shape(1) != K.shape(1) ||
         static_cast<int>(n.size()) != nq || nq < 1)
@@ -375,7 +381,8 @@ NB_MODULE(_C, m) {
       qs[i] = q.data() + static_cast<size_t>(i) * hd;
       outs[i] = res + static_cast<size_t>(i) * hd;
     }
-    bitnet::attend_group(qs.data(), outs.data(), n.data(), nq, K.data(), V.data(), hd, hd, scale, scratch.data());
+    if (avx2) bitnet::attend_group_avx2(qs.data(), outs.data(), n.data(), nq, K.data(), V.data(), hd, hd, scale, scratch.data());
+    else bitnet::attend_group(qs.data(), outs.data(), n.data(), nq, K.data(), V.data(), hd, hd, scale, scratch.data());
     nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<float*>(p); });
     return nb::ndarray<nb::numpy, float, nb::ndim<2>>(res, {static_cast<size_t>(nq), static_cast<size_t>(hd)}, owner);
   };
@@ -385,10 +392,12 @@ NB_MODULE(_C, m) {
     m.def(
         "attend_group",
         [attend_group_binding](Arr<const float, nb::ndim<2>> q, Arr<const E, nb::ndim<2>> K, Arr<const E, nb::ndim<2>> V,
-                               std::vector<int> n, float scale) { return attend_group_binding(q, K, V, std::move(n), scale); },
-        "q"_a, "K"_a.noconvert(), "V"_a.noconvert(), "n"_a, "scale"_a, doc);
+                               std::vector<int> n, float scale, const std::string& impl) {
+          return attend_group_binding(q, K, V, std::move(n), scale, impl);
+        },
+        "q"_a, "K"_a.noconvert(), "V"_a.noconvert(), "n"_a, "scale"_a, "impl"_a = "avx512", doc);
   };
-  def_attend_group(float{}, "Blocked attention (avx512 / amx paths): row i of q over the first n[i] rows of K, V -> (nq, hd).");
+  def_attend_group(float{}, "Blocked attention (impl avx512: the avx512 / amx paths; avx2: avx2 / avxvnni): row i of q over the first n[i] rows of K, V -> (nq, hd).");
   def_attend_group(uint16_t{}, "attend_group over an fp16 cache (K, V: uint16 bit patterns).");
   m.def(
       "attend_f16",
