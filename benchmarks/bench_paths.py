@@ -6,7 +6,7 @@
     python benchmarks/bench_paths.py --breakdown --paths avx2:auto,avx512:auto,amx   # where a step's time goes
 
 A path is ``ISA:FAMILY`` (``_C.set_isa`` and ``_C.set_kernel_family``; family ``auto`` is what
-dispatch picks), or ``ISA:FAMILY:per-head`` for the avx512 / amx paths with each query head's attention
+dispatch picks), or ``ISA:FAMILY:per-head`` for the x86 SIMD paths with each query head's attention
 on its own (``_C.set_attention_mode``) instead of the blocked attention. One random model of the shape (random_model, int8 head) serves every path: the
 weight tiles do not depend on the path, so the paths alternate inside each round (A/B/A/B...) and
 drift of a shared machine hits them alike. Per round and path: prefill of ``--prompt-len`` tokens
