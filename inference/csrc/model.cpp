@@ -1001,9 +1001,7 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
   };
   // The norms over ranges of tokens (rmsnorm_rows runs several rows' sums at once: a prefill's
   // ranges hold 16 tokens and more); one token on the calling thread. The pool's default chunking,
-  // as the loops before: one chunk per thread here crashed a server once (a pool worker that wakes
-  // late may claim a chunk of the next job when that job has more chunks than the one it woke for,
-  // counting it done twice, so parallel_for can return while a chunk still runs: ThreadPool's to fix).
+  // as the loops before.
   auto per_rows = [&](auto&& fn) {
     if (T == 1) fn(0, 1);
     else pool_.parallel_for(T, fn);
