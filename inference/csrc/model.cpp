@@ -706,17 +706,19 @@ void Model::attention(int li, const float* q, int T, const std::vector<KVCache*>
     // cache row is read once per job. Few jobs (a one-token step) split the query heads in two.
     constexpr int kAttnBlockTokens = 16;
     std::vector<std::pair<int, int>> blocks;  // [t0, t1)
+    int longest = 1;                          // tokens in the longest block (1 in a decode step)
     for (int t = 0; t < T;) {
       int t1 = t + 1;
       while (t1 < T && t1 - t < kAttnBlockTokens && cache_of[t1] == cache_of[t]) ++t1;
       blocks.emplace_back(t, t1);
+      longest = std::max(longest, t1 - t);
       t = t1;
     }
     const int KV = cfg_.kv_heads, nb = static_cast<int>(blocks.size());
     const int split = group % 2 == 0 && nb * KV < 4 * pool_.size() ? 2 : 1, gs = group / split;
     const size_t stride = static_cast<size_t>(most + 15) / 16 * 16;
     pool_.parallel_for(nb * KV * split, [&](int b, int e) {
-      std::vector<float> sc(static_cast<size_t>(kAttnBlockTokens) * gs * stride);
+      std::vector<float> sc(static_cast<size_t>(longest) * gs * stride);  // one score row per query of a job
       std::vector<const float*> qs;
       std::vector<float*> outs;
       std::vector<int> ns;

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "exp_poly_inl.h"
 #include "kernels.h"
 #include "layouts.h"
 #include "threadpool.h"
@@ -122,26 +123,25 @@ struct Matrix16 {  // a borrowed row-major (rows, cols) matrix in bf16/f16/f32 (
 };
 
 
+struct ExpScalarOps {  // exp_poly's operations on one float
+  using V = float;
+  static float set1(float v) { return v; }
+  static float add(float a, float b) { return a + b; }
+  static float sub(float a, float b) { return a - b; }
+  static float mul(float a, float b) { return a * b; }
+  static float pow2(float n) {  // 2^n, n integral in [-126, 127]
+    const int32_t bits = (static_cast<int32_t>(n) + 127) * (1 << 23);
+    float v;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+  }
+};
 // e^x in fp32 for the SiLU gate, in arithmetic the compiler vectorizes (a std::exp call per value,
 // 1.7M per batched step of 8 at 2B4T, is not): x = n ln2 + r with n = round(x / ln2) and |r| <=
 // ln2 / 2 (ln2 in two parts, Cody-Waite), e^r by Cephes' degree-6 polynomial, 2^n from the
 // exponent bits. Within 1 ulp of the exact value (tests/inference/test_batch.py) for x in [-87, 88],
 // where the caller must keep it (exp_f32 clamps, for one value); NaN stays NaN.
-inline float exp_f32_in_range(float x) {
-  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round half even: |n| <= 127
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * (r * r) + r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) * (1 << 23);  // 2^n, n in [-126, 127]
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return e * scale;
-}
+inline float exp_f32_in_range(float x) { return exp_poly<ExpScalarOps>(x); }
 // x clamped to [-87, 88] first (e^x stays a normal finite number). A loop should clamp in a pass of
 // its own: with the clamp inline, GCC also evaluates the clamped branch's constant and blends,
 // and that branch's a / (1 + e^88) is a subnormal (a microcode assist) for every ordinary value.
@@ -158,7 +158,7 @@ enum class Phase : int {
   Quantize,   // activations to int8 before each linear
   Product,    // the ternary products and their rescale to fp32
   RopeCache,  // biases, q/k norms, RoPE and the KV cache writes
-  Attention,  // the attention kernel over every (token, head)
+  Attention,  // attention over the KV cache (blocked per KV head, or per (token, head))
   Norms,      // sub-norms, residual adds and the next RMSNorm
   Activation, // the gated activation
   Head,       // the final norm and the output head
