@@ -146,6 +146,16 @@ struct I2Avx2 {
   }
 };
 
+// Tried for 5-8 tokens and not kept (branch avx2step-hybrid, 2026-12-06): a hybrid that sends two
+// of every four tiles through 8-lane lookup tables (load ports) and two through this pair (vector
+// ALU ports) in one loop, a lookup row per multiply plane step, bit-exact. One 2B4T layer, 2
+// threads, CPU time: 2.44 ms at 8 tokens against 1.88 ms here (0.77x; 0.65x at 5). The halves
+// alone took 1.46 ms (multiply) and 1.47 ms (lookups): they hardly overlap, and the lookups need
+// their tables in L1, so the loop runs a block of columns over every row block and the multiply
+// half pays an int32 round trip through y per block. Even on registers and L1 alone (no offsets
+// to make, no round trips) 8 vpmaddubsw + 8 lookups a step ran at 1.2x the multiply loop, so no
+// split recovers the overheads on this core. The pair here runs at about 88% of its bound at 8
+// tokens (2 ALU uops per 32 products plus the unpack's 0.22 on three vector ALU ports).
 void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                      const int32_t* xsum, int T, int32_t* y, int ldy) {
   i2_gemm_chunked<I2Avx2>(w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
@@ -238,6 +248,13 @@ inline void head_i8_row_sign<1>(const int8_t* e, int Cp, const int8_t* x, int32_
 // both stream at the read bandwidth and the sign trick was a little faster, at 16 two tiles' int16
 // activations crowd L1 and it was 1.14x slower, so those keep it). Invariant: |e x| <= 127 * 127,
 // a vpmaddwd pair at most 32258, and the int32 lanes hold Cp * 127 * 127 for Cp < 133144: exact.
+// Not shorter: an unsigned offset (x + 128 or e + 128 as vpmaddubsw's u8 operand, with a row or
+// token sum subtracted) saturates inside one vpmaddubsw pair (2 * 255 * 127 = 64770 > 32767) even
+// though x stays in [-127, 127] (test_quantizer_range.py), so two pairs cannot share an int16
+// lane either. Nor faster (one thread, half a 2B4T head, 8 tokens): x16 interleaved by column,
+// two rows a pass, two 4-token passes a row, 8 KiB prefetch, row groups over 1280-column chunks
+// (all within 3% or slower). This loop runs at about 77% of its 4 ALU uops per 32 products with
+// the head in L2, 70% streaming it from DRAM.
 constexpr int kHeadTT16 = 8;  // 8 accumulators + 2 row halves + 2 products: 12 ymm registers
 template <int TT>
 inline void head_i8_row_i16(const int8_t* e, int Cp, const int16_t* x16, int32_t* out, int ldo) {
