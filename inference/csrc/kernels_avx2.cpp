@@ -149,13 +149,15 @@ struct I2Avx2 {
 // Tried for 5-8 tokens and not kept (branch avx2step-hybrid, 2026-12-06): a hybrid that sends two
 // of every four tiles through 8-lane lookup tables (load ports) and two through this pair (vector
 // ALU ports) in one loop, a lookup row per multiply plane step, bit-exact. One 2B4T layer, 2
-// threads, CPU time: 2.44 ms at 8 tokens against 1.88 ms here (0.77x; 0.65x at 5). The halves
-// alone took 1.46 ms (multiply) and 1.47 ms (lookups): they hardly overlap, and the lookups need
-// their tables in L1, so the loop runs a block of columns over every row block and the multiply
-// half pays an int32 round trip through y per block. Even on registers and L1 alone (no offsets
-// to make, no round trips) 8 vpmaddubsw + 8 lookups a step ran at 1.2x the multiply loop, so no
-// split recovers the overheads on this core. The pair here runs at about 88% of its bound at 8
-// tokens (2 ALU uops per 32 products plus the unpack's 0.22 on three vector ALU ports).
+// threads, CPU time: 2.15 ms at 8 tokens against 1.91 ms here (0.89x; 0.79x at 5). The lookups
+// need their tables in L1, so the loop runs a block of columns over every row block: the multiply
+// half pays an int32 round trip through y per block, the lookup half one through its int16 sums,
+// and each lookup is an offset load plus a vpaddw from an indexed address (three fused uops if it
+// is unlaminated, as on earlier Intel cores): about 3.6 uops per 32 products against 3.1 here.
+// Even on registers and L1 alone (no offsets to make, no round trips) 8 vpmaddubsw + 8 lookups a
+// step ran at only 1.2x the multiply loop alone: the halves share more of the core than the port
+// counts suggest. This pair runs at about 88% of its bound at 8 tokens (2 vector ALU uops per 32
+// products plus the unpack's 0.22, on three ports).
 void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                      const int32_t* xsum, int T, int32_t* y, int ldy) {
   i2_gemm_chunked<I2Avx2>(w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
