@@ -152,12 +152,13 @@ struct I2Avx2 {
 // threads, CPU time: 2.15 ms at 8 tokens against 1.91 ms here (0.89x; 0.79x at 5). The lookups
 // need their tables in L1, so the loop runs a block of columns over every row block: the multiply
 // half pays an int32 round trip through y per block, the lookup half one through its int16 sums,
-// and each lookup is an offset load plus a vpaddw from an indexed address (three fused uops if it
-// is unlaminated, as on earlier Intel cores): about 3.6 uops per 32 products against 3.1 here.
-// Even on registers and L1 alone (no offsets to make, no round trips) 8 vpmaddubsw + 8 lookups a
-// step ran at only 1.2x the multiply loop alone: the halves share more of the core than the port
-// counts suggest. This pair runs at about 88% of its bound at 8 tokens (2 vector ALU uops per 32
-// products plus the unpack's 0.22, on three ports).
+// and every row block makes its table offsets and unpacks its codes again per block: about 20%
+// more uops than the two inner loops themselves. Those loops alone, on registers and L1 (offsets
+// made once, kept in L1), gave 8 vpmaddubsw + 8 lookups a step 1.2-1.25x the products per cycle of
+// the multiply loop alone (lookups alone 1.15x; 64-bit table pointers instead of 16-bit offsets,
+// i.e. no indexed addressing, the same): the halves do not add up as their port counts suggest,
+// and the overheads take the rest. This pair runs at about 88% of its bound at 8 tokens (2 vector
+// ALU uops per 32 products plus the unpack's 0.22, on three ports).
 void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                      const int32_t* xsum, int T, int32_t* y, int ldy) {
   i2_gemm_chunked<I2Avx2>(w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
