@@ -88,6 +88,22 @@ def test_lut_row_block_counts(isa, fmt, rows):
         np.testing.assert_array_equal(got, want[:T], err_msg=f"T={T}")
 
 
+@pytest.mark.parametrize("isa", LUT_ISAS)
+@pytest.mark.parametrize("fmt", ["i2", "t5"])
+def test_lut_rows_in_several_passes(isa, fmt):
+    """1026 row blocks (the last one padded): more than one pass over the rows keeps its running sums
+    within kLutL2Bytes (kernels_lut_inl.h), so 32-token tiles take 3 passes and 16-token ones 2, each
+    building the tables again; every row of every pass lands in its place."""
+    rng = np.random.default_rng(11)
+    rows, K = 16 * 1025 + 4, 70
+    q = rng.integers(-1, 2, size=(rows, K)).astype(np.int8)
+    x = rng.integers(-128, 128, size=(40, K)).astype(np.int8)
+    want = x.astype(np.int64) @ q.T.astype(np.int64)
+    for T in (16, 40):
+        got = MATMUL[fmt](isa, _packed(q), x[:T], family="lut")
+        np.testing.assert_array_equal(got, want[:T], err_msg=f"T={T}")
+
+
 def test_family_names_are_checked():
     q = np.zeros((16, 16), np.int8)
     with pytest.raises(ValueError, match="family must be"):
