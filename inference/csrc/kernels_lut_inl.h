@@ -27,11 +27,38 @@
 // (tables and sums: about 1.5 a cycle here, the 16-bit offset loads come nearly free): 32 B table
 // rows (16 tokens) run nearly twice the lookups a cycle of 64 B ones, so the products per second
 // hardly depend on the tokens per row, and what would pay is fewer 256-bit loads per product:
-// 5 trits a lookup (t5) or fewer round trips. Neither fits L1 at 32 tokens
-// (t5: 61 KiB of tables a tile; two i2 tiles: 41 KiB): the variants past 24 KiB of tables (two
-// tiles, 48 or 64 tokens a row, six groups a block) came out at most a few percent faster, and t5
-// at 16 tokens a row loses in table builds what it gains in lookups. Also no faster: offsets taken
-// apart from 32- or 64-bit loads in integer registers, weight prefetch at other distances.
+// 5 trits a lookup (t5) or fewer round trips. t5 does not fit L1 at 32 tokens (61 KiB of tables a
+// tile), and at 16 tokens a row loses in table builds what it gains in lookups; 48 or 64 tokens a
+// row, six groups a block: at most a few percent faster. Also no faster: offsets taken apart from
+// 32- or 64-bit loads in integer registers, weight prefetch at other distances.
+//
+// Since then (same Xeon, shared; single-thread CPU time of one thread's work, weights on 2 MiB
+// pages as the engine has them):
+// - Two i2 tiles a block at 32 tokens (kLutL1Bytes, 41 KiB of tables): 3% less time at 128
+//   tokens, 2% at 24 and 48; three (61 KiB) 10% more. lut_gemm<.., 64, 32> (64 tokens a row, 41
+//   KiB of tables a tile, as this file's generic code compiles it): 2.4x the time.
+// - Passes over rows of at most kLutL2Bytes of running sums: 1.5-2% less at 128 tokens on 2B4T's
+//   gate|up span (13824 rows).
+// - The engine (Model::linear_forward) runs q|k|v and gate|up as one call each (their tiles are
+//   adjacent in the weight arena) and, from 32 tokens a thread, splits the tokens over the threads
+//   rather than the rows: each thread builds the tables of its own tokens, once per span. Builds
+//   per thread and layer fell from 4 calls x 4 token tiles (thread 0) and 6 x 4 (thread 1) to
+//   5 x 2 (gate|up in two passes). Whole-model pp128 (10 layers, 2 threads): 4% faster from this
+//   alone, about 12% with the two changes above (avx2 and avxvnni alike: both run these kernels
+//   at 128 tokens).
+// - What is left in the row loop: a synthetic loop of nothing but lookups (4 offset loads and 8
+//   256-bit table adds per row) sustains about 2 table loads a cycle, and the row loop with one
+//   tile a block (10 256-bit loads per row and tile: 8 table rows, 2 for the running sum) ran at
+//   about 90% of that. Timing-only variants at one tile a block: the running sum's load removed,
+//   8-10% faster (two tiles a block halve that load; a third would leave L1, see above); every
+//   row block reading the first blocks' offsets (no weight loads, no offset making, and the same
+//   few table rows for every block) 8%, while making every row block's offsets of a tile block
+//   in one pass before the lookups gained nothing: the offsets cost little, the spread of the
+//   lookups over the tables is the rest. Offsets addressed base-only (pointer = table + offset,
+//   no index register) or taken apart from 64-bit loads: no faster in the synthetic loop either.
+//   Prefetching the running sums: no difference on 2 MiB pages (3% slower on 4 KiB pages). The
+//   rescale to fp32 after the kernel (model.cpp) is 2% of a prefill; folding it into lut_store_y
+//   is not done.
 //
 // Overflow: |E[b][t]| <= 128 * g (x may be -128, q = -1 on every column: +128 g), so n lookups sum
 // to at most 128 g n in magnitude; int16 holds it while 128 g n <= 32767: n <= 63 for i2 (g = 4:
