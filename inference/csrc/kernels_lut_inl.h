@@ -44,8 +44,8 @@
 //   rather than the rows: each thread builds the tables of its own tokens, once per span. Builds
 //   per thread and layer fell from 4 calls x 4 token tiles (thread 0) and 6 x 4 (thread 1) to
 //   5 x 2 (gate|up in two passes). Whole-model pp128 (10 layers, 2 threads): 4% faster from this
-//   alone, about 12% with the two changes above (avx2 and avxvnni alike: both run these kernels
-//   at 128 tokens).
+//   alone, 12-16% with the two changes above (avx2 and avxvnni alike: both run these kernels at
+//   128 tokens; bench_paths.py against the build before, alternating, shared machine).
 // - What is left in the row loop: a synthetic loop of nothing but lookups (4 offset loads and 8
 //   256-bit table adds per row) sustains about 2 table loads a cycle, and the row loop with one
 //   tile a block (10 256-bit loads per row and tile: 8 table rows, 2 for the running sum) ran at
