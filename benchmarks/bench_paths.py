@@ -4,6 +4,7 @@
     python benchmarks/bench_paths.py --paths avx2:mac,avxvnni:mac,avx2:lut --rounds 5 --layers 30
     python benchmarks/bench_paths.py --json out/paths.json
     python benchmarks/bench_paths.py --breakdown --paths avx2:auto,avx512:auto,amx   # where a step's time goes
+    python benchmarks/bench_paths.py --pp-breakdown --paths avx2:auto,avxvnni:auto   # ... and a prefill's
 
 A path is ``ISA:FAMILY`` (``_C.set_isa`` and ``_C.set_kernel_family``; family ``auto`` is what
 dispatch picks), or ``ISA:FAMILY:per-head`` for the x86 SIMD paths with each query head's attention
@@ -16,7 +17,8 @@ figure's median over rounds and its ratio to the first path, and the step of `ba
 step of 1 in wall time and in CPU time (``time.process_time`` over all threads: on a shared machine
 the wall-time ratio grows with whatever else runs, the CPU-time one does not). ``--breakdown``
 adds, per path, where the steps of 1 and of `batch` spend their time (``Model.profile``: wall time
-per phase on the calling thread, and the thread pool's fork/joins per step). A measurement script,
+per phase on the calling thread, and the thread pool's fork/joins per step); ``--pp-breakdown`` the
+same for the prefill. A measurement script,
 not a test.
 """
 
@@ -81,6 +83,19 @@ def step_profile(m, slots: int, depth: int, vocab: int, rng: np.random.Generator
     return out
 
 
+def prefill_profile(m, ids: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """ms per phase of one prefill of `ids` from an empty cache (Model.profile), plus "total" and "jobs"."""
+    m.reset()
+    m.set_profile(True)
+    m.forward(ids, 0, len(ids) - 1, out)
+    p = m.profile()
+    m.set_profile(False)
+    res = {k: 1e3 * p[k] for k in PHASES}
+    res["total"] = sum(res.values())
+    res["jobs"] = p["jobs"]
+    return res
+
+
 def fill_slots(m, slots: int, depth: int, vocab: int, rng: np.random.Generator) -> None:
     """Give `m` `slots` slots (room for depth + 8 positions) each holding `depth` random positions."""
     m.set_slots(slots, depth + 8)
@@ -114,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--breakdown", action="store_true", help="per path: ms per phase of the steps of 1 and of --batch")
+    p.add_argument("--pp-breakdown", action="store_true", help="per path: ms per phase of the prefill")
     a = p.parse_args(argv)
 
     from bitnet.config import BitNetConfig
@@ -129,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = rng.integers(0, V, size=a.prompt_len, dtype=np.int32)
     out = np.empty((1, V), np.float32)
     res: dict[str, dict[str, list[float]]] = {path_name(i, f, at): {"pp_s": [], "step1_s": [], f"step{a.batch}_s": [],
-                                                          "cpu_ratio": [], "prof1": [], "profb": []}
+                                                          "cpu_ratio": [], "prof1": [], "profb": [], "profpp": []}
                                                for i, f, at in paths}
     for rnd in range(a.rounds + 1):  # round 0 is a warm-up
         for isa, fam, attn in paths:
@@ -145,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             sb = min(step_s(m, a.batch, a.depth, V, rng) for _ in range(2))
             c1 = min(step_s(m, 1, a.depth, V, rng, time.process_time) for _ in range(2))
             cb = min(step_s(m, a.batch, a.depth, V, rng, time.process_time) for _ in range(2))
+            if rnd and a.pp_breakdown:
+                res[name]["profpp"].append(prefill_profile(m, ids, out))
             if rnd and a.breakdown:
                 res[name]["prof1"].append(step_profile(m, 1, a.depth, V, rng))
                 res[name]["profb"].append(step_profile(m, a.batch, a.depth, V, rng))
@@ -183,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                 rows[name][f"phases_{T}"] = med
                 print(f"{name:<20} {T:>3} " + " ".join(f"{med[k]:10.2f}" for k in PHASES) +
                       f" {med['total']:8.1f} {med['jobs']:6.0f}")
+    if a.pp_breakdown:
+        print(f"\nms per phase of the prefill of {a.prompt_len} tokens (median over rounds; wall time on the "
+              f"calling thread), and thread-pool fork/joins")
+        print(f"{'path':<20} " + " ".join(f"{k[:10]:>10}" for k in PHASES) + f" {'total':>8} {'jobs':>6}")
+        for name, r in res.items():
+            med = {k: statistics.median(p[k] for p in r["profpp"]) for k in (*PHASES, "total", "jobs")}
+            rows[name]["phases_pp"] = med
+            print(f"{name:<20} " + " ".join(f"{med[k]:10.2f}" for k in PHASES) + f" {med['total']:8.1f} {med['jobs']:6.0f}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = a.json.with_suffix(".tmp")

@@ -27,11 +27,38 @@
 // (tables and sums: about 1.5 a cycle here, the 16-bit offset loads come nearly free): 32 B table
 // rows (16 tokens) run nearly twice the lookups a cycle of 64 B ones, so the products per second
 // hardly depend on the tokens per row, and what would pay is fewer 256-bit loads per product:
-// 5 trits a lookup (t5) or fewer round trips. Neither fits L1 at 32 tokens
-// (t5: 61 KiB of tables a tile; two i2 tiles: 41 KiB): the variants past 24 KiB of tables (two
-// tiles, 48 or 64 tokens a row, six groups a block) came out at most a few percent faster, and t5
-// at 16 tokens a row loses in table builds what it gains in lookups. Also no faster: offsets taken
-// apart from 32- or 64-bit loads in integer registers, weight prefetch at other distances.
+// 5 trits a lookup (t5) or fewer round trips. t5 does not fit L1 at 32 tokens (61 KiB of tables a
+// tile), and at 16 tokens a row loses in table builds what it gains in lookups; 48 or 64 tokens a
+// row, six groups a block: at most a few percent faster. Also no faster: offsets taken apart from
+// 32- or 64-bit loads in integer registers, weight prefetch at other distances.
+//
+// Since then (same Xeon, shared; single-thread CPU time of one thread's work, weights on 2 MiB
+// pages as the engine has them):
+// - Two i2 tiles a block at 32 tokens (kLutL1Bytes, 41 KiB of tables): 3% less time at 128
+//   tokens, 2% at 24 and 48; three (61 KiB) 10% more. lut_gemm<.., 64, 32> (64 tokens a row, 41
+//   KiB of tables a tile, as this file's generic code compiles it): 2.4x the time.
+// - Passes over rows of at most kLutL2Bytes of running sums: 1.5-2% less at 128 tokens on 2B4T's
+//   gate|up span (13824 rows).
+// - The engine (Model::linear_forward) runs q|k|v and gate|up as one call each (their tiles are
+//   adjacent in the weight arena) and, from 32 tokens a thread, splits the tokens over the threads
+//   rather than the rows: each thread builds the tables of its own tokens, once per span. Builds
+//   per thread and layer fell from 4 calls x 4 token tiles (thread 0) and 6 x 4 (thread 1) to
+//   5 x 2 (gate|up in two passes). Whole-model pp128 (10 layers, 2 threads): 4% faster from this
+//   alone, 12-16% with the two changes above (avx2 and avxvnni alike: both run these kernels at
+//   128 tokens; bench_paths.py against the build before, alternating, shared machine).
+// - What is left in the row loop: a synthetic loop of nothing but lookups (4 offset loads and 8
+//   256-bit table adds per row) sustains about 2 table loads a cycle, and the row loop with one
+//   tile a block (10 256-bit loads per row and tile: 8 table rows, 2 for the running sum) ran at
+//   about 90% of that. Timing-only variants at one tile a block: the running sum's load removed,
+//   8-10% faster (two tiles a block halve that load; a third would leave L1, see above); every
+//   row block reading the first blocks' offsets (no weight loads, no offset making, and the same
+//   few table rows for every block) 8%, while making every row block's offsets of a tile block
+//   in one pass before the lookups gained nothing: the offsets cost little, the spread of the
+//   lookups over the tables is the rest. Offsets addressed base-only (pointer = table + offset,
+//   no index register) or taken apart from 64-bit loads: no faster in the synthetic loop either.
+//   Prefetching the running sums: no difference on 2 MiB pages (3% slower on 4 KiB pages). The
+//   rescale to fp32 after the kernel (model.cpp) is 2% of a prefill; folding it into lut_store_y
+//   is not done.
 //
 // Overflow: |E[b][t]| <= 128 * g (x may be -128, q = -1 on every column: +128 g), so n lookups sum
 // to at most 128 g n in magnitude; int16 holds it while 128 g n <= 32767: n <= 63 for i2 (g = 4:
@@ -62,8 +89,11 @@ constexpr int kLutChunkT5 = 12;
 static_assert(4 * kLutChunkI2 * 128 * 4 <= 32767, "i2: 4 lookups per tile, each at most 128 * 4 in magnitude");
 static_assert(4 * kLutChunkT5 * 128 * 5 <= 32767, "t5: 4 lookups per tile, each at most 128 * 5 in magnitude");
 
-// Table bytes a block of tiles may look up (L1D is 48 KiB on the x86 cores these kernels target).
-constexpr int kLutL1Bytes = 24 * 1024;
+// Table bytes a block of tiles may look up (L1D is 48 KiB on the x86 cores these kernels target):
+// two i2 tiles at 32 tokens a row (2 x 20.25 KiB), so a row's running sum makes one round trip per
+// 8 lookups instead of 4 (3% less time at 128 tokens than a 24 KiB budget, 2% at 24 and 48; three
+// tiles, 61 KiB, 10% more: the tables no longer stay in L1).
+constexpr int kLutL1Bytes = 42 * 1024;
 typedef uint8_t LutBytes16 __attribute__((vector_size(16)));
 typedef int8_t LutBytes16s __attribute__((vector_size(16)));
 
@@ -460,6 +490,23 @@ void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const i
   lut_store_y<VT>(acc32, rows, nt, y + mb0 * kTileRows, ldy);
 }
 
+// Running-sum bytes (int16 and int32 per row and token) one pass over rows may keep: three quarters
+// of a 2 MiB L2. A longer range of rows goes in equal passes that each build the tables again
+// (2B4T's gate|up span, 13824 rows at 32 tokens: 2 passes, 1.5-2% less time per prefill than one
+// pass; 3 passes the same as 2, 5 passes no gain).
+constexpr int kLutL2Bytes = 3 << 19;
+
+// Rows [16 mb0, 16 mb1) against nt <= VT tokens in passes of at most kLutL2Bytes of running sums.
+template <typename F, int VT, int NB>
+void lut_token_tile_passes(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int nt,
+                           int32_t* y, int ldy) {
+  constexpr int most = std::max(1, kLutL2Bytes / (kTileRows * VT * 6));  // row blocks a pass
+  const int passes = (mb1 - mb0 + most - 1) / most;
+  for (int p = 0; p < passes; ++p)
+    lut_token_tile<F, VT, NB>(w, KB, mb0 + (mb1 - mb0) * p / passes, mb0 + (mb1 - mb0) * (p + 1) / passes, x, ldx, nt,
+                              y, ldy);
+}
+
 // The whole product (ternary_gemm's contract; xsum unused: the tables hold signed sums): tokens in
 // tiles of VTmax, the remainder in the narrowest tile that holds it (8, 16, ... lanes). NB: the
 // translation unit's vector width in bytes (widen_add).
@@ -470,9 +517,9 @@ void lut_gemm(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t*
     const int nt = std::min(VTmax, T - t0);
     const int8_t* xt = x + static_cast<size_t>(t0) * ldx;
     int32_t* yt = y + static_cast<size_t>(t0) * ldy;
-    if (nt <= 8) lut_token_tile<F, 8, NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
-    else if (VTmax >= 16 && nt <= 16) lut_token_tile<F, (VTmax >= 16 ? 16 : 8), NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
-    else lut_token_tile<F, VTmax, NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    if (nt <= 8) lut_token_tile_passes<F, 8, NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    else if (VTmax >= 16 && nt <= 16) lut_token_tile_passes<F, (VTmax >= 16 ? 16 : 8), NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    else lut_token_tile_passes<F, VTmax, NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
   }
 }
 

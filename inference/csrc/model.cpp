@@ -600,10 +600,24 @@ void Model::copy_slot(int src, int dst, int n) {
   b.len = n;
 }
 
+// Tokens per thread from which a lookup-table product splits its tokens over the threads instead of
+// its rows (linear_forward): a full 32-token table row each. Measured on 2B4T, 2 threads, whole
+// prefills: split 4% faster at 64 and 128 tokens, 0-1.5% at 96, 8-9% slower at 32 and 48 (16 or
+// 24 tokens a thread: narrower or partly empty table rows for every row).
+constexpr int kLutSplitTokens = 32;
+
 // y_i (T, out_i) = dequant(ternary(W_i) x int8(x)) for linears W_i sharing the input x (T, in):
 // y[t][m] = (q.x_q)[m] * beta / s_t. One job over all their row blocks (q/k/v, gate/up) means one
 // thread-pool round trip per group, and the input is quantized once unless the linears carry
 // their own inner RMSNorm (then each quantizes its normed copy).
+//
+// Linears that read the same quantized input and whose tiles follow one another in the arena with
+// the same tiles per row block (q k v, gate up: layout_arena lays them out in that order) form one
+// span: one kernel call covers the span's rows, its integer outputs side by side in one (T, rows)
+// block, so a lookup-table kernel builds its tables once per span and thread, not once per linear.
+// Lookup tables for kLutSplitTokens or more tokens a thread split the tokens over the threads: each
+// thread builds the tables of its own tokens only, where a split of the rows has every thread build
+// the tables of every token.
 void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*>> group, const float* x, int T,
                            PhaseClock& clk) {
   const Kernels& kern = kernels();
@@ -611,16 +625,23 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
   struct Item {
     const Linear* L;
     float* y;
-    int Kp, Mp, mb_begin;
-    size_t xq_off, acc_off;
+    int Kp, Mp, mb_begin;  // padded input width, padded rows, first row block in the job's order
+    size_t xq_off;
     int xs;     // index of its quantized input
     bool owns;  // quantizes that input itself (else it shares item 0's)
+    int span, row0;  // its span and its first row in the span's outputs
+  };
+  struct Span {
+    const Linear* L;  // the first linear: tiles, KB, format
+    int MB, Mp, mb_begin, xs, Kp;
+    size_t xq_off, acc_off;
   };
   std::vector<Item> items;
+  std::vector<Span> spans;
   size_t xq_total = 0, acc_total = 0;
   int mb_total = 0, n_inputs = 0;
   for (const auto& [L, y] : group) {
-    Item it{L, y, (L->KB * L->tile_cols() + kXAlign - 1) / kXAlign * kXAlign, L->MB * kTileRows, mb_total, 0, 0, 0, true};
+    Item it{L, y, (L->KB * L->tile_cols() + kXAlign - 1) / kXAlign * kXAlign, L->MB * kTileRows, mb_total, 0, 0, true, 0, 0};
     const bool share = !items.empty() && L->norm.empty() && items[0].L->norm.empty() && it.Kp == items[0].Kp;
     if (share) {
       it.xq_off = items[0].xq_off;
@@ -631,10 +652,24 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
       xq_total += static_cast<size_t>(T) * it.Kp;
       it.xs = n_inputs++;
     }
-    it.acc_off = acc_total;
-    acc_total += static_cast<size_t>(T) * it.Mp;
+    // Joins the previous span when it reads the same input and its tiles follow that span's.
+    const Span* prev = spans.empty() ? nullptr : &spans.back();
+    const bool joins = prev != nullptr && prev->xs == it.xs && prev->L->format == L->format && prev->L->KB == L->KB &&
+                       (L->format == WeightFormat::T5
+                            ? L->tiles5 == prev->L->tiles5 + static_cast<size_t>(prev->MB) * L->KB
+                            : L->tiles == prev->L->tiles + static_cast<size_t>(prev->MB) * L->KB);
+    if (!joins) spans.push_back(Span{L, 0, 0, mb_total, it.xs, it.Kp, it.xq_off, 0});
+    Span& s = spans.back();
+    it.span = static_cast<int>(spans.size()) - 1;
+    it.row0 = s.Mp;
+    s.MB += L->MB;
+    s.Mp += it.Mp;
     mb_total += L->MB;
     items.push_back(it);
+  }
+  for (Span& s : spans) {
+    s.acc_off = acc_total;
+    acc_total += static_cast<size_t>(T) * s.Mp;
   }
   // Scratch reused across calls (no page faults per linear); the model runs one forward at a time.
   if (scratch_xq_.size() < xq_total) scratch_xq_.resize(xq_total);
@@ -664,28 +699,49 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
   const TernaryGemmFn gemm2 = ternary_gemm_for(kern, T);
   const Ternary5GemmFn gemm5 = ternary5_gemm_for(kern, T);
   const bool lut = weight_format_ == WeightFormat::T5 ? gemm5 == kern.ternary5_gemm_lut : gemm2 == kern.ternary_gemm_lut;
+  // Row blocks [mb0, mb1) of span s (its own numbering), tokens [t0, t1).
+  auto product = [&](const Span& s, int mb0, int mb1, int t0, int t1) {
+    const int8_t* xq = scratch_xq_.data() + s.xq_off + static_cast<size_t>(t0) * s.Kp;
+    const int32_t* xs = xsum.data() + static_cast<size_t>(s.xs) * T + t0;
+    int32_t* acc = scratch_acc_.data() + s.acc_off + static_cast<size_t>(t0) * s.Mp;
+    // The linear's format picks the kernel once per call (its loops hold no branch).
+    if (s.L->format == WeightFormat::T5) gemm5(s.L->tiles5, s.L->KB, mb0, mb1, xq, s.Kp, xs, t1 - t0, acc, s.Mp);
+    else gemm2(s.L->tiles, s.L->KB, mb0, mb1, xq, s.Kp, xs, t1 - t0, acc, s.Mp);
+  };
+  // y of item it for its row blocks [mb0, mb1) (its own numbering), tokens [t0, t1).
+  auto rescale = [&](const Item& it, int mb0, int mb1, int t0, int t1) {
+    const Linear& L = *it.L;
+    const Span& s = spans[it.span];
+    const int m1 = std::min(L.out, mb1 * kTileRows);
+    for (int t = t0; t < t1; ++t) {
+      const float r = L.beta * inv_s[static_cast<size_t>(it.xs) * T + t];
+      float* yt = it.y + static_cast<size_t>(t) * L.out;
+      const int32_t* at = scratch_acc_.data() + s.acc_off + static_cast<size_t>(t) * s.Mp + it.row0;
+      if (L.row_scale.empty())
+        for (int m = mb0 * kTileRows; m < m1; ++m) yt[m] = static_cast<float>(at[m]) * r;
+      else  // per-row scales (TriLM): one more multiply per output
+        for (int m = mb0 * kTileRows; m < m1; ++m) yt[m] = static_cast<float>(at[m]) * r * L.row_scale[m];
+    }
+  };
+  // Lookup tables for enough tokens split the tokens over the threads, in runs of whole 8-token
+  // tiles (kLutSplitTokens).
+  if (lut && T >= kLutSplitTokens * pool_.size()) {
+    const int units = (T + 7) / 8;
+    pool_.parallel_for(units, [&](int b, int e) {
+      const int t0 = 8 * b, t1 = std::min(T, 8 * e);
+      for (const Span& s : spans) product(s, 0, s.MB, t0, t1);
+      for (const Item& it : items) rescale(it, 0, it.L->MB, t0, t1);
+    }, 1);
+    return;
+  }
   pool_.parallel_for(mb_total, [&](int b, int e) {
+    for (const Span& s : spans) {
+      const int mb0 = std::max(b, s.mb_begin) - s.mb_begin, mb1 = std::min(e, s.mb_begin + s.MB) - s.mb_begin;
+      if (mb0 < mb1) product(s, mb0, mb1, 0, T);
+    }
     for (const Item& it : items) {
-      const Linear& L = *it.L;
-      const int mb0 = std::max(b, it.mb_begin) - it.mb_begin, mb1 = std::min(e, it.mb_begin + L.MB) - it.mb_begin;
-      if (mb0 >= mb1) continue;
-      const int32_t* xs = xsum.data() + static_cast<size_t>(it.xs) * T;
-      int32_t* acc = scratch_acc_.data() + it.acc_off;
-      // The linear's format picks the kernel once per row-block range (its loops hold no branch).
-      if (L.format == WeightFormat::T5)
-        gemm5(L.tiles5, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
-      else
-        gemm2(L.tiles, L.KB, mb0, mb1, scratch_xq_.data() + it.xq_off, it.Kp, xs, T, acc, it.Mp);
-      const int m1 = std::min(L.out, mb1 * kTileRows);
-      for (int t = 0; t < T; ++t) {
-        const float r = L.beta * inv_s[static_cast<size_t>(it.xs) * T + t];
-        float* yt = it.y + static_cast<size_t>(t) * L.out;
-        const int32_t* at = acc + static_cast<size_t>(t) * it.Mp;
-        if (L.row_scale.empty())
-          for (int m = mb0 * kTileRows; m < m1; ++m) yt[m] = static_cast<float>(at[m]) * r;
-        else  // per-row scales (TriLM): one more multiply per output
-          for (int m = mb0 * kTileRows; m < m1; ++m) yt[m] = static_cast<float>(at[m]) * r * L.row_scale[m];
-      }
+      const int mb0 = std::max(b, it.mb_begin) - it.mb_begin, mb1 = std::min(e, it.mb_begin + it.L->MB) - it.mb_begin;
+      if (mb0 < mb1) rescale(it, mb0, mb1, 0, T);
     }
   }, T == 1 || lut ? 1 : 4);  // one token: one sequential stream per thread (the linears are adjacent)
 }

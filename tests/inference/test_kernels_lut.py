@@ -88,6 +88,22 @@ def test_lut_row_block_counts(isa, fmt, rows):
         np.testing.assert_array_equal(got, want[:T], err_msg=f"T={T}")
 
 
+@pytest.mark.parametrize("isa", LUT_ISAS)
+@pytest.mark.parametrize("fmt", ["i2", "t5"])
+def test_lut_rows_in_several_passes(isa, fmt):
+    """1026 row blocks (the last one padded): more than one pass over the rows keeps its running sums
+    within kLutL2Bytes (kernels_lut_inl.h), so 32-token tiles take 3 passes and 16-token ones 2, each
+    building the tables again; every row of every pass lands in its place."""
+    rng = np.random.default_rng(11)
+    rows, K = 16 * 1025 + 4, 70
+    q = rng.integers(-1, 2, size=(rows, K)).astype(np.int8)
+    x = rng.integers(-128, 128, size=(40, K)).astype(np.int8)
+    want = x.astype(np.int64) @ q.T.astype(np.int64)
+    for T in (16, 40):
+        got = MATMUL[fmt](isa, _packed(q), x[:T], family="lut")
+        np.testing.assert_array_equal(got, want[:T], err_msg=f"T={T}")
+
+
 def test_family_names_are_checked():
     q = np.zeros((16, 16), np.int8)
     with pytest.raises(ValueError, match="family must be"):
@@ -132,13 +148,20 @@ def test_lut_peak_runs_and_rejects_bad_arguments():
         _C.lut_peak("neon", 1, 0.01)
 
 
+INNER_NORM = dict(use_sub_norms=False, use_rms_norm=True, hidden_act="silu", tie_word_embeddings=False)
+
+
 @pytest.mark.parametrize("weights", ["i2", "t5"])
-def test_engine_logits_lut_equal_mac(tmp_path, weights):
-    """The whole forward pass (prefill of 40 tokens, a batched step of 3 sequences) with the lut family
-    forced gives the same logits as the mac family, bit for bit, on every path that has lut kernels."""
-    path = export(tiny(seed=3), tmp_path / "m")
+@pytest.mark.parametrize("shape", ["sub-norms", "inner-norm"])
+def test_engine_logits_lut_equal_mac(tmp_path, weights, shape):
+    """The whole forward pass with the lut family forced gives the same logits as the mac family, bit
+    for bit, on every path that has lut kernels: prefills of 40 tokens (2 threads: each takes a range
+    of row blocks) and of 100 (each takes a range of tokens), and a batched step of 3 sequences. With
+    sub-norms q/k/v and gate/up share their quantized input and run as one span of rows each; with
+    inner RMSNorms every linear quantizes its own input and runs on its own."""
+    path = export(tiny(seed=3, **(INNER_NORM if shape == "inner-norm" else {})), tmp_path / "m")
     eng = Engine(path, threads=2, weights=weights)
-    ids = np.random.default_rng(0).integers(0, eng.vocab_size, size=40).astype(np.int32)
+    ids = np.random.default_rng(0).integers(0, eng.vocab_size, size=100).astype(np.int32)
     before_isa, before_family = current_isa(), _C.kernel_family()
     try:
         for isa in LUT_ISAS:
@@ -146,15 +169,15 @@ def test_engine_logits_lut_equal_mac(tmp_path, weights):
             out = {}
             for fam in ("mac", "lut"):
                 _C.set_kernel_family(fam)
-                full = eng.logits(ids)
+                short, full = eng.logits(ids[:40]), eng.logits(ids)
                 m = eng._model
                 m.set_slots(3, 64)
                 step = np.empty((3, eng.vocab_size), np.float32)
                 m.forward_batch(np.arange(3, dtype=np.int32), np.zeros(3, np.int32), np.array([5, 9, 2], np.int32),
                                 ids[:16], step)
-                out[fam] = (full, step)
-            np.testing.assert_array_equal(out["lut"][0], out["mac"][0], err_msg=isa)
-            np.testing.assert_array_equal(out["lut"][1], out["mac"][1], err_msg=isa)
+                out[fam] = (short, full, step)
+            for got, want in zip(out["lut"], out["mac"]):
+                np.testing.assert_array_equal(got, want, err_msg=isa)
     finally:
         set_isa(before_isa)
         _C.set_kernel_family(before_family)
