@@ -992,6 +992,7 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
   // The per-token work between the matrix products (norms, RoPE, cache writes, residual adds) over
   // the tokens in parallel: a prefill of 128 tokens spent about a fifth of its time in these loops
   // on one thread. One token stays on the calling thread (no pool round trip).
+  const int row_chunks = std::clamp(T / (8 * pool_.size()), 1, 4);
   auto per_token = [&](auto&& fn) {
     if (T == 1) {
       fn(0);
@@ -999,14 +1000,13 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     }
     pool_.parallel_for(T, [&](int t0, int t1) {
       for (int t = t0; t < t1; ++t) fn(t);
-    });
+    }, row_chunks);
   };
   // The norms over ranges of tokens; one token on the calling thread. rmsnorm_rows runs up to 8
   // rows' serial sums at once, so a range should hold several rows: a batched step of 8 tokens
   // takes one range per thread (4 rows, 4 add chains in flight) instead of the pool's default 4 per
   // thread (1 row each: one chain, bound by the add's latency; the norms of a step of 8 at 2B4T,
   // 2 threads: 2.0 -> 1.4 ms); a prefill keeps up to 4 ranges per thread, of 8 rows and more.
-  const int row_chunks = std::clamp(T / (8 * pool_.size()), 1, 4);
   auto per_rows = [&](auto&& fn) {
     if (T == 1) fn(0, 1);
     else pool_.parallel_for(T, fn, row_chunks);
@@ -1078,24 +1078,29 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     residual_norm(ly.post_norm.data());
     linear_forward({{&ly.gate, g.data()}, {&ly.up, u.data()}}, xn.data(), T, clk);
     clk.lap(Phase::Activation);
-    // The gated activation elementwise over all T * I values in blocks (one token still uses every
-    // thread), then the sub-norm per token.
-    constexpr size_t kActBlock = 1024;
-    const size_t n_act = static_cast<size_t>(T) * I;
     const std::string_view isa = kernels().name;
     // the same values on 16 lanes (avx512 / amx) or 8 (avx2 / avxvnni): elementwise.h
     const auto act = isa == "avx512" || isa == "amx" ? gated_act_avx512
                      : isa == "avx2" || isa == "avxvnni" ? gated_act_avx2 : gated_act_ref;
-    pool_.parallel_for(static_cast<int>((n_act + kActBlock - 1) / kActBlock), [&](int b0, int b1) {
-      const size_t begin = static_cast<size_t>(b0) * kActBlock, end = std::min(n_act, static_cast<size_t>(b1) * kActBlock);
-      act(g.data() + begin, u.data() + begin, end - begin, cfg_.relu2);
-    });
-    clk.lap(Phase::Norms);
-    if (cfg_.sub_norms)
-      per_rows([&](int t0, int t1) {
-        float* a = &g[static_cast<size_t>(t0) * I];
-        rmsnorm_rows(a, ly.ffn_sub_norm.data(), t1 - t0, I, cfg_.eps, a);
+    if (T == 1) {
+      // One token: the gated activation over its I values in blocks, so that it still uses every
+      // thread, then the sub-norm on the calling thread.
+      constexpr int kActBlock = 1024;
+      pool_.parallel_for((I + kActBlock - 1) / kActBlock, [&](int b0, int b1) {
+        const int begin = b0 * kActBlock, end = std::min(I, b1 * kActBlock);
+        act(g.data() + begin, u.data() + begin, static_cast<size_t>(end - begin), cfg_.relu2);
       });
+      clk.lap(Phase::Norms);
+      if (cfg_.sub_norms) rmsnorm(g.data(), ly.ffn_sub_norm.data(), I, cfg_.eps, g.data());
+    } else {
+      // Several tokens: the activation and then the sub-norm of a range of tokens in one job, one
+      // pool round trip instead of two (the profile counts both as activation).
+      per_rows([&](int t0, int t1) {
+        const size_t o = static_cast<size_t>(t0) * I;
+        act(g.data() + o, u.data() + o, static_cast<size_t>(t1 - t0) * I, cfg_.relu2);
+        if (cfg_.sub_norms) rmsnorm_rows(&g[o], ly.ffn_sub_norm.data(), t1 - t0, I, cfg_.eps, &g[o]);
+      });
+    }
     linear_forward({{&ly.down, tmp.data()}}, g.data(), T, clk);
     clk.lap(Phase::Norms);
     residual_norm(li + 1 < cfg_.layers ? layers_[li + 1].input_norm.data() : nullptr);
