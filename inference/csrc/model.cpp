@@ -118,9 +118,20 @@ void gated_act_ref(float* g, const float* u, size_t n, bool relu2) {
 namespace {
 
 // rmsnorm of `rows` rows of n (row-major), equal to rmsnorm row by row bit for bit; y may alias x.
-void rmsnorm_rows(const float* x, const float* w, int rows, int n, float eps, float* y) {
+// wide (the avx512 / amx paths): 16 rows at a time have their sums in AVX-512 lanes
+// (sumsq_rows16_avx512, elementwise.h), the rest as below.
+void rmsnorm_rows(const float* x, const float* w, int rows, int n, float eps, float* y, bool wide) {
   constexpr int kChains = 8;
   int t = 0;
+  if (wide)
+    for (; t + 16 <= rows; t += 16) {
+      float ss[16];
+      sumsq_rows16_avx512(x + static_cast<size_t>(t) * n, n, n, ss);
+      for (int j = 0; j < 16; ++j) {
+        const size_t o = static_cast<size_t>(t + j) * n;
+        rmsnorm_scale(x + o, w, n, eps, ss[j], y + o);
+      }
+    }
   for (; t + kChains <= rows; t += kChains)
     rmsnorm_group<kChains>(x + static_cast<size_t>(t) * n, w, n, eps, y + static_cast<size_t>(t) * n);
   const size_t o = static_cast<size_t>(t) * n;
@@ -992,7 +1003,9 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
   // The per-token work between the matrix products (norms, RoPE, cache writes, residual adds) over
   // the tokens in parallel: a prefill of 128 tokens spent about a fifth of its time in these loops
   // on one thread. One token stays on the calling thread (no pool round trip).
-  const int row_chunks = std::clamp(T / (8 * pool_.size()), 1, 4);
+  const std::string_view isa = kernels().name;
+  const bool wide = isa == "avx512" || isa == "amx";  // rmsnorm_rows: 16 rows' sums in AVX-512 lanes
+  const int row_chunks = std::clamp(T / ((wide ? 16 : 8) * pool_.size()), 1, 4);
   auto per_token = [&](auto&& fn) {
     if (T == 1) {
       fn(0);
@@ -1002,11 +1015,12 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
       for (int t = t0; t < t1; ++t) fn(t);
     }, row_chunks);
   };
-  // The norms over ranges of tokens; one token on the calling thread. rmsnorm_rows runs up to 8
-  // rows' serial sums at once, so a range should hold several rows: a batched step of 8 tokens
-  // takes one range per thread (4 rows, 4 add chains in flight) instead of the pool's default 4 per
-  // thread (1 row each: one chain, bound by the add's latency; the norms of a step of 8 at 2B4T,
-  // 2 threads: 2.0 -> 1.4 ms); a prefill keeps up to 4 ranges per thread, of 8 rows and more.
+  // The norms over ranges of tokens; one token on the calling thread. rmsnorm_rows runs several
+  // rows' serial sums at once (8 chains; 16 lanes where wide), so a range should hold that many rows:
+  // a batched step of 8 tokens takes one range per thread (4 rows, 4 add chains in flight) instead
+  // of the pool's default 4 per thread (1 row each: one chain, bound by the add's latency; the
+  // norms of a step of 8 at 2B4T, 2 threads: 2.0 -> 1.4 ms); a prefill keeps up to 4 ranges per
+  // thread, of 8 (16) rows and more. row_chunks is computed before per_token, which shares it.
   auto per_rows = [&](auto&& fn) {
     if (T == 1) fn(0, 1);
     else pool_.parallel_for(T, fn, row_chunks);
@@ -1016,14 +1030,14 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     per_rows([&](int t0, int t1) {
       const size_t o = static_cast<size_t>(t0) * C, n = static_cast<size_t>(t1 - t0) * C;
       for (size_t i = 0; i < n; ++i) x[o + i] += tmp[o + i];
-      if (norm != nullptr) rmsnorm_rows(&x[o], norm, t1 - t0, C, cfg_.eps, &xn[o]);
+      if (norm != nullptr) rmsnorm_rows(&x[o], norm, t1 - t0, C, cfg_.eps, &xn[o], wide);
     });
   };
 
   if (cfg_.layers > 0)
     per_rows([&](int t0, int t1) {
       const size_t o = static_cast<size_t>(t0) * C;
-      rmsnorm_rows(&x[o], layers_[0].input_norm.data(), t1 - t0, C, cfg_.eps, &xn[o]);
+      rmsnorm_rows(&x[o], layers_[0].input_norm.data(), t1 - t0, C, cfg_.eps, &xn[o], wide);
     });
   for (int li = 0; li < cfg_.layers; ++li) {
     Layer& ly = layers_[li];
@@ -1066,7 +1080,7 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     if (cfg_.sub_norms)
       per_rows([&](int t0, int t1) {
         float* a = &att[static_cast<size_t>(t0) * QD];
-        rmsnorm_rows(a, ly.attn_sub_norm.data(), t1 - t0, QD, cfg_.eps, a);
+        rmsnorm_rows(a, ly.attn_sub_norm.data(), t1 - t0, QD, cfg_.eps, a, wide);
       });
     linear_forward({{&ly.o, tmp.data()}}, att.data(), T, clk);
     clk.lap(Phase::Norms);
@@ -1078,7 +1092,6 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     residual_norm(ly.post_norm.data());
     linear_forward({{&ly.gate, g.data()}, {&ly.up, u.data()}}, xn.data(), T, clk);
     clk.lap(Phase::Activation);
-    const std::string_view isa = kernels().name;
     // the same values on 16 lanes (avx512 / amx) or 8 (avx2 / avxvnni): elementwise.h
     const auto act = isa == "avx512" || isa == "amx" ? gated_act_avx512
                      : isa == "avx2" || isa == "avxvnni" ? gated_act_avx2 : gated_act_ref;
@@ -1098,7 +1111,7 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
       per_rows([&](int t0, int t1) {
         const size_t o = static_cast<size_t>(t0) * I;
         act(g.data() + o, u.data() + o, static_cast<size_t>(t1 - t0) * I, cfg_.relu2);
-        if (cfg_.sub_norms) rmsnorm_rows(&g[o], ly.ffn_sub_norm.data(), t1 - t0, I, cfg_.eps, &g[o]);
+        if (cfg_.sub_norms) rmsnorm_rows(&g[o], ly.ffn_sub_norm.data(), t1 - t0, I, cfg_.eps, &g[o], wide);
       });
     }
     linear_forward({{&ly.down, tmp.data()}}, g.data(), T, clk);
@@ -1110,9 +1123,10 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
   clk.lap(Phase::Head);
   const int n_out = static_cast<int>(logit_rows.size());
   if (n_out == 0) return;
-  std::vector<float> hn(static_cast<size_t>(n_out) * C);
+  std::vector<float> hn(static_cast<size_t>(n_out) * C);  // the rows that get logits, then normed in place
   for (int i = 0; i < n_out; ++i)
-    rmsnorm(&x[static_cast<size_t>(logit_rows[i]) * C], final_norm_.data(), C, cfg_.eps, &hn[static_cast<size_t>(i) * C]);
+    std::copy_n(&x[static_cast<size_t>(logit_rows[i]) * C], C, &hn[static_cast<size_t>(i) * C]);
+  rmsnorm_rows(hn.data(), final_norm_.data(), n_out, C, cfg_.eps, hn.data(), wide);
   head_forward(hn.data(), n_out, out);
 }
 
