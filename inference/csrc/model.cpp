@@ -781,8 +781,10 @@ void Model::head_forward(const float* h, int T, float* out) {
   const Kernels& kern = kernels();
   const int V = cfg_.vocab, C = cfg_.hidden;
   // The integer heads: each token's activations quantized to int8 once, the head kernel over row
-  // ranges in parallel (rows(r0, r1, xq, acc) fills acc[t * V + r]), each integer logit scaled by its
-  // row's scale and the token's 1 / s.
+  // ranges in parallel, each integer logit scaled by its row's scale and the token's 1 / s. A thread
+  // takes its rows in pieces of `sub`: rows(s0, n, xq, acc, ld) fills acc[t * ld + i] with row s0 + i's
+  // integer logit (i < n), in a per-thread buffer that stays in L2 until it is scaled (a T x V int32
+  // scratch went out to memory and back: 4 MB each way at 8 tokens).
   auto integer_head = [&](int Cp, const float* row_scale, auto&& rows) {
     std::vector<int8_t> xq(static_cast<size_t>(T) * Cp);
     std::vector<float> inv_s(T);
@@ -790,25 +792,34 @@ void Model::head_forward(const float* h, int T, float* out) {
       int32_t sum;
       inv_s[t] = 1.f / kern.quantize_row(h + static_cast<size_t>(t) * C, C, Cp, xq.data() + static_cast<size_t>(t) * Cp, &sum);
     }
-    if (scratch_acc_.size() < static_cast<size_t>(T) * V) scratch_acc_.resize(static_cast<size_t>(T) * V);
-    int32_t* acc = scratch_acc_.data();
+    // Rows a piece: at most 2 MB of acc, and at least 4 pieces a thread (small vocabularies, the tests).
+    const int sub = std::clamp(std::min((1 << 19) / T, V / (4 * pool_.size())) / 16 * 16, 16, 8192);
     pool_.parallel_for(V, [&](int r0, int r1) {
-      rows(r0, r1, xq.data(), acc);
-      for (int t = 0; t < T; ++t)
-        for (int r = r0; r < r1; ++r)
-          out[static_cast<size_t>(t) * V + r] =
-              static_cast<float>(acc[static_cast<size_t>(t) * V + r]) * row_scale[r] * inv_s[t];
+      thread_local std::vector<int32_t> acc;
+      if (acc.size() < static_cast<size_t>(T) * sub) acc.resize(static_cast<size_t>(T) * sub);
+      for (int s0 = r0; s0 < r1; s0 += sub) {
+        const int n = std::min(sub, r1 - s0);
+        rows(s0, n, xq.data(), acc.data(), sub);
+        for (int t = 0; t < T; ++t) {
+          const int32_t* a = acc.data() + static_cast<size_t>(t) * sub;
+          float* o = out + static_cast<size_t>(t) * V + s0;
+          for (int i = 0; i < n; ++i) o[i] = static_cast<float>(a[i]) * row_scale[s0 + i] * inv_s[t];
+        }
+      }
     }, 1);
   };
+  // The kernels take rows [0, n) of the table from its row s0 on (rows are stored one after the other).
   if (head_int8_) {
-    integer_head(head_cp_, head_scale_.data(), [&](int r0, int r1, const int8_t* xq, int32_t* acc) {
-      kern.head_i8(head_q_.data(), head_rowsum_.data(), head_cp_, r0, r1, xq, T, acc, V);
+    integer_head(head_cp_, head_scale_.data(), [&](int s0, int n, const int8_t* xq, int32_t* acc, int ld) {
+      kern.head_i8(head_q_.data() + static_cast<size_t>(s0) * head_cp_, head_rowsum_.data() + s0, head_cp_, 0, n, xq, T,
+                   acc, ld);
     });
     return;
   }
   if (head_int4_) {  // the coarse int4 pass over every row, then the exact rescoring
-    integer_head(head4_cp_, head4_scale_.data(), [&](int r0, int r1, const int8_t* xq, int32_t* acc) {
-      kern.head_i4(head4_q_.data(), head4_bias_.data(), head4_cp_, r0, r1, xq, T, acc, V);
+    integer_head(head4_cp_, head4_scale_.data(), [&](int s0, int n, const int8_t* xq, int32_t* acc, int ld) {
+      kern.head_i4(head4_q_.data() + static_cast<size_t>(s0) * (head4_cp_ / kHeadI4Cols), head4_bias_.data() + s0,
+                   head4_cp_, 0, n, xq, T, acc, ld);
     });
     head_rescore(h, T, out);
     return;
