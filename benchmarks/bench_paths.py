@@ -18,8 +18,13 @@ step of 1 in wall time and in CPU time (``time.process_time`` over all threads: 
 the wall-time ratio grows with whatever else runs, the CPU-time one does not). ``--breakdown``
 adds, per path, where the steps of 1 and of `batch` spend their time (``Model.profile``: wall time
 per phase on the calling thread, and the thread pool's fork/joins per step); ``--pp-breakdown`` the
-same for the prefill. A measurement script,
-not a test.
+same for the prefill. ``--serve N`` replays
+what ``bench_serve.py`` asks of the engine at 1 and N streams, without the server: one request (a
+``--serve-prompt``-token prefill, then ``--serve-tokens`` - 1 one-token steps) against a burst of N
+(one step reading the N prompts, then steps of N), and prints each path's time per request and per
+burst (the sum over steps of each step's best over rounds: what a quiet machine gives) and the
+ratio N x request / burst, which is the server's N-stream tokens/s over its 1-stream tokens/s when
+the engine's steps are all its time (bench_serve: 97-98%). A measurement script, not a test.
 """
 
 from __future__ import annotations
@@ -96,13 +101,32 @@ def prefill_profile(m, ids: np.ndarray, out: np.ndarray) -> dict[str, float]:
     return res
 
 
-def fill_slots(m, slots: int, depth: int, vocab: int, rng: np.random.Generator) -> None:
-    """Give `m` `slots` slots (room for depth + 8 positions) each holding `depth` random positions."""
-    m.set_slots(slots, depth + 8)
+def fill_slots(m, slots: int, depth: int, vocab: int, rng: np.random.Generator, room: int = 0) -> None:
+    """Give `m` `slots` slots (room for max(depth + 8, room) positions) each holding `depth` random positions."""
+    m.set_slots(slots, max(depth + 8, room))
     fill = np.empty((1, vocab), np.float32)
     for s in range(slots):  # the steps then write position `depth` only
         ids = rng.integers(0, vocab, size=depth, dtype=np.int32)
         m.forward_batch(np.array([s], np.int32), np.zeros(1, np.int32), np.array([depth], np.int32), ids, fill)
+
+
+def serve_replay(m, streams: int, prompt: int, tokens: int, vocab: int, rng: np.random.Generator) -> np.ndarray:
+    """Seconds of each step of `streams` requests read together (slots 0..streams-1, from position
+    0): one step reading their `prompt`-token prompts, then `tokens` - 1 steps of one token each, as
+    the server's scheduler runs a burst (its first token comes from the prompt step). (tokens,)."""
+    s = np.arange(streams, dtype=np.int32)
+    out = np.empty((streams, vocab), np.float32)
+    ids = rng.integers(0, vocab, size=streams * prompt, dtype=np.int32)
+    ts = []
+    t0 = time.perf_counter()
+    m.forward_batch(s, np.zeros(streams, np.int32), np.full(streams, prompt, np.int32), ids, out)
+    ts.append(time.perf_counter() - t0)
+    for k in range(tokens - 1):
+        toks = rng.integers(0, vocab, size=streams, dtype=np.int32)
+        t0 = time.perf_counter()
+        m.forward_batch(s, np.full(streams, prompt + k, np.int32), np.ones(streams, np.int32), toks, out)
+        ts.append(time.perf_counter() - t0)
+    return np.array(ts)
 
 
 def batched_steps_ms(m, vocab: int, batch: int = 8, depth: int = 64, reps: int = 3, seed: int = 0) -> dict[str, float]:
@@ -130,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--breakdown", action="store_true", help="per path: ms per phase of the steps of 1 and of --batch")
     p.add_argument("--pp-breakdown", action="store_true", help="per path: ms per phase of the prefill")
+    p.add_argument("--serve", type=int, default=0, metavar="N",
+                   help="also replay bench_serve's engine work at 1 and N streams (0: off)")
+    p.add_argument("--serve-prompt", type=int, default=32, help="--serve: prompt tokens per request")
+    p.add_argument("--serve-tokens", type=int, default=48, help="--serve: tokens generated per request")
     a = p.parse_args(argv)
 
     from bitnet.config import BitNetConfig
@@ -141,11 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     m = random_model(cfg, a.threads, head="int8", layers=a.layers, weights=a.weights)
     V = cfg.vocab_size
     rng = np.random.default_rng(0)
-    fill_slots(m, a.batch, a.depth, V, rng)
+    if a.serve and a.serve_prompt + a.serve_tokens - 1 < a.depth:
+        raise SystemExit("--serve: --serve-prompt + --serve-tokens - 1 must be >= --depth (the steps reuse the slots)")
+    fill_slots(m, max(a.batch, a.serve), a.depth, V, rng, room=a.serve_prompt + a.serve_tokens if a.serve else 0)
     ids = rng.integers(0, V, size=a.prompt_len, dtype=np.int32)
     out = np.empty((1, V), np.float32)
     res: dict[str, dict[str, list[float]]] = {path_name(i, f, at): {"pp_s": [], "step1_s": [], f"step{a.batch}_s": [],
-                                                          "cpu_ratio": [], "prof1": [], "profb": [], "profpp": []}
+                                                          "cpu_ratio": [], "prof1": [], "profb": [],
+                                                          "profpp": [], "serve1": [], "serveN": []}
                                                for i, f, at in paths}
     for rnd in range(a.rounds + 1):  # round 0 is a warm-up
         for isa, fam, attn in paths:
@@ -166,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             if rnd and a.breakdown:
                 res[name]["prof1"].append(step_profile(m, 1, a.depth, V, rng))
                 res[name]["profb"].append(step_profile(m, a.batch, a.depth, V, rng))
+            if rnd and a.serve:  # leaves every slot holding at least --depth positions
+                res[name]["serve1"].append(serve_replay(m, 1, a.serve_prompt, a.serve_tokens, V, rng).tolist())
+                res[name]["serveN"].append(serve_replay(m, a.serve, a.serve_prompt, a.serve_tokens, V, rng).tolist())
             if rnd:
                 r = res[name]
                 r["pp_s"].append(pp)
@@ -209,6 +243,17 @@ def main(argv: list[str] | None = None) -> int:
             med = {k: statistics.median(p[k] for p in r["profpp"]) for k in (*PHASES, "total", "jobs")}
             rows[name]["phases_pp"] = med
             print(f"{name:<20} " + " ".join(f"{med[k]:10.2f}" for k in PHASES) + f" {med['total']:8.1f} {med['jobs']:6.0f}")
+    if a.serve:
+        print(f"\nbench_serve's engine work replayed: a request = a {a.serve_prompt}-token prompt step + "
+              f"{a.serve_tokens - 1} steps; a burst = {a.serve} of them in step; each step's best over rounds")
+        print(f"{'path':<20} {'request ms':>11} {'prompt':>8} {'step':>7} {'burst ms':>10} {'prompts':>8} "
+              f"{'step':>7} {'ratio':>6}")
+        for name, r in res.items():
+            b1, bn = np.min(r["serve1"], axis=0), np.min(r["serveN"], axis=0)
+            ratio = a.serve * b1.sum() / bn.sum()
+            rows[name][f"serve_{a.serve}"] = {"request_ms": 1e3 * b1.sum(), "burst_ms": 1e3 * bn.sum(), "ratio": ratio}
+            print(f"{name:<20} {1e3 * b1.sum():11.1f} {1e3 * b1[0]:8.1f} {1e3 * b1[1:].mean():7.2f} "
+                  f"{1e3 * bn.sum():10.1f} {1e3 * bn[0]:8.1f} {1e3 * bn[1:].mean():7.2f} {ratio:6.2f}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = a.json.with_suffix(".tmp")

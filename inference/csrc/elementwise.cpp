@@ -32,7 +32,45 @@ inline __m512 gate16(__m512 a, __m512 u, bool relu2) {
   return _mm512_mul_ps(_mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.f), e)), u);
 }
 
+// One stage of a 16 x 16 transpose of m (vector r = row r, lane c = column c): with half = h, the
+// off-diagonal h x h blocks of every 2h x 2h block swap (rows r, r + h with bit h of r clear). The
+// stages h = 8, 4, 2, 1 leave m transposed.
+template <int h>
+inline void transpose_stage(__m512* m) {
+  alignas(64) int32_t lo[16], hi[16];
+  for (int c = 0; c < 16; ++c) {
+    lo[c] = (c & h) ? 16 + c - h : c;  // row r: its own left lanes, then row r + h's left lanes
+    hi[c] = (c & h) ? 16 + c : c + h;  // row r + h: row r's right lanes, then its own right lanes
+  }
+  const __m512i il = _mm512_load_si512(lo), ih = _mm512_load_si512(hi);
+  for (int r = 0; r < 16; ++r) {
+    if (r & h) continue;
+    const __m512 a = m[r], b = m[r + h];
+    m[r] = _mm512_permutex2var_ps(a, il, b);
+    m[r + h] = _mm512_permutex2var_ps(a, ih, b);
+  }
+}
+
 }  // namespace
+
+void sumsq_rows16_avx512(const float* x, size_t ld, int n, float* ss) {
+  __m512 acc = _mm512_setzero_ps();  // lane j: row j's running sum
+  for (int i = 0; i < n; i += 16) {
+    // Columns past n load as 0: their squares add +0, which leaves a sum of squares (>= +0) as is.
+    const __mmask16 k = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    __m512 m[16];
+    for (int r = 0; r < 16; ++r) {
+      const __m512 v = _mm512_maskz_loadu_ps(k, x + static_cast<size_t>(r) * ld + i);
+      m[r] = _mm512_mul_ps(v, v);
+    }
+    transpose_stage<8>(m);
+    transpose_stage<4>(m);
+    transpose_stage<2>(m);
+    transpose_stage<1>(m);
+    for (int c = 0; c < 16; ++c) acc = _mm512_add_ps(acc, m[c]);  // column i + c of every row, in order
+  }
+  _mm512_storeu_ps(ss, acc);
+}
 
 void gated_act_avx512(float* g, const float* u, size_t n, bool relu2) {
   size_t i = 0;
@@ -47,6 +85,9 @@ void gated_act_avx512(float* g, const float* u, size_t n, bool relu2) {
 
 void gated_act_avx512(float*, const float*, size_t, bool) {
   throw std::invalid_argument("gated_act_avx512: not built for this CPU");
+}
+void sumsq_rows16_avx512(const float*, size_t, int, float*) {
+  throw std::invalid_argument("sumsq_rows16_avx512: not built for this CPU");
 }
 
 #endif

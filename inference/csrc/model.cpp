@@ -118,9 +118,20 @@ void gated_act_ref(float* g, const float* u, size_t n, bool relu2) {
 namespace {
 
 // rmsnorm of `rows` rows of n (row-major), equal to rmsnorm row by row bit for bit; y may alias x.
-void rmsnorm_rows(const float* x, const float* w, int rows, int n, float eps, float* y) {
+// wide (the avx512 / amx paths): 16 rows at a time have their sums in AVX-512 lanes
+// (sumsq_rows16_avx512, elementwise.h), the rest as below.
+void rmsnorm_rows(const float* x, const float* w, int rows, int n, float eps, float* y, bool wide) {
   constexpr int kChains = 8;
   int t = 0;
+  if (wide)
+    for (; t + 16 <= rows; t += 16) {
+      float ss[16];
+      sumsq_rows16_avx512(x + static_cast<size_t>(t) * n, n, n, ss);
+      for (int j = 0; j < 16; ++j) {
+        const size_t o = static_cast<size_t>(t + j) * n;
+        rmsnorm_scale(x + o, w, n, eps, ss[j], y + o);
+      }
+    }
   for (; t + kChains <= rows; t += kChains)
     rmsnorm_group<kChains>(x + static_cast<size_t>(t) * n, w, n, eps, y + static_cast<size_t>(t) * n);
   const size_t o = static_cast<size_t>(t) * n;
@@ -826,8 +837,10 @@ void Model::head_forward(const float* h, int T, float* out) {
   const Kernels& kern = kernels();
   const int V = cfg_.vocab, C = cfg_.hidden;
   // The integer heads: each token's activations quantized to int8 once, the head kernel over row
-  // ranges in parallel (rows(r0, r1, xq, acc) fills acc[t * V + r]), each integer logit scaled by its
-  // row's scale and the token's 1 / s.
+  // ranges in parallel, each integer logit scaled by its row's scale and the token's 1 / s. A thread
+  // takes its rows in pieces of `sub`: rows(s0, n, xq, acc, ld) fills acc[t * ld + i] with row s0 + i's
+  // integer logit (i < n), in a per-thread buffer that stays in L2 until it is scaled (a T x V int32
+  // scratch went out to memory and back: 4 MB each way at 8 tokens).
   auto integer_head = [&](int Cp, const float* row_scale, auto&& rows) {
     std::vector<int8_t> xq(static_cast<size_t>(T) * Cp);
     std::vector<float> inv_s(T);
@@ -835,25 +848,34 @@ void Model::head_forward(const float* h, int T, float* out) {
       int32_t sum;
       inv_s[t] = 1.f / kern.quantize_row(h + static_cast<size_t>(t) * C, C, Cp, xq.data() + static_cast<size_t>(t) * Cp, &sum);
     }
-    if (scratch_acc_.size() < static_cast<size_t>(T) * V) scratch_acc_.resize(static_cast<size_t>(T) * V);
-    int32_t* acc = scratch_acc_.data();
+    // Rows a piece: at most 2 MB of acc, and at least 4 pieces a thread (small vocabularies, the tests).
+    const int sub = std::clamp(std::min((1 << 19) / T, V / (4 * pool_.size())) / 16 * 16, 16, 8192);
     pool_.parallel_for(V, [&](int r0, int r1) {
-      rows(r0, r1, xq.data(), acc);
-      for (int t = 0; t < T; ++t)
-        for (int r = r0; r < r1; ++r)
-          out[static_cast<size_t>(t) * V + r] =
-              static_cast<float>(acc[static_cast<size_t>(t) * V + r]) * row_scale[r] * inv_s[t];
+      thread_local std::vector<int32_t> acc;
+      if (acc.size() < static_cast<size_t>(T) * sub) acc.resize(static_cast<size_t>(T) * sub);
+      for (int s0 = r0; s0 < r1; s0 += sub) {
+        const int n = std::min(sub, r1 - s0);
+        rows(s0, n, xq.data(), acc.data(), sub);
+        for (int t = 0; t < T; ++t) {
+          const int32_t* a = acc.data() + static_cast<size_t>(t) * sub;
+          float* o = out + static_cast<size_t>(t) * V + s0;
+          for (int i = 0; i < n; ++i) o[i] = static_cast<float>(a[i]) * row_scale[s0 + i] * inv_s[t];
+        }
+      }
     }, 1);
   };
+  // The kernels take rows [0, n) of the table from its row s0 on (rows are stored one after the other).
   if (head_int8_) {
-    integer_head(head_cp_, head_scale_.data(), [&](int r0, int r1, const int8_t* xq, int32_t* acc) {
-      kern.head_i8(head_q_.data(), head_rowsum_.data(), head_cp_, r0, r1, xq, T, acc, V);
+    integer_head(head_cp_, head_scale_.data(), [&](int s0, int n, const int8_t* xq, int32_t* acc, int ld) {
+      kern.head_i8(head_q_.data() + static_cast<size_t>(s0) * head_cp_, head_rowsum_.data() + s0, head_cp_, 0, n, xq, T,
+                   acc, ld);
     });
     return;
   }
   if (head_int4_) {  // the coarse int4 pass over every row, then the exact rescoring
-    integer_head(head4_cp_, head4_scale_.data(), [&](int r0, int r1, const int8_t* xq, int32_t* acc) {
-      kern.head_i4(head4_q_.data(), head4_bias_.data(), head4_cp_, r0, r1, xq, T, acc, V);
+    integer_head(head4_cp_, head4_scale_.data(), [&](int s0, int n, const int8_t* xq, int32_t* acc, int ld) {
+      kern.head_i4(head4_q_.data() + static_cast<size_t>(s0) * (head4_cp_ / kHeadI4Cols), head4_bias_.data() + s0,
+                   head4_cp_, 0, n, xq, T, acc, ld);
     });
     head_rescore(h, T, out);
     return;
@@ -1048,6 +1070,9 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
   // The per-token work between the matrix products (norms, RoPE, cache writes, residual adds) over
   // the tokens in parallel: a prefill of 128 tokens spent about a fifth of its time in these loops
   // on one thread. One token stays on the calling thread (no pool round trip).
+  const std::string_view isa = kernels().name;
+  const bool wide = isa == "avx512" || isa == "amx";  // rmsnorm_rows: 16 rows' sums in AVX-512 lanes
+  const int row_chunks = std::clamp(T / ((wide ? 16 : 8) * pool_.size()), 1, 4);
   auto per_token = [&](auto&& fn) {
     if (T == 1) {
       fn(0);
@@ -1055,28 +1080,31 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     }
     pool_.parallel_for(T, [&](int t0, int t1) {
       for (int t = t0; t < t1; ++t) fn(t);
-    });
+    }, row_chunks);
   };
-  // The norms over ranges of tokens (rmsnorm_rows runs several rows' sums at once: a prefill's
-  // ranges hold 16 tokens and more); one token on the calling thread. The pool's default chunking,
-  // as the loops before.
+  // The norms over ranges of tokens; one token on the calling thread. rmsnorm_rows runs several
+  // rows' serial sums at once (8 chains; 16 lanes where wide), so a range should hold that many rows:
+  // a batched step of 8 tokens takes one range per thread (4 rows, 4 add chains in flight) instead
+  // of the pool's default 4 per thread (1 row each: one chain, bound by the add's latency; the
+  // norms of a step of 8 at 2B4T, 2 threads: 2.0 -> 1.4 ms); a prefill keeps up to 4 ranges per
+  // thread, of 8 (16) rows and more. row_chunks is computed before per_token, which shares it.
   auto per_rows = [&](auto&& fn) {
     if (T == 1) fn(0, 1);
-    else pool_.parallel_for(T, fn);
+    else pool_.parallel_for(T, fn, row_chunks);
   };
   // x[t] += tmp[t], then xn[t] = rmsnorm(x[t]) with `norm` (or only the add when norm is null).
   auto residual_norm = [&](const float* norm) {
     per_rows([&](int t0, int t1) {
       const size_t o = static_cast<size_t>(t0) * C, n = static_cast<size_t>(t1 - t0) * C;
       for (size_t i = 0; i < n; ++i) x[o + i] += tmp[o + i];
-      if (norm != nullptr) rmsnorm_rows(&x[o], norm, t1 - t0, C, cfg_.eps, &xn[o]);
+      if (norm != nullptr) rmsnorm_rows(&x[o], norm, t1 - t0, C, cfg_.eps, &xn[o], wide);
     });
   };
 
   if (cfg_.layers > 0)
     per_rows([&](int t0, int t1) {
       const size_t o = static_cast<size_t>(t0) * C;
-      rmsnorm_rows(&x[o], layers_[0].input_norm.data(), t1 - t0, C, cfg_.eps, &xn[o]);
+      rmsnorm_rows(&x[o], layers_[0].input_norm.data(), t1 - t0, C, cfg_.eps, &xn[o], wide);
     });
   for (int li = 0; li < cfg_.layers; ++li) {
     Layer& ly = layers_[li];
@@ -1119,7 +1147,7 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     if (cfg_.sub_norms)
       per_rows([&](int t0, int t1) {
         float* a = &att[static_cast<size_t>(t0) * QD];
-        rmsnorm_rows(a, ly.attn_sub_norm.data(), t1 - t0, QD, cfg_.eps, a);
+        rmsnorm_rows(a, ly.attn_sub_norm.data(), t1 - t0, QD, cfg_.eps, a, wide);
       });
     linear_forward({{&ly.o, tmp.data()}}, att.data(), T, clk);
     clk.lap(Phase::Norms);
@@ -1131,24 +1159,28 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     residual_norm(ly.post_norm.data());
     linear_forward({{&ly.gate, g.data()}, {&ly.up, u.data()}}, xn.data(), T, clk);
     clk.lap(Phase::Activation);
-    // The gated activation elementwise over all T * I values in blocks (one token still uses every
-    // thread), then the sub-norm per token.
-    constexpr size_t kActBlock = 1024;
-    const size_t n_act = static_cast<size_t>(T) * I;
-    const std::string_view isa = kernels().name;
     // the same values on 16 lanes (avx512 / amx) or 8 (avx2 / avxvnni): elementwise.h
     const auto act = isa == "avx512" || isa == "amx" ? gated_act_avx512
                      : isa == "avx2" || isa == "avxvnni" ? gated_act_avx2 : gated_act_ref;
-    pool_.parallel_for(static_cast<int>((n_act + kActBlock - 1) / kActBlock), [&](int b0, int b1) {
-      const size_t begin = static_cast<size_t>(b0) * kActBlock, end = std::min(n_act, static_cast<size_t>(b1) * kActBlock);
-      act(g.data() + begin, u.data() + begin, end - begin, cfg_.relu2);
-    });
-    clk.lap(Phase::Norms);
-    if (cfg_.sub_norms)
-      per_rows([&](int t0, int t1) {
-        float* a = &g[static_cast<size_t>(t0) * I];
-        rmsnorm_rows(a, ly.ffn_sub_norm.data(), t1 - t0, I, cfg_.eps, a);
+    if (T == 1) {
+      // One token: the gated activation over its I values in blocks, so that it still uses every
+      // thread, then the sub-norm on the calling thread.
+      constexpr int kActBlock = 1024;
+      pool_.parallel_for((I + kActBlock - 1) / kActBlock, [&](int b0, int b1) {
+        const int begin = b0 * kActBlock, end = std::min(I, b1 * kActBlock);
+        act(g.data() + begin, u.data() + begin, static_cast<size_t>(end - begin), cfg_.relu2);
       });
+      clk.lap(Phase::Norms);
+      if (cfg_.sub_norms) rmsnorm(g.data(), ly.ffn_sub_norm.data(), I, cfg_.eps, g.data());
+    } else {
+      // Several tokens: the activation and then the sub-norm of a range of tokens in one job, one
+      // pool round trip instead of two (the profile counts both as activation).
+      per_rows([&](int t0, int t1) {
+        const size_t o = static_cast<size_t>(t0) * I;
+        act(g.data() + o, u.data() + o, static_cast<size_t>(t1 - t0) * I, cfg_.relu2);
+        if (cfg_.sub_norms) rmsnorm_rows(&g[o], ly.ffn_sub_norm.data(), t1 - t0, I, cfg_.eps, &g[o], wide);
+      });
+    }
     linear_forward({{&ly.down, tmp.data()}}, g.data(), T, clk);
     clk.lap(Phase::Norms);
     residual_norm(li + 1 < cfg_.layers ? layers_[li + 1].input_norm.data() : nullptr);
@@ -1158,9 +1190,10 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
   clk.lap(Phase::Head);
   const int n_out = static_cast<int>(logit_rows.size());
   if (n_out == 0) return;
-  std::vector<float> hn(static_cast<size_t>(n_out) * C);
+  std::vector<float> hn(static_cast<size_t>(n_out) * C);  // the rows that get logits, then normed in place
   for (int i = 0; i < n_out; ++i)
-    rmsnorm(&x[static_cast<size_t>(logit_rows[i]) * C], final_norm_.data(), C, cfg_.eps, &hn[static_cast<size_t>(i) * C]);
+    std::copy_n(&x[static_cast<size_t>(logit_rows[i]) * C], C, &hn[static_cast<size_t>(i) * C]);
+  rmsnorm_rows(hn.data(), final_norm_.data(), n_out, C, cfg_.eps, hn.data(), wide);
   head_forward(hn.data(), n_out, out);
 }
 

@@ -140,3 +140,18 @@ def test_phase_profile_adds_up_and_counts_the_pool_jobs(model_dir):
         m.set_profile(False)
         eng.step([(i, [7], 3) for i in range(4)])
         assert m.profile() == {k: 0.0 for k in p}
+
+
+def test_prompt_in_one_step_equals_one_token_a_step(tmp_path):
+    """Every row of a prompt read in one step (its RMSNorms over ranges of 16 rows and more, the
+    final norm over all 48 logit rows at once: on the avx512 / amx paths 16 rows' sums in AVX-512
+    lanes, elsewhere 8 interleaved chains) gets the logits it gets when the prompt is read one token
+    a step (each norm one serial sum): the sums are the same floats. intermediate_size 200 is not a
+    multiple of 16 (the lanes' masked tail)."""
+    d = export(tiny(seed=4, vocab_size=VOCAB, intermediate_size=200), tmp_path / "m")
+    eng = Engine(d, threads=2)
+    ids = np.random.default_rng(6).integers(0, VOCAB, size=48).tolist()  # 2 ranges of 24 rows: 16 + 8
+    want = eng.logits(ids)
+    eng.configure_slots(1, 64)
+    for p, tok in enumerate(ids):
+        np.testing.assert_array_equal(eng.step([(0, [tok], p)])[0], want[p], err_msg=f"position {p}")
