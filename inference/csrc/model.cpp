@@ -683,8 +683,8 @@ void Model::linear_forward(std::initializer_list<std::pair<const Linear*, float*
     acc_total += static_cast<size_t>(T) * s.Mp;
   }
   // Scratch reused across calls (no page faults per linear); the model runs one forward at a time.
-  if (scratch_xq_.size() < xq_total) scratch_xq_.resize(xq_total);
-  if (scratch_acc_.size() < acc_total) scratch_acc_.resize(acc_total);
+  if (scratch_xq_.n < xq_total) scratch_xq_.reset(xq_total);  // every byte is written before it is read
+  if (scratch_acc_.n < acc_total) scratch_acc_.reset(acc_total);
   std::vector<int32_t> xsum(static_cast<size_t>(n_inputs) * T);
   std::vector<float> inv_s(static_cast<size_t>(n_inputs) * T);
   pool_.parallel_for(T, [&](int t0, int t1) {

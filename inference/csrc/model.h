@@ -348,8 +348,11 @@ class Model {
     Phase p_;
     std::chrono::steady_clock::time_point t0_{};
   };
-  std::vector<int8_t> scratch_xq_;     // int8 activations of the current linear
-  std::vector<int32_t> scratch_acc_;   // its integer outputs
+  // int8 activations of the current linear and its integer outputs, 64-byte aligned: the AMX tiles
+  // load activation rows and store outputs 64 bytes at a time, and a std::vector's 16-byte
+  // alignment (which varied with the heap's history) split every such access over two cache lines
+  AlignedBuf<int8_t> scratch_xq_;
+  AlignedBuf<int32_t> scratch_acc_;
 };
 
 }  // namespace bitnet
