@@ -69,10 +69,12 @@
 #pragma once
 
 #include <immintrin.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <utility>
@@ -89,11 +91,14 @@ constexpr int kLutChunkT5 = 12;
 static_assert(4 * kLutChunkI2 * 128 * 4 <= 32767, "i2: 4 lookups per tile, each at most 128 * 4 in magnitude");
 static_assert(4 * kLutChunkT5 * 128 * 5 <= 32767, "t5: 4 lookups per tile, each at most 128 * 5 in magnitude");
 
-// Table bytes a block of tiles may look up (L1D is 48 KiB on the x86 cores these kernels target):
-// two i2 tiles at 32 tokens a row (2 x 20.25 KiB), so a row's running sum makes one round trip per
-// 8 lookups instead of 4 (3% less time at 128 tokens than a 24 KiB budget, 2% at 24 and 48; three
-// tiles, 61 KiB, 10% more: the tables no longer stay in L1).
+// Table bytes a block of tiles may look up. Where L1D holds 48 KiB (Intel cores since Ice Lake /
+// Golden Cove): two i2 tiles at 32 tokens a row (2 x 20.25 KiB), so a row's running sum makes one
+// round trip per 8 lookups instead of 4 (3% less time at 128 tokens than the 24 KiB budget, 2% at
+// 24 and 48; three tiles, 61 KiB, 10% more: the tables no longer stay in L1). With a 32 KiB L1D
+// (AMD Zen, Intel's E-cores and older cores) 41 KiB of tables would not stay in L1 either, so
+// those take the 24 KiB budget (lut_wide_l1: the CPU's L1D, read once).
 constexpr int kLutL1Bytes = 42 * 1024;
+constexpr int kLutL1BytesSmall = 24 * 1024;
 typedef uint8_t LutBytes16 __attribute__((vector_size(16)));
 typedef int8_t LutBytes16s __attribute__((vector_size(16)));
 
@@ -367,10 +372,10 @@ void lut_tile_rows(const typename F::Tile* w, int KB, int kb, int mb0, int mb1, 
   }
 }
 
-// Tiles per block: as many as keep the block's tables within kLutL1Bytes (at most 4).
-template <typename F, int VT, int NB>
+// Tiles per block: as many as keep the block's tables within L1B bytes (at most 4).
+template <typename F, int VT, int NB, int L1B>
 constexpr int lut_block_tiles() {
-  constexpr int t = kLutL1Bytes / (4 * F::kRows * static_cast<int>(sizeof(LutV<VT, NB>)));
+  constexpr int t = L1B / (4 * F::kRows * static_cast<int>(sizeof(LutV<VT, NB>)));
   return t < 1 ? 1 : t > 4 ? 4 : t;
 }
 
@@ -451,11 +456,11 @@ inline void lut_store_y(const int32_t* acc32, int rows, int nt, int32_t* y, int 
 // (acc16, VT lanes a row) across the F::kChunk tiles of a segment (the flush interval above) and
 // widened into its int32 sum (acc32) at the segment's end: a row costs a block 4 NK lookups, one
 // load and one store of its sum, and one int16 -> int32 flush per segment.
-template <typename F, int VT, int NB>
+template <typename F, int VT, int NB, int L1B>
 void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int nt,
                     int32_t* y, int ldy) {
   using V = LutV<VT, NB>;
-  constexpr int NK = lut_block_tiles<F, VT, NB>();
+  constexpr int NK = lut_block_tiles<F, VT, NB, L1B>();
   const int rows = (mb1 - mb0) * kTileRows, kt = 4 * F::kRows * static_cast<int>(sizeof(V));
   V* tab = reinterpret_cast<V*>(lut_scratch(static_cast<size_t>(kt) * NK, 0));
   V* acc16 = reinterpret_cast<V*>(lut_scratch(sizeof(V) * rows, 2));                       // [row]
@@ -497,14 +502,35 @@ void lut_token_tile(const typename F::Tile* w, int KB, int mb0, int mb1, const i
 constexpr int kLutL2Bytes = 3 << 19;
 
 // Rows [16 mb0, 16 mb1) against nt <= VT tokens in passes of at most kLutL2Bytes of running sums.
-template <typename F, int VT, int NB>
+template <typename F, int VT, int NB, int L1B>
 void lut_token_tile_passes(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int nt,
                            int32_t* y, int ldy) {
   constexpr int most = std::max(1, kLutL2Bytes / (kTileRows * VT * 6));  // row blocks a pass
   const int passes = (mb1 - mb0 + most - 1) / most;
   for (int p = 0; p < passes; ++p)
-    lut_token_tile<F, VT, NB>(w, KB, mb0 + (mb1 - mb0) * p / passes, mb0 + (mb1 - mb0) * (p + 1) / passes, x, ldx, nt,
+    lut_token_tile<F, VT, NB, L1B>(w, KB, mb0 + (mb1 - mb0) * p / passes, mb0 + (mb1 - mb0) * (p + 1) / passes, x, ldx, nt,
                               y, ldy);
+}
+
+// Whether this CPU's L1D holds 48 KiB (sysconf, read once; unknown counts as small).
+// BITNET_LUT_L1=small|wide overrides it (tests run both block sizes on one machine).
+inline bool lut_wide_l1() {
+  static const bool wide = [] {
+    const char* e = std::getenv("BITNET_LUT_L1");
+    if (e != nullptr && std::strcmp(e, "small") == 0) return false;
+    if (e != nullptr && std::strcmp(e, "wide") == 0) return true;
+    return sysconf(_SC_LEVEL1_DCACHE_SIZE) >= 48 * 1024;
+  }();
+  return wide;
+}
+
+// nt <= VTmax tokens in the narrowest tile that holds them (8, 16, ... lanes), tables of L1B a block.
+template <typename F, int VTmax, int NB, int L1B>
+void lut_tile_of(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int nt, int32_t* y,
+                 int ldy) {
+  if (nt <= 8) lut_token_tile_passes<F, 8, NB, L1B>(w, KB, mb0, mb1, x, ldx, nt, y, ldy);
+  else if (VTmax >= 16 && nt <= 16) lut_token_tile_passes<F, (VTmax >= 16 ? 16 : 8), NB, L1B>(w, KB, mb0, mb1, x, ldx, nt, y, ldy);
+  else lut_token_tile_passes<F, VTmax, NB, L1B>(w, KB, mb0, mb1, x, ldx, nt, y, ldy);
 }
 
 // The whole product (ternary_gemm's contract; xsum unused: the tables hold signed sums): tokens in
@@ -517,9 +543,8 @@ void lut_gemm(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t*
     const int nt = std::min(VTmax, T - t0);
     const int8_t* xt = x + static_cast<size_t>(t0) * ldx;
     int32_t* yt = y + static_cast<size_t>(t0) * ldy;
-    if (nt <= 8) lut_token_tile_passes<F, 8, NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
-    else if (VTmax >= 16 && nt <= 16) lut_token_tile_passes<F, (VTmax >= 16 ? 16 : 8), NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
-    else lut_token_tile_passes<F, VTmax, NB>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    if (lut_wide_l1()) lut_tile_of<F, VTmax, NB, kLutL1Bytes>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    else lut_tile_of<F, VTmax, NB, kLutL1BytesSmall>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
   }
 }
 

@@ -4,7 +4,10 @@ the group, both layouts (i2: 4 trits per byte, t5: 5); the engine's logits with 
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +105,46 @@ def test_lut_rows_in_several_passes(isa, fmt):
     for T in (16, 40):
         got = MATMUL[fmt](isa, _packed(q), x[:T], family="lut")
         np.testing.assert_array_equal(got, want[:T], err_msg=f"T={T}")
+
+
+# Run in a fresh process: the table budget is read once per process (kernels_lut_inl.h, lut_wide_l1).
+_BUDGET_CHECK = """
+import numpy as np, torch
+from bitnet.inference import _C, available_isas
+from bitnet.quant import pack_ternary
+
+rng = np.random.default_rng(7)
+q = rng.integers(-1, 2, size=(36, 333)).astype(np.int8)
+x = rng.integers(-128, 128, size=(64, 333)).astype(np.int8)
+want = x.astype(np.int64) @ q.T.astype(np.int64)
+p = pack_ternary(torch.from_numpy(q)).numpy()
+ext_q = pack_ternary(torch.full((32, 6912), -1, dtype=torch.int8)).numpy()
+ext_x = np.full((33, 6912), -128, np.int8)
+n = 0
+for isa in ("avx2", "avxvnni", "avx512"):
+    if isa not in available_isas():
+        continue
+    for mm in (_C.ternary_matmul, _C.ternary5_matmul):
+        for T in (1, 7, 8, 9, 16, 17, 31, 32, 33, 64):
+            np.testing.assert_array_equal(mm(isa, p, x[:T], family="lut"), want[:T], err_msg=f"{isa} T={T}")
+            n += 1
+        np.testing.assert_array_equal(mm(isa, ext_q, ext_x, family="lut"), np.full((33, 32), 128 * 6912))
+        n += 1
+print(n)
+"""
+
+
+@pytest.mark.parametrize("budget", ["small", "wide"])
+def test_lut_both_table_budgets(budget):
+    """Both table blocks (24 KiB for a 32 KiB L1D, 42 KiB for a 48 KiB one), whichever this CPU would
+    pick, forced with BITNET_LUT_L1: the same integers as the exact product, block edges (K = 333:
+    21 i2 / 17 t5 tiles, odd against 2-tile blocks), every tile width and the flush bound."""
+    if not any(i in ISAS for i in ("avx2", "avxvnni", "avx512")):
+        pytest.skip("this CPU runs no SIMD lookup-table kernel")
+    env = {**os.environ, "BITNET_LUT_L1": budget}
+    r = subprocess.run([sys.executable, "-c", _BUDGET_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert int(r.stdout.split()[-1]) > 0
 
 
 def test_family_names_are_checked():
