@@ -519,7 +519,11 @@ inline bool lut_wide_l1() {
     const char* e = std::getenv("BITNET_LUT_L1");
     if (e != nullptr && std::strcmp(e, "small") == 0) return false;
     if (e != nullptr && std::strcmp(e, "wide") == 0) return true;
+#ifdef _SC_LEVEL1_DCACHE_SIZE  // glibc; elsewhere the small budget
     return sysconf(_SC_LEVEL1_DCACHE_SIZE) >= 48 * 1024;
+#else
+    return false;
+#endif
   }();
   return wide;
 }
