@@ -6,6 +6,7 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #endif
+#include <unistd.h>
 
 namespace bitnet {
 
@@ -22,6 +23,10 @@ unsigned long long read_xcr0() {
 
 CpuFeatures detect() {
   CpuFeatures f;
+#if defined(_SC_LEVEL1_DCACHE_SIZE)  // glibc
+  const long l1d = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+  f.l1d_bytes = l1d > 0 ? static_cast<int>(l1d) : 0;
+#endif
 #if defined(__x86_64__) || defined(_M_X64)
   unsigned int eax, ebx, ecx, edx;
   if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return f;

@@ -18,6 +18,7 @@ struct CpuFeatures {
   bool amx_int8 = false;
   bool neon = false;
   bool dotprod = false;  // ARMv8.2 SDOT/UDOT
+  int l1d_bytes = 0;     // L1 data cache per core (sysconf where glibc reports it; 0: unknown)
 };
 
 // Detected features of the running CPU (cpuid + xgetbv on x86, compile-time on ARM).

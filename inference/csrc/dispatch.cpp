@@ -112,6 +112,7 @@ bool can_run(const std::string& name) {
 }
 
 const Kernels* pick_initial() {
+  (void)lut_wide_tables();  // a bad BITNET_LUT_L1 fails here, on the caller's thread, not in a kernel
   if (const char* env = std::getenv("BITNET_ISA")) {
     const std::string name(env);
     if (!name.empty()) {
@@ -131,6 +132,15 @@ const Kernels* pick_initial() {
 }
 
 std::atomic<const Kernels*> g_current{nullptr};
+
+bool read_lut_wide() {
+  if (const char* env = std::getenv("BITNET_LUT_L1"); env != nullptr && *env != 0) {
+    const std::string v(env);
+    if (v == "small" || v == "wide") return v == "wide";
+    throw std::invalid_argument("BITNET_LUT_L1 must be small or wide, got '" + v + "'");
+  }
+  return cpu_features().l1d_bytes >= 48 * 1024;
+}
 
 // 0: auto, 1: mac, 2: lut; -1: not read from BITNET_KERNEL yet.
 std::atomic<int> g_family{-1};
@@ -187,6 +197,11 @@ std::vector<std::string> available_isas() {
   for (const char* n : {"ref", "neon", "avx2", "avxvnni", "avx512", "amx"})
     if (find_kernels(n) != nullptr && can_run(n)) out.emplace_back(n);
   return out;
+}
+
+bool lut_wide_tables() {
+  static const bool wide = read_lut_wide();
+  return wide;
 }
 
 const Kernels& kernels() {

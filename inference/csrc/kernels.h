@@ -188,6 +188,10 @@ struct Kernels {
 // std::invalid_argument on another name.
 void set_kernel_family(const std::string& name);
 std::string kernel_family();
+// Whether the lookup-table kernels take their 41 KiB table blocks (kernels_lut_inl.h): where the
+// CPU's L1D holds 48 KiB, or BITNET_LUT_L1=wide; BITNET_LUT_L1=small keeps the 24 KiB blocks. Read
+// once; another value of BITNET_LUT_L1 throws std::invalid_argument (first read: kernels()).
+bool lut_wide_tables();
 // The product the engine runs for T tokens on k (family and shape class applied).
 TernaryGemmFn ternary_gemm_for(const Kernels& k, int T);
 Ternary5GemmFn ternary5_gemm_for(const Kernels& k, int T);

@@ -69,12 +69,10 @@
 #pragma once
 
 #include <immintrin.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <utility>
@@ -96,7 +94,7 @@ static_assert(4 * kLutChunkT5 * 128 * 5 <= 32767, "t5: 4 lookups per tile, each 
 // round trip per 8 lookups instead of 4 (3% less time at 128 tokens than the 24 KiB budget, 2% at
 // 24 and 48; three tiles, 61 KiB, 10% more: the tables no longer stay in L1). With a 32 KiB L1D
 // (AMD Zen, Intel's E-cores and older cores) 41 KiB of tables would not stay in L1 either, so
-// those take the 24 KiB budget (lut_wide_l1: the CPU's L1D, read once).
+// those take the 24 KiB budget (lut_wide_tables, kernels.h: the CPU's L1D from cpu_features).
 constexpr int kLutL1Bytes = 42 * 1024;
 constexpr int kLutL1BytesSmall = 24 * 1024;
 typedef uint8_t LutBytes16 __attribute__((vector_size(16)));
@@ -512,22 +510,6 @@ void lut_token_tile_passes(const typename F::Tile* w, int KB, int mb0, int mb1, 
                               y, ldy);
 }
 
-// Whether this CPU's L1D holds 48 KiB (sysconf, read once; unknown counts as small).
-// BITNET_LUT_L1=small|wide overrides it (tests run both block sizes on one machine).
-inline bool lut_wide_l1() {
-  static const bool wide = [] {
-    const char* e = std::getenv("BITNET_LUT_L1");
-    if (e != nullptr && std::strcmp(e, "small") == 0) return false;
-    if (e != nullptr && std::strcmp(e, "wide") == 0) return true;
-#ifdef _SC_LEVEL1_DCACHE_SIZE  // glibc; elsewhere the small budget
-    return sysconf(_SC_LEVEL1_DCACHE_SIZE) >= 48 * 1024;
-#else
-    return false;
-#endif
-  }();
-  return wide;
-}
-
 // nt <= VTmax tokens in the narrowest tile that holds them (8, 16, ... lanes), tables of L1B a block.
 template <typename F, int VTmax, int NB, int L1B>
 void lut_tile_of(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx, int nt, int32_t* y,
@@ -547,7 +529,7 @@ void lut_gemm(const typename F::Tile* w, int KB, int mb0, int mb1, const int8_t*
     const int nt = std::min(VTmax, T - t0);
     const int8_t* xt = x + static_cast<size_t>(t0) * ldx;
     int32_t* yt = y + static_cast<size_t>(t0) * ldy;
-    if (lut_wide_l1()) lut_tile_of<F, VTmax, NB, kLutL1Bytes>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
+    if (lut_wide_tables()) lut_tile_of<F, VTmax, NB, kLutL1Bytes>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
     else lut_tile_of<F, VTmax, NB, kLutL1BytesSmall>(w, KB, mb0, mb1, xt, ldx, nt, yt, ldy);
   }
 }

@@ -107,7 +107,7 @@ def test_lut_rows_in_several_passes(isa, fmt):
         np.testing.assert_array_equal(got, want[:T], err_msg=f"T={T}")
 
 
-# Run in a fresh process: the table budget is read once per process (kernels_lut_inl.h, lut_wide_l1).
+# Run in a fresh process: the table budget is read once per process (dispatch.cpp, lut_wide_tables).
 _BUDGET_CHECK = """
 import numpy as np, torch
 from bitnet.inference import _C, available_isas
