@@ -159,6 +159,18 @@ struct I2Avx2 {
 // i.e. no indexed addressing, the same): the halves do not add up as their port counts suggest,
 // and the overheads take the rest. This pair runs at about 88% of its bound at 8 tokens (2 vector
 // ALU uops per 32 products plus the unpack's 0.22, on three ports).
+// Nor a pure 8-token lookup product (branch avx2step8-lut8, 2026-12-06; benchmarks/proto/
+// lut8_microbench.cpp): 81-row tables of 8 int16 lanes for 5 tiles in L1, each weight byte's compact
+// index doubled (one vpshufb pair per 32 bytes, made a chunk of row blocks ahead) as the index
+// register of `paddw disp(tab, idx, 8), xmm` (legacy SSE in a file of its own: Intel cores
+// unlaminate the VEX form when the address has an index register, 0.84-0.87 against 0.70 cycles
+// per 32 products), bytes taken apart by movzx / shr on the scalar ports. Bit-exact. On L1 data the
+// lookups reached 0.57-0.60 cycles per 32 products against 0.80 for this loop, 0.89 with the unpack;
+// in the engine 1.00-1.07x this kernel on a 2B4T layer at 8 tokens (2 threads, CPU time), 0.73x at
+// 5, 0.81-0.84x the avxvnni kernel at 8: the index pass took about 20% of its time (a weight stream
+// that reads nk x 64 bytes every KB x 64, software-prefetched), the row loop ran 15% slower than on
+// L1 (sums and index bytes streaming beside the tables), and per lookup 2.5-3 ALU uops (the add,
+// 1.25-2 scalar ones, the index pass's 0.3) share five ports, a bound near 0.6 cycles.
 void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                      const int32_t* xsum, int T, int32_t* y, int ldy) {
   i2_gemm_chunked<I2Avx2>(w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
