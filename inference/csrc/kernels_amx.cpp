@@ -185,12 +185,16 @@ void gemm_chunked(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int
 // vector unpack and the tile work overlap instead of alternating. Measured (one 2B4T layer, t5,
 // 8 tokens, one core, CPU time): gemm_chunked's tiles alone 0.64 ms and unpack alone 1.04 ms summed
 // to 1.82 ms; here 1.46-1.53 ms (tiles alone 0.47, unpack alone 1.1: the unpack is the bound now).
-// 2 or 3 row blocks at a time measured the same within noise.
+// 2 or 3 row blocks at a time measured the same within noise there; with 30 layers' weights
+// streamed (2 threads, CPU time, old and new builds interleaved in one process) 3 row blocks cost
+// 0.85-0.87x of 4 at 8 tokens, 0.87-0.91x at 4 and 0.90-0.92x at 16, 2 row blocks 0.91-0.93x: the
+// group's double buffer (2 x 3 x 5 KB) and the tokens' activations (8 x 2560 or 8 x 6912 bytes)
+// then leave room in the 48 KB L1D, where 4 row blocks' 40 KB of buffer did not.
 // Those figures have the weights hot in L2 (time_ternary_product repeats one linear). The engine
 // streams them from L3 / DRAM, where, before the next-group prefetch in gemm_few_group, 8 tokens
 // cost 26% more a row than hot (25.1 -> 31.7 ns, 2560 columns, 2 threads, CPU time; the one-token
 // VNNI kernel, with its own prefetch: 14%): why the kernel's gain hardly showed in the engine's step.
-constexpr int kFewBlocks = 4;
+constexpr int kFewBlocks = 3;
 constexpr int kFewMaxTokens = 16;  // one token tile
 
 void configure_few_tiles(int T) {
