@@ -317,7 +317,18 @@ void head_i8_amx(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1,
   }
   const int nks = Cp / 64;  // Cp is a multiple of kHeadColAlign = 64
   thread_local std::vector<int32_t> xb;
-  alignas(64) int32_t c[16 * 16];
+  // C of two row blocks (16 rows x 16 words each, the words past nt unused): each block's logits go
+  // out one block later, transposed in registers to one 64-byte store per token. (Read back and
+  // scattered word by word right after its tile store, each block stalled the next: 128 scalar
+  // stores overflow the store buffer while the loads wait for the tile store to retire, so the
+  // next block's tile loads could not start: about 1 ms of a 2B4T head at 8 tokens, per thread.)
+  alignas(64) int32_t c[2][16 * 16];
+  auto put = [&](const int32_t* cb, int rb, int t0, int nt) {  // C of row block rb -> out, tokens t0 ..
+    __m512i v[16];
+    for (int r = 0; r < 16; ++r) v[r] = _mm512_load_si512(cb + 16 * r);
+    transpose16x16(v);  // v[t] word r = C[r][t]
+    for (int t = 0; t < nt; ++t) _mm512_storeu_si512(out + static_cast<size_t>(t0 + t) * ldo + rb, v[t]);
+  };
   for (int t0 = 0; t0 < T; t0 += 16) {
     const int nt = std::min(16, T - t0);
     if (xb.size() < static_cast<size_t>(Cp / 4) * nt) xb.resize(static_cast<size_t>(Cp / 4) * nt);
@@ -333,10 +344,11 @@ void head_i8_amx(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1,
         _tile_loadd(2, xb.data() + static_cast<size_t>(ks) * 16 * nt, 4 * nt);
         _tile_dpbssd(0, 1, 2);
       }
-      _tile_stored(0, c, 64);
-      for (int t = 0; t < nt; ++t)
-        for (int r = 0; r < 16; ++r) out[static_cast<size_t>(t0 + t) * ldo + rb + r] = c[r * 16 + t];
+      const int j = (rb - r0) / 16 % 2;
+      _tile_stored(0, c[j], 64);
+      if (rb > r0) put(c[1 - j], rb - 16, t0, nt);
     }
+    put(c[(rb1 - 16 - r0) / 16 % 2], rb1 - 16, t0, nt);
     _tile_release();
   }
   if (rb1 < r1) kKernelsAvx512.head_i8(E, rowsum, Cp, rb1, r1, x, T, out, ldo);
