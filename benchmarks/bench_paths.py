@@ -24,7 +24,9 @@ what ``bench_serve.py`` asks of the engine at 1 and N streams, without the serve
 (one step reading the N prompts, then steps of N), and prints each path's time per request and per
 burst (the sum over steps of each step's best over rounds: what a quiet machine gives) and the
 ratio N x request / burst, which is the server's N-stream tokens/s over its 1-stream tokens/s when
-the engine's steps are all its time (bench_serve: 97-98%). A measurement script, not a test.
+the engine's steps are all its time (bench_serve: 97-98%); ``--serve-clock cpu`` times those steps by
+the CPU time of every thread divided by ``--threads`` instead, for before/after comparisons on a
+shared machine. A measurement script, not a test.
 """
 
 from __future__ import annotations
@@ -110,22 +112,24 @@ def fill_slots(m, slots: int, depth: int, vocab: int, rng: np.random.Generator, 
         m.forward_batch(np.array([s], np.int32), np.zeros(1, np.int32), np.array([depth], np.int32), ids, fill)
 
 
-def serve_replay(m, streams: int, prompt: int, tokens: int, vocab: int, rng: np.random.Generator) -> np.ndarray:
+def serve_replay(m, streams: int, prompt: int, tokens: int, vocab: int, rng: np.random.Generator,
+                 clock=time.perf_counter) -> np.ndarray:
     """Seconds of each step of `streams` requests read together (slots 0..streams-1, from position
     0): one step reading their `prompt`-token prompts, then `tokens` - 1 steps of one token each, as
-    the server's scheduler runs a burst (its first token comes from the prompt step). (tokens,)."""
+    the server's scheduler runs a burst (its first token comes from the prompt step). (tokens,).
+    `clock`: as step_s's."""
     s = np.arange(streams, dtype=np.int32)
     out = np.empty((streams, vocab), np.float32)
     ids = rng.integers(0, vocab, size=streams * prompt, dtype=np.int32)
     ts = []
-    t0 = time.perf_counter()
+    t0 = clock()
     m.forward_batch(s, np.zeros(streams, np.int32), np.full(streams, prompt, np.int32), ids, out)
-    ts.append(time.perf_counter() - t0)
+    ts.append(clock() - t0)
     for k in range(tokens - 1):
         toks = rng.integers(0, vocab, size=streams, dtype=np.int32)
-        t0 = time.perf_counter()
+        t0 = clock()
         m.forward_batch(s, np.full(streams, prompt + k, np.int32), np.ones(streams, np.int32), toks, out)
-        ts.append(time.perf_counter() - t0)
+        ts.append(clock() - t0)
     return np.array(ts)
 
 
@@ -158,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also replay bench_serve's engine work at 1 and N streams (0: off)")
     p.add_argument("--serve-prompt", type=int, default=32, help="--serve: prompt tokens per request")
     p.add_argument("--serve-tokens", type=int, default=48, help="--serve: tokens generated per request")
+    p.add_argument("--serve-clock", choices=("wall", "cpu"), default="wall",
+                   help="--serve: time each step by the wall clock, or by the CPU time of every thread divided by "
+                        "--threads (other jobs on a shared machine do not inflate it)")
     a = p.parse_args(argv)
+    serve_clock = time.perf_counter if a.serve_clock == "wall" else (lambda: time.process_time() / a.threads)
 
     from bitnet.config import BitNetConfig
     from bitnet.inference import _C, available_isas
@@ -198,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                 res[name]["prof1"].append(step_profile(m, 1, a.depth, V, rng))
                 res[name]["profb"].append(step_profile(m, a.batch, a.depth, V, rng))
             if rnd and a.serve:  # leaves every slot holding at least --depth positions
-                res[name]["serve1"].append(serve_replay(m, 1, a.serve_prompt, a.serve_tokens, V, rng).tolist())
-                res[name]["serveN"].append(serve_replay(m, a.serve, a.serve_prompt, a.serve_tokens, V, rng).tolist())
+                res[name]["serve1"].append(serve_replay(m, 1, a.serve_prompt, a.serve_tokens, V, rng, serve_clock).tolist())
+                res[name]["serveN"].append(
+                    serve_replay(m, a.serve, a.serve_prompt, a.serve_tokens, V, rng, serve_clock).tolist())
             if rnd:
                 r = res[name]
                 r["pp_s"].append(pp)
@@ -245,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<20} " + " ".join(f"{med[k]:10.2f}" for k in PHASES) + f" {med['total']:8.1f} {med['jobs']:6.0f}")
     if a.serve:
         print(f"\nbench_serve's engine work replayed: a request = a {a.serve_prompt}-token prompt step + "
-              f"{a.serve_tokens - 1} steps; a burst = {a.serve} of them in step; each step's best over rounds")
+              f"{a.serve_tokens - 1} steps; a burst = {a.serve} of them in step; each step's best over rounds"
+              + ("" if a.serve_clock == "wall" else f" (CPU time / {a.threads} threads)"))
         print(f"{'path':<20} {'request ms':>11} {'prompt':>8} {'step':>7} {'burst ms':>10} {'prompts':>8} "
               f"{'step':>7} {'ratio':>6}")
         for name, r in res.items():

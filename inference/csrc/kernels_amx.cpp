@@ -179,18 +179,27 @@ void gemm_chunked(Unpack&& unpack, const uint8_t* w, int KB, int S, int nks, int
 
 // A few tokens (T <= 16, one token tile: batched decode steps): kFewBlocks row blocks at a time,
 // so that a k-step loads the tokens' A tile once for all of them and the row blocks accumulate in
-// independent tiles (tmm0..3; one accumulator chain per row block stalled on TDPBSSD's latency at
+// independent tiles (tmm0..2; one accumulator chain per row block stalled on TDPBSSD's latency at
 // 8 tokens). Their B tiles rotate through tmm4..6, A is tmm7. The unpack of the next chunk (16
 // packed tiles per row block) is spread over this chunk's k-steps, one row block per k-step, so the
 // vector unpack and the tile work overlap instead of alternating. Measured (one 2B4T layer, t5,
 // 8 tokens, one core, CPU time): gemm_chunked's tiles alone 0.64 ms and unpack alone 1.04 ms summed
 // to 1.82 ms; here 1.46-1.53 ms (tiles alone 0.47, unpack alone 1.1: the unpack is the bound now).
-// 2 or 3 row blocks at a time measured the same within noise.
 // Those figures have the weights hot in L2 (time_ternary_product repeats one linear). The engine
 // streams them from L3 / DRAM, where, before the next-group prefetch in gemm_few_group, 8 tokens
 // cost 26% more a row than hot (25.1 -> 31.7 ns, 2560 columns, 2 threads, CPU time; the one-token
 // VNNI kernel, with its own prefetch: 14%): why the kernel's gain hardly showed in the engine's step.
-constexpr int kFewBlocks = 4;
+// Row blocks per group: 2 or 3 measured as 4 on one hot layer there; with 30 layers' weights
+// streamed (2 threads, CPU time, old and new builds interleaved in one process) 3 row blocks cost
+// 0.85-0.87x of 4 at 8 tokens, 0.87-0.91x at 4 and 0.90-0.92x at 16, 2 row blocks 0.91-0.93x: the
+// group's double buffer (2 x 3 x 5 KB) and the tokens' activations (8 x 2560 or 8 x 6912 bytes)
+// then leave room in the 48 KB L1D, where 4 row blocks' 40 KB of buffer did not. Tried in the same
+// kind of runs, no better: the next chunk's tiles in equal shares over all k-steps (1.15x), the
+// unpack started a k-step or two later, T0 / T2 prefetch hints or two groups ahead, the t5 decode
+// inlined here with its tables loaded once per call (the per-chunk call costs nothing measurable),
+// and the top digit by saturating byte arithmetic (c0 = [s >= 86] + [s >= 171]) so that one byte
+// table instead of two decodes a t5 byte (8 -> 5 uops on port 5, the same total: no change).
+constexpr int kFewBlocks = 3;
 constexpr int kFewMaxTokens = 16;  // one token tile
 
 void configure_few_tiles(int T) {
@@ -313,7 +322,23 @@ void head_i8_amx(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1,
   }
   const int nks = Cp / 64;  // Cp is a multiple of kHeadColAlign = 64
   thread_local std::vector<int32_t> xb;
-  alignas(64) int32_t c[16 * 16];
+  // C of two row blocks (16 rows x 16 words each, the words past nt unused): each block's logits go
+  // out one block later, transposed in registers to one 64-byte store per token. (Read back and
+  // scattered word by word right after its tile store, each block stalled the next: 128 scalar
+  // stores overflow the store buffer while the loads wait for the tile store to retire, so the
+  // next block's tile loads could not start: about 1 ms of a 2B4T head at 8 tokens, per thread.)
+  // At 8 tokens the head then costs about 1.08x the one-token head (10.4-10.6 against 9.7 ms CPU a
+  // thread, with head_forward's fp32 scaling): a tile load reads 16 rows, 16 streams against the
+  // one-token kernel's one. No better, measured: software prefetch of the next row block (T0,
+  // T1 or T2, by tile rows or in address order), a copy of each row block read in address order,
+  // two row blocks a k-step (32 streams), 8-row tiles (twice the tile products).
+  alignas(64) int32_t c[2][16 * 16];
+  auto put = [&](const int32_t* cb, int rb, int t0, int nt) {  // C of row block rb -> out, tokens t0 ..
+    __m512i v[16];
+    for (int r = 0; r < 16; ++r) v[r] = _mm512_load_si512(cb + 16 * r);
+    transpose16x16(v);  // v[t] word r = C[r][t]
+    for (int t = 0; t < nt; ++t) _mm512_storeu_si512(out + static_cast<size_t>(t0 + t) * ldo + rb, v[t]);
+  };
   for (int t0 = 0; t0 < T; t0 += 16) {
     const int nt = std::min(16, T - t0);
     if (xb.size() < static_cast<size_t>(Cp / 4) * nt) xb.resize(static_cast<size_t>(Cp / 4) * nt);
@@ -329,10 +354,11 @@ void head_i8_amx(const int8_t* E, const int32_t* rowsum, int Cp, int r0, int r1,
         _tile_loadd(2, xb.data() + static_cast<size_t>(ks) * 16 * nt, 4 * nt);
         _tile_dpbssd(0, 1, 2);
       }
-      _tile_stored(0, c, 64);
-      for (int t = 0; t < nt; ++t)
-        for (int r = 0; r < 16; ++r) out[static_cast<size_t>(t0 + t) * ldo + rb + r] = c[r * 16 + t];
+      const int j = (rb - r0) / 16 % 2;
+      _tile_stored(0, c[j], 64);
+      if (rb > r0) put(c[1 - j], rb - 16, t0, nt);
     }
+    put(c[(rb1 - 16 - r0) / 16 % 2], rb1 - 16, t0, nt);
     _tile_release();
   }
   if (rb1 < r1) kKernelsAvx512.head_i8(E, rowsum, Cp, rb1, r1, x, T, out, ldo);
