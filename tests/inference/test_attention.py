@@ -78,10 +78,10 @@ def test_attend_group_f16_cache_matches_reference(impl, hd, ns):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("f16", [False, True])
 def test_a_query_gets_the_same_bits_in_any_group(impl, f16):
-    """A query's output does not depend on the other queries it runs with: alone (its last block of
-    rows one row at a time) it equals the same query in a group reaching further into the rows (that
-    block taken whole, as a prefill's block of tokens does). The engine relies on it: a prompt read
-    in one step equals the same prompt read a token a step (tests/inference/test_batch.py)."""
+    """A query's output does not depend on the other queries it runs with: alone it equals the same
+    query in a group whose other queries reach further into the rows (a prefill's block of tokens).
+    The engine relies on it: a prompt read in one step equals the same prompt read a token a step
+    (tests/inference/test_batch.py), so a faster schedule of the blocks must keep each query's sums."""
     hd, rows = 128, 80
     rng = np.random.default_rng(11)
     q = rng.standard_normal((6, hd)).astype(np.float32)
