@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams, sample, sample_rows
 from .textstream import TextStream
 
-__all__ = ["Generation", "StepOutput", "common_prefix"]
+__all__ = ["Generation", "StepOutput", "common_prefix", "sample_batch"]
 
 
 def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
@@ -76,14 +76,21 @@ class Generation:
         m = self.params.max_tokens
         return (m is not None and self.n_gen >= m) or len(self.ids) >= self.ctx_limit
 
+    def context(self) -> np.ndarray | tuple[()]:
+        """The repetition penalty's context (the distinct ids so far), () when no penalty applies."""
+        return np.fromiter(self._seen, dtype=np.int64, count=len(self._seen)) if self._seen else ()
+
     def step(self, logits: np.ndarray) -> StepOutput:
         """Sample the next token from ``logits`` (vocab,) and say what it means for the output.
 
         Raises:
             ValueError: the logits are not finite (from :func:`~bitnet.inference.sampling.sample`).
         """
-        context = np.fromiter(self._seen, dtype=np.int64, count=len(self._seen)) if self._seen else ()
-        nxt = sample(logits, self.params, self.rng, context)
+        return self.advance(sample(logits, self.params, self.rng, self.context()))
+
+    def advance(self, nxt: int) -> StepOutput:
+        """:meth:`step` once its token is sampled (``nxt``: what ``step`` would sample; see
+        :func:`sample_batch`): stop check, bookkeeping, incremental detokenize."""
         if nxt in self.stop_ids:
             return StepOutput(None, self.text.flush() if self.text else "", "stop")
         self.n_gen += 1
@@ -96,3 +103,15 @@ class Generation:
         if self.done_by_length:
             return StepOutput(nxt, piece + (self.text.flush() if self.text else ""), "length")
         return StepOutput(nxt, piece)
+
+
+def sample_batch(gens: Sequence[Generation | None], logits: np.ndarray) -> list[int | Exception | None]:
+    """The token each generation's :meth:`Generation.step` would sample from its row of ``logits``
+    (len(gens), vocab), drawing from its generator as ``step`` does (or the exception ``step`` would
+    raise; None where ``gens[i]`` is None); then ``gens[i].advance(token)`` completes the step
+    (:func:`~bitnet.inference.sampling.sample_rows`). The scheduler samples a whole batch before any
+    bookkeeping, detokenizing or delivering."""
+    return sample_rows(logits, [g.params if g is not None else None for g in gens],
+                       [g.rng if g is not None else None for g in gens],
+                       [g.context() if g is not None else () for g in gens])
+

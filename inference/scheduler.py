@@ -25,9 +25,11 @@ The engine thread repeats one *step*:
 3. runs it with ``Engine.step`` (one read of the weights, GIL released);
 4. advances each sequence whose segment ended at a token to sample after through
    :meth:`Generation.step` (sample, stop check, incremental detokenize: the same step
-   ``Engine.generate`` takes) and delivers the new text. A sequence ends at ``max_tokens``, an end
-   token (eos / end of turn), a stop string, when its slot's context is full, or at its deadline;
-   its slot keeps the cached tokens for later prefix reuse.
+   ``Engine.generate`` takes; the batch's tokens are sampled first, together:
+   :func:`~bitnet.inference.generation.sample_batch`) and delivers the new text, every request's
+   at once after the batch's sampling. A sequence ends at ``max_tokens``, an end token (eos / end
+   of turn), a stop string, when its slot's context is full, or at its deadline; its slot keeps
+   the cached tokens for later prefix reuse.
 
 A failure while admitting or advancing one request (a copy that fails, logits that are not
 finite, a tokenizer error) ends that request with an error delta; the engine thread goes on. Only
@@ -53,9 +55,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from .generation import Generation, common_prefix
+from .generation import Generation, common_prefix, sample_batch
 from .sampling import SamplingParams
 
 __all__ = ["Request", "RequestStatus", "Delta", "AsyncStream", "Scheduler", "SchedulerObserver", "QueueFull",
@@ -318,6 +318,8 @@ class Scheduler:
         self._stopping = False
         self._cancel_all = False  # stop(cancel=True): the engine thread cancels everything it holds
         self._lru = itertools.count(1)
+        # Deltas made by this iteration of the engine thread, delivered together at its end (_flush).
+        self._outbox: list[tuple[Request, Delta]] = []
         self.error: str | None = None  # set if the engine thread died
         self.stats = {"steps": 0, "completed": 0, "cancelled": 0, "failed": 0, "timeouts": 0, "prompt_tokens": 0,
                       "cached_tokens": 0, "generated_tokens": 0, "copies": 0,
@@ -410,12 +412,20 @@ class Scheduler:
 
     # ------------------------------------------------------------------ engine thread
     def _send(self, req: Request, delta: Delta) -> None:
-        try:
-            req._deliver(delta)
-        except Exception:  # the receiver is gone (e.g. its event loop closed): nobody is listening
-            req.cancel("the receiver failed")
-        if delta.finish_reason is not None:
-            req.done.set()
+        self._outbox.append((req, delta))
+
+    def _flush(self) -> None:
+        """Deliver what this iteration made, all at once after the step's sampling: a delivery wakes
+        the receiver's thread (the server's event loop), and delivered between two requests'
+        sampling it took the GIL from the engine thread in the middle of the batch."""
+        out, self._outbox = self._outbox, []
+        for req, delta in out:
+            try:
+                req._deliver(delta)
+            except Exception:  # the receiver is gone (e.g. its event loop closed): nobody is listening
+                req.cancel("the receiver failed")
+            if delta.finish_reason is not None:
+                req.done.set()
 
     def _finish(self, req: Request, status: RequestStatus, text: str = "", error: str | None = None,
                 tokens: tuple[int, ...] = ()) -> None:
@@ -465,6 +475,7 @@ class Scheduler:
                 pending, self._pending = list(self._pending), deque()
             for req in list(self._active) + pending:
                 self._finish(req, RequestStatus.FINISHED_ERROR, error=msg)
+            self._flush()
             # logged above; the thread ends here (error set, running False: /health answers 503)
 
     def _gather(self) -> None:
@@ -491,6 +502,12 @@ class Scheduler:
         An error while admitting or advancing one request ends that request; an error of the
         engine's own step propagates (the thread then fails every request and ``error`` says why).
         """
+        try:
+            self._run_once()
+        finally:  # also what was made before an engine failure
+            self._flush()
+
+    def _run_once(self) -> None:
         now = self.clock()
         with self._cv:
             if self._cancel_all:
@@ -568,19 +585,25 @@ class Scheduler:
         self.stats["steps"] += 1
         self.stats["step_seconds"] += now - t0
         self.observer.on_step(now - t0, len(batch), sum(len(seg) for _, seg, _ in batch))
-        for (slot_index, seg, pos), (req, to_sample), row in zip(batch, owners, logits):
+        # Every token of the batch first, then each request's bookkeeping and text; the deltas go
+        # out together at the end (_flush).
+        tokens = sample_batch([req._gen if to_sample else None for req, to_sample in owners], logits)
+        for (slot_index, seg, pos), (req, to_sample), token in zip(batch, owners, tokens):
             req._slot.tokens.extend(seg)
             if to_sample:
                 try:
-                    self._advance(req, row, now)
+                    if isinstance(token, Exception):
+                        raise token
+                    self._advance(req, token, now)
                 except Exception as e:  # sampling / detokenizing this request failed: end it alone
                     if req in self._active:
                         self._fail(req, "sampling", e)
+        self._flush()
         self.stats["advance_seconds"] += self.clock() - now
 
-    def _advance(self, req: Request, row: np.ndarray, now: float) -> None:
-        """One :meth:`Generation.step` on ``row``; deliver its text or finish the request."""
-        out = req._gen.step(row)
+    def _advance(self, req: Request, token: int, now: float) -> None:
+        """:meth:`Generation.advance` with the request's sampled ``token``; deliver its text or finish it."""
+        out = req._gen.advance(token)
         if out.token is not None:
             self.stats["generated_tokens"] += 1
             first = req.first_token_time is None

@@ -168,6 +168,9 @@ void attend_group_avx2(const float* const*, float* const*, const int*, int, cons
                        int, float, float*) {
   throw std::invalid_argument("attend_group_avx2: not built for this CPU");
 }
+void f32_to_f16_row_f16c(const float*, uint16_t*, int) {
+  throw std::invalid_argument("f32_to_f16_row_f16c: not built for this CPU");
+}
 #endif
 
 }  // namespace bitnet

@@ -46,4 +46,11 @@ void attend_group_avx2(const float* const* qs, float* const* outs, const int* n,
 void attend_group_avx2(const float* const* qs, float* const* outs, const int* n, int nq, const uint16_t* K,
                        const uint16_t* V, int ld, int hd, float scale, float* scratch);
 
+// The fp16 KV cache's rows: dst[i] = f32_to_f16(src[i]) for i < n (kernels.h's scalar converter: round
+// to nearest even, |x| >= 65520 -> inf, NaN kept quiet with its top payload bits), with F16C's
+// vcvtps2ph, 8 values an instruction (attention_avx2.cpp, x86-64 builds; elsewhere it throws). The
+// same bits as the scalar converter for every input (tests/inference/test_kv_f16.py); the caller
+// checks that the CPU has F16C.
+void f32_to_f16_row_f16c(const float* src, uint16_t* dst, int n);
+
 }  // namespace bitnet

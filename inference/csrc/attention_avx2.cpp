@@ -18,6 +18,7 @@
 
 #include "attention_blocked_inl.h"
 #include "exp_avx2_inl.h"
+#include "kernels.h"
 
 namespace bitnet {
 
@@ -134,6 +135,14 @@ void attend_group_avx2(const float* const* qs, float* const* outs, const int* n,
 void attend_group_avx2(const float* const* qs, float* const* outs, const int* n, int nq, const uint16_t* K,
                        const uint16_t* V, int ld, int hd, float scale, float* scratch) {
   attend_group_any(qs, outs, n, nq, K, V, ld, hd, scale, scratch);
+}
+
+void f32_to_f16_row_f16c(const float* src, uint16_t* dst, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)  // vcvtps2ph rounds to nearest even as the immediate says, MXCSR aside
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) dst[i] = f32_to_f16(src[i]);
 }
 
 }  // namespace bitnet

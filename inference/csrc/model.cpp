@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include "attention.h"
+#include "cpu_features.h"
 #include "elementwise.h"
 
 #include <algorithm>
@@ -1043,23 +1044,65 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
 
   const int C = cfg_.hidden, I = cfg_.intermediate, H = cfg_.heads, KV = cfg_.kv_heads, hd = cfg_.head_dim;
   const int QD = H * hd, KVD = KV * hd, half = hd / 2;
-  std::vector<float> x(static_cast<size_t>(T) * C), xn(x.size()), tmp(x.size());
-  std::vector<float> q(static_cast<size_t>(T) * QD), att(q.size()), k(static_cast<size_t>(T) * KVD), v(k.size());
-  std::vector<float> g(static_cast<size_t>(T) * I), u(g.size());
-  for (int t = 0; t < T; ++t) embedding().row_to_f32(tokens[t], x.data() + static_cast<size_t>(t) * C);
-  // RoPE tables for these positions (rotate-half convention, fp32 angles as PyTorch computes them).
-  std::vector<float> cosv(static_cast<size_t>(T) * half), sinv(cosv.size());
-  for (int t = 0; t < T; ++t)
-    for (int i = 0; i < half; ++i) {
-      const float a = static_cast<float>(pos[t]) * rope_inv_freq_[i];
-      cosv[static_cast<size_t>(t) * half + i] = std::cos(a);
-      sinv[static_cast<size_t>(t) * half + i] = std::sin(a);
+  // The pass's activations, every buffer a 64-byte aligned piece of one block that this thread
+  // keeps between calls while it holds at most kKeepFloats (a step of 8 prompts of 32 tokens at 2B4T
+  // takes 7.5 M floats: allocating and zeroing them took 2% of that step); a longer prefill gets its
+  // own block, freed on return. Every buffer is written before it is read.
+  constexpr size_t kKeepFloats = size_t{16} << 20;
+  static thread_local AlignedBuf<float> kept;
+  AlignedBuf<float> own;
+  const size_t piece[] = {static_cast<size_t>(T) * C, static_cast<size_t>(T) * QD, static_cast<size_t>(T) * KVD,
+                          static_cast<size_t>(T) * I, static_cast<size_t>(T) * 2 * half};
+  auto padded = [](size_t n) { return (n + 15) / 16 * 16; };
+  const size_t need = 3 * padded(piece[0]) + 2 * padded(piece[1]) + 2 * padded(piece[2]) + 2 * padded(piece[3]) +
+                      padded(piece[4]);
+  AlignedBuf<float>& block = need <= kKeepFloats ? kept : own;
+  if (block.n < need) block.reset(need);
+  size_t used = 0;
+  auto take = [&](size_t n) {
+    float* p = block.data() + used;
+    used += padded(n);
+    return p;
+  };
+  float* const x = take(piece[0]);
+  float* const xn = take(piece[0]);
+  float* const tmp = take(piece[0]);
+  float* const q = take(piece[1]);
+  float* const att = take(piece[1]);
+  float* const k = take(piece[2]);
+  float* const v = take(piece[2]);
+  float* const g = take(piece[3]);
+  float* const u = take(piece[3]);
+  float* const rope_cs = take(piece[4]);  // (T, half) cos, then (T, half) sin
+  for (int t = 0; t < T; ++t) embedding().row_to_f32(tokens[t], x + static_cast<size_t>(t) * C);
+  // RoPE tables for these positions (rotate-half convention, fp32 angles as PyTorch computes them),
+  // computed once per position (a step of several prompts repeats the same positions).
+  float* const cosv = rope_cs;
+  float* const sinv = rope_cs + static_cast<size_t>(T) * half;
+  {
+    std::vector<int> first(static_cast<size_t>(*std::max_element(pos.begin(), pos.end())) + 1, -1);
+    for (int t = 0; t < T; ++t) {
+      float* ct = cosv + static_cast<size_t>(t) * half;
+      float* st = sinv + static_cast<size_t>(t) * half;
+      int& f = first[pos[t]];
+      if (f >= 0) {
+        std::copy_n(cosv + static_cast<size_t>(f) * half, half, ct);
+        std::copy_n(sinv + static_cast<size_t>(f) * half, half, st);
+        continue;
+      }
+      f = t;
+      for (int i = 0; i < half; ++i) {
+        const float a = static_cast<float>(pos[t]) * rope_inv_freq_[i];
+        ct[i] = std::cos(a);
+        st[i] = std::sin(a);
+      }
     }
+  }
   auto rope = [&](float* buf, int nh, int t) {
     for (int h = 0; h < nh; ++h) {
       float* p = buf + static_cast<size_t>(t) * nh * hd + h * hd;
-      const float* cs = cosv.data() + static_cast<size_t>(t) * half;
-      const float* sn = sinv.data() + static_cast<size_t>(t) * half;
+      const float* cs = cosv + static_cast<size_t>(t) * half;
+      const float* sn = sinv + static_cast<size_t>(t) * half;
       for (int i = 0; i < half; ++i) {
         const float a = p[i], b = p[i + half];
         p[i] = a * cs[i] - b * sn[i];
@@ -1072,6 +1115,13 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
   // on one thread. One token stays on the calling thread (no pool round trip).
   const std::string_view isa = kernels().name;
   const bool wide = isa == "avx512" || isa == "amx";  // rmsnorm_rows: 16 rows' sums in AVX-512 lanes
+  // The fp16 cache's rows with F16C's vcvtps2ph where the CPU has it (attention.h: the same bits as
+  // the scalar converter, which took 7-9% of a step of 8 prompts of 32 tokens on the amx path);
+  // the ref path keeps the scalar one.
+  void (*const to_f16)(const float*, uint16_t*, int) =
+      cpu_features().f16c && isa != "ref" ? f32_to_f16_row_f16c : +[](const float* src, uint16_t* dst, int n) {
+        for (int i = 0; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+      };
   const int row_chunks = std::clamp(T / ((wide ? 16 : 8) * pool_.size()), 1, 4);
   auto per_token = [&](auto&& fn) {
     if (T == 1) {
@@ -1108,12 +1158,12 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
     });
   for (int li = 0; li < cfg_.layers; ++li) {
     Layer& ly = layers_[li];
-    linear_forward({{&ly.q, q.data()}, {&ly.k, k.data()}, {&ly.v, v.data()}}, xn.data(), T, clk);
+    linear_forward({{&ly.q, q}, {&ly.k, k}, {&ly.v, v}}, xn, T, clk);
     clk.lap(Phase::RopeCache);
     per_token([&](int t) {
-      float* qt = q.data() + static_cast<size_t>(t) * QD;
-      float* kt = k.data() + static_cast<size_t>(t) * KVD;
-      float* vt = v.data() + static_cast<size_t>(t) * KVD;
+      float* qt = q + static_cast<size_t>(t) * QD;
+      float* kt = k + static_cast<size_t>(t) * KVD;
+      float* vt = v + static_cast<size_t>(t) * KVD;
       if (!ly.q_bias.empty()) {  // attention_bias extension: y = x_q . W * scale + b
         for (int i = 0; i < QD; ++i) qt[i] += ly.q_bias[i];
         for (int i = 0; i < KVD; ++i) kt[i] += ly.k_bias[i];
@@ -1123,33 +1173,29 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
         for (int h = 0; h < H; ++h) rmsnorm(qt + h * hd, ly.q_norm.data(), hd, cfg_.eps, qt + h * hd);
         for (int h = 0; h < KV; ++h) rmsnorm(kt + h * hd, ly.k_norm.data(), hd, cfg_.eps, kt + h * hd);
       }
-      rope(q.data(), H, t);
-      rope(k.data(), KV, t);
+      rope(q, H, t);
+      rope(k, KV, t);
       KVCache& c = *cache_of[t];
       for (int g = 0; g < KV; ++g) {
         const size_t from = static_cast<size_t>(t) * KVD + g * hd, to = (static_cast<size_t>(g) * c.cap + pos[t]) * hd;
         if (kv_f16_) {  // rounded to nearest even once, here; attend_f16 widens exactly
-          uint16_t* kd = c.k16[li].data() + to;
-          uint16_t* vd = c.v16[li].data() + to;
-          for (int i = 0; i < hd; ++i) {
-            kd[i] = f32_to_f16(k[from + i]);
-            vd[i] = f32_to_f16(v[from + i]);
-          }
+          to_f16(&k[from], c.k16[li].data() + to, hd);
+          to_f16(&v[from], c.v16[li].data() + to, hd);
         } else {
-          std::copy(k.begin() + from, k.begin() + from + hd, c.k[li].begin() + to);
-          std::copy(v.begin() + from, v.begin() + from + hd, c.v[li].begin() + to);
+          std::copy_n(k + from, hd, c.k[li].begin() + to);
+          std::copy_n(v + from, hd, c.v[li].begin() + to);
         }
       }
     });
     clk.lap(Phase::Attention);
-    attention(li, q.data(), T, cache_of, pos, att.data());
+    attention(li, q, T, cache_of, pos, att);
     clk.lap(Phase::Norms);
     if (cfg_.sub_norms)
       per_rows([&](int t0, int t1) {
         float* a = &att[static_cast<size_t>(t0) * QD];
         rmsnorm_rows(a, ly.attn_sub_norm.data(), t1 - t0, QD, cfg_.eps, a, wide);
       });
-    linear_forward({{&ly.o, tmp.data()}}, att.data(), T, clk);
+    linear_forward({{&ly.o, tmp}}, att, T, clk);
     clk.lap(Phase::Norms);
     if (!ly.o_bias.empty())
       per_token([&](int t) {
@@ -1157,7 +1203,7 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
         for (int i = 0; i < C; ++i) ot[i] += ly.o_bias[i];
       });
     residual_norm(ly.post_norm.data());
-    linear_forward({{&ly.gate, g.data()}, {&ly.up, u.data()}}, xn.data(), T, clk);
+    linear_forward({{&ly.gate, g}, {&ly.up, u}}, xn, T, clk);
     clk.lap(Phase::Activation);
     // the same values on 16 lanes (avx512 / amx) or 8 (avx2 / avxvnni): elementwise.h
     const auto act = isa == "avx512" || isa == "amx" ? gated_act_avx512
@@ -1168,20 +1214,20 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
       constexpr int kActBlock = 1024;
       pool_.parallel_for((I + kActBlock - 1) / kActBlock, [&](int b0, int b1) {
         const int begin = b0 * kActBlock, end = std::min(I, b1 * kActBlock);
-        act(g.data() + begin, u.data() + begin, static_cast<size_t>(end - begin), cfg_.relu2);
+        act(g + begin, u + begin, static_cast<size_t>(end - begin), cfg_.relu2);
       });
       clk.lap(Phase::Norms);
-      if (cfg_.sub_norms) rmsnorm(g.data(), ly.ffn_sub_norm.data(), I, cfg_.eps, g.data());
+      if (cfg_.sub_norms) rmsnorm(g, ly.ffn_sub_norm.data(), I, cfg_.eps, g);
     } else {
       // Several tokens: the activation and then the sub-norm of a range of tokens in one job, one
       // pool round trip instead of two (the profile counts both as activation).
       per_rows([&](int t0, int t1) {
         const size_t o = static_cast<size_t>(t0) * I;
-        act(g.data() + o, u.data() + o, static_cast<size_t>(t1 - t0) * I, cfg_.relu2);
+        act(g + o, u + o, static_cast<size_t>(t1 - t0) * I, cfg_.relu2);
         if (cfg_.sub_norms) rmsnorm_rows(&g[o], ly.ffn_sub_norm.data(), t1 - t0, I, cfg_.eps, &g[o], wide);
       });
     }
-    linear_forward({{&ly.down, tmp.data()}}, g.data(), T, clk);
+    linear_forward({{&ly.down, tmp}}, g, T, clk);
     clk.lap(Phase::Norms);
     residual_norm(li + 1 < cfg_.layers ? layers_[li + 1].input_norm.data() : nullptr);
   }

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <ctime>
 #include <chrono>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 
@@ -427,14 +428,24 @@ NB_MODULE(_C, m) {
       "x"_a, "The engine's e^x of the SiLU gate (fp32, vectorizable; within 2 ulp on [-87, 88]), for tests.");
   m.def(
       "f32_to_f16",
-      [](Arr<const float, nb::ndim<1>> x) {
+      [](Arr<const float, nb::ndim<1>> x, const std::string& impl) {
         const size_t n = x.shape(0);
+        const bitnet::CpuFeatures& f = bitnet::cpu_features();
+        if (impl != "ref" && impl != "f16c")
+          throw std::invalid_argument("f32_to_f16: impl must be 'ref' or 'f16c', got '" + impl + "'");
+        if (impl == "f16c" && !f.f16c) throw std::invalid_argument("f32_to_f16: this CPU has no F16C");
+        if (n > static_cast<size_t>(std::numeric_limits<int>::max()))
+          throw std::invalid_argument("f32_to_f16: too many values for one call");
         auto* res = new uint16_t[n > 0 ? n : 1];
-        for (size_t i = 0; i < n; ++i) res[i] = bitnet::f32_to_f16(x.data()[i]);
+        if (impl == "f16c") bitnet::f32_to_f16_row_f16c(x.data(), res, static_cast<int>(n));
+        else
+          for (size_t i = 0; i < n; ++i) res[i] = bitnet::f32_to_f16(x.data()[i]);
         nb::capsule owner(res, [](void* p) noexcept { delete[] static_cast<uint16_t*>(p); });
         return nb::ndarray<nb::numpy, uint16_t, nb::ndim<1>>(res, {n}, owner);
       },
-      "x"_a, "The KV cache's scalar fp32 -> fp16 conversion (round to nearest even) -> uint16 bit patterns.");
+      "x"_a, "impl"_a = "ref",
+      "The KV cache's fp32 -> fp16 conversion (round to nearest even) -> uint16 bit patterns: impl 'ref' (the scalar "
+      "converter) or 'f16c' (the vcvtps2ph rows the engine writes its fp16 cache with where the CPU has F16C).");
 
 #if defined(__x86_64__) || defined(_M_X64)
   m.def(

@@ -76,6 +76,27 @@ def test_attend_group_f16_cache_matches_reference(impl, hd, ns):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("f16", [False, True])
+def test_a_query_gets_the_same_bits_in_any_group(impl, f16):
+    """A query's output does not depend on the other queries it runs with: alone it equals the same
+    query in a group whose other queries reach further into the rows (a prefill's block of tokens).
+    The engine relies on it: a prompt read in one step equals the same prompt read a token a step
+    (tests/inference/test_batch.py), so a faster schedule of the blocks must keep each query's sums."""
+    hd, rows = 128, 80
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((6, hd)).astype(np.float32)
+    K = (3 * rng.standard_normal((rows, hd))).astype(np.float32)
+    V = rng.standard_normal((rows, hd)).astype(np.float32)
+    if f16:
+        K, V = K.astype(np.float16).view(np.uint16), V.astype(np.float16).view(np.uint16)
+    ns = [1, 7, 16, 17, 40, 63]
+    group = _C.attend_group(np.concatenate([q, q[:1]]), K, V, ns + [rows], 0.1, impl=impl)
+    for i, n in enumerate(ns):
+        alone = _C.attend_group(q[i:i + 1], K, V, [n], 0.1, impl=impl)
+        np.testing.assert_array_equal(group[i], alone[0], err_msg=f"n={n}")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_attend_group_very_negative_scores_and_nan(impl):
     # Scores far below the max (their e^x underflows: clamped at e^-87, still ~0 next to 1) and a NaN
     # query (NaN must reach the output, as in the reference, never a silent number).

@@ -33,9 +33,16 @@ def _f16_bits(x: np.ndarray) -> np.ndarray:
         return x.astype(np.float16).view(np.uint16)
 
 
-def test_f32_to_f16_matches_numpy_on_every_rounding_boundary():
+# The converters: the scalar one (the reference, and the ref / neon paths'), and the vcvtps2ph rows
+# the engine writes its fp16 cache with on the x86 SIMD paths (F16C).
+CONVERTERS = ["ref", pytest.param("f16c", marks=pytest.mark.skipif(not _C.cpu_features().get("f16c"),
+                                                                      reason="needs F16C"))]
+
+
+@pytest.mark.parametrize("impl", CONVERTERS)
+def test_f32_to_f16_matches_numpy_on_every_rounding_boundary(impl):
     """Every fp16 value, every midpoint between neighbours (a tie: round half to even) and the
-    floats one ulp either side of it, both signs: the scalar converter equals numpy's float16."""
+    floats one ulp either side of it, both signs: each converter equals numpy's float16."""
     h = np.arange(0x10000, dtype=np.uint32).astype(np.uint16)
     v = h.view(np.float16).astype(np.float32)
     finite = np.isfinite(v) & (np.abs(v) < 65504)  # has an upper neighbour (65504's is inf)
@@ -43,26 +50,46 @@ def test_f32_to_f16_matches_numpy_on_every_rounding_boundary():
     mid = ((v[finite].astype(np.float64) + w) / 2).astype(np.float32)  # exact in fp32
     bits = mid.view(np.uint32)
     x = np.concatenate([v[~np.isnan(v)], mid, (bits + 1).view(np.float32), (bits - 1).view(np.float32)])
-    np.testing.assert_array_equal(_C.f32_to_f16(x), _f16_bits(x))
-    assert (_C.f32_to_f16(mid) != _C.f32_to_f16((bits + 1).view(np.float32))).any()  # ties really sit there
+    np.testing.assert_array_equal(_C.f32_to_f16(x, impl), _f16_bits(x))
+    assert (_C.f32_to_f16(mid, impl) != _C.f32_to_f16((bits + 1).view(np.float32), impl)).any()  # ties really sit there
 
 
-def test_f32_to_f16_extremes_and_random_patterns():
+@pytest.mark.parametrize("impl", CONVERTERS)
+def test_f32_to_f16_extremes_and_random_patterns(impl):
     f = np.float32
     edges = np.array([0.0, 65504, 65519.996, 65520, 65536, 1e30, np.finfo(f).max, np.inf,
                       2**-14, 2**-14 * (1 - 2**-11), 2**-24, 2**-25, 2**-25 * (1 + 2**-23), 1.5 * 2**-25,
                       2**-26, 2**-149, np.finfo(f).tiny, 1.0, 1 + 2**-11, 1 + 3 * 2**-11], f)
     edges = np.concatenate([edges, -edges])
-    got = _C.f32_to_f16(edges)
+    got = _C.f32_to_f16(edges, impl)
     np.testing.assert_array_equal(got, _f16_bits(edges))
     assert got[2] == 0x7bff and got[3] == 0x7c00 and got[11] == 0 and got[12] == 1  # 65519.99 / 65520 / 2^-25 ties to 0
     assert got[len(edges) // 2] == 0x8000  # -0.0 keeps its sign
     rng = np.random.default_rng(0)
     x = rng.integers(0, 1 << 32, size=2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
     x = x[~np.isnan(x)]
-    np.testing.assert_array_equal(_C.f32_to_f16(x), _f16_bits(x))
-    nan = _C.f32_to_f16(np.array([np.nan, -np.nan], f)).view(np.float16)
+    np.testing.assert_array_equal(_C.f32_to_f16(x, impl), _f16_bits(x))
+    for n in range(1, 40):  # every tail length of the 8- and 16-lane loops
+        np.testing.assert_array_equal(_C.f32_to_f16(x[:n], impl), _f16_bits(x[:n]))
+    nan = _C.f32_to_f16(np.array([np.nan, -np.nan], f), impl).view(np.float16)
     assert np.isnan(nan).all()
+
+
+@pytest.mark.parametrize("impl", CONVERTERS[1:])
+def test_vector_converters_keep_nan_payloads_as_the_scalar_one(impl):
+    """NaNs, quiet and signalling, with payloads in every bit: the same fp16 patterns as the scalar
+    converter (quiet, the top 10 payload bits kept), so the cache holds the same bits on every path."""
+    rng = np.random.default_rng(1)
+    payload = rng.integers(1, 1 << 23, size=4096, dtype=np.uint32)
+    payload[:23] = 1 << np.arange(23, dtype=np.uint32)
+    bits = np.concatenate([0x7F800000 | payload, 0xFF800000 | payload]).astype(np.uint32)
+    x = bits.view(np.float32)
+    np.testing.assert_array_equal(_C.f32_to_f16(x, impl), _C.f32_to_f16(x, "ref"))
+
+
+def test_f32_to_f16_rejects_an_unknown_converter():
+    with pytest.raises(ValueError, match="impl must be"):
+        _C.f32_to_f16(np.zeros(4, np.float32), "sse")
 
 
 # ------------------------------------------------------------------------------ the kernels

@@ -15,7 +15,7 @@ from transformers import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWar
                           TopPLogitsWarper)
 
 from bitnet.inference.sampling import (MIN_TEMPERATURE, SamplingError, SamplingParams, kept_probs,
-                                       kept_probs_reference, sample, sample_reference)
+                                       kept_probs_reference, sample, sample_reference, sample_rows)
 from bitnet.inference.textstream import TextStream
 
 # A hang fails the test (pytest-timeout, a dev dependency) instead of stalling the suite.
@@ -183,3 +183,58 @@ def test_blocked_inverse_cdf_equals_a_plain_running_sum(size):
         assert w[i] > 0
         x = u * cum[-1]
         assert i == (np.flatnonzero(w)[-1] if x >= cum[-1] else np.searchsorted(cum, x, side="right"))
+
+
+def test_sample_rows_equals_sample_row_by_row_with_the_same_seeds():
+    """The batch sampler the scheduler uses: every row gets the token sample() gives it alone with the
+    same generator state (greedy, penalised greedy, each case above), rows not to sample get None,
+    and a row whose logits are not finite gets sample()'s exception while the others go on."""
+    vocab = 128_256
+    rows = [(SamplingParams(temperature=0), [])] + [(p, c) for _, p, c in CASES] + \
+           [(SamplingParams(temperature=0, repetition_penalty=1.5), [5, 6]), (None, [])]
+    logits = np.stack([_logits(vocab, 100 + i) for i in range(len(rows) + 1)])  # (n, V)
+    logits[-1, 17] = np.nan  # the last row: a temperature row that cannot be sampled
+    rows.append((SamplingParams(temperature=0.9), []))
+    for seed in range(3):
+        gens = [np.random.default_rng([seed, i]) for i in range(len(rows))]
+        got = sample_rows(logits, [p for p, _ in rows], gens, [c for _, c in rows])
+        alone = [np.random.default_rng([seed, i]) for i in range(len(rows))]
+        for i, ((p, c), g) in enumerate(zip(rows, got)):
+            if p is None:
+                assert g is None
+            elif i == len(rows) - 1:
+                assert isinstance(g, ValueError) and "not finite" in str(g)
+                with pytest.raises(ValueError, match="not finite"):
+                    sample(logits[i], p, alone[i], c)
+            else:
+                assert g == sample(logits[i], p, alone[i], c), f"row {i}"
+                assert gens[i].random() == alone[i].random()  # the same draws were taken
+    with pytest.raises(ValueError, match="2 rows, 1 params"):
+        sample_rows(logits[:2], [SamplingParams()], [None, None], [(), ()])
+
+
+def test_sample_batch_then_advance_equals_step():
+    """Generation.step(row) and sample_batch + Generation.advance give the same tokens, text and ends,
+    step after step, for a batch of generations with different settings (fixed seeds)."""
+    from bitnet.inference.generation import Generation, sample_batch
+
+    tok = _tok()
+    vocab = tok.get_vocab_size()
+    settings = [SamplingParams(temperature=0, max_tokens=6), SamplingParams(temperature=0.8, seed=3, max_tokens=9),
+                SamplingParams(temperature=1.0, top_p=0.9, seed=4, repetition_penalty=1.3, max_tokens=9),
+                SamplingParams(temperature=0.7, top_k=5, seed=5, stop=("e",), max_tokens=9)]
+    prompt = tok.encode("to be or not").ids
+    one = [Generation(p, prompt, tok, 64) for p in settings]
+    many = [Generation(p, prompt, tok, 64) for p in settings]
+    rng = np.random.default_rng(0)
+    live = list(range(len(settings)))
+    for _ in range(12):
+        logits = (rng.standard_normal((len(settings), vocab)) * 2).astype(np.float32)
+        tokens = sample_batch([many[i] if i in live else None for i in range(len(settings))], logits)
+        assert all(tokens[i] is None for i in range(len(settings)) if i not in live)
+        for i in list(live):
+            want, got = one[i].step(logits[i]), many[i].advance(tokens[i])
+            assert got == want
+            if want.finish_reason is not None:
+                live.remove(i)
+    assert not live  # every setting reached an end

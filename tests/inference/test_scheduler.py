@@ -387,6 +387,31 @@ def test_a_failure_while_admitting_ends_that_request_only():
     assert sched.error is None and sched.status()["slots_busy"] == 0 and sched.status()["failed"] == 1
 
 
+def test_a_steps_deltas_go_out_after_the_whole_batch_is_sampled():
+    """Delivering wakes the receiver's thread (the server's event loop), which then competes for the
+    GIL with the sampling of the rest of the batch: every request of a step is sampled and advanced
+    before the step's first delta is delivered, and all of them are delivered by the end of the step."""
+    sched = Scheduler(FakeEngine(), parallel=3, ctx_size=64, prefill_chunk=64)  # driven step by step
+    reqs = [req([i + 1, i + 2], max_tokens=4, temperature=0.0) for i in range(3)]
+    seen: list[list[int]] = []  # at each delivery: every request's completion_tokens
+
+    def collect(col: Collector):
+        def deliver(d):
+            seen.append([r.completion_tokens for r in reqs])
+            col(d)
+        return deliver
+
+    cols = [Collector() for _ in reqs]
+    for r, c in zip(reqs, cols):
+        sched.submit(r, collect(c))
+    for step in range(1, 5):
+        seen.clear()
+        sched.run_once()
+        assert len(seen) == 3 and all(s == [step] * 3 for s in seen), (step, seen)  # delivered after all advanced
+        assert all(len(c.deltas) == step for c in cols)
+    assert all(c.last.finish_reason == "length" and c.tokens == alone(r.prompt_ids, 4, 64) for r, c in zip(reqs, cols))
+
+
 def test_out_of_range_sampling_values_are_refused_when_made():
     for kw in ({"temperature": float("nan")}, {"top_p": 0.0}, {"top_p": float("nan")}, {"seed": -1},
                {"seed": 2**70}, {"temperature": float("inf")}):
