@@ -77,8 +77,10 @@ DEFAULT_PREFILL_CHUNK = 8
 # then reads its prompts together and decodes in step, instead of each new prompt queueing behind the
 # others' in prefill_chunk pieces while a few sequences decode alone): while requests are being
 # prepared (Scheduler.arriving), else until ARRIVAL_GAP seconds pass without a new request; never
-# past every slot taken or DEFAULT_BATCH_WINDOW seconds. A lone request through bitnet serve does not
-# wait (its preparation's end closes the window); one submitted directly waits ARRIVAL_GAP. At
+# past every slot taken or DEFAULT_BATCH_WINDOW seconds. A lone request therefore waits ARRIVAL_GAP
+# before its prompt step (through bitnet serve too: the engine thread mostly wakes after its
+# preparation ended, so nothing is on its way; ending the window there instead would start a burst
+# with its first request alone, its arrivals being 5-9 ms apart at 8 streams). At
 # bench_serve's 8 streams (prompt 32, 48 tokens) a level took 96 steps instead of 128, and the
 # server's CPU seconds per generated token fell by a fifth (AMX kernels; 2.8x -> 3.4x one stream's
 # in CPU terms, as modelled from the step costs: 3.0x -> 3.4x). Under heavy load a burst's HTTP
