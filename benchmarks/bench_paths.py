@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=None, help="depth (default: the shape's)")
     p.add_argument("--paths", default="", help="comma-separated ISA:FAMILY (default: every path here)")
     p.add_argument("--weights", default="i2", help="ternary layout: i2 or t5")
+    p.add_argument("--kv-cache", default="f32", choices=("f32", "f16"),
+                   help="KV cache element type (bitnet serve defaults to f16: pass it with --serve to match the server)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--depth", type=int, default=64, help="positions each slot holds before the batched steps")
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = BitNetConfig.from_preset(a.shape, hidden_act=a.act)
     paths = parse_paths(a.paths, available_isas())
-    m = random_model(cfg, a.threads, head="int8", layers=a.layers, weights=a.weights)
+    m = random_model(cfg, a.threads, head="int8", layers=a.layers, weights=a.weights, kv_cache=a.kv_cache)
     V = cfg.vocab_size
     rng = np.random.default_rng(0)
     if a.serve and a.serve_prompt + a.serve_tokens - 1 < a.depth:
