@@ -114,4 +114,3 @@ def sample_batch(gens: Sequence[Generation | None], logits: np.ndarray) -> list[
     return sample_rows(logits, [g.params if g is not None else None for g in gens],
                        [g.rng if g is not None else None for g in gens],
                        [g.context() if g is not None else () for g in gens])
-
