@@ -1080,17 +1080,22 @@ void Model::forward_runs(const std::vector<Run>& runs, const std::vector<int>& l
   float* const cosv = rope_cs;
   float* const sinv = rope_cs + static_cast<size_t>(T) * half;
   {
-    std::vector<int> first(static_cast<size_t>(*std::max_element(pos.begin(), pos.end())) + 1, -1);
+    // first[p - lo]: the token that computed position p's table (a decode step of one token needs none)
+    const auto [lo_it, hi_it] = std::minmax_element(pos.begin(), pos.end());
+    const int lo = *lo_it;
+    std::vector<int> first(T > 1 ? static_cast<size_t>(*hi_it - lo) + 1 : 0, -1);
     for (int t = 0; t < T; ++t) {
       float* ct = cosv + static_cast<size_t>(t) * half;
       float* st = sinv + static_cast<size_t>(t) * half;
-      int& f = first[pos[t]];
-      if (f >= 0) {
-        std::copy_n(cosv + static_cast<size_t>(f) * half, half, ct);
-        std::copy_n(sinv + static_cast<size_t>(f) * half, half, st);
-        continue;
+      if (T > 1) {
+        int& f = first[pos[t] - lo];
+        if (f >= 0) {
+          std::copy_n(cosv + static_cast<size_t>(f) * half, half, ct);
+          std::copy_n(sinv + static_cast<size_t>(f) * half, half, st);
+          continue;
+        }
+        f = t;
       }
-      f = t;
       for (int i = 0; i < half; ++i) {
         const float a = static_cast<float>(pos[t]) * rope_inv_freq_[i];
         ct[i] = std::cos(a);
