@@ -14,6 +14,11 @@
 //   ah       b32 by hand: movzx al / ah, shr 16 (the high-byte reads were slower here)
 //   mem      every index byte loaded by movzx from memory (2 loads a lookup)
 //   noh      b32 by hand without high-byte registers: movzx al, shr 8, four times
+//   mix      issue 21's "balance the ports": a share of the index bytes loaded by movzx from memory
+//            (a pure load uop), the rest taken from the word as noh: 1/8 (noh on even tiles, mix
+//            1/4 on odd), 1/4 (byte 3 of every word loaded), 1/2 (bytes 2 and 3 loaded, 0 and 1 from
+//            a 16-bit load). Uops per lookup, loads L / ALU A (the add included): noh 1.25 / 2.5,
+//            mix1/8 1.31 / 2.44, mix1/4 1.5 / 2.25, mix1/2 1.75 / 1.75, mem 2 / 1.
 // "made per row block": the index bytes are made right before that row block's lookups read them;
 // "ahead": made once for every row block (in the kernel: one chunk ahead).
 // Measured (Xeon family 6 model 167, KVM, shared; core cycles = TSC x the vpmaddubsw peak ratio;
@@ -24,6 +29,15 @@
 // 0.50-0.57, ah 0.75-0.82. The engine's row loop (branch avx2step8-lut8, lut8_rows) on L1 data:
 // 0.59-0.67; inside the engine, with the index bytes made one chunk of 8 row blocks ahead, the
 // table builds and the output: 1.00-1.07x the multiply kernel per 2B4T layer at 8 tokens.
+// Port balance (branch lut8mix, four runs, quiet machine): ahead, noh 0.555-0.589, mix1/8
+// 0.572-0.601, mix1/4 0.611-0.643, mix1/2 0.659-0.692, mem 0.736-0.777 (mac 0.80-0.85): every index
+// byte moved from the ALU ports to the load ports costs time. The loads top out near 2.6 a cycle
+// (mix1/2 and mem: 1.75 and 2 loads a lookup), so noh, at 1.25 loads and 2.5 ALU uops a lookup,
+// sits where the load bound (1.25 / 2.6 = 0.48) and the ALU bound (2.5 / 5 ports = 0.50) meet:
+// about 0.5 cycles a lookup is this design's floor on this core, and noh runs at 85-90% of it.
+// The kernel (lut8mix) takes its bytes apart as noh does; in the engine, with the index bytes read
+// from a copy made at load (BITNET_LUT8_INDEX=1), it runs about 0.72 cycles a lookup (1.17-1.19x
+// the multiply kernel per 2B4T layer at 8 tokens; benchmarks/proto/ab_lut8_layer.py).
 // Build: g++ -O2 -mavx2 -mfma -o /tmp/lut8mb benchmarks/proto/lut8_microbench.cpp && /tmp/lut8mb
 #include <immintrin.h>
 #include <x86intrin.h>
@@ -175,10 +189,20 @@ static inline void hand4(__m128i& s, const uint8_t* t, const uint8_t* p) {
     asm("movl (%[p]), %k[w]\n\tmovzbl %b[w], %k[i]\n\t" LKA(%c[d0]) "shrl $8, %k[w]\n\tmovzbl %b[w], %k[i]\n\t" LKA(%c[d1])
         "shrl $8, %k[w]\n\tmovzbl %b[w], %k[i]\n\t" LKA(%c[d2]) "shrl $8, %k[w]\n\t" "paddw %c[d3](%[t],%q[w],8), %[s]\n\t"
         : [s] "+x"(s), [w] "=&r"(w), [i] "=&r"(i) : [t] "r"(t), [p] "r"(p), DD(K) : "memory");
+  if (Form == 7 || (Form == 9 && K % 2 == 1))  // noh for bytes 0-2, byte 3 by movzx from memory
+    asm("movl (%[p]), %k[w]\n\tmovzbl %b[w], %k[i]\n\t" LKA(%c[d0]) "shrl $8, %k[w]\n\tmovzbl %b[w], %k[i]\n\t" LKA(%c[d1])
+        "shrl $8, %k[w]\n\tmovzbl %b[w], %k[i]\n\t" LKA(%c[d2]) "movzbl 3(%[p]), %k[j]\n\t" "paddw %c[d3](%[t],%q[j],8), %[s]\n\t"
+        : [s] "+x"(s), [w] "=&r"(w), [i] "=&r"(i), [j] "=&r"(j) : [t] "r"(t), [p] "r"(p), DD(K) : "memory");
+  if (Form == 9 && K % 2 == 0) hand4<6, K>(s, t, p);
+  if (Form == 8)  // bytes 0, 1 from the word (movzx, shr 8, movzx), bytes 2, 3 by movzx from memory
+    asm("movzwl (%[p]), %k[w]\n\tmovzbl %b[w], %k[i]\n\t" LKA(%c[d0]) "shrl $8, %k[w]\n\t" "paddw %c[d1](%[t],%q[w],8), %[s]\n\t"
+        "movzbl 2(%[p]), %k[i]\n\t" LKA(%c[d2]) "movzbl 3(%[p]), %k[j]\n\t" "paddw %c[d3](%[t],%q[j],8), %[s]\n\t"
+        : [s] "+x"(s), [w] "=&r"(w), [i] "=&r"(i), [j] "=&r"(j) : [t] "r"(t), [p] "r"(p), DD(K) : "memory");
   (void)j;
 }
 
-// Form: 0 off16 (vex), 1 b32 vex, 2 b32 sse, 3 b64 sse, 4 ah, 5 mem, 6 noh. Ahead: the index data of
+// Form: 0 off16 (vex), 1 b32 vex, 2 b32 sse, 3 b64 sse, 4 ah, 5 mem, 6 noh, 7 mix 1/4, 8 mix 1/2,
+// 9 mix 1/8 (see the top). Ahead: the index data of
 // every row block made once before the timed loops (else right before each row block's lookups).
 alignas(64) static uint8_t ib_all[RB][NK * 128];
 template <int Form, bool Ahead>
@@ -292,5 +316,8 @@ int main() {
     bench("b32 sse ahead", run_lut<2, true>, cpt, mac);
     bench("mem ahead", run_lut<5, true>, cpt, mac);
     bench("noh ahead", run_lut<6, true>, cpt, mac);
+    bench("mix1/8 ahead", run_lut<9, true>, cpt, mac);
+    bench("mix1/4 ahead", run_lut<7, true>, cpt, mac);
+    bench("mix1/2 ahead", run_lut<8, true>, cpt, mac);
   }
 }

@@ -171,6 +171,19 @@ struct I2Avx2 {
 // that reads nk x 64 bytes every KB x 64, software-prefetched), the row loop ran 15% slower than on
 // L1 (sums and index bytes streaming beside the tables), and per lookup 2.5-3 ALU uops (the add,
 // 1.25-2 scalar ones, the index pass's 0.3) share five ports, a bound near 0.6 cycles.
+// Then (branch lut8mix, 2026-12-06, not merged either): the same kernel as the avx2 / avxvnni lut
+// family at 1-8 tokens, its index bytes read in the tiles' own layout and taken apart without
+// high-byte registers, or read from an index copy made at load (one byte per 4 weights: as much
+// memory again as the i2 tiles; peak RSS of 30-layer 2B4T 1.51 -> 2.02 GB). Per 2B4T layer at 8
+// tokens: 1.07-1.11x this kernel without the copy, 1.16-1.25x with it, 0.87-0.90x at 5 tokens with
+// it and 0.4x at 2 (the lookups cost the same at any token count). In a 30-layer 8-sequence step
+// the products fell from 67.6-68.4 to 60.4-62.6 ms with the copy (the step from 99-104 to 90-95 ms,
+// about 2.8x a one-token step) and not at all without it. Moving index bytes from the ALU ports to
+// the load ports (movzx from memory) was slower at every mix (lut8_microbench.cpp): loads top out
+// near 2.6 a cycle, so about 0.5 cycles a lookup is the design's floor here; in the engine it ran
+// about 0.72, the running sums' round trips taking 12-15% and the table builds 3-6%. Short of the
+// 2.5x step even at its floor (about 47 ms of products), and paying only with the copy, it stays
+// on its branch.
 void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                      const int32_t* xsum, int T, int32_t* y, int ldy) {
   i2_gemm_chunked<I2Avx2>(w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
