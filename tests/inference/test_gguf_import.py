@@ -8,19 +8,18 @@ import os
 import subprocess
 from pathlib import Path
 
+import gguf  # a dev extra (the GGUF writer of these tests): if it is missing the tests must fail, not skip
 import numpy as np
 import pytest
 import torch
 from engine_helpers import export, tokenizer
 
-gguf = pytest.importorskip("gguf")
-
-from bitnet.export.gguf_export import gguf_vocab  # noqa: E402
-from bitnet.formats import read_model  # noqa: E402
-from bitnet.formats.gguf import I2_S, _reader, i2s_decode, i2s_decode_reference, i2s_encode  # noqa: E402
-from bitnet.formats.ternary import unpack  # noqa: E402
-from bitnet.inference import Engine  # noqa: E402
-from bitnet.model import BitNetConfig, BitNetForCausalLM  # noqa: E402
+from bitnet.export.gguf_export import gguf_vocab
+from bitnet.formats import read_model
+from bitnet.formats.gguf import I2_S, _reader, i2s_decode, i2s_decode_reference, i2s_encode
+from bitnet.formats.ternary import unpack
+from bitnet.inference import Engine
+from bitnet.model import BitNetConfig, BitNetForCausalLM
 
 # Same values in both files (the safetensors' bf16 scales and embeddings are exact in fp16 / f32):
 # only fp32 summation order may differ.
