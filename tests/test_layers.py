@@ -63,6 +63,7 @@ def test_lambda_zero_is_plain_linear_and_half_is_a_blend():
 
 
 def test_ste_helper_value_and_gradient():
+    torch.manual_seed(0)
     x = torch.randn(10, requires_grad=True)
     y = ste(x, fake_act_quant(x.detach()), 1.0)
     assert torch.equal(y, fake_act_quant(x.detach()))
@@ -81,6 +82,7 @@ def test_inner_rms_norm():
 
 
 def test_is_a_drop_in_linear():
+    torch.manual_seed(0)
     layer = BitLinear(8, 4, bias=True)
     assert isinstance(layer, nn.Linear)
     assert set(layer.state_dict()) == {"weight", "bias"}

@@ -29,11 +29,18 @@ def test_eval_writes_json_and_prints_table(trained_export, tmp_path, capfd, monk
 
 
 def test_perplexity_prints_ppl_and_speed(trained_export, tmp_path, capsys):
+    """The figures printed are the scorer's (bitnet.eval.perplexity on the same file and windows)."""
+    from bitnet.eval import perplexity
+
     f = tmp_path / "t.txt"
     f.write_text((DATA_DIR / "text" / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")[:5000])
     assert main(["perplexity", str(trained_export), str(f), "--context", "128", "--stride", "64"]) == 0
     out = capsys.readouterr().out
-    assert "perplexity" in out and "tokens/s" in out
+    want = perplexity(trained_export, f, context=128, stride=64, progress=False)
+    assert want["tokens"] > 128  # several windows
+    assert out.startswith(f"perplexity {want['perplexity']:.4f}  ({want['nll_per_token']:.4f} nats/token over "
+                          f"{want['tokens']} tokens, context 128, stride 64)\n"), out
+    assert "tokens/s scored" in out.splitlines()[1]
 
 
 def _one_line_error(capsys, argv: list[str], needle: str) -> None:

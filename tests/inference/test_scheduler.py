@@ -441,12 +441,12 @@ def test_an_idle_scheduler_gathers_a_burst_into_one_step(sched_factory):
 
 
 def test_a_lone_request_waits_one_arrival_gap_at_most(sched_factory):
+    """The window is far longer than the wait for the request (run_all's WAIT_S deadline): the
+    request finishes in time only if the quiet arrival gap ends the window."""
     eng = FakeEngine()
-    sched = sched_factory(eng, parallel=4, batch_window=WAIT_S, arrival_gap=0.05)
-    t0 = time.monotonic()
+    sched = sched_factory(eng, parallel=4, batch_window=100 * WAIT_S, arrival_gap=0.05)
     (c,) = run_all(sched, [req([1, 2, 3], max_tokens=1, temperature=0.0)])
     assert c.tokens == alone([1, 2, 3], 1, 64)
-    assert time.monotonic() - t0 < WAIT_S / 2  # the gap ended the wait, not the window
 
 
 @pytest.mark.parametrize("bad", [{"batch_window": -1}, {"arrival_gap": float("nan")}, {"batch_window": "5"}])
