@@ -1,0 +1,171 @@
+"""Bad input on the command line: one line naming the problem and the file or flag, exit status 2,
+no traceback, and nothing written. Each case here failed an audit of the CLI (a traceback, a silent
+success on nonsense, or an error only after minutes of work) before it was fixed."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitnet.cli import main
+from bitnet.export import export_hf
+from bitnet.model import BitNetConfig, BitNetForCausalLM
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    """``bitnet ARGV`` in this process: (exit status, stderr). argparse's own errors exit via SystemExit."""
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def assert_one_line_error(rc: int, err: str, cmd: str, *needles: str) -> None:
+    """Exit status 2 and a last stderr line ``bitnet CMD: error: ...`` holding every needle (no traceback)."""
+    assert rc == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"bitnet {cmd}: error: "), err
+    for n in needles:
+        assert n in last, (n, last)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> Path:
+    """A test-tiny export without a tokenizer (the tests that need one pass --tokenizer)."""
+    torch.manual_seed(0)
+    model = BitNetForCausalLM(BitNetConfig.from_preset("test-tiny")).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no tokenizer given"
+        return export_hf(model, tmp_path_factory.mktemp("cli") / "packed", None)
+
+
+# ------------------------------------------------------------------ train-tokenizer
+def test_tokenizer_on_an_empty_file_writes_nothing(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    out = tmp_path / "tok.json"
+    rc, err = run(capsys, "train-tokenizer", str(tmp_path / "empty.txt"), "-o", str(out))
+    assert_one_line_error(rc, err, "train-tokenizer", "empty.txt", "no text")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--min-frequency", "-1"], "--min-frequency must be >= 0, got -1"),  # was an OverflowError traceback
+    (["--vocab-size", "0"], "--vocab-size must be >= 257"),
+])
+def test_tokenizer_numbers_checked_before_reading(tmp_path, capsys, flags, needle):
+    (tmp_path / "a.txt").write_text("to be or not to be " * 50)
+    rc, err = run(capsys, "train-tokenizer", str(tmp_path / "a.txt"), "-o", str(tmp_path / "tok.json"), *flags)
+    assert_one_line_error(rc, err, "train-tokenizer", needle)
+    assert "reading records" not in err  # refused before the corpus was read
+
+
+def test_tokenizer_output_is_a_directory(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("to be or not to be " * 50)
+    rc, err = run(capsys, "train-tokenizer", str(tmp_path / "a.txt"), "-o", str(tmp_path))
+    assert_one_line_error(rc, err, "train-tokenizer", str(tmp_path), "is a directory")
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------ train
+@pytest.mark.parametrize("text, needles", [
+    ("", ["empty training config"]),  # was: a full default training run
+    ("# only a comment\n", ["empty training config"]),
+    ("model: [unclosed\n", ["not valid YAML (line 2, column 1:"]),  # was a 6-line PyYAML message
+    ("model: test-tiny\noptim:\n  lr: -1\n", ["optim.lr must be a number > 0, got -1"]),  # was accepted
+    ("model: test-tiny\noptim:\n  lr: .nan\n", ["optim.lr must be a number > 0, got nan"]),
+    ("model: test-tiny\noptim:\n  weight_decay: -0.1\n", ["optim.weight_decay must be a number >= 0"]),
+    ("model: test-tiny\nmax_steps: 0\n", ["max_steps must be > 0"]),
+])
+def test_train_config_errors_name_the_file(tmp_path, capsys, text, needles):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    rc, err = run(capsys, "train", str(cfg), f"out_dir={tmp_path / 'run'}", "--print-config")
+    assert_one_line_error(rc, err, "train", str(cfg), *needles)
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ export
+@pytest.mark.parametrize("fmt, out_name", [("gguf", "m.gguf"), ("hf", "hf")])
+def test_export_bad_tokenizer_file_names_it(packed, tmp_path, capsys, fmt, out_name):
+    pytest.importorskip("gguf") if fmt == "gguf" else None
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("")  # gguf: was a bare `Exception: EOF while parsing` traceback
+    out = tmp_path / out_name
+    rc, err = run(capsys, "export", str(packed), str(out), "--format", fmt, "--tokenizer", str(bad))
+    assert_one_line_error(rc, err, "export", str(bad), "not a valid tokenizer.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]  # no output, no temp file
+
+
+def test_export_folder_without_a_model_says_so(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc, err = run(capsys, "export", str(tmp_path / "empty"), str(tmp_path / "out"))
+    # was "no tokenizer.json found; pass --tokenizer", which sends a newcomer the wrong way
+    assert_one_line_error(rc, err, "export", str(tmp_path / "empty"), "not a bitnet model directory")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_zero_shard_size(packed, tmp_path, capsys):
+    rc, err = run(capsys, "export", str(packed), str(tmp_path / "out"), "--max-shard-size", "0", "--no-tokenizer")
+    assert_one_line_error(rc, err, "export", "--max-shard-size", "'0'")  # was one shard per tensor
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
+def test_export_onto_an_existing_file(packed, tmp_path, capsys, fmt):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    rc, err = run(capsys, "export", str(packed), str(target), "--format", fmt, "--no-tokenizer")
+    assert_one_line_error(rc, err, "export", str(target), "a file is there")  # was "[Errno 17] File exists"
+    assert target.read_text() == "keep me"
+
+
+# ------------------------------------------------------------------ bench
+@pytest.mark.parametrize("flags, needle", [
+    (["--prompt-len", "0"], "--prompt-len must be an integer >= 1, got 0"),  # was "logits_from out of range"
+    (["--prompt-len", "-1"], "--prompt-len must be an integer >= 1, got -1"),
+    (["--decode-len", "0"], "--decode-len must be an integer >= 1, got 0"),  # was exit 0
+    (["--decode-len", "-3"], "--decode-len must be an integer >= 1, got -3"),
+])
+def test_bench_lengths(packed, capsys, flags, needle):
+    rc, err = run(capsys, "bench", str(packed), *flags)
+    assert_one_line_error(rc, err, "bench", needle)
+
+
+# ------------------------------------------------------------------ serve (all refused before the model loads)
+@pytest.mark.parametrize("flags, needle", [
+    (["--port", "65536"], "--port must be <= 65535, got 65536"),  # was an OverflowError traceback
+    (["--shutdown-timeout", "-1"], "--shutdown-timeout must be >= 0 seconds, got -1.0"),
+    (["--shutdown-timeout", "nan"], "--shutdown-timeout must be >= 0 seconds, got nan"),
+])
+def test_serve_flags(tmp_path, capsys, flags, needle):
+    rc, err = run(capsys, "serve", str(tmp_path / "no-model"), *flags)
+    assert_one_line_error(rc, err, "serve", needle)
+
+
+@pytest.mark.parametrize("text", ["", "# keys go here\n\n"])
+def test_serve_api_key_file_without_keys(tmp_path, capsys, monkeypatch, text):
+    monkeypatch.delenv("BITNET_API_KEY", raising=False)
+    keys = tmp_path / "keys.txt"
+    keys.write_text(text)
+    # was: the server started with no key at all, open to anyone, although a key file was asked for
+    rc, err = run(capsys, "serve", str(tmp_path / "no-model"), "--api-key-file", str(keys))
+    assert_one_line_error(rc, err, "serve", str(keys), "holds no API keys")
+
+
+# ------------------------------------------------------------------ demo (all refused before training)
+@pytest.mark.parametrize("flags, needles", [
+    (["--max-new-tokens", "-1"], ["--max-new-tokens must be an integer >= 0, got -1"]),
+    (["--eval-limit", "0"], ["--eval-limit must be a positive integer, got 0"]),
+    (["--data-dir", "{tmp}/nope"], ["{tmp}/nope", "data dir not found"]),
+])
+def test_demo_flags_checked_before_training(tmp_path, capsys, flags, needles):
+    out = tmp_path / "demo"
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    rc, err = run(capsys, "demo", "--out", str(out), *flags)
+    assert_one_line_error(rc, err, "demo", *(n.format(tmp=tmp_path) for n in needles))
+    assert not out.exists()
