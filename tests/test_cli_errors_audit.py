@@ -4,13 +4,14 @@ success on nonsense, or an error only after minutes of work) before it was fixed
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from bitnet.cli import main
+from bitnet.cli import COMMANDS, main
 from bitnet.export import export_hf
 from bitnet.model import BitNetConfig, BitNetForCausalLM
 
@@ -169,3 +170,23 @@ def test_demo_flags_checked_before_training(tmp_path, capsys, flags, needles):
     rc, err = run(capsys, "demo", "--out", str(out), *flags)
     assert_one_line_error(rc, err, "demo", *(n.format(tmp=tmp_path) for n in needles))
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ --help
+class _Parsed(Exception):
+    """Raised in place of parsing: carries the subcommand's parser out of its main()."""
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_help_explains_every_option_and_names_its_page(monkeypatch, name):
+    def grab(self, args=None, namespace=None):
+        raise _Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", grab)
+    with pytest.raises(_Parsed) as got:
+        main([name])
+    parser = got.value.args[0]
+    assert parser.prog == f"bitnet {name}"
+    unexplained = [a.option_strings or [a.dest] for a in parser._actions if not a.help]
+    assert not unexplained, f"bitnet {name} --help: options without a description: {unexplained}"
+    assert "docs/" in f"{parser.description} {parser.epilog}", f"bitnet {name} --help names no docs page"
