@@ -14,7 +14,6 @@ This module is a recipe: it wires ``bitnet.training``, ``bitnet.export``, ``bitn
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -75,7 +74,7 @@ def main(argv: list[str]) -> int:
 
         with local_task_dir(args.data_dir):  # raises naming the folder when it is missing or holds no data set
             pass
-    from .training import bundled_text, latest_checkpoint, load_config, train
+    from .training import bundled_text, checkpoint_step, latest_checkpoint, load_config, train
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -92,7 +91,7 @@ def main(argv: list[str]) -> int:
 
     # 1. train (or reuse a finished run)
     t0 = time.perf_counter()
-    finished = ckpt is not None and json.loads((ckpt / "trainer_state.json").read_text())["step"] >= cfg.max_steps
+    finished = ckpt is not None and checkpoint_step(ckpt) >= cfg.max_steps
     print(f"\n[1/4] training: {cfg_path.name} -> {run_dir}" + ("  (finished run found: reused)" if finished else ""))
     if not finished:
         train(cfg)

@@ -190,3 +190,51 @@ def test_help_explains_every_option_and_names_its_page(monkeypatch, name):
     unexplained = [a.option_strings or [a.dest] for a in parser._actions if not a.help]
     assert not unexplained, f"bitnet {name} --help: options without a description: {unexplained}"
     assert "docs/" in f"{parser.description} {parser.epilog}", f"bitnet {name} --help names no docs page"
+
+
+# ------------------------------------------------------------------ resuming from a damaged checkpoint
+@pytest.fixture
+def damaged_run(tmp_path):
+    """A run folder whose one checkpoint accelerate wrote for a small model and optimizer."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    acc = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 4)
+    model, opt = acc.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000002"
+    acc.save_state(str(ckpt))
+    (ckpt / "trainer_state.json").write_text('{"step": 2}')
+    return acc, tmp_path / "run", ckpt
+
+
+def test_resume_from_a_good_checkpoint(damaged_run):
+    from bitnet.training.loop import resume_point
+
+    acc, run_dir, _ = damaged_run
+    assert resume_point(acc, run_dir, True, lambda c: None) == 2
+
+
+@pytest.mark.parametrize("file, keep, needles", [
+    ("model.safetensors", 100, ["step_0000002: cannot load this checkpoint", "truncated"]),  # was SafetensorError
+    ("optimizer.bin", 100, ["step_0000002: cannot load this checkpoint"]),  # was torch's RuntimeError
+    ("trainer_state.json", 3, ["trainer_state.json: not a trainer state"]),  # was a JSON error naming no file
+])
+def test_resume_from_a_damaged_checkpoint_names_it(damaged_run, file, keep, needles):
+    from bitnet.training.loop import resume_point
+
+    acc, run_dir, ckpt = damaged_run
+    f = ckpt / file
+    f.write_bytes(f.read_bytes()[:keep])
+    with pytest.raises(ValueError) as e:
+        resume_point(acc, run_dir, True, lambda c: None)
+    for n in needles:
+        assert n in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_eval_output_directory_refused_before_scoring(tmp_path, capsys):
+    # was: the whole evaluation ran, then "[Errno 21] Is a directory: '.../.out.xxxx.tmp' -> '.../out'"
+    rc, err = run(capsys, "eval", str(tmp_path / "no-model"), "--tasks", "arc_easy", "--output", str(tmp_path),
+                  "--data-dir", str(tmp_path))
+    assert_one_line_error(rc, err, "eval", str(tmp_path), "is a directory")
