@@ -5,6 +5,8 @@ success on nonsense, or an error only after minutes of work) before it was fixed
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import torch
 from bitnet.cli import COMMANDS, main
 from bitnet.export import export_hf
 from bitnet.model import BitNetConfig, BitNetForCausalLM
+
+SUBPROCESS_TIMEOUT_S = 120  # a CLI start is seconds; a loaded 2-core machine can take much longer
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -63,6 +67,19 @@ def test_tokenizer_numbers_checked_before_reading(tmp_path, capsys, flags, needl
     rc, err = run(capsys, "train-tokenizer", str(tmp_path / "a.txt"), "-o", str(tmp_path / "tok.json"), *flags)
     assert_one_line_error(rc, err, "train-tokenizer", needle)
     assert "reading records" not in err  # refused before the corpus was read
+
+
+def test_tokenizer_on_malformed_jsonl_names_the_file(tmp_path):
+    data = tmp_path / "records.jsonl"
+    data.write_text('{"text": "to be or not to be"}\n{oops\n')
+    out = tmp_path / "tok.json"
+    # In a subprocess: datasets' logger keeps the stderr it first saw, a closed capture in this process.
+    p = subprocess.run([sys.executable, "-m", "bitnet", "train-tokenizer", str(data), "-o", str(out)],
+                       capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    rc, err = p.returncode, p.stderr
+    # was "JSON parse error: Missing a name for object member. in row 1", naming no file
+    assert_one_line_error(rc, err, "train-tokenizer", f"cannot read {data}", "JSON parse error")
+    assert not out.exists()
 
 
 def test_tokenizer_output_is_a_directory(tmp_path, capsys):

@@ -67,7 +67,7 @@ def tokenizer_main(argv: list[str]) -> int:
     from bitnet.io import atomic_file
 
     from .config import DataConfig
-    from .dataset import load_records, resolve_files
+    from .dataset import load_records, read_records, resolve_files
     from .tokenizer import iter_batches, train_bpe
 
     dcfg = DataConfig(paths=list(args.paths), text_field=args.text_field, encoding_fallback=args.encoding_fallback)
@@ -76,7 +76,7 @@ def tokenizer_main(argv: list[str]) -> int:
     chars = [0]  # characters of text seen: an empty corpus must not yield a byte-only tokenizer
 
     def texts():
-        for r in tqdm(ds, desc="reading records", unit="rec"):
+        for r in tqdm(read_records(ds, files), desc="reading records", unit="rec"):
             chars[0] += len(r["text"].strip())
             yield r["text"]
 
