@@ -255,3 +255,12 @@ def test_eval_output_directory_refused_before_scoring(tmp_path, capsys):
     rc, err = run(capsys, "eval", str(tmp_path / "no-model"), "--tasks", "arc_easy", "--output", str(tmp_path),
                   "--data-dir", str(tmp_path))
     assert_one_line_error(rc, err, "eval", str(tmp_path), "is a directory")
+
+
+def test_reader_that_leaves_early_is_no_error():
+    # `bitnet info | head -1` printed "bitnet info: error: [Errno 32] Broken pipe"
+    p = subprocess.Popen([sys.executable, "-m", "bitnet", "info"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command (seconds from its first line) writes anything
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=SUBPROCESS_TIMEOUT_S) == 141
+    assert err == ""
