@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bitnet {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bitnet ... | head`: the reader left; no error message, as other CLIs do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit does not raise again
+        return 128 + 13  # killed by SIGPIPE, as a shell reports it
     except (ValueError, OSError) as e:
         if os.environ.get("BITNET_DEBUG"):
             raise

@@ -14,7 +14,6 @@ This module is a recipe: it wires ``bitnet.training``, ``bitnet.export``, ``bitn
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -50,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", default=None,
                     help=f"training YAML (default: the bundled configs/train/{DEFAULT_CONFIG})")
     ap.add_argument("--threads", type=int, default=None, help="threads for the C++ engine (default: all cores)")
-    ap.add_argument("--prompt", default="ROMEO:\n", help="prompt of the generated sample")
-    ap.add_argument("--max-new-tokens", type=int, default=120)
+    ap.add_argument("--prompt", default="ROMEO:\n", help="prompt of the generated sample (default: 'ROMEO:' and a new line)")
+    ap.add_argument("--max-new-tokens", type=int, default=120, help="tokens in the generated sample (default: 120)")
     ap.add_argument("--data-dir", default=None,
                     help="local evaluation data in the layout of ../shared/data (default: ../shared/data "
                     "when it exists; without it the lm-eval slice is skipped)")
@@ -63,10 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from .inference.engine import check_threads
+    from .inference.engine import check_threads, engine_params
 
-    check_threads(args.threads, "--threads")  # before minutes of training, not after
-    from .training import bundled_text, latest_checkpoint, load_config, train
+    # Every flag is checked before minutes of training, not after.
+    check_threads(args.threads, "--threads")
+    engine_params(args.max_new_tokens, cli=True)  # raises naming --max-new-tokens
+    if args.eval_limit < 1:
+        raise ValueError(f"--eval-limit must be a positive integer, got {args.eval_limit}")
+    if args.data_dir:
+        from .eval.tasks import local_task_dir
+
+        with local_task_dir(args.data_dir):  # raises naming the folder when it is missing or holds no data set
+            pass
+    from .training import bundled_text, checkpoint_step, latest_checkpoint, load_config, train
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -83,7 +91,7 @@ def main(argv: list[str]) -> int:
 
     # 1. train (or reuse a finished run)
     t0 = time.perf_counter()
-    finished = ckpt is not None and json.loads((ckpt / "trainer_state.json").read_text())["step"] >= cfg.max_steps
+    finished = ckpt is not None and checkpoint_step(ckpt) >= cfg.max_steps
     print(f"\n[1/4] training: {cfg_path.name} -> {run_dir}" + ("  (finished run found: reused)" if finished else ""))
     if not finished:
         train(cfg)

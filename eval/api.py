@@ -67,6 +67,7 @@ def run_eval(
     Raises:
         ValueError: unknown task names or backend, bad numbers.
         FileNotFoundError: missing model dir, tokenizer.json, or data dir / data files.
+        IsADirectoryError: ``output`` is a directory.
         ConnectionError: no ``data_dir`` and the hub is unreachable (checked within
             :data:`HUB_CONNECT_TIMEOUT_S`, unless ``HF_HUB_OFFLINE`` asks for the cache only).
     """
@@ -83,6 +84,8 @@ def run_eval(
         raise ValueError(f"limit must be positive, got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
         raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if output is not None and Path(output).is_dir():  # refused now, not after the whole evaluation has run
+        raise IsADirectoryError(f"{output}: is a directory; give the results .json file to write")
     if data_dir is None and not _offline_mode() and not hub_reachable():
         host, port = hub_address()
         raise ConnectionError(f"{host}:{port} is not reachable and without --data-dir the tasks download their "

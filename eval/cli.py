@@ -38,7 +38,7 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     p.add_argument("--no-prefix-reuse", action="store_true", help="recompute every request from scratch")
     p.add_argument("--log-samples", action="store_true", help="keep per-document records in the JSON")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="lm-eval's random seeds: few-shot order, sampling (default: 1234)")
     a = p.parse_args(argv)
     from bitnet.inference.engine import check_threads
 
@@ -71,8 +71,9 @@ def perplexity_main(argv: list[str]) -> int:
     p.add_argument("file", help="text file to score")
     p.add_argument("--context", type=_positive_int, default=None, help="window length in tokens (default: the model's)")
     p.add_argument("--stride", type=_positive_int, default=None, help="window step in tokens (default: context / 2)")
-    p.add_argument("--backend", choices=("engine", "torch"), default="engine")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", choices=("engine", "torch"), default="engine",
+                   help="engine: the C++ engine (default); torch: the slow PyTorch reference")
+    p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)
     from bitnet.inference.engine import check_threads

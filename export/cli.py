@@ -35,7 +35,10 @@ def _size(text: str) -> int:
     unit = (m.group(2) or "B").upper()
     base = 1024 if "I" in unit else 1000
     power = {"B": 0, "K": 1, "M": 2, "G": 3}[unit[0]]
-    return int(float(m.group(1)) * base**power)
+    size = int(float(m.group(1)) * base**power)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (must be at least 1 byte; e.g. 5GB, 500MB, 2GiB)")
+    return size
 
 
 def _source_tokenizer(src: Path) -> Path | None:
@@ -94,8 +97,15 @@ def main(argv: list[str]) -> int:
         size = Path(args.checkpoint).stat().st_size
         raise ValueError(f"{args.checkpoint}: {'an empty file' if size == 0 else 'a file'}, not a checkpoint, model or "
                          "export directory (give the folder that holds config.json, or a .gguf file)")
+    gguf_file = args.format == "gguf" and args.out.suffix == ".gguf"
+    if args.out.exists() and not args.out.is_dir() and not gguf_file:
+        why = ("the name does not end in .gguf, so the export would go into a folder of that name (give a .gguf "
+               "path or a folder)" if args.format == "gguf" else "the hf export is a folder (give a folder path)")
+        raise FileExistsError(f"{args.out}: a file is there; {why}")
     tokenizer = args.tokenizer or (_gguf_tokenizer(args.checkpoint, read_model) if is_gguf
                                    else _source_tokenizer(args.checkpoint))
+    if tokenizer is None and not is_gguf and not (args.checkpoint / CONFIG_JSON).is_file():
+        find_model_dir(args.checkpoint)  # a folder with no model at all: say that, not "no tokenizer"
     if tokenizer is None and not (args.format == "hf" and args.no_tokenizer):
         raise FileNotFoundError(
             f"{args.checkpoint}: no {TOKENIZER_FILE} found; pass --tokenizer PATH"

@@ -194,7 +194,10 @@ def gguf_vocab(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
         path = Path(tokenizer)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: tokenizer file missing")
-        tokenizer = Tokenizer.from_file(str(path))
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
+            raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from None
     elif hasattr(tokenizer, "backend_tokenizer"):  # transformers fast tokenizer
         tokenizer = tokenizer.backend_tokenizer
     tok_json = json.loads(tokenizer.to_str())

@@ -142,7 +142,8 @@ def _tokenizer_files(tokenizer: Any, tmp: Path, cfg: BitNetConfig) -> None:
     try:
         tok = Tokenizer.from_file(str(tmp / TOKENIZER_JSON))
     except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
-        raise ValueError(f"tokenizer: not a valid tokenizer.json ({e})") from None
+        source = tokenizer if isinstance(tokenizer, (str, Path)) else "tokenizer"
+        raise ValueError(f"{source}: not a valid tokenizer.json ({e})") from None
     n_tok = tok.get_vocab_size(with_added_tokens=True)
     if n_tok > cfg.vocab_size:
         raise ValueError(f"tokenizer has {n_tok} tokens but the model's vocab_size is {cfg.vocab_size}")

@@ -13,20 +13,28 @@ __all__ = ["generate_main", "chat_main", "bench_main"]
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="model directory (config.json + safetensors, any published ternary family), "
                                      "a .gguf file, or a hub id owner/name[@revision]")
+    _engine_flags(p)
+
+
+def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: all CPUs of this process)")
-    p.add_argument("--head", choices=["auto", "f16", "int8", "int4"], default="auto", help="output head precision")
+    p.add_argument("--head", choices=["auto", "f16", "int8", "int4"], default="auto",
+                   help="output head precision (default: auto, which is int8)")
     p.add_argument("--weights", choices=["auto", "i2", "t5"], default="auto",
-                   help="ternary weight layout in memory: i2 (2 bits), t5 (1.6 bits), auto (the faster here)")
+                   help="ternary weight layout in memory: i2 (2 bits), t5 (1.6 bits), auto (the faster here; default)")
     p.add_argument("--kv-cache", choices=["f32", "f16"], default="f32",
-                   help="KV cache element type: f32 (exact) or f16 (half the cache memory and attention reads)")
+                   help="KV cache element type: f32 (exact; default) or f16 (half the cache memory and attention "
+                        "reads)")
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_new: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new)
-    p.add_argument("--temperature", type=float, default=0.0, help=">= 0; 0 = greedy")
-    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=max_new,
+                   help=f"most tokens to generate, >= 0 (default: {max_new})")
+    p.add_argument("--temperature", type=float, default=0.0, help=">= 0; 0 = greedy (default: 0)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0 = off; default: off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1] (default: off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 0; divides the logits of tokens already seen (1 = off; default: 1)")
     p.add_argument("--seed", type=int, default=None, help="in [0, 2**63 - 1] (default: a fresh random seed)")
 
 
@@ -132,15 +140,16 @@ def bench_main(argv: list[str]) -> int:
                                    "falcon3-10b, llama3-8b, bitnet-2b4t) or a preset's (700m, test-tiny, ...)")
     p.add_argument("--act", choices=["relu2", "silu"], default=None, help="override the preset's hidden_act")
     p.add_argument("--project", action="store_true", help="print the scaling projection table")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--head", choices=["auto", "f16", "int8", "int4"], default="auto")
-    p.add_argument("--weights", choices=["auto", "i2", "t5"], default="auto", help="ternary weight layout (see generate)")
-    p.add_argument("--kv-cache", choices=["f32", "f16"], default="f32", help="KV cache element type (see generate)")
+    _engine_flags(p)
     p.add_argument("--prompt-len", type=int, default=128,
-                   help="tokens prefilled before decode: decode attends to prompt-len .. prompt-len + decode-len positions")
-    p.add_argument("--decode-len", type=int, default=64)
+                   help="tokens prefilled before decode, >= 1: decode attends to prompt-len .. prompt-len + "
+                        "decode-len positions (default: 128)")
+    p.add_argument("--decode-len", type=int, default=64, help="tokens decoded one at a time, >= 1 (default: 64)")
     a = p.parse_args(argv)
     _check_args(a)
+    for flag, v in (("--prompt-len", a.prompt_len), ("--decode-len", a.decode_len)):
+        if v < 1:
+            raise ValueError(f"{flag} must be an integer >= 1, got {v}")
     from . import _C
     from .bench import peak_rss_bytes, project_table, random_model, time_prefill_decode, transparent_hugepage_mode
     from .engine import AUTO_HEAD

@@ -65,6 +65,7 @@ __all__ = ["create_app", "main", "APIError", "ServeConfig", "serve_limits"]
 log = logging.getLogger("bitnet.serve")
 access_log = logging.getLogger("bitnet.serve.access")
 
+MAX_PORT = 65535
 DEFAULT_CTX = 2048  # --ctx-size default (capped at the model's max_position_embeddings)
 DEFAULT_STALL_TIMEOUT = 30.0  # --stall-timeout: seconds a stream may go unread before it loses its slot
 # A prompt's characters are capped at ctx_size x (the longest token's characters) x this margin before
@@ -489,7 +490,10 @@ def _api_keys(flags: list[str], key_file: Path | None) -> tuple[str, ...]:
             lines = key_file.read_text().splitlines()
         except OSError as e:
             raise ValueError(f"--api-key-file {key_file}: {e.strerror}") from None
-        keys += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        from_file = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not from_file:  # serving without the keys the operator meant to require would open the server
+            raise ValueError(f"--api-key-file {key_file}: holds no API keys (one per line; # starts a comment)")
+        keys += from_file
     env = os.environ.get("BITNET_API_KEY", "")
     keys += [k.strip() for k in env.split(",") if k.strip()]
     return tuple(dict.fromkeys(keys))
@@ -532,20 +536,23 @@ def main(argv: list[str]) -> int:
                                 epilog="more: docs/serving.md in the bitnet source repository")
     p.add_argument("model_dir", type=Path, help="packed export directory (config.json, model.safetensors, "
                                                  "tokenizer.json)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--parallel", type=int, default=4, help="sequence slots: requests generating at once")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port, 0-65535 (default 8000; 0: any free port)")
+    p.add_argument("--parallel", type=int, default=4,
+                   help="sequence slots: requests generating at once (default 4)")
     p.add_argument("--ctx-size", type=int, default=None,
                    help=f"positions per slot, prompt + reply (default {DEFAULT_CTX}, at most the model's); "
                         "KV memory is bounded by parallel x ctx-size positions")
     p.add_argument("--threads", type=int, default=None, help="engine worker threads (default: all CPUs)")
-    p.add_argument("--head", choices=["auto", "f16", "int8", "int4"], default="auto", help="output head precision")
+    p.add_argument("--head", choices=["auto", "f16", "int8", "int4"], default="auto",
+                   help="output head precision (default: auto, which is int8)")
     p.add_argument("--weights", choices=["auto", "i2", "t5"], default="auto",
-                   help="ternary weight layout in memory (auto: the faster one on this CPU)")
+                   help="ternary weight layout in memory (default auto: the faster one on this CPU)")
     p.add_argument("--kv-cache", choices=["f32", "f16"], default="f16",
                    help="KV cache element type (default f16: half the KV memory per slot and faster decode at "
                         "long context; f32 is exact against the PyTorch reference)")
-    p.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (more: HTTP 429)")
+    p.add_argument("--queue", type=int, default=64, help="requests that may wait for a slot (more: HTTP 429; default 64)")
     p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK,
                    help="most prompt tokens read per step while other requests decode, so long prompts "
                         f"do not stall running streams (default {DEFAULT_PREFILL_CHUNK}; "
@@ -569,10 +576,11 @@ def main(argv: list[str]) -> int:
                    help="seconds a streaming client may leave its stream unread before its request is cancelled "
                         f"and its slot freed (default {DEFAULT_STALL_TIMEOUT:g})")
     p.add_argument("--log-format", choices=["plain", "json"], default="plain",
-                   help="server and access log lines as text or one JSON object per line")
+                   help="server and access log lines as text or one JSON object per line (default plain)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="on SIGTERM/SIGINT, seconds to let running streams finish before cancelling them")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+                   help="on SIGTERM/SIGINT, seconds to let running streams finish before cancelling them (default 30)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="least severe log lines shown (default info)")
     a = p.parse_args(argv)
     for flag, v, lo in (("--parallel", a.parallel, 1), ("--ctx-size", a.ctx_size, 1), ("--queue", a.queue, 0),
                         ("--prefill-chunk", a.prefill_chunk, 1), ("--port", a.port, 0), ("--max-body", a.max_body, 1)):
@@ -583,6 +591,10 @@ def main(argv: list[str]) -> int:
             p.error(f"{flag} must be > 0 seconds, got {v}")
     if not 0 <= a.batch_window < float("inf"):
         p.error(f"--batch-window must be >= 0 seconds, got {a.batch_window}")
+    if not 0 <= a.shutdown_timeout < float("inf"):
+        p.error(f"--shutdown-timeout must be >= 0 seconds, got {a.shutdown_timeout}")
+    if a.port > MAX_PORT:
+        p.error(f"--port must be <= {MAX_PORT}, got {a.port}")
     keys = _api_keys(a.api_key, a.api_key_file)
     _setup_logging(a.log_level, a.log_format)
     from .engine import Engine, check_threads

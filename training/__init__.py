@@ -6,7 +6,7 @@
 
 from .config import DataConfig, LogConfig, OptimConfig, TrainConfig, load_config
 from .dataset import bundled_text
-from .loop import latest_checkpoint, train
+from .loop import checkpoint_step, latest_checkpoint, train
 
 __all__ = ["train", "load_config", "TrainConfig", "DataConfig", "OptimConfig", "LogConfig",
-           "latest_checkpoint", "bundled_text"]
+           "latest_checkpoint", "checkpoint_step", "bundled_text"]

@@ -10,6 +10,7 @@ here); it only needs the field types used below.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,6 +114,11 @@ class TrainConfig:
             (self.optim.schedule in ("two_stage", "cosine"), "optim.schedule must be two_stage or cosine"),
             (0.0 < self.optim.stage_boundary <= 1.0, "optim.stage_boundary must be in (0, 1]"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (math.isfinite(self.optim.lr) and self.optim.lr > 0, f"optim.lr must be a number > 0, got {self.optim.lr}"),
+            (math.isfinite(self.optim.weight_decay) and self.optim.weight_decay >= 0,
+             f"optim.weight_decay must be a number >= 0, got {self.optim.weight_decay}"),
+            (math.isfinite(self.optim.grad_clip) and self.optim.grad_clip >= 0,
+             f"optim.grad_clip must be a number >= 0 (0 = off), got {self.optim.grad_clip}"),
             (self.data.seq_len > 1, "data.seq_len must be > 1"),
             (0.0 <= self.data.val_fraction < 1.0, "data.val_fraction must be in [0, 1)"),
             (self.data.encoding_fallback in ("latin-1", "error"), "data.encoding_fallback must be latin-1 or error"),
@@ -241,10 +247,19 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     try:
         d = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
+        raise ValueError(f"{path}: not valid YAML ({yaml_error_line(e)})") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a YAML mapping")
     return d
+
+
+def yaml_error_line(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line error (with a source excerpt and caret) as one line: the problem and where."""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None)
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    if problem is None:
+        return " ".join(str(e).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -262,6 +277,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         d = read_yaml_mapping(p, "training config")
+        if not d:  # an empty file is most likely the wrong file: never start a run on defaults unasked
+            raise ValueError(f"{p}: empty training config (no settings; start from configs/train/test-tiny.yaml)")
         base = p.resolve().parent
     for item in overrides or []:
         apply_override(d, item)
@@ -272,7 +289,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg.data.paths = [resolve_path(x, base) for x in cfg.data.paths]
     if cfg.data.tokenizer != "train":
         cfg.data.tokenizer = resolve_path(cfg.data.tokenizer, base)
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}" if path else str(e)) from None
     return cfg
 
 

@@ -26,6 +26,7 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -36,8 +37,10 @@ from bitnet.io import atomic_dir
 from .config import DataConfig
 from .tokenizer import eos_id, iter_batches, load_tokenizer, train_bpe
 
+T = TypeVar("T")
+
 __all__ = [
-    "TEXT_EXTS", "bundled_text", "resolve_files", "check_utf8", "load_records", "prepare_data",
+    "TEXT_EXTS", "bundled_text", "resolve_files", "check_utf8", "load_records", "read_records", "prepare_data",
     "PackedTokens", "pack_reference", "batch_indices", "default_cache_dir",
 ]
 
@@ -124,6 +127,27 @@ def file_encoding(path: Path, fallback: str) -> str:
     return "latin-1"
 
 
+def _read_error(files: list, e: Exception) -> ValueError:
+    """The error for records that could not be read: the files (up to three) and the cause's first line."""
+    names = [str(f) for f in files]
+    return ValueError(f"cannot read {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}: "
+                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+def read_records(records: Iterable[T], files: list[Path]) -> Iterator[T]:
+    """``records`` as they are read. A streamed dataset parses its files only while it is iterated (so
+    :func:`load_records` cannot see a malformed line); an error then is a ValueError naming ``files``."""
+    it = iter(records)
+    while True:
+        try:
+            r = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # pyarrow's ArrowInvalid, json errors, decoding errors, ...
+            raise _read_error(files, e) from None
+        yield r
+
+
 def load_records(files: list[Path], cfg: DataConfig, streaming: bool, hf_cache: Path | None = None):
     """Load ``files`` with ``datasets`` into one (Iterable)Dataset with a single ``text`` column.
 
@@ -151,12 +175,11 @@ def load_records(files: list[Path], cfg: DataConfig, streaming: bool, hf_cache: 
         try:
             ds = datasets.load_dataset(kind, **kw)
         except Exception as e:  # datasets/pyarrow raise many types; name the files and the cause
-            raise ValueError(f"cannot read {', '.join(group[:3])}{' ...' if len(group) > 3 else ''}: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+            raise _read_error(group, e) from None
         field = "text" if kind == "text" else cfg.text_field
         cols = ds.column_names
         if cols is None:  # a streamed dataset knows its columns only after reading a record
-            cols = list(next(iter(ds), {}))
+            cols = list(next(read_records(ds, group), {}))
         if field not in cols:
             raise ValueError(f"{group[0]}: records have no {field!r} field (fields: {cols}); "
                              "set data.text_field")
@@ -190,7 +213,7 @@ def _get_tokenizer(files: list[Path], cfg: DataConfig, cache: Path, progress: bo
     if progress:
         print(f"training a {cfg.tokenizer_vocab_size}-token byte-level BPE on {len(files)} file(s)")
     ds = load_records(files, cfg, streaming=True)
-    tok = train_bpe(iter_batches(r["text"] for r in ds), cfg.tokenizer_vocab_size)
+    tok = train_bpe(iter_batches(r["text"] for r in read_records(ds, files)), cfg.tokenizer_vocab_size)
     with atomic_dir(tdir) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
     return tok
@@ -220,7 +243,7 @@ def prepare_data(cfg: DataConfig, progress: bool = True) -> tuple[Tokenizer, Pat
     ds = load_records(files, cfg, streaming=cfg.streaming, hf_cache=cache / "hf")
     if cfg.streaming:
         ds = ds.map(encode, batched=True, batch_size=256, remove_columns=["text"])
-        rows = (r["ids"] for r in ds)
+        rows = (r["ids"] for r in read_records(ds, files))
     else:
         ds = ds.map(encode, batched=True, batch_size=256, remove_columns=["text"], num_proc=cfg.num_proc
                     if cfg.num_proc > 1 else None, load_from_cache_file=False, desc="tokenizing")

@@ -781,12 +781,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("teacher", help="transformers causal-LM directory or hub id")
     ap.add_argument("--out", required=True, help="run folder (checkpoints, metrics, DIR/export)")
     ap.add_argument("--data", action="append", required=True, help="text file or folder (repeatable)")
-    ap.add_argument("--max-steps", type=int, default=None, help="optimizer steps of all stages together")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="optimizer steps of all stages together (default: the config's max_steps, 200 unless "
+                         "--config sets it)")
     ap.add_argument("--config", default=None, help="distill YAML (configs/distill/*.yaml)")
     ap.add_argument("--accelerate-config", default=None,
                     help="run under `accelerate launch --config_file FILE` (checked against this machine first)")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    ap.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="DistillConfig overrides with dotted keys, e.g. distill.kl_weight=5")
     args = ap.parse_intermixed_args(argv)
     overrides = [f"teacher={args.teacher}", f"out_dir={args.out}", "data.paths=" + json.dumps(args.data)]
     if args.max_steps is not None:

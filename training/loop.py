@@ -42,7 +42,7 @@ from .dataset import PackedTokens, batch_indices, prepare_data
 from .schedule import lr_at, param_groups, wd_at
 from .tokenizer import eos_id
 
-__all__ = ["train", "latest_checkpoint", "resume_point", "git_revision", "plot_losses", "read_metrics"]
+__all__ = ["train", "latest_checkpoint", "checkpoint_step", "resume_point", "git_revision", "plot_losses", "read_metrics"]
 
 class _TiedHeadFilter(logging.Filter):
     """accelerate warns that it drops the tied ``lm_head.weight`` when saving; that is intended (it
@@ -102,6 +102,22 @@ def build_model_config(cfg: TrainConfig, vocab: int, eos: int) -> BitNetConfig:
     return mcfg
 
 
+def checkpoint_step(ckpt: Path) -> int:
+    """The step a checkpoint folder was written at (its trainer_state.json).
+
+    Raises:
+        ValueError: the file is not JSON or has no integer ``step`` (naming the file).
+    """
+    path = ckpt / "trainer_state.json"
+    try:
+        step = json.loads(path.read_text()).get("step")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a trainer state ({e})") from None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"{path}: no step count (expected {{\"step\": N}}, got step={step!r})")
+    return step
+
+
 def resume_point(acc, out: Path, resume: bool, check: Callable[[Path], None], out_flag: str = "out_dir") -> int:
     """The step to start from: with ``resume``, the newest checkpoint's (after ``check(ckpt)``, which
     raises on a mismatched config, and ``acc.load_state``), else 0. Truncates ``metrics.jsonl`` to
@@ -110,9 +126,14 @@ def resume_point(acc, out: Path, resume: bool, check: Callable[[Path], None], ou
     start = 0
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
+        start = checkpoint_step(ckpt)
         check(ckpt)
-        acc.load_state(str(ckpt))
-        start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        try:
+            acc.load_state(str(ckpt))
+        except Exception as e:  # safetensors, torch.load and pickle each raise their own type on a damaged file
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"{ckpt}: cannot load this checkpoint ({reason}); it may be truncated: move it away "
+                             "to resume from an earlier one, if any") from e
     elif resume and acc.is_main_process:
         print(f"resume=true but no checkpoint under {out}/checkpoints: starting from step 0")
     elif (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):

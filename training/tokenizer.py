@@ -15,16 +15,19 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 __all__ = ["EOS_TOKEN", "train_bpe", "load_tokenizer", "eos_id"]
 
 EOS_TOKEN = "<|endoftext|>"
+MIN_BPE_VOCAB = 257  # the 256 byte symbols + <|endoftext|>
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 2048, min_frequency: int = 2) -> Tokenizer:
     """Train a byte-level BPE (GPT-2 style: bytes are never unknown) on an iterator of texts.
 
     ``<|endoftext|>`` is token 0. Raises ValueError if ``vocab_size`` is smaller than the 256 byte
-    symbols plus the special token.
+    symbols plus the special token, or ``min_frequency`` is negative.
     """
-    if vocab_size < 257:
-        raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE (needs >= 257)")
+    if vocab_size < MIN_BPE_VOCAB:
+        raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE (needs >= {MIN_BPE_VOCAB})")
+    if min_frequency < 0:
+        raise ValueError(f"min_frequency must be >= 0, got {min_frequency}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
