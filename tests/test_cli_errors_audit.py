@@ -10,6 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import gguf  # a dev extra: if it is missing these tests must fail, not skip
+import numpy as np
 import pytest
 import torch
 
@@ -110,13 +112,28 @@ def test_train_config_errors_name_the_file(tmp_path, capsys, text, needles):
 # ------------------------------------------------------------------ export
 @pytest.mark.parametrize("fmt, out_name", [("gguf", "m.gguf"), ("hf", "hf")])
 def test_export_bad_tokenizer_file_names_it(packed, tmp_path, capsys, fmt, out_name):
-    pytest.importorskip("gguf") if fmt == "gguf" else None
     bad = tmp_path / "tokenizer.json"
     bad.write_text("")  # gguf: was a bare `Exception: EOF while parsing` traceback
     out = tmp_path / out_name
     rc, err = run(capsys, "export", str(packed), str(out), "--format", fmt, "--tokenizer", str(bad))
     assert_one_line_error(rc, err, "export", str(bad), "not a valid tokenizer.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]  # no output, no temp file
+
+
+def test_a_truncated_gguf_says_so(tmp_path, capsys):
+    """A GGUF cut short (an interrupted download) names the file and says it is truncated or damaged,
+    not only numpy's reshape complaint."""
+    path = tmp_path / "cut.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor("blk.0.attn_q.weight", np.zeros((64, 512), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    rc, err = run(capsys, "generate", str(path), "--prompt", "a")
+    assert_one_line_error(rc, err, "generate", str(path), "truncated or damaged")
 
 
 def test_export_folder_without_a_model_says_so(tmp_path, capsys):

@@ -142,7 +142,7 @@ def _reader(path: Path) -> Any:
     try:
         return Reader(str(path), "r")
     except (ValueError, KeyError, IndexError, OSError) as e:
-        raise ValueError(f"{path}: not a readable GGUF file ({e})") from None
+        raise ValueError(f"{path}: not a readable GGUF file, truncated or damaged ({e})") from None
 
 
 def _field(r: Any, key: str, default: Any = None) -> Any:
