@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -499,6 +500,26 @@ def _api_keys(flags: list[str], key_file: Path | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` for uvicorn (which listens on it), made before the model
+    loads, so that a port in use is one line naming it, at once, not uvicorn's log after the load.
+
+    Raises:
+        ValueError: the address cannot be bound (in use, not this machine's, a bad host name).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        sock.close()
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({reason})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -597,6 +618,15 @@ def main(argv: list[str]) -> int:
         p.error(f"--port must be <= {MAX_PORT}, got {a.port}")
     keys = _api_keys(a.api_key, a.api_key_file)
     _setup_logging(a.log_level, a.log_format)
+    sock = _listen_socket(a.host, a.port)
+    try:
+        return _serve(a, keys, sock)
+    finally:
+        sock.close()
+
+
+def _serve(a: argparse.Namespace, keys: tuple[str, ...], sock: socket.socket) -> int:
+    """Load the model and run the server on the bound socket until SIGTERM / SIGINT."""
     from .engine import Engine, check_threads
 
     check_threads(a.threads, "--threads")
@@ -618,7 +648,8 @@ def main(argv: list[str]) -> int:
 
     print(f"bitnet serve: {name} ({a.parallel} slots x {ctx} positions, {eng.threads} threads, {eng.head} head, "
           f"{eng.weights} weights, {a.kv_cache} KV cache, bodies up to {config.max_body} bytes, "
-          f"{len(keys)} API key{'s' if len(keys) != 1 else ''}) on http://{a.host}:{a.port}/v1", flush=True)
+          f"{len(keys)} API key{'s' if len(keys) != 1 else ''}) on http://{a.host}:{sock.getsockname()[1]}/v1",
+          flush=True)
     if not keys and not _loopback(a.host):
         log.warning("serving on %s without an API key: anyone who reaches the port can use it "
                     "(--api-key / --api-key-file / BITNET_API_KEY)", a.host)
@@ -629,7 +660,7 @@ def main(argv: list[str]) -> int:
     stopped_by: list[int] = []
     previous = {sig: signal.signal(sig, lambda s, f: stopped_by.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -5,6 +5,7 @@ success on nonsense, or an error only after minutes of work) before it was fixed
 from __future__ import annotations
 
 import argparse
+import socket
 import subprocess
 import sys
 import warnings
@@ -190,6 +191,17 @@ def test_serve_api_key_file_without_keys(tmp_path, capsys, monkeypatch, text):
     # was: the server started with no key at all, open to anyone, although a key file was asked for
     rc, err = run(capsys, "serve", str(tmp_path / "no-model"), "--api-key-file", str(keys))
     assert_one_line_error(rc, err, "serve", str(keys), "holds no API keys")
+
+
+def test_serve_port_in_use_is_refused_before_the_model_loads(tmp_path, capsys):
+    """A port another process listens on: one line naming it (was uvicorn's own log line, exit 3,
+    after the model had loaded; the model path here does not even exist)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, err = run(capsys, "serve", str(tmp_path / "no-model"), "--port", str(port))
+    assert_one_line_error(rc, err, "serve", f"--port {port}", "cannot listen there")
 
 
 # ------------------------------------------------------------------ demo (all refused before training)
