@@ -19,6 +19,10 @@
 //            1/4 on odd), 1/4 (byte 3 of every word loaded), 1/2 (bytes 2 and 3 loaded, 0 and 1 from
 //            a 16-bit load). Uops per lookup, loads L / ALU A (the add included): noh 1.25 / 2.5,
 //            mix1/8 1.31 / 2.44, mix1/4 1.5 / 2.25, mix1/2 1.75 / 1.75, mem 2 / 1.
+//   rawlea   no index bytes (branch lut8raw): the weight bytes themselves index sparse 256-row tables
+//            (row b at 16 b, 81 rows written), the index register holding 2 b: (2 d) & 0x01FE01FE and
+//            (d >> 7) & 0x01FE01FE, then movzwl / shr 16: 2 scalar uops a lookup (noh: 1.5)
+//   rawpdep  the same with pdep (BMI2) depositing bytes 0-1 and 2-3 into 16-bit fields: 1.75
 // "made per row block": the index bytes are made right before that row block's lookups read them;
 // "ahead": made once for every row block (in the kernel: one chunk ahead).
 // Measured (Xeon family 6 model 167, KVM, shared; core cycles = TSC x the vpmaddubsw peak ratio;
@@ -38,6 +42,10 @@
 // The kernel (lut8mix) takes its bytes apart as noh does; in the engine, with the index bytes read
 // from a copy made at load (BITNET_LUT8_INDEX=1), it runs about 0.72 cycles a lookup (1.17-1.19x
 // the multiply kernel per 2B4T layer at 8 tokens; benchmarks/proto/ab_lut8_layer.py).
+// Raw forms (branch lut8raw, three runs, shared machine): rawlea 0.68-0.72, rawpdep 0.67-0.73
+// against noh ahead 0.54-0.58 (1.2-1.3x its time; a second accumulator per row, to halve the add
+// chain, changed neither), about noh made per row block (0.68): the scalar uops of taking raw bytes
+// apart cost what the index pass costs, and a copy of the index bytes remains the fast form.
 // Build: g++ -O2 -mavx2 -mfma -o /tmp/lut8mb benchmarks/proto/lut8_microbench.cpp && /tmp/lut8mb
 #include <immintrin.h>
 #include <x86intrin.h>
@@ -200,6 +208,29 @@ static inline void hand4(__m128i& s, const uint8_t* t, const uint8_t* p) {
         : [s] "+x"(s), [w] "=&r"(w), [i] "=&r"(i), [j] "=&r"(j) : [t] "r"(t), [p] "r"(p), DD(K) : "memory");
   (void)j;
 }
+// Raw forms: the weight bytes themselves index sparse tables (row b at 16 b, groups kRawTab apart),
+// the index register holding 2 b: 10 rawlea ((2 d) & 0x01FE01FE and (d >> 7) & 0x01FE01FE, then
+// movzwl / shr 16: 8 scalar uops a row and tile), 11 rawpdep (pdep of bytes 0-1 and 2-3 into 16-bit
+// fields, BMI2: 7).
+constexpr int kRawTab = 45 * 64;
+alignas(64) static uint8_t tabraw[4 * NK * kRawTab + 4096];
+#define RD(K) [d0] "i"((4 * K) * kRawTab), [d1] "i"((4 * K + 1) * kRawTab), [d2] "i"((4 * K + 2) * kRawTab), [d3] "i"((4 * K + 3) * kRawTab)
+template <int Form, int K>
+static inline void raw4(__m128i& s, const uint8_t* t, const uint8_t* p) {
+  uint64_t d, e, i;
+  if (Form == 10)
+    asm("movl (%[p]), %k[d]\n\tleal (%q[d],%q[d]), %k[e]\n\tandl $0x01FE01FE, %k[e]\n\tshrl $7, %k[d]\n\t"
+        "andl $0x01FE01FE, %k[d]\n\tmovzwl %w[e], %k[i]\n\tshrl $16, %k[e]\n\t" LKA(%c[d0])
+        "movzwl %w[d], %k[i]\n\tshrl $16, %k[d]\n\t" "paddw %c[d2](%[t],%q[e],8), %[s]\n\t" LKA(%c[d1])
+        "paddw %c[d3](%[t],%q[d],8), %[s]"
+        : [s] "+x"(s), [d] "=&r"(d), [e] "=&r"(e), [i] "=&r"(i) : [t] "r"(t), [p] "r"(p), RD(K) : "memory");
+  if (Form == 11)
+    asm("movl (%[p]), %k[d]\n\tpdepl %[m], %k[d], %k[e]\n\tshrl $16, %k[d]\n\tmovzwl %w[e], %k[i]\n\tshrl $16, %k[e]\n\t"
+        LKA(%c[d0]) "pdepl %[m], %k[d], %k[d]\n\t" "paddw %c[d1](%[t],%q[e],8), %[s]\n\t"
+        "movzwl %w[d], %k[i]\n\tshrl $16, %k[d]\n\t" LKA(%c[d2]) "paddw %c[d3](%[t],%q[d],8), %[s]"
+        : [s] "+x"(s), [d] "=&r"(d), [e] "=&r"(e), [i] "=&r"(i) : [t] "r"(t), [p] "r"(p), [m] "r"(0x01FE01FEu), RD(K)
+        : "memory");
+}
 
 // Form: 0 off16 (vex), 1 b32 vex, 2 b32 sse, 3 b64 sse, 4 ah, 5 mem, 6 noh, 7 mix 1/4, 8 mix 1/2,
 // 9 mix 1/8 (see the top). Ahead: the index data of
@@ -208,12 +239,12 @@ alignas(64) static uint8_t ib_all[RB][NK * 128];
 template <int Form, bool Ahead>
 __attribute__((noinline)) uint64_t run_lut(int reps) {
   alignas(64) uint8_t local[NK * 128];
-  if (Ahead)
+  if (Ahead && Form < 10)
     for (int rb = 0; rb < RB; ++rb) prep<Form>(rb, ib_all[rb]);
   for (int rep = 0; rep < reps; ++rep)
     for (int rb = 0; rb < RB; ++rb) {
-      const uint8_t* ib = Ahead ? ib_all[rb] : local;
-      if (!Ahead) prep<Form>(rb, local);
+      const uint8_t* ib = Form >= 10 ? wts[rb][0] : Ahead ? ib_all[rb] : local;
+      if (!Ahead && Form < 10) prep<Form>(rb, local);
       if (Form >= 2) _mm256_zeroupper();  // legacy SSE below
       asm volatile("" : "+r"(ib) : : "memory");
       __m128i* a = acc16 + rb * 16;
@@ -235,6 +266,9 @@ __attribute__((noinline)) uint64_t run_lut(int reps) {
           memcpy(&d0, ib + 8 * r, 8), memcpy(&d1, ib + 128 + 8 * r, 8);
           lk4<true, 0>(s, tab, (uint32_t)d0), lk4<true, 1>(s, tab, (uint32_t)(d0 >> 32));
           lk4<true, 2>(s, tab, (uint32_t)d1), lk4<true, 3>(s, tab, (uint32_t)(d1 >> 32));
+        } else if (Form >= 10) {
+          raw4<Form, 0>(s, tabraw, ib + 4 * r), raw4<Form, 1>(s, tabraw, ib + 64 + 4 * r);
+          raw4<Form, 2>(s, tabraw, ib + 128 + 4 * r), raw4<Form, 3>(s, tabraw, ib + 192 + 4 * r);
         } else {
           hand4<Form, 0>(s, tab, ib + 4 * r), hand4<Form, 1>(s, tab, ib + 64 + 4 * r);
           hand4<Form, 2>(s, tab, ib + 128 + 4 * r), hand4<Form, 3>(s, tab, ib + 192 + 4 * r);
@@ -300,6 +334,7 @@ int main() {
   for (auto& r : xs)
     for (auto& v : r) v = (int8_t)(rand() % 255 - 127);
   for (auto& v : tab) v = (uint8_t)rand();
+  for (auto& v : tabraw) v = (uint8_t)rand();
   for (int i = 0; i < (int)sizeof cbuf; ++i) cbuf[i] = rand() % 3;
   for (int round = 0; round < 2; ++round) {
     const double cpt = core_per_tsc();
@@ -319,5 +354,7 @@ int main() {
     bench("mix1/8 ahead", run_lut<9, true>, cpt, mac);
     bench("mix1/4 ahead", run_lut<7, true>, cpt, mac);
     bench("mix1/2 ahead", run_lut<8, true>, cpt, mac);
+    bench("rawlea", run_lut<10, true>, cpt, mac);
+    bench("rawpdep", run_lut<11, true>, cpt, mac);
   }
 }

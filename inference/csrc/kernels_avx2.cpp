@@ -183,7 +183,10 @@ struct I2Avx2 {
 // near 2.6 a cycle, so about 0.5 cycles a lookup is the design's floor here; in the engine it ran
 // about 0.72, the running sums' round trips taking 12-15% and the table builds 3-6%. Short of the
 // 2.5x step even at its floor (about 47 ms of products), and paying only with the copy, it stays
-// on its branch.
+// on its branch. Its tables indexed by the raw weight byte instead (no index bytes, no copy; branch
+// lut8raw: sparse 256-row tables, row b at 16 b) ran slower than both: 2 scalar uops a lookup
+// against 1.5 in an ALU-bound loop, 0.85-0.99x this kernel per layer at 8 tokens, products 77-78 ms
+// in the 8-sequence step against 69-71 (this kernel) and 65 (the copy).
 void ternary_gemm_avx2(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
                      const int32_t* xsum, int T, int32_t* y, int ldy) {
   i2_gemm_chunked<I2Avx2>(w, KB, mb0, mb1, x, ldx, xsum, T, y, ldy);
