@@ -606,8 +606,8 @@ def main() -> int:
     from bitnet.inference import current_isa
 
     isa = current_isa()  # what `bitnet serve` runs here: it reads the same BITNET_ISA
-    print(f"\n# {cpu_name()}, {a.threads} threads, ours on {isa} kernels; {a.requests} requests per stream, prompt {a.prompt_len} tokens, "
-          f"{a.max_tokens} generated (ignore_eos), greedy; {parallel} slots x {a.ctx_size} positions; "
+    print(f"\n# {cpu_name()}, {a.threads} threads, ours on {isa} kernels; {a.requests} requests per stream, "
+          f"prompt {a.prompt_len} tokens, {a.max_tokens} generated (ignore_eos), greedy; {parallel} slots x {a.ctx_size} positions; "
           f"ours: int8 head, llama.cpp: TQ2_0 + Q6_K head")
     print(f"{'server':<10} {'streams':>7} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} "
           f"{'peak RSS GB':>11} {'failed':>6}")
