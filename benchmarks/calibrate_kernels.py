@@ -3,15 +3,18 @@ the choice into the engine (inference/csrc/kernel_choice.h, compiled in; rebuild
 
     python benchmarks/calibrate_kernels.py                 # print the measurements and the choice
     python benchmarks/calibrate_kernels.py --write         # ... and rewrite kernel_choice.h
+    python benchmarks/calibrate_kernels.py --isas avx2,avxvnni   # only these paths
 
-For every path this CPU runs (avx2, avxvnni, avx512, amx) and both weight layouts (i2, t5), it
+For every path this CPU runs (avx2, avxvnni, avx512, amx; neon on ARM) and both weight layouts (i2, t5), it
 times one layer's ternary products at the exact bitnet-b1.58-2B-4T shapes (q, k, v, o 2560-wide,
 gate / up 6912 x 2560, down 2560 x 6912; ``_C.time_ternary_product``, which splits row blocks
 over the threads as the engine does, timed in the threads' CPU time) through the mac and the lut
 kernel, the two alternating
 inside each round (the machine may be shared: drift hits both alike), at token counts standing for
 each shape class (1; 2 and 8; 16 and 32; 128). A class runs lut where its summed best-of-rounds
-time beats mac's by more than --margin; otherwise mac. A measurement script, not a test.
+time beats mac's by more than --margin; otherwise mac. --write replaces the rows of the paths it
+measured and keeps the others (measured on another machine) with their measurements. A
+measurement script, not a test.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +32,8 @@ CHOICE_H = REPO / "inference" / "csrc" / "kernel_choice.h"
 LAYER = ((2560, 2560, 2), (640, 2560, 2), (6912, 2560, 2), (2560, 6912, 1))
 CLASSES = ((1,), (2, 8), (16, 32), (128,))  # token counts timed for shape classes 0..3
 LABELS = ("1", "2-8", "9-32", ">32")
+PATHS = ("avx2", "avxvnni", "avx512", "amx", "neon")  # the paths with lut kernels, in kernel_choice.h's order
+ROW = re.compile(r'^\s*\{"(\w+)", (0x[0-9a-f]+), (0x[0-9a-f]+)\},\s*$')
 
 
 def cpu_name() -> str:
@@ -91,9 +97,30 @@ def report(best: dict, bits: dict, isas: list[str]) -> list[str]:
     return lines
 
 
+def kept_from(old: str, isas: list[str]) -> tuple[list[str], list[str]]:
+    """The rows of kernel_choice.h's text ``old`` for paths not in ``isas`` (measured elsewhere), and
+    the comment lines behind them: each earlier "Measured on" line with those paths' table lines."""
+    rows = [ln.strip() for ln in old.splitlines() if (m := ROW.match(ln)) and m.group(1) not in isas]
+    notes: list[str] = []
+    heading = None
+    for ln in old.split("#pragma once")[0].splitlines():
+        if ln.startswith("// Measured on"):
+            heading = ln
+        elif heading and ln.startswith("//   ") and ln[5:].split(" ", 1)[0] in PATHS and ln[5:].split(" ", 1)[0] not in isas:
+            if heading not in notes:
+                notes.append(heading)
+            notes.append(ln)
+    return rows, notes
+
+
 def write_header(bits: dict, isas: list[str], lines: list[str], threads: int, rounds: int) -> None:
+    kept_rows, kept_notes = kept_from(CHOICE_H.read_text() if CHOICE_H.exists() else "", isas)
     table = "\n".join(f"//   {ln}" for ln in lines)
-    rows = "\n".join(f'    {{"{isa}", 0x{bits[(isa, "i2")]:x}, 0x{bits[(isa, "t5")]:x}}},' for isa in isas)
+    if kept_notes:
+        table += "\n// Kept from earlier runs (paths not measured in this one):\n" + "\n".join(kept_notes)
+    new_rows = [f'{{"{isa}", 0x{bits[(isa, "i2")]:x}, 0x{bits[(isa, "t5")]:x}}},' for isa in isas]
+    order = {p: i for i, p in enumerate(PATHS)}
+    rows = "\n".join("    " + r for r in sorted(new_rows + kept_rows, key=lambda r: order.get(ROW.match(r).group(1), 99)))
     text = f"""// Which kernel family runs each shape class, per path: measured, not guessed. Written by
 // `python benchmarks/calibrate_kernels.py --write` (one 2B4T layer's ternary products, mac and lut
 // interleaved, best of {rounds} rounds, {threads} threads, CPU time; a class's bit is set where lut beat mac by
@@ -128,11 +155,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=3, help="timed calls per measurement (best kept)")
     p.add_argument("--margin", type=float, default=0.05, help="lut must be this much faster to be chosen")
-    p.add_argument("--write", action="store_true", help=f"rewrite {CHOICE_H.relative_to(REPO)}")
+    p.add_argument("--isas", default=None, metavar="A,B",
+                   help=f"comma-separated paths to measure (default: every one of {', '.join(PATHS)} this CPU runs)")
+    p.add_argument("--write", action="store_true",
+                   help=f"rewrite {CHOICE_H.relative_to(REPO)} (the rows of paths not measured are kept)")
     a = p.parse_args(argv)
     from bitnet.inference import available_isas
 
-    isas = [i for i in ("avx2", "avxvnni", "avx512", "amx") if i in available_isas()]
+    runnable = [i for i in PATHS if i in available_isas()]
+    if a.isas is None:
+        isas = runnable
+    else:
+        isas = [i.strip() for i in a.isas.split(",") if i.strip()]
+        bad = [i for i in isas if i not in runnable]
+        if bad or not isas:
+            p.error(f"--isas: {', '.join(bad) or 'empty'} not measurable here (paths with lut kernels this CPU runs: "
+                    f"{', '.join(runnable) or 'none'})")
     if not isas:
         print("no SIMD path with lut kernels on this CPU: nothing to calibrate")
         return 0

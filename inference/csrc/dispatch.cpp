@@ -66,6 +66,14 @@ const Kernels& avxvnni_kernels() {
 #define BITNET_HAVE_AMX 1
 #endif
 
+#if defined(__aarch64__)
+// The neon table with its measured lut classes (none listed in kernel_choice.h: mac everywhere).
+const Kernels& neon_kernels() {
+  static const Kernels k = with_choice(kKernelsNeon, "neon");
+  return k;
+}
+#endif
+
 #if defined(BITNET_HAVE_AMX)
 // Linux hands out the 8 KB AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM).
 bool request_amx() {
@@ -187,7 +195,7 @@ const Kernels* find_kernels(const std::string& name) {
 #endif
 #endif
 #if defined(__aarch64__)
-  if (name == "neon") return &kKernelsNeon;
+  if (name == "neon") return &neon_kernels();
 #endif
   return nullptr;
 }

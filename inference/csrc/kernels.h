@@ -258,6 +258,7 @@ inline void for_token_tiles(int T, Tile&& tile, One&& one) {
 }
 
 extern const Kernels kKernelsRef;
+constexpr int kLutLoopLookups = 16;  // lookups per iteration of lut_loop_* (x86 below)
 #if defined(__x86_64__) || defined(_M_X64)
 extern const Kernels kKernelsAvx2;
 extern const Kernels kKernelsAvx512;
@@ -296,7 +297,6 @@ uint32_t int8_mac_loop_avxvnni(int64_t iters);  // iters x kMacLoopInstrs vpdpbu
 // _C.lut_peak.
 uint32_t lut_loop_avx2(const uint8_t* idx, int64_t iters);
 uint32_t lut_loop_avx512(const uint8_t* idx, int64_t iters);
-constexpr int kLutLoopLookups = 16;
 // t5 product with AVX-512 VBMI byte-table decode (kernels_avx512vbmi.cpp); the avx512 table uses it
 // where the CPU has VBMI (Ice Lake, Zen 4 and later) and the AVX2 t5 kernel otherwise (dispatch.cpp).
 void ternary5_gemm_avx512vbmi(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,

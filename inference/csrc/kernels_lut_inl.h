@@ -1,8 +1,9 @@
 // Lookup-table ternary products for a tile of tokens (prefill, batched decode steps), written once
-// with GCC/Clang vector extensions (plus AVX2 intrinsics for the index offsets and the output
-// transpose: x86 only) and compiled inside each SIMD translation unit with that unit's flags
-// (kernels_avx2.cpp: 128/256-bit vectors, kernels_avx512.cpp: up to 512-bit). Everything here has
-// internal linkage, so no copy built with one file's flags is linked into another.
+// with GCC/Clang vector extensions (plus intrinsics for the index offsets, the int32 widening and
+// the output transpose: AVX2 on x86, NEON on aarch64) and compiled inside each SIMD translation unit
+// with that unit's flags (kernels_avx2.cpp: 128/256-bit vectors, kernels_avx512.cpp: up to 512-bit,
+// kernels_neon.cpp: 128-bit). Everything here has internal linkage, so no copy built with one
+// file's flags is linked into another.
 // Scalar twin: ternary_gemm_lut_ref / ternary5_gemm_lut_ref (kernels_ref.cpp); exactness against
 // the multiply reference is tested in tests/inference/test_kernels_lut.py.
 //
@@ -68,7 +69,15 @@
 // the exact one because the exact one lies in [-32768, 32767].
 #pragma once
 
+#if defined(__AVX2__)
 #include <immintrin.h>
+#define BITNET_LUT_X86 1
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#define BITNET_LUT_X86 0
+#else
+#error "kernels_lut_inl.h needs AVX2 or NEON"
+#endif
 
 #include <algorithm>
 #include <array>
@@ -154,6 +163,7 @@ __attribute__((always_inline)) inline void widen_piece(int32_t* d, Ns sv, bool i
 template <int VT, int NB>
 __attribute__((always_inline)) inline void widen_add(int32_t* acc, const LutV<VT, NB>& s, bool init) {
   using V = LutV<VT, NB>;
+#if BITNET_LUT_X86
   if constexpr (NB == 32 && V::W == 16) {
     // 256-bit units: one vpmovsxwd ymm per 8 lanes (the generic pieces below became a shift, two
     // 128-bit widenings and an insert each).
@@ -172,6 +182,7 @@ __attribute__((always_inline)) inline void widen_add(int32_t* acc, const LutV<VT
     }
     return;
   }
+#endif
   constexpr int H = V::W / 2 < NB / 4 ? V::W / 2 : NB / 4;  // int32 lanes per piece
   typedef int16_t Ns __attribute__((vector_size(2 * V::W)));
   typedef int16_t Hs __attribute__((vector_size(2 * H)));
@@ -222,8 +233,9 @@ struct LutI2 {
   // c0 + 3 c1 + 9 c2 + 27 c3: a tile's 4 tables take 4 x 81 consecutive rows (20.25 KiB at 64-byte
   // rows) instead of 4 sparse 256-row ones whose used rows pile up in 27 of L1's 64 sets.
   static constexpr int kRows = 81;
-  // 32 weight bytes b = c0 | c1 << 2 | c2 << 4 | c3 << 6 -> their compact indices: one byte
-  // shuffle per nibble (each nibble holds two codes).
+  // 32 (NEON: 16) weight bytes b = c0 | c1 << 2 | c2 << 4 | c3 << 6 -> their compact indices: one
+  // byte shuffle per nibble (each nibble holds two codes).
+#if BITNET_LUT_X86
   static __m256i index32(__m256i b) {
     const __m256i lo = _mm256_setr_epi8(0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 0, 0, 0, 0,  //
                                         0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 0, 0, 0, 0);
@@ -233,6 +245,13 @@ struct LutI2 {
     return _mm256_add_epi8(_mm256_shuffle_epi8(lo, _mm256_and_si256(b, m15)),
                            _mm256_shuffle_epi8(hi, _mm256_and_si256(_mm256_srli_epi16(b, 4), m15)));
   }
+#else
+  static uint8x16_t index16(uint8x16_t b) {
+    static constexpr uint8_t kLo[16] = {0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 0, 0, 0, 0};
+    static constexpr uint8_t kHi[16] = {0, 9, 18, 0, 27, 36, 45, 0, 54, 63, 72, 0, 0, 0, 0, 0};
+    return vaddq_u8(vqtbl1q_u8(vld1q_u8(kLo), vandq_u8(b, vdupq_n_u8(15))), vqtbl1q_u8(vld1q_u8(kHi), vshrq_n_u8(b, 4)));
+  }
+#endif
   // The table of one group: tab[c0 + 3 c1 + 9 c2 + 27 c3] = sum_i (c_i - 1) a[4 i] (a[4 i]: the
   // activations of column 4 i + j of the tile, for group j: a = the tile's columns + j).
   template <typename V>
@@ -260,7 +279,11 @@ struct LutT5 {
   using Tile = TernaryTile5;
   static constexpr int kCols = kTile5Cols, kDigits = 5, kChunk = kLutChunkT5;
   static constexpr int kRows = 256;  // indexed by the stored byte itself (243 of 256 values occur)
+#if BITNET_LUT_X86
   static __m256i index32(__m256i b) { return b; }
+#else
+  static uint8x16_t index16(uint8x16_t b) { return b; }
+#endif
   // tab[t5 byte of v] for v = sum c_i 3^(4 - i) (c_i = q_i + 1 of column 4 i + j, whose activations
   // are a[4 i]: a = the tile's columns + j).
   template <typename V>
@@ -286,16 +309,42 @@ struct LutT5 {
   }
 };
 
-// Row of slot s of a row block's offsets (lut_offsets): the byte unpacks that widen them keep
-// 128-bit lanes, so row pairs 1 and 2 (rows 2-3 and 4-5, and 10-11 / 12-13) trade places.
+// Row of slot s of a row block's offsets (lut_offsets): the AVX2 byte unpacks that widen them keep
+// 128-bit lanes, so row pairs 1 and 2 (rows 2-3 and 4-5, and 10-11 / 12-13) trade places; NEON's
+// widening shifts keep the rows in order.
+#if BITNET_LUT_X86
 constexpr int lut_slot_row(int s) { return (s & 9) | (s & 2) << 1 | (s & 4) >> 1; }
+#else
+constexpr int lut_slot_row(int s) { return s; }
+#endif
+
+// Byte offset of each lookup's table within its tile (lane i of a row block's offsets reads group
+// i % 4, whose table starts F::kRows rows of 2^LG bytes after the previous group's), one vector.
+#if BITNET_LUT_X86
+using LutGroupOffsets = __m256i;
+template <typename F, int LG>
+inline LutGroupOffsets lut_group_offsets() {
+  constexpr short g1 = static_cast<short>(F::kRows << LG), g2 = static_cast<short>(2 * F::kRows << LG),
+                  g3 = static_cast<short>(3 * F::kRows << LG);  // as 16-bit patterns: 3 x 256 << 6 = 49152
+  return _mm256_setr_epi16(0, g1, g2, g3, 0, g1, g2, g3, 0, g1, g2, g3, 0, g1, g2, g3);
+}
+#else
+using LutGroupOffsets = uint16x8_t;
+template <typename F, int LG>
+inline LutGroupOffsets lut_group_offsets() {
+  constexpr uint16_t g1 = F::kRows << LG, g2 = 2 * F::kRows << LG, g3 = 3 * F::kRows << LG;
+  const uint16_t g[8] = {0, g1, g2, g3, 0, g1, g2, g3};
+  return vld1q_u16(g);
+}
+#endif
 
 // A row block's 64 index bytes (wb) as byte offsets into their tile's tables, in slot order
 // (lut_slot_row): F::index32, then each byte unpacked into the high byte of a 16-bit lane and
 // shifted down to idx << lg, plus the offset of its group's table (gofs: lane i has group i % 4).
 template <typename F, int LG>
-__attribute__((always_inline)) inline void lut_offsets(const uint8_t* wb, __m256i gofs, uint16_t* offs) {
+__attribute__((always_inline)) inline void lut_offsets(const uint8_t* wb, LutGroupOffsets gofs, uint16_t* offs) {
   static_assert(LG <= 8, "table rows of at most 256 bytes");
+#if BITNET_LUT_X86
   const __m256i z = _mm256_setzero_si256();
   for (int h = 0; h < 2; ++h) {
     const __m256i idx = F::index32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * h)));
@@ -304,6 +353,13 @@ __attribute__((always_inline)) inline void lut_offsets(const uint8_t* wb, __m256
     _mm256_store_si256(reinterpret_cast<__m256i*>(offs + 32 * h), lo);
     _mm256_store_si256(reinterpret_cast<__m256i*>(offs + 32 * h + 16), hi);
   }
+#else
+  for (int q = 0; q < 4; ++q) {  // 16 bytes: rows 4q..4q+3, offsets in row order
+    const uint8x16_t idx = F::index16(vld1q_u8(wb + 16 * q));
+    vst1q_u16(offs + 16 * q, vaddq_u16(vshll_n_u8(vget_low_u8(idx), LG), gofs));
+    vst1q_u16(offs + 16 * q + 8, vaddq_u16(vshll_n_u8(vget_high_u8(idx), LG), gofs));
+  }
+#endif
 }
 
 // One row block's 16 rows against NK tiles' tables (tk: tile k's 4 tables at tk + k * kt bytes;
@@ -348,10 +404,7 @@ void lut_tile_rows(const typename F::Tile* w, int KB, int kb, int mb0, int mb1, 
   using V = LutV<VT, NB>;
   constexpr int lg = __builtin_ctz(sizeof(V));
   static_assert((sizeof(V) & (sizeof(V) - 1)) == 0 && 4 * F::kRows * sizeof(V) <= 65536, "16-bit offsets");
-  const __m256i gofs = _mm256_setr_epi16(0, F::kRows << lg, 2 * F::kRows << lg, 3 * F::kRows << lg, 0,
-                                         F::kRows << lg, 2 * F::kRows << lg, 3 * F::kRows << lg, 0, F::kRows << lg,
-                                         2 * F::kRows << lg, 3 * F::kRows << lg, 0, F::kRows << lg,
-                                         2 * F::kRows << lg, 3 * F::kRows << lg);
+  const LutGroupOffsets gofs = lut_group_offsets<F, lg>();
   alignas(64) uint16_t offs[2][64 * NK];
   auto offsets = [&](int mb, uint16_t* o) {
     const uint8_t* wb = w[static_cast<size_t>(mb) * KB + kb].b;
@@ -417,10 +470,31 @@ inline void lut_columns(const int8_t* x, int ldx, int nt, LutV<VT, NB>* xc) {
 }
 
 // y[t * ldy + r] = acc32[r * VT + t] for r < rows (a multiple of 8), t < nt: 8 x 8 blocks through
-// registers (the standard unpack / lane-permute transpose), a last partial block of tokens one by one.
+// registers (the standard unpack / lane-permute transpose; NEON: 4 x 4 blocks, two rounds of
+// trn1 / trn2), a last partial block of tokens one by one.
 template <int VT>
 inline void lut_store_y(const int32_t* acc32, int rows, int nt, int32_t* y, int ldy) {
   int t0 = 0;
+#if !BITNET_LUT_X86
+  for (; t0 + 4 <= nt; t0 += 4)
+    for (int r = 0; r < rows; r += 4) {
+      int32x4_t v[4];
+      for (int i = 0; i < 4; ++i) v[i] = vld1q_s32(acc32 + static_cast<size_t>(r + i) * VT + t0);
+      const int32x4_t a = vtrn1q_s32(v[0], v[1]), b = vtrn2q_s32(v[0], v[1]);  // (r0 r1) pairs
+      const int32x4_t c = vtrn1q_s32(v[2], v[3]), d = vtrn2q_s32(v[2], v[3]);
+      auto lo = [](int32x4_t p, int32x4_t q) {
+        return vreinterpretq_s32_s64(vtrn1q_s64(vreinterpretq_s64_s32(p), vreinterpretq_s64_s32(q)));
+      };
+      auto hi = [](int32x4_t p, int32x4_t q) {
+        return vreinterpretq_s32_s64(vtrn2q_s64(vreinterpretq_s64_s32(p), vreinterpretq_s64_s32(q)));
+      };
+      int32_t* yt = y + static_cast<size_t>(t0) * ldy + r;
+      vst1q_s32(yt, lo(a, c));            // token t0: rows r..r+3
+      vst1q_s32(yt + ldy, lo(b, d));      // t0 + 1
+      vst1q_s32(yt + 2 * ldy, hi(a, c));  // t0 + 2
+      vst1q_s32(yt + 3 * ldy, hi(b, d));  // t0 + 3
+    }
+#else
   for (; t0 + 8 <= nt; t0 += 8)
     for (int r = 0; r < rows; r += 8) {
       __m256i v[8], u[8];
@@ -443,6 +517,7 @@ inline void lut_store_y(const int32_t* acc32, int rows, int nt, int32_t* y, int 
                             _mm256_permute2x128_si256(v[i], v[i + 4], 0x31));
       }
     }
+#endif
   for (int t = t0; t < nt; ++t)
     for (int r = 0; r < rows; ++r) y[static_cast<size_t>(t) * ldy + r] = acc32[static_cast<size_t>(r) * VT + t];
 }

@@ -1,12 +1,14 @@
 // NEON kernels for aarch64 (compiled with -march=armv8.2-a+dotprod+fp16 only, and only on ARM).
-// Scalar twin: kernels_ref.cpp. On the x86 project host tests/inference/test_kernels.py cross-
-// compiles selftest/kernel_selftest.cpp with these kernels and runs it under qemu-aarch64 (exact
-// integers, floats within a tolerance); their speed has not been measured on ARM hardware.
+// Scalar twin: kernels_ref.cpp. On the x86 project host tests/inference/test_kernels.py (and
+// test_kernels_lut.py for the lookup tables) cross-compiles selftest/ programs with these kernels
+// and runs them under qemu-aarch64 (exact integers, floats within a tolerance); their speed has not
+// been measured on ARM hardware.
 #include <arm_neon.h>
 
 #include <cstring>
 
 #include "kernels.h"
+#include "kernels_lut_inl.h"
 
 namespace bitnet {
 namespace {
@@ -220,6 +222,19 @@ void ternary5_gemm_neon(const TernaryTile5* w, int KB, int mb0, int mb1, const i
   }
 }
 
+// Lookup tables (kernels_lut_inl.h) on 128-bit vectors: i2 32 tokens per table row (four int16
+// vectors), t5 16 (its 243-row tables would not fit L1 at 32), 16 or 8 for a short remainder. Not
+// timed on ARM hardware: dispatch runs mac on this path (no kernel_choice.h row) until
+// benchmarks/calibrate_kernels.py --write measures it there; BITNET_KERNEL=lut forces it.
+void ternary_gemm_lut_neon(const TernaryTile* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                           const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
+  lut_gemm<LutI2, 32, 16>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+}
+void ternary5_gemm_lut_neon(const TernaryTile5* w, int KB, int mb0, int mb1, const int8_t* x, int ldx,
+                            const int32_t* /*xsum*/, int T, int32_t* y, int ldy) {
+  lut_gemm<LutT5, 16, 16>(w, KB, mb0, mb1, x, ldx, T, y, ldy);
+}
+
 }  // namespace
 
 const Kernels kKernelsNeon = {
@@ -234,6 +249,8 @@ const Kernels kKernelsNeon = {
     head_i4_neon,
     ternary5_gemm_neon,
     attend_with<uint16_t, dot_f16_neon, axpy_f16_neon>,
+    ternary_gemm_lut_neon,
+    ternary5_gemm_lut_neon,
 };
 
 }  // namespace bitnet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import warnings
@@ -58,6 +59,17 @@ QEMU_RUN_TIMEOUT_S = 300  # the self-tests run in well under a minute under emul
 def run_neon_selftest(tmp_path: Path, sources: list[str]) -> subprocess.CompletedProcess:
     """Cross-compile ``sources`` (paths under inference/csrc; kernels_neon.cpp with the NEON flags)
     for aarch64, link them statically and run the program under qemu; every step has a deadline."""
+    return run_under_qemu(build_neon_selftest(tmp_path, sources))
+
+
+def run_under_qemu(exe: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run an aarch64 program built by build_neon_selftest under qemu, with ``env`` added to the environment."""
+    return subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True, timeout=QEMU_RUN_TIMEOUT_S,
+                          env={**os.environ, **(env or {})})
+
+
+def build_neon_selftest(tmp_path: Path, sources: list[str]) -> Path:
+    """Cross-compile ``sources`` for aarch64 (see run_neon_selftest) and link them; returns the program."""
     cxx = "aarch64-linux-gnu-g++"
     objs = []
     for src in sources:
@@ -68,7 +80,7 @@ def run_neon_selftest(tmp_path: Path, sources: list[str]) -> subprocess.Complete
         objs.append(str(obj))
     exe = tmp_path / "selftest"
     subprocess.run([cxx, "-static", *objs, "-lpthread", "-o", str(exe)], check=True, timeout=CROSS_COMPILE_TIMEOUT_S)
-    return subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True, timeout=QEMU_RUN_TIMEOUT_S)
+    return exe
 
 
 TOK_VOCAB = 300

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engine_helpers import every_isa, export, tiny
+from engine_helpers import (
+    HAVE_AARCH64_EMULATION,
+    NO_AARCH64_EMULATION,
+    build_neon_selftest,
+    every_isa,
+    export,
+    run_under_qemu,
+    tiny,
+)
 
 from bitnet.inference import _C, Engine, available_isas, current_isa, set_isa
 from bitnet.quant import pack_ternary
@@ -21,12 +29,27 @@ from bitnet.quant import pack_ternary
 ISAS = available_isas()
 # The paths with lookup-table kernels, runnable here or not: the ones this CPU or build cannot run are
 # reported as skipped with the reason (conftest.py), never left out silently.
-LUT_ISAS = [i for i in every_isa() if i in ("ref", "avx2", "avxvnni", "avx512")]
+LUT_ISAS = [i for i in every_isa() if i in ("ref", "avx2", "avxvnni", "avx512", "neon")]
 MATMUL = {"i2": _C.ternary_matmul, "t5": _C.ternary5_matmul}
 
 
 def _packed(q: np.ndarray) -> np.ndarray:
     return pack_ternary(torch.from_numpy(q)).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_AARCH64_EMULATION, reason=NO_AARCH64_EMULATION)
+def test_neon_lut_matches_definition_under_emulation(tmp_path):
+    """The NEON lookup tables (kernels_lut_inl.h in kernels_neon.cpp), cross-compiled for aarch64 and run
+    under qemu: both layouts equal the definition and the NEON mac kernels on this file's cases (T = 1..64,
+    the extremes over K = 6912, mixed rows), with L1 table blocks of both sizes."""
+    exe = build_neon_selftest(tmp_path, ["kernels_ref.cpp", "dispatch.cpp", "cpu_features.cpp", "layouts.cpp",
+                                         "model.cpp", "threadpool.cpp", "attention.cpp", "elementwise.cpp",
+                                         "selftest/lut_selftest.cpp", "kernels_neon.cpp"])
+    for budget in ("small", "wide"):
+        run = run_under_qemu(exe, {"BITNET_LUT_L1": budget})
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert f"neon lut ok (tables of {budget} blocks)" in run.stdout, run.stdout
 
 
 @pytest.mark.parametrize("isa", LUT_ISAS)

@@ -8,6 +8,7 @@
 
 #include "kernels.h"
 #include "model.h"
+#include "pack_codes_inl.h"
 
 using namespace bitnet;
 
@@ -16,23 +17,13 @@ namespace {
 std::mt19937 rng(5);
 int rand_int(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); }
 
-// Codes (out, K) in {0,1,2} packed in transformers' layout (bits 2i of packed row r = row i*out/4 + r).
-std::vector<uint8_t> pack(const std::vector<int>& c, int out, int K) {
-  const int R = out / 4;
-  std::vector<uint8_t> p(static_cast<size_t>(R) * K, 0);
-  for (int m = 0; m < out; ++m)
-    for (int k = 0; k < K; ++k)
-      p[static_cast<size_t>(m % R) * K + k] |= static_cast<uint8_t>(c[static_cast<size_t>(m) * K + k] << (2 * (m / R)));
-  return p;
-}
-
 // mode 0: random codes and x; 1: all +1 weights; 2: all -1; x extreme (-128 or 127) in modes 1, 2.
 int check(const Kernels& k, int out, int K, int T, int mode, int xv) {
   const int MB = (out + 15) / 16, KB = (K + kTile5Cols - 1) / kTile5Cols, Mp = MB * 16;
   const int ldx = (KB * kTile5Cols + kXAlign - 1) / kXAlign * kXAlign;
   std::vector<int> c(static_cast<size_t>(out) * K);
   for (int& v : c) v = mode == 0 ? rand_int(0, 2) : mode == 1 ? 2 : 0;
-  const std::vector<uint8_t> packed = pack(c, out, K);
+  const std::vector<uint8_t> packed = pack_codes(c, out, K);
   AlignedBuf<TernaryTile5> tiles(static_cast<size_t>(MB) * KB);
   ThreadPool pool(1);
   if (!repack_ternary5(packed.data(), out, K, tiles.data(), &pool)) return 1;
