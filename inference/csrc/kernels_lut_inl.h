@@ -16,8 +16,9 @@
 // add, with no multiply. Tables are built once per group and token tile and shared by every row
 // of the call (the build costs 3 + 9 + ... + 3^g vector adds per group; a call covers hundreds of
 // rows). t5 tables are indexed by the byte itself (13 of 256 rows never built nor read); i2 ones by
-// the 81 byte values that occur, compacted (LutI2::index). VT = 32 on AVX2 and AVX-512 (a table row
-// is two 256-bit or one 512-bit vector), 16 or 8 for a short remainder of tokens.
+// the 81 byte values that occur, compacted (LutI2::index32 / index16). VT = 32 (a table row is two
+// 256-bit vectors on AVX2, one 512-bit on AVX-512, four 128-bit on NEON; t5 takes 16 on AVX2 and
+// NEON), 16 or 8 for a short remainder of tokens.
 //
 // Where the time goes (AVX2, 2B4T shapes, 128 tokens, one thread's half of a layer, about 18 ms
 // on the Xeon of docs/benchmarks.md): per row and tile 4 offset loads, 8 table adds and the load /
@@ -340,7 +341,8 @@ inline LutGroupOffsets lut_group_offsets() {
 
 // A row block's 64 index bytes (wb) as byte offsets into their tile's tables, in slot order
 // (lut_slot_row): F::index32, then each byte unpacked into the high byte of a 16-bit lane and
-// shifted down to idx << lg, plus the offset of its group's table (gofs: lane i has group i % 4).
+// shifted down to idx << lg (NEON: F::index16, then one widening shift left by lg per 8 bytes),
+// plus the offset of its group's table (gofs: lane i has group i % 4).
 template <typename F, int LG>
 __attribute__((always_inline)) inline void lut_offsets(const uint8_t* wb, LutGroupOffsets gofs, uint16_t* offs) {
   static_assert(LG <= 8, "table rows of at most 256 bytes");
