@@ -96,6 +96,10 @@ class TrainConfig:
     # torch.compile the model: one compile of 0.5-2 min on 2 CPU cores, then ~4x faster ternary steps
     # at demo size (benchmarks/bench_train.py --compile); turn off for runs of a few steps.
     compile: bool = True
+    # Deterministic kernels (torch.use_deterministic_algorithms, warn-only, for the run): the same
+    # config, seed, machine and threads give the same weights bit for bit, torch.compile included
+    # (its CPU kernels otherwise sum in a run-to-run order); about 4% slower steps at demo size.
+    deterministic: bool = True
     resume: bool = False  # continue from the newest checkpoint in out_dir
     stop_after_steps: int | None = None  # stop early (as if interrupted); the schedule still plans max_steps
     threads: int | None = None  # torch.set_num_threads; null keeps torch's default

@@ -113,6 +113,7 @@ class DistillConfig:
     precision: str = "auto"  # "auto" (bf16 autocast on GPUs that support it), "bf16", "fp32"
     device: str = "auto"  # "auto" (the GPU when there is one, else the CPU) or "cpu"
     compile: bool = False  # torch.compile the student (long compile on CPU; worth it for long runs)
+    deterministic: bool = True  # deterministic kernels for the run, as bitnet train's (TrainConfig)
     resume: bool = False
     stop_after_steps: int | None = None  # stop early (as if interrupted); schedules still plan max_steps
     threads: int | None = None
@@ -498,7 +499,7 @@ def _read_teacher_cache(d: Path, local: int, rows: slice, device) -> tuple[torch
 def _comparable(cfg: DistillConfig) -> dict[str, Any]:
     """The config fields that must agree between a run and its resumption."""
     d = config_to_dict(cfg)
-    for k in ("resume", "stop_after_steps", "threads", "export", "log", "compile"):
+    for k in ("resume", "stop_after_steps", "threads", "export", "log", "compile", "deterministic"):
         d.pop(k)
     d["data"].pop("cache_dir")
     return d
@@ -513,6 +514,13 @@ def distill(cfg: DistillConfig) -> Path:
     """
     cfg.validate()
     check_accelerate_env()
+    from .loop import deterministic_algorithms
+
+    with deterministic_algorithms(cfg.deterministic):
+        return _distill(cfg)
+
+
+def _distill(cfg: DistillConfig) -> Path:
     from accelerate.utils import DistributedType, broadcast_object_list, set_seed
     from tqdm.auto import tqdm
 

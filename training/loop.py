@@ -207,6 +207,21 @@ def _accelerator(cfg: TrainConfig):
     )
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool):
+    """With ``on``, torch runs deterministic kernels inside the block (warn-only: an op that has none
+    warns instead of failing); the process's own setting is restored after. Off leaves it alone."""
+    if not on:
+        yield
+        return
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
 def train(config: TrainConfig | str | Path, overrides: list[str] | None = None) -> Path:
     """Train (or resume) the run described by ``config``; return the run folder.
 
@@ -217,6 +232,11 @@ def train(config: TrainConfig | str | Path, overrides: list[str] | None = None) 
     if isinstance(config, TrainConfig) and overrides:
         raise ValueError("overrides apply to a YAML path, not to a TrainConfig object")
     cfg.validate()
+    with deterministic_algorithms(cfg.deterministic):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> Path:
     from accelerate.utils import broadcast_object_list, set_seed
 
     if cfg.threads:

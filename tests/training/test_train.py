@@ -264,3 +264,45 @@ def test_two_processes_match_one(reference_run, tmp_path, corpus, token_cache):
     ck = latest_checkpoint(out)
     assert {p.name for p in ck.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
     assert json.loads((ck / "trainer_state.json").read_text())["step"] == 6
+
+
+@pytest.mark.slow
+def test_compiled_runs_repeat_bit_for_bit(tmp_path, monkeypatch):
+    """deterministic (the default): the demo's config, compiled, run twice in one process gives the
+    same weights bit for bit. Without it torch.compile's CPU kernels sum in a run-to-run order: every
+    pair of such 40-step runs differed when this test was written (deterministic=false)."""
+    from safetensors.torch import load_file
+
+    def run(i: int) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"run{i}"
+        train(load_config(REPO / "configs" / "train" / "shakespeare.yaml", [
+            f"out_dir={out}", "max_steps=40", "log.progress=false", "log.tensorboard=false", "log.plot=false",
+            "log.save_every=40", f"data.cache_dir={tmp_path / 'cache'}", "device=cpu",
+            "threads=2"]))  # with one thread the compiled kernels' sums have one order anyway
+        return load_file(find_model_dir(latest_checkpoint(out)) / "model.safetensors")
+
+    monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)  # conftest.py turns torch.compile off (read per call)
+    assert torch.are_deterministic_algorithms_enabled() is False  # the suite's own setting, restored after each run
+    threads = torch.get_num_threads()
+    try:
+        first, second = run(0), run(1)
+    finally:
+        torch.set_num_threads(threads)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first), [k for k in first if not torch.equal(first[k], second[k])]
+
+
+def test_deterministic_algorithms_restores_the_process_setting():
+    torch.use_deterministic_algorithms(False)
+    with loop.deterministic_algorithms(True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
+    with loop.deterministic_algorithms(False):  # off leaves whatever the caller set
+        assert not torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with loop.deterministic_algorithms(False):
+            assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
