@@ -98,8 +98,9 @@ class TrainConfig:
     compile: bool = True
     # Deterministic kernels (torch.use_deterministic_algorithms, warn-only, for the run): the same
     # config, seed, machine and threads give the same weights bit for bit, torch.compile included
-    # (its CPU kernels otherwise sum in a run-to-run order); about 4% slower steps at demo size.
-    deterministic: bool = True
+    # (its CPU kernels otherwise sum in a run-to-run order); about 4% slower steps at demo size on
+    # the CPU. "auto": on for runs on the CPU, off on a GPU (not measured there); true / false.
+    deterministic: bool | str = "auto"
     resume: bool = False  # continue from the newest checkpoint in out_dir
     stop_after_steps: int | None = None  # stop early (as if interrupted); the schedule still plans max_steps
     threads: int | None = None  # torch.set_num_threads; null keeps torch's default
@@ -115,6 +116,7 @@ class TrainConfig:
             (self.batch_size % self.micro_batch_size == 0, "batch_size must be a multiple of micro_batch_size"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
             (self.device in ("auto", "cpu"), f"device must be auto or cpu, got {self.device!r}"),
+            (self.deterministic in (True, False, "auto"), f"deterministic must be auto, true or false, got {self.deterministic!r}"),
             (self.optim.schedule in ("two_stage", "cosine"), "optim.schedule must be two_stage or cosine"),
             (0.0 < self.optim.stage_boundary <= 1.0, "optim.stage_boundary must be in (0, 1]"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),

@@ -113,7 +113,7 @@ class DistillConfig:
     precision: str = "auto"  # "auto" (bf16 autocast on GPUs that support it), "bf16", "fp32"
     device: str = "auto"  # "auto" (the GPU when there is one, else the CPU) or "cpu"
     compile: bool = False  # torch.compile the student (long compile on CPU; worth it for long runs)
-    deterministic: bool = True  # deterministic kernels for the run, as bitnet train's (TrainConfig)
+    deterministic: bool | str = "auto"  # deterministic kernels for the run, as bitnet train's (TrainConfig)
     resume: bool = False
     stop_after_steps: int | None = None  # stop early (as if interrupted); schedules still plan max_steps
     threads: int | None = None
@@ -149,6 +149,7 @@ class DistillConfig:
             (d.ad_heads >= 0, "distill.ad_heads must be >= 0"),
             (self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32"),
             (self.device in ("auto", "cpu"), f"device must be auto or cpu, got {self.device!r}"),
+            (self.deterministic in (True, False, "auto"), f"deterministic must be auto, true or false, got {self.deterministic!r}"),
             (self.optim.schedule in ("cosine", "two_stage"), "optim.schedule must be cosine or two_stage"),
             (self.data.seq_len > 1, "data.seq_len must be > 1"),
             (0.0 < self.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
@@ -514,9 +515,9 @@ def distill(cfg: DistillConfig) -> Path:
     """
     cfg.validate()
     check_accelerate_env()
-    from .loop import deterministic_algorithms
+    from .loop import deterministic_algorithms, wants_deterministic
 
-    with deterministic_algorithms(cfg.deterministic):
+    with deterministic_algorithms(wants_deterministic(cfg)):
         return _distill(cfg)
 
 

@@ -186,7 +186,7 @@ def _accelerator(cfg: TrainConfig):
     from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration
 
-    gpu = cfg.device == "auto" and torch.cuda.is_available()
+    gpu = on_gpu(cfg)
     if cfg.precision == "auto":
         mp = "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
     else:
@@ -205,6 +205,16 @@ def _accelerator(cfg: TrainConfig):
         log_with=["tensorboard"] if cfg.log.tensorboard else None,
         project_config=ProjectConfiguration(project_dir=cfg.out_dir, logging_dir=str(Path(cfg.out_dir) / "tensorboard")),
     )
+
+
+def on_gpu(cfg) -> bool:
+    """Whether a run of ``cfg`` (a TrainConfig or DistillConfig: its ``device``) trains on a GPU."""
+    return cfg.device == "auto" and torch.cuda.is_available()
+
+
+def wants_deterministic(cfg) -> bool:
+    """``cfg.deterministic`` resolved: "auto" is on for runs on the CPU and off on a GPU."""
+    return cfg.deterministic is True or (cfg.deterministic == "auto" and not on_gpu(cfg))
 
 
 @contextlib.contextmanager
@@ -232,7 +242,7 @@ def train(config: TrainConfig | str | Path, overrides: list[str] | None = None) 
     if isinstance(config, TrainConfig) and overrides:
         raise ValueError("overrides apply to a YAML path, not to a TrainConfig object")
     cfg.validate()
-    with deterministic_algorithms(cfg.deterministic):
+    with deterministic_algorithms(wants_deterministic(cfg)):
         return _train(cfg)
 
 

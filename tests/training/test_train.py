@@ -306,3 +306,15 @@ def test_deterministic_algorithms_restores_the_process_setting():
             assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_deterministic_auto_is_on_for_cpu_runs_only(monkeypatch):
+    cpu, auto_dev = make_config(["device=cpu"]), make_config(["device=auto"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host
+    assert loop.wants_deterministic(cpu) and not loop.wants_deterministic(auto_dev)
+    assert loop.wants_deterministic(make_config(["device=auto", "deterministic=true"]))
+    assert not loop.wants_deterministic(make_config(["device=cpu", "deterministic=false"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loop.wants_deterministic(auto_dev)
+    with pytest.raises(ValueError, match="deterministic must be auto, true or false, got 'sometimes'"):
+        make_config(["deterministic=sometimes"])
