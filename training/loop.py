@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -207,18 +207,18 @@ def _accelerator(cfg: TrainConfig):
     )
 
 
-def on_gpu(cfg) -> bool:
+def on_gpu(cfg: Any) -> bool:
     """Whether a run of ``cfg`` (a TrainConfig or DistillConfig: its ``device``) trains on a GPU."""
     return cfg.device == "auto" and torch.cuda.is_available()
 
 
-def wants_deterministic(cfg) -> bool:
+def wants_deterministic(cfg: Any) -> bool:
     """``cfg.deterministic`` resolved: "auto" is on for runs on the CPU and off on a GPU."""
     return cfg.deterministic is True or (cfg.deterministic == "auto" and not on_gpu(cfg))
 
 
 @contextlib.contextmanager
-def deterministic_algorithms(on: bool):
+def deterministic_algorithms(on: bool) -> Iterator[None]:
     """With ``on``, torch runs deterministic kernels inside the block (warn-only: an op that has none
     warns instead of failing); the process's own setting is restored after. Off leaves it alone."""
     if not on:
