@@ -106,7 +106,7 @@ def kept_from(old: str, isas: list[str]) -> tuple[list[str], list[str]]:
     for ln in old.split("#pragma once")[0].splitlines():
         if ln.startswith("// Measured on"):
             heading = ln
-        elif heading and ln.startswith("//   ") and ln[5:].split(" ", 1)[0] in PATHS and ln[5:].split(" ", 1)[0] not in isas:
+        elif heading and ln.startswith("//   ") and (path := ln[5:].split(" ", 1)[0]) in PATHS and path not in isas:
             if heading not in notes:
                 notes.append(heading)
             notes.append(ln)
